@@ -1,0 +1,199 @@
+# SPDX-License-Identifier: Apache-2.0
+"""k-space kernels and FFT geometry shared by background removal and inversion.
+
+Conventions
+-----------
+* Arrays are indexed ``[i, j, k]`` in voxel index space; ``voxel_size_mm`` gives the
+  spacing along those axes in mm.
+* ``b0_dir`` is the unit B0 direction expressed in voxel index axes (see
+  :func:`b0_dir_from_affine`).
+* Kernels are returned for real-to-complex transforms (:func:`scipy.fft.rfftn`), i.e. with
+  shape ``(n0, n1, n2 // 2 + 1)``, as float32 unless asked otherwise.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from scipy import fft as sfft
+
+#: Proton gyromagnetic ratio over 2π, in Hz/T.
+GAMMA_HZ_PER_T = 42.577478e6
+
+#: Threads used by every FFT in :mod:`qsmflow.qsm` (``QSMFLOW_FFT_WORKERS`` overrides).
+FFT_WORKERS = int(os.environ.get('QSMFLOW_FFT_WORKERS', os.cpu_count() or 1))
+
+
+def b0_dir_from_affine(affine) -> np.ndarray:
+    """Unit B0 direction in voxel index axes, from a NIfTI voxel-to-world affine.
+
+    World B0 is the scanner z axis in both RAS and LPS conventions. With the 3×3 part of
+    the affine written ``A = R · diag(zooms)`` (``R`` orthonormal), the B0 direction in
+    voxel index coordinates is ``R.T @ (0, 0, 1)``.
+
+    Parameters
+    ----------
+    affine : (4, 4) or (3, 3) array_like
+        Voxel-to-world affine (mm).
+
+    Returns
+    -------
+    b0_dir : (3,) ndarray of float64
+        Unit vector (dimensionless).
+
+    Examples
+    --------
+    >>> b = b0_dir_from_affine(np.diag([2.0, 1.0, 1.5, 1.0]))
+    >>> bool(np.allclose(b, [0, 0, 1]))
+    True
+    """
+    a = np.asarray(affine, dtype=np.float64)[:3, :3]
+    zooms = np.linalg.norm(a, axis=0)
+    if np.any(zooms == 0):
+        raise ValueError('affine has a zero-length voxel axis')
+    rot = a / zooms
+    b0 = rot.T @ np.array([0.0, 0.0, 1.0])
+    return b0 / np.linalg.norm(b0)
+
+
+def padded_shape(shape, pad_voxels=0) -> tuple[int, ...]:
+    """Shape padded by ``pad_voxels`` on each side, then grown to fast FFT lengths.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Array shape (voxels).
+    pad_voxels : int or sequence of int
+        Padding added on *each* side of each axis (voxels).
+
+    Returns
+    -------
+    tuple of int
+        Padded shape (voxels); every length is a fast length for :mod:`scipy.fft`.
+
+    Examples
+    --------
+    >>> padded_shape((97, 100, 13), 4)
+    (108, 108, 24)
+    """
+    pad = np.broadcast_to(np.asarray(pad_voxels, dtype=int), (len(shape),))
+    return tuple(int(sfft.next_fast_len(int(n + 2 * p), real=True)) for n, p in zip(shape, pad))
+
+
+def pad_to(array: np.ndarray, shape) -> np.ndarray:
+    """Zero-pad ``array`` to ``shape``, centring the original data.
+
+    Returns the padded array (same dtype); :func:`crop_from` undoes it.
+    """
+    before = [(s - n) // 2 for s, n in zip(shape, array.shape)]
+    if any(b < 0 for b in before):
+        raise ValueError(f'cannot pad shape {array.shape} to smaller shape {tuple(shape)}')
+    out = np.zeros(shape, dtype=array.dtype)
+    out[tuple(slice(b, b + n) for b, n in zip(before, array.shape))] = array
+    return out
+
+
+def crop_from(array: np.ndarray, shape) -> np.ndarray:
+    """Central crop of a padded ``array`` back to ``shape`` (inverse of :func:`pad_to`)."""
+    before = [(n - s) // 2 for s, n in zip(shape, array.shape)]
+    return array[tuple(slice(b, b + s) for b, s in zip(before, shape))]
+
+
+def bounding_box(mask: np.ndarray, margin=0) -> tuple[slice, ...]:
+    """Slices of the smallest box holding ``mask``, grown by ``margin`` voxels (clipped).
+
+    Examples
+    --------
+    >>> m = np.zeros((10, 10, 10), bool); m[2:4, 5, 6:9] = True
+    >>> bounding_box(m, 1)
+    (slice(1, 5, None), slice(4, 7, None), slice(5, 10, None))
+    """
+    idx = np.nonzero(mask)
+    if idx[0].size == 0:
+        raise ValueError('mask is empty')
+    return tuple(
+        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + 1 + margin, n))
+        for i, n in zip(idx, mask.shape)
+    )
+
+
+def kspace_grid(shape, voxel_size_mm, dtype=np.float32):
+    """Spatial-frequency coordinates (cycles/mm) of an ``rfftn`` grid of ``shape``.
+
+    Returns three broadcastable arrays ``(k0, k1, k2)``; the last axis holds the
+    non-negative frequencies only (``rfftfreq``).
+    """
+    d = np.asarray(voxel_size_mm, dtype=np.float64)
+    k0 = sfft.fftfreq(shape[0], d=d[0]).astype(dtype)[:, None, None]
+    k1 = sfft.fftfreq(shape[1], d=d[1]).astype(dtype)[None, :, None]
+    k2 = sfft.rfftfreq(shape[2], d=d[2]).astype(dtype)[None, None, :]
+    return k0, k1, k2
+
+
+def dipole_kernel(shape, voxel_size_mm, b0_dir=(0, 0, 1), dtype=np.float32) -> np.ndarray:
+    """Unit dipole kernel ``D(k) = 1/3 − (k·b)² / |k|²`` on an ``rfftn`` grid.
+
+    Parameters
+    ----------
+    shape : tuple of 3 int
+        Real-space grid shape (voxels), normally already padded.
+    voxel_size_mm : sequence of 3 float
+        Voxel spacing (mm).
+    b0_dir : sequence of 3 float
+        B0 direction in voxel index axes (normalised here).
+    dtype : numpy dtype
+        Output float type.
+
+    Returns
+    -------
+    D : ndarray, shape ``(n0, n1, n2 // 2 + 1)``
+        Dimensionless kernel; ``D(0) = 0`` (the mean of χ is not recoverable).
+
+    Examples
+    --------
+    >>> D = dipole_kernel((16, 16, 16), (1, 1, 1))
+    >>> [round(float(v), 4) for v in (D[0, 0, 1], D[1, 0, 0], D[0, 0, 0])]
+    [-0.6667, 0.3333, 0.0]
+    """
+    b = np.asarray(b0_dir, dtype=np.float64)
+    b = b / np.linalg.norm(b)
+    k0, k1, k2 = kspace_grid(shape, voxel_size_mm, dtype=np.float64)
+    kb = k0 * b[0] + k1 * b[1] + k2 * b[2]
+    k2sum = k0**2 + k1**2 + k2**2
+    with np.errstate(invalid='ignore', divide='ignore'):
+        D = 1.0 / 3.0 - kb**2 / k2sum
+    D[0, 0, 0] = 0.0
+    return D.astype(dtype)
+
+
+def sphere_kernel(shape, voxel_size_mm, radius_mm, dtype=np.float32) -> np.ndarray:
+    """Spherical-mean-value (SMV) kernel: FFT of a normalised sphere of ``radius_mm``.
+
+    The sphere is centred on voxel ``(0, 0, 0)`` with periodic wrap, so that multiplying a
+    spectrum by it computes the spherical mean of each voxel's neighbourhood.
+
+    Returns
+    -------
+    S : ndarray, shape ``(n0, n1, n2 // 2 + 1)``
+        Real kernel with ``S(0) = 1`` (dimensionless).
+    """
+    d = np.asarray(voxel_size_mm, dtype=np.float64)
+    grids = []
+    for n, dx in zip(shape, d):
+        c = np.arange(n, dtype=np.float64)
+        c = np.where(c > n // 2, c - n, c) * dx
+        grids.append(c)
+    r2 = grids[0][:, None, None] ** 2 + grids[1][None, :, None] ** 2 + grids[2][None, None, :] ** 2
+    ball = (r2 <= radius_mm**2).astype(np.float64)
+    ball /= ball.sum()
+    return sfft.rfftn(ball, workers=FFT_WORKERS).real.astype(dtype)
+
+
+def rfft(x: np.ndarray) -> np.ndarray:
+    """Real-to-complex 3D FFT with the package's worker count (complex64 for float32 in)."""
+    return sfft.rfftn(x, workers=FFT_WORKERS)
+
+
+def irfft(X: np.ndarray, shape) -> np.ndarray:
+    """Inverse of :func:`rfft` onto a real grid of ``shape``."""
+    return sfft.irfftn(X, s=shape, workers=FFT_WORKERS)

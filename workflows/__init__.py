@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Nipype workflow builders of qsmflow (installed as ``qsmflow.workflows``)."""
