@@ -1,0 +1,46 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Susceptibility referencing interface."""
+from __future__ import annotations
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits)
+from nipype.utils.filemanip import fname_presuffix
+
+from qsmflow.interfaces import base
+from qsmflow.qsm import reference
+
+
+class _RefInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc='susceptibility in ppm')
+    in_mask = File(exists=True, mandatory=True, desc='brain mask')
+    method = traits.Str('mean', usedefault=True, desc="'mean', 'region' or 'none'")
+    ref_mask = File(exists=True, desc="reference region mask (method 'region')")
+
+
+class _RefOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc='referenced susceptibility in ppm')
+    ref_value = traits.Float(desc='value subtracted, in ppm')
+
+
+class ReferenceChi(SimpleInterface):
+    """Subtract a reference value (ppm) from χ; the sidecar records it and the brain mean."""
+
+    input_spec = _RefInputSpec
+    output_spec = _RefOutputSpec
+
+    def _run_interface(self, runtime):
+        chi, img = base.load(self.inputs.in_file)
+        mask = base.load(self.inputs.in_mask)[0] > 0
+        opts = {'method': self.inputs.method}
+        if self.inputs.ref_mask:
+            opts['ref_mask'] = base.load(self.inputs.ref_mask)[0] > 0
+        chi_ref, value = reference.reference(chi, mask, **opts)
+        brain_mean = float(chi[mask].mean()) - float(value)
+        rec = base.step('reference', reference.reference, {'method': self.inputs.method},
+                        ReferenceValue=float(value), WholeBrainMeanAfterReference=brain_mean)
+        steps = base.read_steps(self.inputs.in_file, self.inputs.in_mask) + [rec]
+        out = fname_presuffix('chi.nii.gz', suffix='_ref', newpath=runtime.cwd)
+        meta = {'Units': 'ppm', 'QSMReference': self.inputs.method, 'QSMReferenceValue': value}
+        self._results['out_file'] = base.save(chi_ref, img, out, steps=steps, meta=meta)
+        self._results['ref_value'] = float(value)
+        return runtime

@@ -1,0 +1,183 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Participant-level run: check inputs, build the Nipype workflow, run it, report."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from qsmflow import __version__, bids_specs
+from qsmflow.inputs import InputError, check_dirs, check_images, clean_labels, find_acquisitions
+from qsmflow.interfaces.base import write_json
+
+
+def run_participants(opts) -> int:
+    """Run the participant level for parsed command-line ``opts``; return the exit code."""
+    from qsmflow.pipeline import load_preset, with_overrides
+
+    t0 = time.time()
+    bids_dir, out_dir = check_dirs(opts.bids_dir, opts.output_dir)
+    work_dir = (opts.work_dir or out_dir.parent / 'work').expanduser().absolute()
+    labels = clean_labels(opts.participant_label, 'sub-')
+    sessions = clean_labels(opts.session_label, 'ses-')
+    try:
+        pipeline = with_overrides(
+            load_preset(opts.preset), unwrapping=opts.unwrapping, bf_removal=opts.bf_removal,
+            inversion=opts.inversion, reference=opts.reference)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if not opts.skip_bids_validation:
+        validate_input(bids_dir)
+
+    acquisitions, failures = find_acquisitions(bids_dir, labels, sessions, opts.field_strength)
+    for subject, acqs in list(acquisitions.items()):
+        try:
+            for acq in acqs:
+                shape = check_images(acq)
+                acq.n_voxels = int(shape[0] * shape[1] * shape[2])
+        except InputError as exc:
+            failures[subject] = str(exc)
+            del acquisitions[subject]
+    for subject, reason in failures.items():
+        print(f'qsmflow: skipping sub-{subject}: {reason}', file=sys.stderr)
+    todo = [a for acqs in acquisitions.values() for a in acqs]
+    print(f'qsmflow {__version__}: {len(todo)} acquisition(s) of {len(acquisitions)} '
+          f'participant(s) to process; work directory {work_dir}')
+
+    if todo:
+        init_output_dataset(out_dir, bids_dir)
+        failures.update(_execute(todo, out_dir, bids_dir, work_dir, pipeline, opts))
+
+    done = sorted(set(acquisitions) - set(failures))
+    print(f'qsmflow: finished in {time.time() - t0:.0f} s: {len(done)} participant(s) done, '
+          f'{len(failures)} failed. Outputs in {out_dir}')
+    for subject, reason in sorted(failures.items()):
+        print(f'  FAILED sub-{subject}: {reason}', file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _execute(todo, out_dir, bids_dir, work_dir, pipeline, opts) -> dict:
+    """Build and run the workflow; return ``{subject: reason}`` for failed acquisitions."""
+    from nipype import config, logging
+
+    from qsmflow.workflows.base import init_qsmflow_wf
+
+    log_dir = work_dir / 'logs'
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config.update_config({
+        'execution': {'crashdump_dir': str(log_dir), 'crashfile_format': 'txt',
+                      'hash_method': 'content', 'stop_on_first_crash': False,
+                      'remove_unnecessary_outputs': False, 'check_version': False},
+        'logging': {'log_directory': str(log_dir), 'log_to_file': True,
+                    'workflow_level': 'WARNING', 'interface_level': 'WARNING',
+                    'utils_level': 'WARNING'},
+        'monitoring': {'enabled': False},
+    })
+    logging.update_logging(config)
+    nthreads = opts.omp_nthreads or opts.nprocs
+    workflow = init_qsmflow_wf(acquisitions=todo, output_dir=str(out_dir),
+                               bids_dir=str(bids_dir), pipeline=pipeline,
+                               omp_nthreads=nthreads)
+    workflow.base_dir = str(work_dir)
+    plugin, args = ('Linear', {}) if opts.nprocs == 1 else ('MultiProc', {'n_procs': opts.nprocs})
+    crashes_before = set(log_dir.glob('crash-*'))
+    try:
+        workflow.run(plugin=plugin, plugin_args=args)
+    except RuntimeError:
+        pass  # failed nodes are attributed below from their crash files
+    new_crashes = sorted(set(log_dir.glob('crash-*')) - crashes_before)
+    failures = {}
+    for acq in todo:
+        missing = [k for k in expected_outputs(acq, out_dir) if not k.exists()]
+        if missing:
+            failures[acq.subject] = _crash_reason(acq, new_crashes) or \
+                f'{missing[0].name} was not produced'
+    return failures
+
+
+def expected_outputs(acq, out_dir) -> list[Path]:
+    """Derivative paths one acquisition must produce."""
+    from qsmflow.workflows.outputs import QSM_OUTPUTS
+
+    folder = Path(out_dir) / f'sub-{acq.subject}'
+    if acq.entities.get('session'):
+        folder = folder / f'ses-{acq.entities["session"]}'
+    folder = folder / bids_specs.load('outputs')['datatype']
+    return [folder / bids_specs.output_name(k, acq.entities) for k in QSM_OUTPUTS]
+
+
+def _crash_reason(acq, crash_files) -> str | None:
+    """One-line reason from the first crash file of this acquisition's sub-workflow."""
+    tag = f'{acq.name}_wf'
+    for crash in crash_files:
+        text = crash.read_text(errors='replace')
+        if tag not in crash.name and tag not in text:
+            continue
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.split(':')[0].endswith(('Error', 'Exception'))]
+        node = next((ln.split(':', 1)[1].strip() for ln in lines if ln.startswith('Node:')), '?')
+        reason = errors[-1] if errors else lines[-1]
+        return f'{reason} (step {node.rsplit(".", 1)[-1]}; full log: {crash})'
+    return None
+
+
+def init_output_dataset(out_dir: Path, bids_dir: Path) -> None:
+    """Write ``dataset_description.json`` and ``.bidsignore`` of the derivatives dataset."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    desc = {
+        'Name': 'qsmflow outputs',
+        'BIDSVersion': '1.10.0',
+        'DatasetType': 'derivative',
+        'GeneratedBy': [{'Name': 'qsmflow', 'Version': __version__,
+                         'CodeURL': 'https://pypi.org/project/qsmflow/'}],
+        'DatasetLinks': {'raw': bids_dir.absolute().as_uri()},
+    }
+    write_json(out_dir / 'dataset_description.json', desc)
+    ignore = out_dir / '.bidsignore'
+    lines = bids_specs.load('outputs')['bidsignore']
+    tmp = ignore.with_name('.bidsignore.tmp')
+    tmp.write_text('\n'.join(lines) + '\n')
+    tmp.replace(ignore)
+
+
+def find_validator() -> str | None:
+    """Path of the ``bids-validator-deno`` executable, if installed."""
+    beside = Path(sys.executable).parent / 'bids-validator-deno'
+    return str(beside) if beside.exists() else shutil.which('bids-validator-deno')
+
+
+def run_validator(path) -> dict:
+    """Run bids-validator-deno on ``path``; return its parsed JSON report."""
+    exe = find_validator()
+    if exe is None:
+        raise FileNotFoundError('bids-validator-deno is not installed')
+    proc = subprocess.run([exe, str(path), '--json'], capture_output=True, text=True,
+                          timeout=600)
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f'bids-validator-deno failed: {proc.stderr.strip()[:300]}') from None
+
+
+def validator_errors(report: dict) -> list[dict]:
+    """The error-level issues of a validator report."""
+    return [i for i in report['issues']['issues'] if i.get('severity') == 'error']
+
+
+def validate_input(bids_dir: Path) -> None:
+    """Validate the input dataset; raise :class:`InputError` with a summary on errors."""
+    if find_validator() is None:
+        print('qsmflow: warning: bids-validator-deno not installed; input not validated '
+              '(pip install bids-validator-deno)', file=sys.stderr)
+        return
+    errors = validator_errors(run_validator(bids_dir))
+    if errors:
+        codes = sorted({e['code'] for e in errors})
+        first = errors[0]
+        raise InputError(
+            f'{bids_dir} fails BIDS validation with {len(errors)} error(s) '
+            f'({", ".join(codes[:5])}; first: {first.get("location", "")}); '
+            'fix them (run bids-validator-deno for details) or pass --skip-bids-validation')

@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Top-level workflow: every selected acquisition, reconstructed and stored."""
+from __future__ import annotations
+
+from nipype.pipeline import engine as pe
+
+
+def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipeline: dict,
+                    omp_nthreads: int = 1, name: str = 'qsmflow_wf') -> pe.Workflow:
+    """Build the participant-level workflow for a list of acquisitions.
+
+    Each acquisition gets its own sub-workflow (``<sub_ses_acq_run>_wf``), so that a
+    failure in one leaves the others running; Nipype's plugin runs them in parallel.
+
+    Parameters
+    ----------
+    acquisitions : list of :class:`qsmflow.inputs.Acquisition`
+        Checked inputs.
+    output_dir, bids_dir : str
+        Roots of the derivatives and raw datasets.
+    pipeline : dict
+        Algorithms and options per step (:mod:`qsmflow.pipeline`).
+    omp_nthreads : int
+        Threads per node.
+    """
+    workflow = pe.Workflow(name=name)
+    for acq in acquisitions:
+        workflow.add_nodes([init_single_acquisition_wf(
+            acq=acq, output_dir=output_dir, bids_dir=bids_dir, pipeline=pipeline,
+            omp_nthreads=omp_nthreads)])
+    return workflow
+
+
+def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline: dict,
+                               omp_nthreads: int = 1, name: str | None = None) -> pe.Workflow:
+    """Reconstruction and derivatives of one acquisition, inputs filled in.
+
+    Parameters
+    ----------
+    acq : :class:`qsmflow.inputs.Acquisition`
+        Files, echo times (s), field strength (T) and entities of the acquisition.
+    """
+    from qsmflow.workflows.outputs import QSM_OUTPUTS, init_qsm_derivatives_wf
+    from qsmflow.workflows.qsm import init_qsm_wf
+
+    n_voxels = int(getattr(acq, 'n_voxels', 0) or 2_000_000)
+    workflow = pe.Workflow(name=name or f'{acq.name}_wf')
+    qsm_wf = init_qsm_wf(pipeline=pipeline, n_voxels=n_voxels,
+                         n_echoes=len(acq.echo_times_s), omp_nthreads=omp_nthreads)
+    for field, value in (('mag_files', acq.mag_files), ('phase_files', acq.phase_files),
+                         ('echo_times', acq.echo_times_s), ('b0_tesla', acq.b0_tesla),
+                         ('phase_units', acq.phase_units)):
+        setattr(qsm_wf.inputs.inputnode, field, value)
+    ds_wf = init_qsm_derivatives_wf(output_dir=output_dir, bids_dir=bids_dir,
+                                    entities=acq.entities,
+                                    source_files=acq.mag_files + acq.phase_files)
+    workflow.connect([
+        (qsm_wf, ds_wf, [(f'outputnode.{k}', f'inputnode.{k}') for k in QSM_OUTPUTS]),
+    ])  # fmt:skip
+    return workflow
