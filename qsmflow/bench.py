@@ -1,0 +1,115 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``qsmflow bench``: time and memory of each reconstruction step on the phantom.
+
+Every step runs on the same forward-simulated head phantom (default: the full 1 mm grid,
+144×176×144, 5 echoes, SNR 100, oblique B0) exactly as the pipeline calls it. Reported per
+step: wall time (best of ``--repeat``), peak memory allocated by the step (numpy arrays,
+through :mod:`tracemalloc`), and accuracy against the phantom truth where it applies; then
+the process's peak resident memory and the time of one rfftn/irfftn pair of the padded
+grid (the floor of any FFT-based step).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import resource
+import time
+import tracemalloc
+
+import numpy as np
+
+
+def _build_parser():
+    parser = argparse.ArgumentParser(prog='qsmflow bench', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--size', choices=['tiny', 'small', 'full'], default='full',
+                        help='phantom grid (default: %(default)s, 1 mm 144×176×144)')
+    parser.add_argument('--repeat', type=int, default=1, help='runs per step (best is kept)')
+    parser.add_argument('--oblique', type=float, default=15.0, metavar='DEG',
+                        help='acquisition tilt in degrees (default: %(default)s)')
+    parser.add_argument('--methods', nargs='+', default=None,
+                        help='inversion methods to time (default: all available)')
+    return parser
+
+
+def _timed(label, func, repeat, rows):
+    best, result = np.inf, None
+    for _ in range(repeat):
+        gc.collect()
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        result = func()
+        elapsed = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        best = min(best, elapsed)
+    rows.append([label, best, peak / 1e9])
+    print(f'  {label:<34}{best:8.2f} s {peak / 1e9:8.2f} GB', flush=True)
+    return result
+
+
+def main(argv=None) -> int:
+    """Run the benchmark and print a table; returns 0."""
+    from qsmflow.phantom.bids import DEFAULT_B0_TESLA, DEFAULT_ECHO_TIMES_S, oblique_affine
+    from qsmflow.phantom.forward import simulate_megre
+    from qsmflow.phantom.head import DEEP_GM, make_head
+    from qsmflow.qsm import bgremove, echoes, inversion, kernels, mask, metrics, reference
+
+    opts = _build_parser().parse_args(argv)
+    head = make_head(size=opts.size)
+    vox = head.voxel_size_mm
+    affine = oblique_affine(head.labels.shape, vox, opts.oblique)
+    b0_dir = kernels.b0_dir_from_affine(affine)
+    mag, phase, truth = simulate_megre(head, DEFAULT_ECHO_TIMES_S, DEFAULT_B0_TESLA, b0_dir,
+                                       snr=100.0, rng=np.random.default_rng(0))
+    tes = list(DEFAULT_ECHO_TIMES_S)
+    print(f'qsmflow bench: phantom {opts.size} {head.labels.shape} at {vox} mm, '
+          f'{len(tes)} echoes, B0 tilt {opts.oblique} deg')
+    print(f'  machine: {platform.machine()}, {os.cpu_count()} CPUs, '
+          f'python {platform.python_version()}, FFT workers {kernels.FFT_WORKERS}')
+    print(f'  {"step":<34}{"time":>10} {"peak alloc":>11}')
+    rows = []
+    t_all = time.perf_counter()
+    brain = _timed('brain mask', lambda: mask.brain_mask(mag[..., 0], vox), opts.repeat, rows)
+    fit = _timed('unwrap (romeo) + echo fit', lambda: echoes.estimate_field(
+        mag, phase, brain, vox, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA), opts.repeat, rows)
+    local, eroded = _timed('V-SHARP', lambda: bgremove.vsharp(
+        fit['field_ppm'], brain, vox, b0_dir), opts.repeat, rows)
+    chi = _timed(f'inversion default ({inversion.DEFAULT_METHOD})', lambda: inversion.invert(
+        local, eroded, vox, b0_dir), opts.repeat, rows)
+    _timed('reference (mean)', lambda: reference.reference(chi, eroded), opts.repeat, rows)
+    total = time.perf_counter() - t_all
+    print(f'  {"whole reconstruction (default)":<34}{total:8.2f} s')
+
+    print('  other methods:')
+    if hasattr(bgremove, 'pdf'):
+        _timed('PDF', lambda: bgremove.pdf(fit['field_ppm'], brain, vox, b0_dir),
+               opts.repeat, rows)
+    _timed('unwrap (laplacian) + echo fit', lambda: echoes.estimate_field(
+        mag, phase, brain, vox, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA,
+        unwrapping='laplacian'), opts.repeat, rows)
+    methods = opts.methods or [m for m in ('tkd', 'tikhonov', 'tv', 'rts', 'ilsqr', 'medi', 'ndi')
+                               if hasattr(inversion, m)]
+    labels = head.labels
+    ids = [i for i, n in head.label_names.items() if n.rsplit('_', 1)[0] in DEEP_GM]
+    chi_true = np.where(eroded, truth_chi(head), 0)
+    for name in methods:
+        est = _timed(f'inversion {name}', lambda: getattr(inversion, name)(
+            local, eroded, vox, b0_dir), opts.repeat, rows)
+        print(f'      RMSE {metrics.rmse(est, chi_true, eroded):6.1f} %   deep-GM error '
+              f'{metrics.deep_gm_error(est, chi_true, labels, ids, eroded):.4f} ppm')
+
+    shape = kernels.padded_shape(tuple(s.stop - s.start for s in kernels.bounding_box(eroded)),
+                                 8)
+    x = np.zeros(shape, np.float32)
+    _timed(f'FFT pair floor {shape}', lambda: kernels.irfft(kernels.rfft(x), shape),
+           max(opts.repeat, 3), rows)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f'  peak resident memory of the benchmark process: {peak_rss:.2f} GB')
+    return 0
+
+
+def truth_chi(head):
+    """Brain-tissue χ of the phantom (ppm), 0 outside the brain."""
+    return np.where(head.brain_mask, head.chi_ppm, 0).astype(np.float32)
