@@ -112,4 +112,4 @@ def main(argv=None) -> int:
 
 def truth_chi(head):
     """Brain-tissue χ of the phantom (ppm), 0 outside the brain."""
-    return np.where(head.brain_mask, head.chi_ppm, 0).astype(np.float32)
+    return head.brain_chi_ppm.astype(np.float32)

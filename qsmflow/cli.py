@@ -131,3 +131,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print('qsmflow: interrupted', file=sys.stderr)
         return 130
+    except Exception as exc:  # an unanticipated failure: still one line, details on demand
+        if os.environ.get('QSMFLOW_DEBUG'):
+            raise
+        print(f'qsmflow: internal error: {type(exc).__name__}: {exc} '
+              '(rerun with QSMFLOW_DEBUG=1 for the traceback, and please report it)',
+              file=sys.stderr)
+        return EXIT_FAILED

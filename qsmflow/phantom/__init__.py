@@ -1,1 +1,23 @@
 # SPDX-License-Identifier: Apache-2.0
+"""Numerical head phantom, MEGRE forward model and BIDS writer (demo and test data).
+
+* :mod:`~qsmflow.phantom.head`: anatomy (labels, χ in ppm, R2* in 1/s, M0) on RAS grids,
+  :func:`~qsmflow.phantom.head.make_head`;
+* :mod:`~qsmflow.phantom.forward`: dipole forward model and multi-echo GRE simulation,
+  :func:`~qsmflow.phantom.forward.simulate_megre`;
+* :mod:`~qsmflow.phantom.bids`: raw BIDS dataset plus ground-truth derivatives,
+  :func:`~qsmflow.phantom.bids.write_dataset`.
+"""
+
+from .forward import field_from_chi, simulate_megre
+from .head import DEEP_GM, LABELS, HeadPhantom, make_head, tissue_chi_ppm
+
+__all__ = [
+    'DEEP_GM',
+    'LABELS',
+    'HeadPhantom',
+    'field_from_chi',
+    'make_head',
+    'simulate_megre',
+    'tissue_chi_ppm',
+]

@@ -196,7 +196,8 @@ def rasterise(items, shape, voxel_size_mm, dtype=np.int8) -> np.ndarray:
     for label, solid, within in items:
         lo, hi = solid.bbox() if within is None else Intersection((solid, within)).bbox()
         sl = tuple(
-            slice(int(np.searchsorted(ax, a, side='left')), int(np.searchsorted(ax, b, side='right')))
+            slice(int(np.searchsorted(ax, a, side='left')),
+                  int(np.searchsorted(ax, b, side='right')))
             for ax, a, b in zip(axes, lo, hi)
         )
         if any(s.stop <= s.start for s in sl):

@@ -10,9 +10,10 @@ frontal + ethmoid/sphenoid sinus air cavities that produce a strong background f
 
 The grid is RAS-oriented: index ``i`` runs left → right (x), ``j`` posterior → anterior (y)
 and ``k`` inferior → superior (z); the field of view is :data:`FOV_MM`, centred on the
-head. Cortex and deep nuclei are scaled to a smallish head (124 × 154 × 124 mm incl. scalp)
-so that ≥ 10 mm of air surrounds it. Coarse grids are built from an oversampled label
-grid: labels are taken at the voxel centres, χ, M0 and R2* are partial-volume averages.
+head. The head is smallish (124 × 154 × 124 mm incl. scalp, so that ≥ 10 mm of air
+surrounds it); the cerebrum is scaled down with it while the deep nuclei keep realistic
+sizes. Coarse grids are built from an oversampled label grid: labels are taken at the voxel
+centres, χ, M0 and R2* are partial-volume averages.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ HEAD = Superellipsoid((0.0, 0.0, 0.0), (62.0, 77.0, 62.0), power=2.4)
 AC_MM = (0.0, 10.0, -4.0)
 
 _SCALP_MM, _SKULL_MM, _CSF_RIM_MM, _CORTEX_MM = 5.0, 5.0, 3.0, 3.0
+
+#: Height of the anterior skull base (mm): below it, in front of the temporal lobes, the
+#: head is bone and soft tissue (orbits, nasal cavity) around the sinuses.
+_SKULL_BASE_Z_MM = -28.0
 
 
 def _rel(dx, dy, dz):
@@ -125,8 +130,15 @@ def anatomy():
         (idx['calcification'], _ell((28, 28, 20), (3, 3, 3)), None),
         (idx['haemorrhage'], _ell((-26, -30, 22), (4, 4, 4)), None),
     ]
-    # Paranasal sinuses (air) in a bony wall: frontal, then ethmoid/sphenoid.
-    for cavity in (_ell((0, 65, -14), (11, 4.5, 8)), _ell((0, 32, -42), (11, 16, 8))):
+    # Anterior skull base: bone floor under the frontal lobes and around the sphenoid body,
+    # soft tissue below it, then the paranasal sinuses (air) in a bony wall.
+    floor_z = _SKULL_BASE_Z_MM
+    for lo, hi in (((-math.inf, 12.0, -math.inf), (math.inf, math.inf, floor_z)),
+                   ((-18.0, -2.0, -math.inf), (18.0, 12.0, floor_z))):
+        items += [(idx['skull'], Box(lo, hi[:2] + (floor_z + 3.0,)), intracranial),
+                  (idx['scalp'], Box(lo, hi), intracranial)]
+    for cavity in (_ell((0, 67, -12), (10, 4, 7)), _ell((0, 32, -42), (10, 14, 8)),
+                   _ell((0, 5, -41), (9, 8, 7))):
         items += [(idx['skull'], cavity.grown(2.5), skull_outer),
                   (idx['sinus_air'], cavity, None)]
     return items
@@ -155,7 +167,8 @@ class HeadPhantom:
     age_years : float
         Age used for the tissue values (years).
     brain_chi_ppm : ndarray of float32
-        χ of brain tissue only (ppm; the partial-volume brain part, 0 outside the brain).
+        χ of brain tissue only (ppm): inside ``brain_mask`` the brain part of each voxel
+        (partial volume of air or bone counts as 0), exactly 0 outside ``brain_mask``.
     """
 
     labels: np.ndarray
@@ -207,22 +220,38 @@ def _resolve_grid(voxel_size_mm, shape, size, oversample):
 
 
 @functools.lru_cache(maxsize=4)
-def _fine_labels(vox, shape, oversample) -> np.ndarray:
-    fine = rasterise(anatomy(), tuple(n * oversample for n in shape),
-                     tuple(v / oversample for v in vox))
-    fine.setflags(write=False)
-    return fine
+def _sampled_labels(vox, shape, oversample):
+    """Labels at voxel centres and, for voxels straddling a boundary, label fractions.
+
+    Returns ``(labels, mixed, fractions)``: the int16 label image, the flat indices of
+    the voxels whose sub-samples disagree and their ``(n_mixed, n_labels)`` fractions.
+    """
+    f = oversample
+    fine = rasterise(anatomy(), tuple(n * f for n in shape), tuple(v / f for v in vox))
+    c = f // 2
+    labels = np.ascontiguousarray(fine[c::f, c::f, c::f], dtype=np.int16)
+    n_labels = len(LABELS)
+    if f == 1:
+        mixed, fractions = np.zeros(0, dtype=np.intp), np.zeros((0, n_labels), np.float32)
+    else:
+        n0, n1, n2 = shape
+        blocks = fine.reshape(n0, f, n1, f, n2, f).transpose(0, 2, 4, 1, 3, 5)
+        blocks = blocks.reshape(n0 * n1 * n2, f**3)
+        mixed = np.flatnonzero(blocks.min(axis=1) != blocks.max(axis=1))
+        rows = np.repeat(np.arange(mixed.size), f**3) * n_labels
+        counts = np.bincount(rows + blocks[mixed].ravel(), minlength=mixed.size * n_labels)
+        fractions = (counts.reshape(mixed.size, n_labels) / f**3).astype(np.float32)
+    for array in (labels, mixed, fractions):
+        array.setflags(write=False)
+    return labels, mixed, fractions
 
 
-def _block_mean(fine_labels, lut, factor) -> np.ndarray:
-    values = lut[fine_labels]
-    if factor == 1:
-        return values
-    n0, n1, n2 = (n // factor for n in values.shape)
-    out = values.reshape(-1, factor).sum(axis=1)
-    out = out.reshape(n0 * factor * n1, factor, n2).sum(axis=1)
-    out = out.reshape(n0, factor, n1 * n2).sum(axis=1).reshape(n0, n1, n2)
-    return (out / factor**3).astype(np.float32)
+def _partial_volume_map(sampled, lut) -> np.ndarray:
+    """Per-voxel property (float32) from a label lookup table, averaged over sub-samples."""
+    labels, mixed, fractions = sampled
+    out = lut[labels]
+    out.ravel()[mixed] = fractions @ lut
+    return out
 
 
 def make_head(voxel_size_mm=None, shape=None, age_years: float = 40.0, *,
@@ -256,9 +285,8 @@ def make_head(voxel_size_mm=None, shape=None, age_years: float = 40.0, *,
     ((48, 58, 48), True)
     """
     vox, shape, factor = _resolve_grid(voxel_size_mm, shape, size, oversample)
-    fine = _fine_labels(vox, shape, factor)
-    centre = factor // 2
-    labels = fine[centre::factor, centre::factor, centre::factor].astype(np.int16)
+    sampled = _sampled_labels(vox, shape, factor)
+    labels = sampled[0].copy()
 
     chi = tissue_chi_ppm(age_years)
     r2 = tissue_r2star_hz(age_years)
@@ -268,14 +296,15 @@ def make_head(voxel_size_mm=None, shape=None, age_years: float = 40.0, *,
            for key, table in (('chi', chi), ('r2', r2), ('m0', m0))}
     lut['brain_chi'] = np.array([chi[n] if n in BRAIN_LABELS else 0.0 for n in names],
                                 dtype=np.float32)
-    maps = {key: _block_mean(fine, table, factor) for key, table in lut.items()}
-    brain_idx = [LABEL_INDEX[n] for n in BRAIN_LABELS]
+    maps = {key: _partial_volume_map(sampled, table) for key, table in lut.items()}
+    brain_mask = np.isin(labels, [LABEL_INDEX[n] for n in BRAIN_LABELS])
+    maps['brain_chi'][~brain_mask] = 0.0
     return HeadPhantom(
         labels=labels,
         chi_ppm=maps['chi'],
         m0=maps['m0'],
         r2star_hz=maps['r2'],
-        brain_mask=np.isin(labels, brain_idx),
+        brain_mask=brain_mask,
         voxel_size_mm=vox,
         label_names=dict(LABEL_NAMES),
         age_years=float(age_years),
