@@ -9,7 +9,6 @@ import numpy as np
 from scipy import ndimage
 
 from ..qsm.kernels import (
-    GAMMA_HZ_PER_T,
     crop_from,
     dipole_kernel,
     irfft,

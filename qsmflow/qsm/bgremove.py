@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from scipy import fft as sfft
+
 from qsmflow.qsm.kernels import (
+    FFT_WORKERS,
     PaddedBox,
     check_field_mask,
     dipole_kernel,
@@ -33,7 +36,7 @@ DEFAULT_VSHARP_MAX_RADIUS_MM = 12.0
 DEFAULT_VSHARP_MIN_STEP_MM = 1.0
 
 #: Voxels kept around the mask's bounding box for the V-SHARP FFT grid.
-VSHARP_MARGIN_VOXELS = 4
+VSHARP_MARGIN_VOXELS = 0
 
 #: Padding (voxels, each side) around the mask's bounding box for the PDF source region.
 PDF_PAD_VOXELS = 16
@@ -165,34 +168,37 @@ def _ball_count(vsz, radius_mm) -> int:
 
 
 def _vsharp_core(field, mask, vsz, radii, threshold):
-    """V-SHARP on the cropped grid; ``radii`` decreasing (mm). Returns full-size arrays."""
+    """V-SHARP on the cropped grid; ``radii`` decreasing (mm). Returns full-size arrays.
+
+    The field and the mask are packed into one complex image ``f + i·m``: the SMV kernel is
+    real and even, so one complex inverse FFT per radius yields both ``SMV_r(f)`` (real part)
+    and ``SMV_r(m)`` (imaginary part), which decides where the ball fits in the mask.
+    """
     grid = PaddedBox(mask, margin_voxels=VSHARP_MARGIN_VOXELS)
-    m = grid.to_grid(mask, np.float32)
+    shape = grid.shape
     f = grid.to_grid(np.where(mask, field, 0), np.float32)
-    f_k = rfft(f)
-    m_k = rfft(m)
-    inside_prev = np.zeros(grid.shape, bool)
-    assembled = np.zeros(grid.shape, np.float32)
-    s_largest = None
+    packed = np.empty(shape, np.complex64)
+    packed.real = f
+    packed.imag = grid.to_grid(mask, np.float32)
+    spec = sfft.fftn(packed, workers=FFT_WORKERS, overwrite_x=True)
+    inside_prev = np.zeros(shape, bool)
+    assembled = np.zeros(shape, np.float32)
+    work = np.empty(shape, np.complex64)
     for r in radii:
-        s = sphere_kernel(grid.shape, vsz, r)
-        if s_largest is None:
-            s_largest = s
+        np.multiply(spec, sphere_kernel(shape, vsz, r, full=True), out=work)
+        smv = sfft.ifftn(work, workers=FFT_WORKERS, overwrite_x=True)
         # the whole ball lies in the mask ⇔ SMV of the mask is 1 (tolerance: half a voxel)
-        inside = irfft(m_k * s, grid.shape) > 1.0 - 0.5 / _ball_count(vsz, r)
+        inside = smv.imag > 1.0 - 0.5 / _ball_count(vsz, r)
         new = inside & ~inside_prev
-        if new.any():
-            smv = irfft(f_k * s, grid.shape)
-            np.subtract(f, smv, out=smv)
-            np.copyto(assembled, smv, where=new)
+        np.subtract(f, smv.real, out=assembled, where=new)
         inside_prev |= inside
     used = inside_prev
     # truncated deconvolution of δ − s_R
-    h = 1.0 - s_largest
+    h = 1.0 - sphere_kernel(shape, vsz, radii[0])
     inv = np.zeros_like(h)
     keep = np.abs(h) > threshold
     inv[keep] = 1.0 / h[keep]
-    local = irfft(rfft(assembled) * inv, grid.shape).astype(np.float32, copy=False)
+    local = irfft(rfft(assembled) * inv, shape).astype(np.float32, copy=False)
     local *= used
     return grid.to_full(local), grid.to_full(used)
 
@@ -304,7 +310,7 @@ def _pdf_core(field, mask, vsz, b0, tol, max_iter, pad):
     p = r.copy()
     rr = float(np.vdot(r, r))
     stop = tol**2 * rr
-    for _ in range(max_iter):
+    for _it in range(max_iter):
         if rr <= stop or rr == 0:
             break
         q = normal_op(p)
@@ -315,6 +321,7 @@ def _pdf_core(field, mask, vsz, b0, tol, max_iter, pad):
         p *= np.float32(rr_new / rr)
         p += r
         rr = rr_new
+    _pdf_core.last_iterations = _it  # diagnostics
     bg = irfft(rfft(x) * d, shape)
     local = (f - bg).astype(np.float32, copy=False)
     local *= m

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+import numba
 import numpy as np
 from scipy import fft as sfft
 
@@ -166,7 +167,7 @@ def dipole_kernel(shape, voxel_size_mm, b0_dir=(0, 0, 1), dtype=np.float32) -> n
     return D.astype(dtype)
 
 
-def sphere_kernel(shape, voxel_size_mm, radius_mm, dtype=np.float32) -> np.ndarray:
+def sphere_kernel(shape, voxel_size_mm, radius_mm, dtype=np.float32, *, full=False) -> np.ndarray:
     """Spherical-mean-value (SMV) kernel: FFT of a normalised sphere of ``radius_mm``.
 
     The sphere is centred on voxel ``(0, 0, 0)`` with periodic wrap, so that multiplying a
@@ -177,16 +178,31 @@ def sphere_kernel(shape, voxel_size_mm, radius_mm, dtype=np.float32) -> np.ndarr
     small support (three matrix products), which is exact and several times faster than a
     full-grid FFT.
 
+    Parameters
+    ----------
+    shape : tuple of 3 int
+        Real-space grid shape (voxels).
+    voxel_size_mm : sequence of 3 float
+        Voxel spacing (mm).
+    radius_mm : float
+        Sphere radius (mm); voxels whose centre is within it belong to the ball.
+    dtype : numpy dtype
+        Output float type.
+    full : bool
+        Return the kernel on the full ``fftn`` grid instead of the ``rfftn`` half grid.
+
     Returns
     -------
-    S : ndarray, shape ``(n0, n1, n2 // 2 + 1)``
+    S : ndarray, shape ``(n0, n1, n2 // 2 + 1)`` (or ``shape`` if ``full``)
         Real kernel with ``S(0) = 1`` (dimensionless).
     """
     shape = tuple(int(n) for n in shape)
     d = np.asarray(voxel_size_mm, dtype=np.float64)
+    nfreq = (shape[0], shape[1], shape[2] if full else shape[2] // 2 + 1)
     reach = np.floor(radius_mm / d + 1e-9).astype(int)
     if np.any(2 * reach + 1 > np.asarray(shape)):
-        return _sphere_kernel_fft(shape, d, radius_mm, dtype)
+        out = _sphere_kernel_fft(shape, d, radius_mm, dtype)
+        return _mirror_full(out, shape) if full else out
     # non-negative offsets only; each offset stands for its mirror images (weights 1 or 2)
     offs = [np.arange(r + 1, dtype=np.float64) for r in reach]
     wts = [np.where(o > 0, 2.0, 1.0) for o in offs]
@@ -198,7 +214,6 @@ def sphere_kernel(shape, voxel_size_mm, radius_mm, dtype=np.float32) -> np.ndarr
     ball = (r2 <= radius_mm**2 * (1 + 1e-12)).astype(np.float64)
     ball *= wts[0][:, None, None] * wts[1][None, :, None] * wts[2][None, None, :]
     ball /= ball.sum()
-    nfreq = (shape[0], shape[1], shape[2] // 2 + 1)
     cos = [
         np.cos(2 * np.pi * np.outer(np.arange(nf), o) / n)
         for nf, o, n in zip(nfreq, offs, shape)
@@ -207,6 +222,12 @@ def sphere_kernel(shape, voxel_size_mm, radius_mm, dtype=np.float32) -> np.ndarr
     t = np.matmul(cos[1][None], t)  # (x0, k1, k2)
     out = cos[0] @ t.reshape(t.shape[0], -1)  # (k0, k1 * k2)
     return out.reshape(nfreq).astype(dtype)
+
+
+def _mirror_full(half, shape):
+    """Full-grid spectrum of a real, point-symmetric kernel from its ``rfftn`` half."""
+    k2 = np.arange(shape[2])
+    return np.ascontiguousarray(half[..., np.minimum(k2, shape[2] - k2)])
 
 
 def _sphere_kernel_fft(shape, d, radius_mm, dtype):
@@ -368,3 +389,99 @@ def rfft(x: np.ndarray) -> np.ndarray:
 def irfft(X: np.ndarray, shape) -> np.ndarray:
     """Inverse of :func:`rfft` onto a real grid of ``shape``."""
     return sfft.irfftn(X, s=shape, workers=FFT_WORKERS)
+
+
+# --- finite differences (periodic, forward) --------------------------------------------------
+# Compiled loops (numba, parallel over the first axis): each output voxel reads its neighbours
+# once, which is several times faster than the equivalent chain of numpy slicing operations.
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _gradient_nb(x, ih0, ih1, ih2, gx, gy, gz):  # pragma: no cover - compiled
+    n0, n1, n2 = x.shape
+    for i in numba.prange(n0):
+        ip = i + 1 if i + 1 < n0 else 0
+        for j in range(n1):
+            jp = j + 1 if j + 1 < n1 else 0
+            for k in range(n2):
+                kp = k + 1 if k + 1 < n2 else 0
+                c = x[i, j, k]
+                gx[i, j, k] = (x[ip, j, k] - c) * ih0
+                gy[i, j, k] = (x[i, jp, k] - c) * ih1
+                gz[i, j, k] = (x[i, j, kp] - c) * ih2
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _gradient_adjoint_nb(gx, gy, gz, ih0, ih1, ih2, out):  # pragma: no cover - compiled
+    n0, n1, n2 = out.shape
+    for i in numba.prange(n0):
+        im = i - 1 if i > 0 else n0 - 1
+        for j in range(n1):
+            jm = j - 1 if j > 0 else n1 - 1
+            for k in range(n2):
+                km = k - 1 if k > 0 else n2 - 1
+                out[i, j, k] = (
+                    (gx[im, j, k] - gx[i, j, k]) * ih0
+                    + (gy[i, jm, k] - gy[i, j, k]) * ih1
+                    + (gz[i, j, km] - gz[i, j, k]) * ih2
+                )
+
+
+def gradient(x: np.ndarray, voxel_size_mm) -> np.ndarray:
+    """Periodic forward-difference gradient ``(x[i + 1] − x[i]) / h`` along each axis.
+
+    Parameters
+    ----------
+    x : (n0, n1, n2) ndarray of float32 or float64
+        Image (any unit ``u``).
+    voxel_size_mm : sequence of 3 float
+        Voxel spacing (mm).
+
+    Returns
+    -------
+    g : (3, n0, n1, n2) ndarray, dtype of ``x``
+        Gradient in ``u``/mm; its k-space kernel along axis ``a`` is
+        ``(exp(2πi k_a h_a) − 1) / h_a`` and ``∇ᵀ∇`` is :func:`laplacian_kernel`.
+
+    Examples
+    --------
+    >>> x = np.arange(4.0)[:, None, None] * np.ones((4, 2, 2))
+    >>> gradient(x, (2, 1, 1))[0, :, 0, 0].tolist()
+    [0.5, 0.5, 0.5, -1.5]
+    """
+    x = np.ascontiguousarray(x)
+    ih = 1.0 / np.asarray(voxel_size_mm, dtype=np.float64)
+    g = np.empty((3,) + x.shape, dtype=x.dtype)
+    _gradient_nb(x, x.dtype.type(ih[0]), x.dtype.type(ih[1]), x.dtype.type(ih[2]), *g)
+    return g
+
+
+def gradient_adjoint(g: np.ndarray, voxel_size_mm) -> np.ndarray:
+    """Adjoint of :func:`gradient` (a negative divergence with backward differences).
+
+    Parameters
+    ----------
+    g : (3, n0, n1, n2) ndarray of float32 or float64
+        Vector field (unit ``u``/mm).
+    voxel_size_mm : sequence of 3 float
+        Voxel spacing (mm).
+
+    Returns
+    -------
+    out : (n0, n1, n2) ndarray, dtype of ``g``
+        ``∇ᵀ g`` in ``u``/mm².
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, g = rng.random((5, 6, 7)), rng.random((3, 5, 6, 7))
+    >>> bool(np.isclose(np.vdot(gradient(x, (1, 2, 3)), g),
+    ...                 np.vdot(x, gradient_adjoint(g, (1, 2, 3)))))
+    True
+    """
+    g = np.ascontiguousarray(g)
+    ih = 1.0 / np.asarray(voxel_size_mm, dtype=np.float64)
+    out = np.empty(g.shape[1:], dtype=g.dtype)
+    t = g.dtype.type
+    _gradient_adjoint_nb(g[0], g[1], g[2], t(ih[0]), t(ih[1]), t(ih[2]), out)
+    return out
