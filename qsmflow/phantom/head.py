@@ -132,11 +132,15 @@ def anatomy():
     ]
     # Anterior skull base: bone floor under the frontal lobes and around the sphenoid body,
     # soft tissue below it, then the paranasal sinuses (air) in a bony wall.
-    floor_z = _SKULL_BASE_Z_MM
-    for lo, hi in (((-math.inf, 12.0, -math.inf), (math.inf, math.inf, floor_z)),
-                   ((-18.0, -2.0, -math.inf), (18.0, 12.0, floor_z))):
-        items += [(idx['skull'], Box(lo, hi[:2] + (floor_z + 3.0,)), intracranial),
-                  (idx['scalp'], Box(lo, hi), intracranial)]
+    # The soft tissue is walled in bone on every side that faces the brain (as in a real
+    # skull base), so that no magnitude-based mask can leak from the brain into it.
+    floor_z, wall = _SKULL_BASE_Z_MM, 3.0
+    boxes = (((-math.inf, 12.0, -math.inf), (math.inf, math.inf, floor_z)),
+             ((-18.0, -2.0, -math.inf), (18.0, 12.0, floor_z)))
+    items += [(idx['skull'], Box((lo[0] - wall, lo[1] - wall, lo[2]),
+                                 (hi[0] + wall, hi[1] + wall, floor_z + wall)), intracranial)
+              for lo, hi in boxes]
+    items += [(idx['scalp'], Box(lo, hi), intracranial) for lo, hi in boxes]
     for cavity in (_ell((0, 67, -12), (10, 4, 7)), _ell((0, 32, -42), (10, 14, 8)),
                    _ell((0, 5, -41), (9, 8, 7))):
         items += [(idx['skull'], cavity.grown(2.5), skull_outer),

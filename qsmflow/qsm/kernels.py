@@ -158,11 +158,23 @@ def dipole_kernel(shape, voxel_size_mm, b0_dir=(0, 0, 1), dtype=np.float32) -> n
     """
     b = np.asarray(b0_dir, dtype=np.float64)
     b = b / np.linalg.norm(b)
-    k0, k1, k2 = kspace_grid(shape, voxel_size_mm, dtype=np.float64)
-    kb = k0 * b[0] + k1 * b[1] + k2 * b[2]
-    k2sum = k0**2 + k1**2 + k2**2
+    k = kspace_grid(shape, voxel_size_mm, dtype=np.float64)
+    # On an even axis the Nyquist frequency stands for both +k_N and −k_N. For an oblique b0,
+    # D differs between the two, so D is averaged over both signs there (the cross terms of
+    # (k·b)² with a Nyquist component cancel): this keeps the kernel Hermitian, i.e. the
+    # convolution real, instead of leaving a checkerboard error of order 1/n in the field.
+    nyq = [np.zeros(ka.shape, bool) for ka in k]
+    for a, n in enumerate(shape):
+        if n % 2 == 0:
+            idx = n // 2 if a < 2 else -1
+            sl = [slice(None)] * 3
+            sl[a] = idx
+            nyq[a][tuple(sl)] = True
+    kb_regular = sum(np.where(q, 0.0, ka) * ba for ka, q, ba in zip(k, nyq, b))
+    kb2 = kb_regular**2 + sum(np.where(q, ka, 0.0) ** 2 * ba**2 for ka, q, ba in zip(k, nyq, b))
+    k2sum = k[0] ** 2 + k[1] ** 2 + k[2] ** 2
     with np.errstate(invalid='ignore', divide='ignore'):
-        D = 1.0 / 3.0 - kb**2 / k2sum
+        D = 1.0 / 3.0 - kb2 / k2sum
     D[0, 0, 0] = 0.0
     return D.astype(dtype)
 
