@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Find multi-echo GRE acquisitions in a BIDS dataset and check them before any computing.
+"""Find multi-echo GRE acquisitions in a BIDS dataset and check their metadata.
 
-Every problem is raised as :class:`InputError`, whose message is one line naming the file
-and the fix. The rules (suffix, parts, required metadata, limits) come from
-``bids_specs/inputs.json``.
+Accepted layouts: one 3D file per echo (``echo-<n>``) or one 4D file per part with
+``EchoTime`` as a list; parts ``mag``/``phase`` or ``real``/``imag``; a single echo. The
+image contents are checked by :mod:`qsmflow.preflight`. Every problem is raised as
+:class:`InputError`, whose message is one line naming the file and the fix. The rules
+(suffix, parts, required metadata, limits) come from ``bids_specs/inputs.json``.
 """
 from __future__ import annotations
 
@@ -32,6 +34,13 @@ class Acquisition:
     echo_times_s: list = field(default_factory=list)
     b0_tesla: float = 0.0
     phase_units: str | None = 'rad'
+    #: Parts the two file lists hold: ``'mag/phase'`` or ``'real/imag'`` (then
+    #: ``mag_files`` are the part-real and ``phase_files`` the part-imag files).
+    complex_parts: str = 'mag/phase'
+    #: ``'echo'``: one 3D file per echo; ``'4d'``: one file per part, a volume per echo.
+    layout: str = 'echo'
+    #: Pre-flight warnings (one line each), filled by :func:`qsmflow.preflight.check_images`.
+    warnings: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -95,9 +104,49 @@ def _sidecar(path: Path, layout) -> dict:
         raise InputError(f'{path}: JSON sidecar is not valid JSON ({exc}); fix the file') from None
 
 
+def load_bids_filters(path) -> dict:
+    """Read a ``--bids-filter-file`` (PyBIDS queries as JSON, as in fMRIPrep).
+
+    The file maps query names to entity filters; qsmflow reads the ``"megre"`` query, e.g.
+    ``{"megre": {"session": "pre", "acquisition": ["fast", "slow"], "run": null}}``
+    (``null``: the entity must be absent; ``"*"``: any value).
+    """
+    path = Path(path).expanduser()
+    allowed = bids_specs.load('inputs')['bids_filter_queries']
+    example = '(e.g. {"megre": {"session": "01"}})'
+    if not path.is_file():
+        raise InputError(f'{path}: BIDS filter file not found; give the path of a JSON file')
+    try:
+        filters = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f'{path}: BIDS filter file is not valid JSON ({exc}); '
+                         f'fix the file {example}') from None
+    if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
+        raise InputError(f'{path}: BIDS filter file must map query names to entity filters '
+                         f'{example}')
+    unknown = sorted(set(filters) - set(allowed))
+    if unknown:
+        raise InputError(f'{path}: unknown query {unknown[0]!r} in BIDS filter file; qsmflow '
+                         f'reads {", ".join(repr(a) for a in allowed)} {example}')
+    return filters
+
+
+def _pybids_value(value):
+    """fMRIPrep's filter conventions: ``null`` = entity absent, ``"*"`` = any value."""
+    from bids.layout import Query
+
+    if value is None:
+        return Query.NONE
+    if value == '*':
+        return Query.ANY
+    if isinstance(value, list):
+        return [_pybids_value(v) for v in value]
+    return value
+
+
 def find_acquisitions(bids_dir, participant_labels=None, session_labels=None,
-                      field_strength=None) -> tuple[dict, dict]:
-    """Collect and check every MEGRE acquisition of the requested participants.
+                      field_strength=None, filters=None) -> tuple[dict, dict]:
+    """Collect and check the metadata of every MEGRE acquisition of the requested participants.
 
     Parameters
     ----------
@@ -107,6 +156,8 @@ def find_acquisitions(bids_dir, participant_labels=None, session_labels=None,
         Labels without prefix; ``None`` takes all.
     field_strength : float or None
         B0 in tesla used when ``MagneticFieldStrength`` is missing (``--field-strength``).
+    filters : dict or None
+        PyBIDS filters from :func:`load_bids_filters` (``{"megre": {entity: value}}``).
 
     Returns
     -------
@@ -118,7 +169,8 @@ def find_acquisitions(bids_dir, participant_labels=None, session_labels=None,
     Raises
     ------
     InputError
-        When a requested participant label does not exist in the dataset.
+        When a requested participant or session label does not exist in the dataset, or a
+        filter names an unknown entity.
     """
     spec = bids_specs.load('inputs')
     layout = _layout(Path(bids_dir))
@@ -131,27 +183,43 @@ def find_acquisitions(bids_dir, participant_labels=None, session_labels=None,
         raise InputError(
             f'participant label(s) {", ".join(unknown)} not found in {bids_dir} '
             f'(available: {", ".join(subjects[:20])})')
+    if session_labels:
+        sessions = sorted(layout.get_sessions())
+        missing = [s for s in session_labels if s not in sessions]
+        if missing:
+            raise InputError(
+                f'session label(s) {", ".join(missing)} not found in {bids_dir} '
+                f'(available: {", ".join(sessions[:20]) or "none"})')
+    query = {k: _pybids_value(v) for k, v in (filters or {}).get('megre', {}).items()}
 
     acquisitions, errors = {}, {}
     for subject in wanted:
         try:
-            acqs = _subject_acquisitions(layout, spec, subject, session_labels, field_strength)
+            acqs = _subject_acquisitions(layout, spec, subject, session_labels, field_strength,
+                                         query)
             if not acqs:
                 raise InputError(
                     f'sub-{subject}: no multi-echo GRE data found '
-                    f'(expected anat/sub-{subject}_echo-<n>_part-<mag|phase>_MEGRE.nii[.gz])')
+                    f'(expected anat/sub-{subject}_echo-<n>_part-<mag|phase>_MEGRE.nii[.gz]'
+                    f'{" matching the BIDS filters" if query else ""})')
             acquisitions[subject] = acqs
         except InputError as exc:
             errors[subject] = str(exc)
     return acquisitions, errors
 
 
-def _subject_acquisitions(layout, spec, subject, session_labels, field_strength):
-    query = dict(subject=subject, suffix=spec['suffix'], datatype=spec['datatype'],
-                 extension=spec['extensions'], return_type='object')
+def _subject_acquisitions(layout, spec, subject, session_labels, field_strength, filters):
+    query = dict(suffix=spec['suffix'], datatype=spec['datatype'],
+                 extension=spec['extensions'])
+    query.update(filters)
+    query.update(subject=subject, return_type='object')
     if session_labels:
         query['session'] = session_labels
-    files = layout.get(**query)
+    try:
+        files = layout.get(**query)
+    except ValueError as exc:  # pybids: unknown entity in a filter
+        raise InputError(f'BIDS filter {filters}: {exc}'.splitlines()[0] +
+                         '; use BIDS entity names (session, acquisition, run, ...)') from None
     groups: dict[tuple, dict] = {}
     for f in files:
         ents = f.get_entities()
@@ -167,61 +235,96 @@ def _subject_acquisitions(layout, spec, subject, session_labels, field_strength)
     return acqs
 
 
+def _pick_parts(spec, parts) -> tuple[str, str]:
+    """The two parts an acquisition is read from: (mag, phase) or (real, imag)."""
+    names = spec['parts']
+    pairs = [(names['magnitude'], names['phase']), (names['real'], names['imaginary'])]
+    for first, second in pairs:
+        if parts.get(first) and parts.get(second):
+            return first, second
+    anyfile = Path(next(iter(parts.values()))[0].path)
+    present = sorted(parts)
+    want = {'mag': 'phase', 'phase': 'mag', 'real': 'imag', 'imag': 'real'}[present[0]]
+    raise InputError(f'{anyfile}: part-{present[0]} without part-{want}; add the matching '
+                     f'part-{want} files (qsmflow needs mag+phase or real+imag)')
+
+
+def _by_echo(files) -> dict:
+    """``{echo index or None: Path}``; ``None`` is a file without ``echo-`` (4D/single echo)."""
+    out = {}
+    for f in files:
+        echo = f.get_entities().get('echo')
+        if echo in out:
+            raise InputError(f'{f.path}: duplicate of {out[echo].name} (same entities, e.g. '
+                             '.nii beside .nii.gz); remove one of them')
+        out[echo] = Path(f.path)
+    if None in out and len(out) > 1:
+        raise InputError(f'{out[None]}: a file without echo- beside files with echo-; keep '
+                         'either one file per echo (echo-<n>) or one 4D file with every echo')
+    return out
+
+
 def _check_group(layout, spec, entities, parts, field_strength) -> Acquisition:
-    mag_key, phase_key = spec['parts']['magnitude'], spec['parts']['phase']
-    mags = {f.get_entities().get('echo', 1): Path(f.path) for f in parts.get(mag_key, [])}
-    phases = {f.get_entities().get('echo', 1): Path(f.path) for f in parts.get(phase_key, [])}
-    anyfile = next(iter((mags or phases).values()))
-    if not mags:
-        raise InputError(f'{anyfile}: phase without magnitude; add the matching part-mag files')
-    if not phases:
-        raise InputError(f'{anyfile}: magnitude without phase; add the matching part-phase files')
-    if sorted(mags) != sorted(phases):
+    first_key, second_key = _pick_parts(spec, parts)
+    firsts, seconds = _by_echo(parts[first_key]), _by_echo(parts[second_key])
+    anyfile = next(iter(seconds.values()))
+    if sorted(firsts, key=str) != sorted(seconds, key=str):
         raise InputError(
-            f'{anyfile.parent}: echoes {sorted(mags)} (mag) and {sorted(phases)} (phase) differ; '
-            'every echo needs both a part-mag and a part-phase file')
+            f'{anyfile.parent}: echoes {sorted(firsts, key=str)} (part-{first_key}) and '
+            f'{sorted(seconds, key=str)} (part-{second_key}) differ; every echo needs both parts')
 
     rules = spec['metadata']
-    echoes = sorted(mags)
+    echoes = sorted(firsts, key=lambda e: -1 if e is None else int(e))
     tes = []
     for echo in echoes:
-        meta_p = _sidecar(phases[echo], layout)
-        te = _required(meta_p, 'EchoTime', phases[echo], rules['EchoTime'])
-        te_m = _required(_sidecar(mags[echo], layout), 'EchoTime', mags[echo], rules['EchoTime'])
-        if abs(float(te) - float(te_m)) > 1e-6:
+        te = _echo_times(_sidecar(seconds[echo], layout), seconds[echo], rules['EchoTime'])
+        te_1 = _echo_times(_sidecar(firsts[echo], layout), firsts[echo], rules['EchoTime'])
+        if len(te) != len(te_1) or any(abs(a - b) > 1e-6 for a, b in zip(te, te_1)):
             raise InputError(
-                f'{phases[echo]}: EchoTime {te} differs from its magnitude ({te_m}); '
+                f'{seconds[echo]}: EchoTime {te} differs from its part-{first_key} ({te_1}); '
                 'fix the sidecars so both parts of an echo share one EchoTime')
-        tes.append(float(te))
-    if any(b <= a for a, b in zip(tes, tes[1:])):
+        if echo is not None and len(te) != 1:
+            raise InputError(f'{seconds[echo]}: EchoTime is a list but the file has echo-'
+                             f'{echo}; give one EchoTime (s) per echo file')
+        tes.extend(te)
+    if len(set(tes)) != len(tes) or any(b <= a for a, b in zip(tes, tes[1:])):
+        what = 'contain duplicates' if len(set(tes)) != len(tes) else 'decrease'
         raise InputError(
-            f'{phases[echoes[0]].parent}: echo times {tes} are not strictly increasing with the '
-            'echo index; fix EchoTime or the echo- entities')
+            f'{seconds[echoes[0]]}: echo times {tes} s {what}; they must be strictly '
+            'increasing with the echo index: fix EchoTime or the echo- entities')
 
-    meta0 = _sidecar(phases[echoes[0]], layout)
+    meta0 = _sidecar(seconds[echoes[0]], layout)
     b0_rule = rules['MagneticFieldStrength']
     if 'MagneticFieldStrength' in meta0:
         b0 = _in_range(meta0['MagneticFieldStrength'], 'MagneticFieldStrength',
-                       phases[echoes[0]], b0_rule)
+                       seconds[echoes[0]], b0_rule)
     elif field_strength is not None:
         b0 = float(field_strength)
     else:
-        raise InputError(f'{phases[echoes[0]]}: missing MagneticFieldStrength; {b0_rule["fix"]}')
-    units = meta0.get('Units')
+        raise InputError(f'{seconds[echoes[0]]}: missing MagneticFieldStrength; '
+                         f'{b0_rule["fix"]}')
+    units = meta0.get('Units') if second_key == spec['parts']['phase'] else 'rad'
     if units is not None and units not in rules['Units']['allowed']:
-        raise InputError(f'{phases[echoes[0]]}: Units {units!r} is not valid for phase; '
+        raise InputError(f'{seconds[echoes[0]]}: Units {units!r} is not valid for phase; '
                          f'{rules["Units"]["fix"]}')
     return Acquisition(
         entities={'subject': entities['subject'], **entities},
-        mag_files=[str(mags[e]) for e in echoes],
-        phase_files=[str(phases[e]) for e in echoes],
-        echo_times_s=tes, b0_tesla=float(b0), phase_units=units)
+        mag_files=[str(firsts[e]) for e in echoes],
+        phase_files=[str(seconds[e]) for e in echoes],
+        echo_times_s=tes, b0_tesla=float(b0), phase_units=units,
+        complex_parts=f'{first_key}/{second_key}',
+        layout='4d' if echoes == [None] and len(tes) > 1 else 'echo')
 
 
-def _required(meta, key, path, rule):
-    if key not in meta:
-        raise InputError(f'{path}: missing {key}; {rule["fix"]}')
-    return _in_range(meta[key], key, path, rule)
+def _echo_times(meta, path, rule) -> list[float]:
+    """EchoTime of a sidecar as a list (s): one value, or one per volume of a 4D file."""
+    if 'EchoTime' not in meta:
+        raise InputError(f'{path}: missing EchoTime; {rule["fix"]}')
+    value = meta['EchoTime']
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise InputError(f'{path}: EchoTime is an empty list; {rule["fix"]}')
+    return [_in_range(v, 'EchoTime', path, rule) for v in values]
 
 
 def _in_range(value, key, path, rule) -> float:
@@ -238,32 +341,7 @@ def _in_range(value, key, path, rule) -> float:
 
 
 def check_images(acq: Acquisition) -> tuple[int, ...]:
-    """Check the NIfTI headers of an acquisition; return its 3D shape (voxels).
+    """Pre-flight check of the images of ``acq`` (see :func:`qsmflow.preflight.check_images`)."""
+    from qsmflow.preflight import check_images as _check
 
-    Catches unreadable files, 2D data and echoes whose shapes or affines disagree, before
-    any computation starts.
-    """
-    import nibabel as nb
-    import numpy as np
-
-    ref_shape = ref_affine = None
-    for path in [*acq.mag_files, *acq.phase_files]:
-        try:
-            img = nb.load(path)
-            shape = img.shape
-        except Exception as exc:
-            raise InputError(f'{path}: cannot read NIfTI ({exc}); '
-                             're-export the file (e.g. with dcm2niix)') from None
-        shape3 = tuple(shape[:3]) if len(shape) >= 3 else tuple(shape)
-        if len(shape) < 3 or min(shape3) < 2 or (len(shape) > 3 and any(s > 1 for s in shape[3:])):
-            raise InputError(f'{path}: image of shape {shape} is not a 3D volume; '
-                             'qsmflow needs one 3D volume per echo')
-        if ref_shape is None:
-            ref_shape, ref_affine = shape3, img.affine
-        elif shape3 != ref_shape:
-            raise InputError(f'{path}: shape {shape3} differs from {acq.mag_files[0]} '
-                             f'{ref_shape}; all echoes and parts must share one grid')
-        elif not np.allclose(img.affine, ref_affine, atol=1e-3):
-            raise InputError(f'{path}: affine differs from {acq.mag_files[0]}; '
-                             'all echoes and parts must share one grid')
-    return ref_shape
+    return _check(acq)['shape']

@@ -36,3 +36,16 @@ def e2e_run(phantom_dataset):
                  '-w', str(phantom_dataset / 'work')])
     return {'root': phantom_dataset, 'out': out, 'code': code,
             'truth': phantom_dataset / 'truth'}
+
+
+@pytest.fixture(scope='session')
+def tiny_phantom(tmp_path_factory):
+    """One tiny (3 mm) phantom participant for the input-variant tests, written once:
+    ``(bids_dir, (mag, phase, affine, sidecar))`` (see ``tests/variants.py``)."""
+    from qsmflow.phantom.bids import write_dataset
+    from tests.variants import read_phantom
+
+    root = tmp_path_factory.mktemp('tiny')
+    write_dataset(root / 'raw', root / 'truth', [{'participant_id': '01', 'age': 50,
+                                                  'sex': 'F'}], size='tiny')
+    return root / 'raw', read_phantom(root / 'raw')

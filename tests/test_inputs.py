@@ -79,3 +79,23 @@ def test_clean_labels():
     assert clean_labels(['sub-01', '02'], 'sub-') == ['01', '02']
     with pytest.raises(InputError):
         clean_labels(['../x'])
+
+
+def test_echo_time_list_on_a_per_echo_file(tmp_path):
+    bids = _skeleton(tmp_path / 'ds')
+    for part in ('mag', 'phase'):
+        _edit(bids / f'sub-01/anat/sub-01_echo-2_part-{part}_MEGRE.json',
+              EchoTime=[0.012, 0.02])
+    _, errors = find_acquisitions(bids)
+    assert 'EchoTime is a list but the file has echo-2' in errors['01']
+
+
+def test_real_imag_parts_are_found(tmp_path):
+    bids = _skeleton(tmp_path / 'ds')
+    for path in sorted((bids / 'sub-01/anat').iterdir()):
+        path.rename(path.with_name(path.name.replace('part-mag', 'part-real')
+                                   .replace('part-phase', 'part-imag')))
+    acqs, errors = find_acquisitions(bids)
+    acq = acqs['01'][0]
+    assert errors == {} and acq.complex_parts == 'real/imag' and acq.phase_units == 'rad'
+    assert acq.mag_files[0].endswith('sub-01_echo-1_part-real_MEGRE.nii.gz')

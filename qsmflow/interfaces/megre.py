@@ -1,21 +1,36 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Read a multi-echo GRE acquisition into 4D magnitude and phase (rad)."""
+"""Read a multi-echo GRE acquisition into 4D magnitude and phase (rad).
+
+The files of each part are read in order and their volumes concatenated, so one 3D file
+per echo and one 4D file holding every echo (or any mix) give the same result. Files whose
+BIDS name says ``part-real``/``part-imag`` hold the complex signal; they are converted to
+magnitude and phase.
+"""
 from __future__ import annotations
+
+import re
 
 import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits)
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
 from qsmflow.qsm.kernels import b0_dir_from_affine
-from qsmflow.qsm.phase import to_radians
+from qsmflow.qsm.phase import complex_to_mag_phase, to_radians, zero_nonfinite
 
 
 class _LoadMEGREInputSpec(BaseInterfaceInputSpec):
-    mag_files = traits.List(File(exists=True), mandatory=True, desc='magnitude, one file per echo')
-    phase_files = traits.List(File(exists=True), mandatory=True, desc='phase, one file per echo')
+    mag_files = traits.List(File(exists=True), mandatory=True,
+                            desc='magnitude (or part-real) files, one 3D per echo or one 4D')
+    phase_files = traits.List(File(exists=True), mandatory=True,
+                              desc='phase (or part-imag) files, one 3D per echo or one 4D')
     echo_times = traits.List(traits.Float, mandatory=True, desc='echo times in s')
     b0_tesla = traits.Float(mandatory=True, desc='main field strength in T')
     phase_units = traits.Either(None, traits.Str, default=None, usedefault=True,
@@ -31,23 +46,72 @@ class _LoadMEGREOutputSpec(TraitedSpec):
 
 
 class LoadMEGRE(SimpleInterface):
-    """Stack per-echo magnitude and phase (rescaled to rad) into 4D float32 images."""
+    """Stack magnitude and phase (rad) of every echo into 4D float32 images."""
 
     input_spec = _LoadMEGREInputSpec
     output_spec = _LoadMEGREOutputSpec
 
     def _run_interface(self, runtime):
         ref = nb.load(self.inputs.mag_files[0])
-        mag = np.stack([base.load(f)[0].reshape(ref.shape[:3]) for f in self.inputs.mag_files], -1)
-        phase = np.stack([to_radians(base.load(f)[0].reshape(ref.shape[:3]),
-                                     self.inputs.phase_units) for f in self.inputs.phase_files], -1)
+        n_echo = len(self.inputs.echo_times)
+        first = read_volumes(self.inputs.mag_files, n_echo)
+        second = read_volumes(self.inputs.phase_files, n_echo)
+        real_imag = part_of(self.inputs.mag_files[0]) == 'real'
+        if real_imag:
+            mag, phase = complex_to_mag_phase(first, second)
+        else:
+            mag, phase = first, to_radians(second, self.inputs.phase_units)
+        mag, phase, n_bad = zero_nonfinite(mag, phase)
         b0_dir = b0_dir_from_affine(ref.affine)
-        rec = {'Step': 'input', 'EchoTime': list(self.inputs.echo_times),
-               'MagneticFieldStrength': self.inputs.b0_tesla, 'B0Direction': b0_dir.tolist(),
-               'PhaseUnits': self.inputs.phase_units or 'rad (from value range)'}
+        rec = input_record(self.inputs, b0_dir, real_imag, n_bad)
         for key, data in (('magnitude', mag), ('phase', phase)):
             out = fname_presuffix('megre.nii.gz', suffix=f'_{key}', newpath=runtime.cwd)
             self._results[key] = base.save(data, ref, out, steps=[rec])
         self._results.update(echo_times=list(self.inputs.echo_times),
                              b0_tesla=self.inputs.b0_tesla, b0_dir=b0_dir.tolist())
         return runtime
+
+
+def part_of(path) -> str | None:
+    """BIDS ``part`` entity of a file name.
+
+    >>> part_of('/d/sub-01_echo-1_part-real_MEGRE.nii.gz')
+    'real'
+    """
+    match = re.search(r'_part-([a-zA-Z0-9]+)_', str(path).rsplit('/', 1)[-1])
+    return match.group(1) if match else None
+
+
+def read_volumes(files, n_volumes: int) -> np.ndarray:
+    """Concatenate the 3D/4D volumes of ``files`` into one (X, Y, Z, n_volumes) float32 array.
+
+    Non-finite values are kept (see :func:`qsmflow.qsm.phase.zero_nonfinite`).
+    """
+    vols = []
+    for path in files:
+        data = np.asarray(nb.load(path).dataobj, dtype=np.float32)
+        data = data.reshape(data.shape[:3] + (-1,))
+        vols.extend(data[..., i] for i in range(data.shape[3]))
+    if len(vols) != n_volumes:
+        raise ValueError(f'{len(vols)} volumes in {files[0]}... but {n_volumes} echo times')
+    return np.stack(vols, -1)
+
+
+def input_record(inputs, b0_dir, real_imag: bool, n_bad: int) -> dict:
+    """Provenance record of the input step (echo times in s, B0 in T)."""
+    n_echo = len(inputs.echo_times)
+    rec = {'Step': 'input', 'EchoTime': list(inputs.echo_times), 'NumberOfEchoes': n_echo,
+           'MagneticFieldStrength': inputs.b0_tesla, 'B0Direction': b0_dir.tolist(),
+           'InputLayout': '3D file per echo' if len(inputs.mag_files) == n_echo > 1
+           else ('single echo' if n_echo == 1 else '4D file, one volume per echo'),
+           'ComplexParts': 'real/imag (converted to magnitude/phase)' if real_imag
+           else 'mag/phase',
+           'PhaseUnits': 'rad (from real/imag)' if real_imag
+           else (inputs.phase_units or 'from value range')}
+    if n_echo == 1:
+        rec['SingleEcho'] = True
+        rec['FieldEstimation'] = ('single echo: field = unwrapped phase / (2 pi TE); the '
+                                  'echo-independent phase offset cannot be separated')
+    if n_bad:
+        rec['NonFiniteVoxelsZeroed'] = n_bad
+    return rec

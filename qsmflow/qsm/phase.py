@@ -1,8 +1,109 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Phase scaling: bring stored phase values to radians in [−π, π)."""
+"""Phase scaling: bring stored phase values to radians in [−π, π).
+
+Scanners store phase either in radians or as integers spanning one full cycle
+(−4096…4095, 0…4095, …; BIDS ``Units: "arbitrary"``); some store the complex signal as
+real and imaginary parts instead. The functions here turn all of these into magnitude
+(arbitrary units) and phase (rad, wrapped to [−π, π)).
+"""
 from __future__ import annotations
 
 import numpy as np
+
+#: Slack (rad) allowed around [−π, 2π] before values are deemed not to be radians.
+RAD_TOLERANCE = 0.01
+
+#: Smallest span (stored units) of integer phase that is taken as scanner integers.
+MIN_ARBITRARY_SPAN = 255.0
+
+PHASE_UNITS = ('rad', 'arbitrary')
+
+
+def phase_range(phase: np.ndarray) -> tuple[float, float, bool]:
+    """Range of the finite values of a stored phase image.
+
+    Parameters
+    ----------
+    phase : ndarray, any shape
+        Stored phase values (any unit).
+
+    Returns
+    -------
+    lo, hi : float
+        Smallest and largest finite value (stored units).
+    integer : bool
+        Whether every finite value is a whole number.
+
+    Raises
+    ------
+    ValueError
+        If the image has no finite value.
+
+    Examples
+    --------
+    >>> phase_range(np.array([-4096, 12, 4095, np.nan]))
+    (-4096.0, 4095.0, True)
+    """
+    data = np.asarray(phase, dtype=np.float64)
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        raise ValueError('phase image has no finite values')
+    integer = bool(np.all(finite == np.round(finite)))
+    return float(finite.min()), float(finite.max()), integer
+
+
+def infer_phase_units(lo: float, hi: float, integer: bool, units: str | None = None) -> str:
+    """Decide how stored phase values are scaled, from BIDS ``Units`` and the value range.
+
+    Parameters
+    ----------
+    lo, hi : float
+        Range of the stored phase values of a whole acquisition (every echo).
+    integer : bool
+        Whether all stored values are whole numbers.
+    units : {'rad', 'arbitrary', None}
+        BIDS ``Units`` from the sidecar (``None`` when missing).
+
+    Returns
+    -------
+    {'rad', 'arbitrary'}
+        ``'rad'`` for values already in radians (within [−π, 2π] ± 0.01), ``'arbitrary'``
+        for scanner integers spanning one cycle.
+
+    Raises
+    ------
+    ValueError
+        If ``units`` is unknown, contradicts the values (``'rad'`` but spanning −4096…4095),
+        the data are constant, or ``units`` is missing and the range is ambiguous (neither
+        radians nor a wide integer range); the message says which.
+
+    Examples
+    --------
+    >>> infer_phase_units(-3.14, 3.14, False), infer_phase_units(0, 4095, True)
+    ('rad', 'arbitrary')
+    >>> infer_phase_units(-4096, 4095, True, 'arbitrary')
+    'arbitrary'
+    """
+    if units not in (None, *PHASE_UNITS):
+        raise ValueError(f'unknown phase Units {units!r} (expected "rad" or "arbitrary")')
+    if not hi > lo:
+        raise ValueError(f'phase is constant ({lo:g}): no phase information')
+    in_rad = lo >= -np.pi - RAD_TOLERANCE and hi <= 2 * np.pi + RAD_TOLERANCE
+    wide_int = integer and hi - lo >= MIN_ARBITRARY_SPAN
+    if units == 'rad':
+        if not in_rad:
+            raise ValueError(f'Units is "rad" but the phase spans {lo:g}…{hi:g}, not radians; '
+                             'set "Units": "arbitrary"')
+        return 'rad'
+    if units == 'arbitrary':
+        # Floats already in radians are sometimes labelled "arbitrary": keep them as they are.
+        return 'rad' if in_rad and not integer else 'arbitrary'
+    if in_rad and not integer:
+        return 'rad'
+    if wide_int:
+        return 'arbitrary'
+    raise ValueError(f'phase Units missing and the range {lo:g}…{hi:g} is ambiguous; '
+                     'set "Units" to "rad" or "arbitrary"')
 
 
 def to_radians(phase: np.ndarray, units: str | None = 'rad') -> np.ndarray:
@@ -12,43 +113,111 @@ def to_radians(phase: np.ndarray, units: str | None = 'rad') -> np.ndarray:
     ----------
     phase : ndarray, any shape
         Stored phase values: radians (``units='rad'``) or scanner integers such as
-        −4096…4095 or 0…4095 (``units='arbitrary'``).
+        −4096…4095 or 0…4095 (``units='arbitrary'``). Pass every echo of an acquisition
+        at once, so that all echoes share one scaling.
     units : {'rad', 'arbitrary', None}
-        BIDS ``Units`` of the phase image. ``None`` (missing) is decided from the value
-        range: values within [−π − 0.01, 2π + 0.01] are radians, anything wider is arbitrary.
+        BIDS ``Units`` of the phase image; ``None`` (missing) is decided from the value
+        range by :func:`infer_phase_units`.
 
     Returns
     -------
     ndarray of float32, same shape
-        Phase in rad, wrapped to [−π, π).
+        Phase in rad, wrapped to [−π, π); non-finite input stays non-finite.
 
     Raises
     ------
     ValueError
-        If ``units`` is unknown or the data are constant (no phase information).
+        From :func:`infer_phase_units` (unknown, contradicted or ambiguous units, constant
+        data) or when there is no finite value.
 
     Examples
     --------
     >>> p = to_radians(np.array([-4096, 0, 2048, 4095]), 'arbitrary')
     >>> bool(np.allclose(p, [-np.pi, 0, np.pi / 2, np.pi * 4095 / 4096], atol=1e-6))
     True
+    >>> q = to_radians(np.array([0, 1024, 2048, 4095]), None)
+    >>> bool(np.allclose(q, [-np.pi, -np.pi / 2, 0, np.pi * 2047 / 2048], atol=1e-6))
+    True
+    >>> d = to_radians(np.array([-180.0, -90.5, 0.0, 180.0]), 'arbitrary')  # degrees
+    >>> bool(np.allclose(d, np.radians([-180.0, -90.5, 0.0, -180.0]), atol=1e-6))
+    True
     """
     data = np.asarray(phase, dtype=np.float64)
-    finite = data[np.isfinite(data)]
-    if finite.size == 0:
-        raise ValueError('phase image has no finite values')
-    lo, hi = float(finite.min()), float(finite.max())
-    if units is None:
-        units = 'rad' if (lo >= -np.pi - 0.01 and hi <= 2 * np.pi + 0.01) else 'arbitrary'
+    lo, hi, integer = phase_range(data)
+    units = infer_phase_units(lo, hi, integer, units)
     if units == 'rad':
         scaled = data
-    elif units == 'arbitrary':
-        if hi <= lo:
-            raise ValueError('phase image is constant: no phase information')
-        # Scanner integers span one full cycle: -2^n..2^n-1 or 0..2^(n+1)-1.
-        span = 2.0 ** np.ceil(np.log2(hi - lo + 1))
-        scaled = data / span * 2 * np.pi - np.pi if lo >= 0 else data / (span / 2) * np.pi
     else:
-        raise ValueError(f'unknown phase units {units!r} (expected "rad" or "arbitrary")')
+        # Scanner integers span one full cycle: -2^n..2^n-1 or 0..2^(n+1)-1; other
+        # (float) values are taken to span one cycle from their minimum to their maximum.
+        span = 2.0 ** np.ceil(np.log2(hi - lo + 1)) if integer else hi - lo
+        scaled = data / span * 2 * np.pi - np.pi if lo >= 0 else data / (span / 2) * np.pi
     wrapped = np.mod(scaled + np.pi, 2 * np.pi) - np.pi
     return wrapped.astype(np.float32)
+
+
+def complex_to_mag_phase(real: np.ndarray, imag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitude and phase of a complex signal stored as real and imaginary parts.
+
+    Parameters
+    ----------
+    real, imag : ndarray, same shape
+        Real and imaginary parts (arbitrary units, one scale for both).
+
+    Returns
+    -------
+    magnitude : ndarray of float32, same shape
+        |real + i·imag| (arbitrary units).
+    phase : ndarray of float32, same shape
+        arg(real + i·imag) in rad, wrapped to [−π, π).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+
+    Examples
+    --------
+    >>> m, p = complex_to_mag_phase(np.array([0.0, -2.0]), np.array([3.0, 0.0]))
+    >>> m.tolist(), bool(np.allclose(p, [np.pi / 2, -np.pi]))
+    ([3.0, 2.0], True)
+    """
+    re, im = np.asarray(real, dtype=np.float64), np.asarray(imag, dtype=np.float64)
+    if re.shape != im.shape:
+        raise ValueError(f'real {re.shape} and imaginary {im.shape} parts differ in shape')
+    mag = np.hypot(re, im)
+    phase = np.arctan2(im, re)
+    phase = np.where(phase >= np.pi, phase - 2 * np.pi, phase)  # arctan2 can return +π
+    return mag.astype(np.float32), phase.astype(np.float32)
+
+
+def zero_nonfinite(magnitude: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Zero the voxels where any echo of magnitude or phase is NaN or ±Inf.
+
+    A zero magnitude keeps these voxels out of the brain mask and gives them no weight in
+    the echo fit.
+
+    Parameters
+    ----------
+    magnitude, phase : ndarray, shape (X, Y, Z, N)
+        Magnitude (arbitrary units) and phase (rad) of N echoes.
+
+    Returns
+    -------
+    magnitude, phase : ndarray of float32, shape (X, Y, Z, N)
+        Copies with the bad voxels set to 0 in every echo.
+    n_bad : int
+        Number of spatial voxels zeroed.
+
+    Examples
+    --------
+    >>> m, p, n = zero_nonfinite(np.ones((2, 1, 1, 2)), np.array([[[[0.0, np.nan]]], [[[1, 1]]]]))
+    >>> n, m[..., 0].ravel().tolist()
+    (1, [0.0, 1.0])
+    """
+    mag = np.asarray(magnitude, dtype=np.float32)
+    ph = np.asarray(phase, dtype=np.float32)
+    bad = ~(np.isfinite(mag).all(-1) & np.isfinite(ph).all(-1))
+    mag, ph = mag.copy(), ph.copy()
+    mag[bad], ph[bad] = 0.0, 0.0
+    return mag, ph, int(bad.sum())
