@@ -16,7 +16,6 @@ bounding box (plus a margin), zero-padded to fast FFT lengths.
 from __future__ import annotations
 
 import numpy as np
-
 from scipy import fft as sfft
 
 from qsmflow.qsm.kernels import (
@@ -35,9 +34,9 @@ DEFAULT_VSHARP_MAX_RADIUS_MM = 12.0
 #: Step of the default V-SHARP radius ladder is ``max(1 mm, largest voxel size)``.
 DEFAULT_VSHARP_MIN_STEP_MM = 1.0
 
-#: Voxels kept around the mask's bounding box for the V-SHARP FFT grid. One voxel of
+#: Zero padding (voxels, each side) around the mask's bounding box for V-SHARP. One voxel of
 #: background on every side is enough for the (periodic) SMV of the mask to see the edge.
-VSHARP_MARGIN_VOXELS = 1
+VSHARP_PAD_VOXELS = 1
 
 #: Padding (voxels, each side) around the mask's bounding box for the PDF source region.
 PDF_PAD_VOXELS = 4
@@ -175,7 +174,7 @@ def _vsharp_core(field, mask, vsz, radii, threshold):
     real and even, so one complex inverse FFT per radius yields both ``SMV_r(f)`` (real part)
     and ``SMV_r(m)`` (imaginary part), which decides where the ball fits in the mask.
     """
-    grid = PaddedBox(mask, margin_voxels=0, pad_voxels=VSHARP_MARGIN_VOXELS)
+    grid = PaddedBox(mask, margin_voxels=0, pad_voxels=VSHARP_PAD_VOXELS)
     shape = grid.shape
     f = grid.to_grid(np.where(mask, field, 0), np.float32)
     packed = np.empty(shape, np.complex64)
@@ -298,16 +297,21 @@ def _pdf_core(field, mask, vsz, b0, tol, max_iter, pad):
     d = dipole_kernel(shape, vsz, b0)
     f = grid.to_grid(np.where(mask, field, 0), np.float32)
 
+    def dipole_conv(x):
+        spec = rfft(x)
+        spec *= d
+        return irfft(spec, shape).astype(np.float32, copy=False)
+
     def normal_op(x):
         """``M̄ · d ∗ (M · d ∗ (M̄ x))`` (``x`` is already zero in the mask)."""
-        y = irfft(rfft(x) * d, shape)
+        y = dipole_conv(x)
         y *= m
-        y = irfft(rfft(y) * d, shape)
+        y = dipole_conv(y)
         y *= out
-        return y.astype(np.float32, copy=False)
+        return y
 
     # CG on the normal equations  Aᵀ A x = Aᵀ f
-    rhs = irfft(rfft(f) * d, shape).astype(np.float32, copy=False)
+    rhs = dipole_conv(f)
     rhs *= out
     x = np.zeros(shape, np.float32)
     r = rhs
@@ -325,7 +329,6 @@ def _pdf_core(field, mask, vsz, b0, tol, max_iter, pad):
         p *= np.float32(rr_new / rr)
         p += r
         rr = rr_new
-    bg = irfft(rfft(x) * d, shape)
-    local = (f - bg).astype(np.float32, copy=False)
+    local = f - dipole_conv(x)
     local *= m
     return grid.to_full(local)
