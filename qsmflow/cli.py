@@ -19,8 +19,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 _DESCRIPTION = """\
 qsmflow: quantitative susceptibility mapping (QSM) of the brain from BIDS multi-echo GRE.
-Reads sub-*/[ses-*/]anat/*_echo-<n>_part-<mag|phase>_MEGRE.nii[.gz] and writes susceptibility
-maps (ppm), masks and field maps as a BIDS derivatives dataset in OUT_DIR.
+Reads sub-*/[ses-*/]anat/*[_echo-<n>]_part-<mag|phase|real|imag>_MEGRE.nii[.gz] (one 3D
+file per echo, or one 4D file with EchoTime as a list; phase in rad or scanner integers) and
+writes susceptibility maps (ppm), masks and field maps as a BIDS derivatives dataset in OUT_DIR.
+Every input is checked before any computation (pre-flight report per participant).
 Other commands: 'qsmflow demo DIR' builds a synthetic phantom dataset and processes it;
 'qsmflow bench' times every reconstruction step on the 1 mm phantom."""
 
@@ -49,8 +51,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument('bids_dir', type=Path, help='root folder of a BIDS dataset')
     parser.add_argument('output_dir', type=Path,
                         help='output folder (a BIDS derivatives dataset; outside bids_dir)')
-    parser.add_argument('analysis_level', choices=['participant'],
-                        help='processing stage: "participant" reconstructs each participant')
+    parser.add_argument('analysis_level', choices=['participant', 'group'],
+                        help='processing stage: "participant" reconstructs each participant, '
+                             '"group" builds cohort tables, age norms and plots')
     parser.add_argument('--version', action='version', version=f'qsmflow {__version__}')
 
     g_bids = parser.add_argument_group('Options for filtering BIDS queries')
@@ -58,6 +61,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         help='participants to process (with or without "sub-"; default: all)')
     g_bids.add_argument('--session-label', nargs='+', metavar='LABEL',
                         help='sessions to process (with or without "ses-"; default: all)')
+    g_bids.add_argument('--bids-filter-file', '--bids_filter_file', type=Path, metavar='FILE',
+                        help='JSON file of PyBIDS filters for the "megre" query, as in fMRIPrep '
+                             '(e.g. {"megre": {"acquisition": "fast"}})')
     g_bids.add_argument('--skip-bids-validation', '--skip_bids_validation', action='store_true',
                         help='do not run bids-validator-deno on the input dataset')
     g_bids.add_argument('--field-strength', type=_positive_float, metavar='TESLA',
@@ -69,13 +75,22 @@ def _build_parser() -> argparse.ArgumentParser:
                              '(default: %(default)s)')
     g_pipe.add_argument('--unwrapping', choices=['romeo', 'laplacian'],
                         help='phase unwrapping (overrides the preset)')
-    g_pipe.add_argument('--bf-removal', choices=['vsharp', 'pdf'],
+    g_pipe.add_argument('--masking', choices=['magnitude', 'quality'],
+                        help='brain mask: magnitude only, or minus unreliable phase '
+                             '(overrides the preset)')
+    g_pipe.add_argument('--echo-combination', choices=['wls', 'nlcomplex'],
+                        help='echo combination: weighted least squares or nonlinear complex fit '
+                             '(overrides the preset)')
+    g_pipe.add_argument('--bf-removal', choices=['vsharp', 'pdf', 'resharp'],
                         help='background field removal (overrides the preset)')
-    g_pipe.add_argument('--inversion', choices=['tv', 'rts', 'tkd', 'tikhonov'],
+    g_pipe.add_argument('--inversion', choices=['tv', 'rts', 'tkd', 'tikhonov', 'medi'],
                         help='dipole inversion (overrides the preset)')
-    g_pipe.add_argument('--reference', choices=['mean', 'none'],
+    g_pipe.add_argument('--reference', choices=['mean', 'csf', 'none'],
                         help='susceptibility reference (overrides the preset)')
 
+    from qsmflow.regions_config import add_arguments as add_regions_arguments
+
+    add_regions_arguments(parser)
     g_perf = parser.add_argument_group('Performance')
     g_perf.add_argument('--nprocs', '--nthreads', type=_positive_int, default=os.cpu_count() or 1,
                         help='processes for Nipype (1 = Linear plugin; default: all CPUs)')
@@ -122,6 +137,10 @@ def main(argv=None) -> int:
 
             return bench_main(argv[1:])
         opts = _build_parser().parse_args(argv)
+        if opts.analysis_level == 'group':
+            from qsmflow.group.run import run_group
+
+            return run_group(opts)
         from qsmflow.run import run_participants
 
         return run_participants(opts)

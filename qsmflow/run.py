@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 from qsmflow import __version__, bids_specs
-from qsmflow.inputs import InputError, check_dirs, check_images, clean_labels, find_acquisitions
+from qsmflow.inputs import (
+    InputError, check_dirs, clean_labels, find_acquisitions, load_bids_filters)
 from qsmflow.interfaces.base import write_json
+from qsmflow.preflight import preflight
 
 
 def run_participants(opts) -> int:
@@ -26,21 +28,19 @@ def run_participants(opts) -> int:
     try:
         pipeline = with_overrides(
             load_preset(opts.preset), unwrapping=opts.unwrapping, bf_removal=opts.bf_removal,
-            inversion=opts.inversion, reference=opts.reference)
+            inversion=opts.inversion, reference=opts.reference,
+            masking=getattr(opts, 'masking', None),
+            echo_combination=getattr(opts, 'echo_combination', None))
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if not opts.skip_bids_validation:
         validate_input(bids_dir)
 
-    acquisitions, failures = find_acquisitions(bids_dir, labels, sessions, opts.field_strength)
-    for subject, acqs in list(acquisitions.items()):
-        try:
-            for acq in acqs:
-                shape = check_images(acq)
-                acq.n_voxels = int(shape[0] * shape[1] * shape[2])
-        except InputError as exc:
-            failures[subject] = str(exc)
-            del acquisitions[subject]
+    filters = getattr(opts, 'bids_filter_file', None)
+    filters = load_bids_filters(filters) if filters else None
+    acquisitions, failures = find_acquisitions(bids_dir, labels, sessions, opts.field_strength,
+                                               filters)
+    preflight(acquisitions, failures)  # reads every image: before any heavy computation
     for subject, reason in failures.items():
         print(f'qsmflow: skipping sub-{subject}: {reason}', file=sys.stderr)
     todo = [a for acqs in acquisitions.values() for a in acqs]
@@ -78,9 +78,12 @@ def _execute(todo, out_dir, bids_dir, work_dir, pipeline, opts) -> dict:
     })
     logging.update_logging(config)
     nthreads = opts.omp_nthreads or opts.nprocs
+    from qsmflow.regions_config import regions_options
+
+    regions_opts = regions_options(opts)
     workflow = init_qsmflow_wf(acquisitions=todo, output_dir=str(out_dir),
                                bids_dir=str(bids_dir), pipeline=pipeline,
-                               omp_nthreads=nthreads)
+                               omp_nthreads=nthreads, regions_opts=regions_opts)
     workflow.base_dir = str(work_dir)
     plugin, args = ('Linear', {}) if opts.nprocs == 1 else ('MultiProc', {'n_procs': opts.nprocs})
     crashes_before = set(log_dir.glob('crash-*'))
@@ -95,6 +98,7 @@ def _execute(todo, out_dir, bids_dir, work_dir, pipeline, opts) -> dict:
         if missing:
             failures[acq.subject] = _crash_reason(acq, new_crashes) or \
                 f'{missing[0].name} was not produced'
+            remove_partial_outputs(acq, out_dir)
     return failures
 
 
@@ -107,6 +111,19 @@ def expected_outputs(acq, out_dir) -> list[Path]:
         folder = folder / f'ses-{acq.entities["session"]}'
     folder = folder / bids_specs.load('outputs')['datatype']
     return [folder / bids_specs.output_name(k, acq.entities) for k in QSM_OUTPUTS]
+
+
+def remove_partial_outputs(acq, out_dir) -> list[Path]:
+    """Delete the derivatives (and sidecars) of a failed acquisition: no half-written set."""
+    from qsmflow.interfaces.base import sidecar_of
+
+    removed = []
+    for path in expected_outputs(acq, out_dir):
+        for item in (path, Path(sidecar_of(path))):
+            if item.exists():
+                item.unlink()
+                removed.append(item)
+    return removed
 
 
 def _crash_reason(acq, crash_files) -> str | None:

@@ -27,8 +27,9 @@ def test_version():
 def test_help_lists_bids_app_arguments():
     proc = _run('--help')
     assert proc.returncode == 0
-    for flag in ('bids_dir', 'output_dir', '{participant}', 'qsmflow demo', '--participant-label',
-                 '--work-dir', '--nprocs', '--skip-bids-validation', '--preset'):
+    for flag in ('bids_dir', 'output_dir', '{participant,group}', 'qsmflow demo',
+                 '--participant-label', '--work-dir', '--nprocs', '--skip-bids-validation',
+                 '--preset', '--template', '--segmentations'):
         assert flag in proc.stdout
 
 

@@ -6,7 +6,8 @@ from nipype.pipeline import engine as pe
 
 
 def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipeline: dict,
-                    omp_nthreads: int = 1, name: str = 'qsmflow_wf') -> pe.Workflow:
+                    omp_nthreads: int = 1, regions_opts: dict | None = None,
+                    name: str = 'qsmflow_wf') -> pe.Workflow:
     """Build the participant-level workflow for a list of acquisitions.
 
     Each acquisition gets its own sub-workflow (``<sub_ses_acq_run>_wf``), so that a
@@ -22,23 +23,31 @@ def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipel
         Algorithms and options per step (:mod:`qsmflow.pipeline`).
     omp_nthreads : int
         Threads per node.
+    regions_opts : dict, optional
+        Template registration, atlases and regional tables (see
+        :func:`init_single_acquisition_wf`); None skips them.
     """
     workflow = pe.Workflow(name=name)
     for acq in acquisitions:
         workflow.add_nodes([init_single_acquisition_wf(
             acq=acq, output_dir=output_dir, bids_dir=bids_dir, pipeline=pipeline,
-            omp_nthreads=omp_nthreads)])
+            omp_nthreads=omp_nthreads, regions_opts=regions_opts)])
     return workflow
 
 
 def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline: dict,
-                               omp_nthreads: int = 1, name: str | None = None) -> pe.Workflow:
+                               omp_nthreads: int = 1, regions_opts: dict | None = None,
+                               name: str | None = None) -> pe.Workflow:
     """Reconstruction and derivatives of one acquisition, inputs filled in.
 
     Parameters
     ----------
     acq : :class:`qsmflow.inputs.Acquisition`
         Files, echo times (s), field strength (T) and entities of the acquisition.
+    regions_opts : dict, optional
+        ``segmentations`` (derivatives folder of user labels), ``template`` (templateflow
+        name; None skips registration), ``atlases`` (list of atlas dicts from
+        :func:`qsmflow.workflows.registration.resolve_atlases`), ``erode`` (bool).
     """
     from qsmflow.workflows.outputs import QSM_OUTPUTS, init_qsm_derivatives_wf
     from qsmflow.workflows.qsm import init_qsm_wf
@@ -57,4 +66,9 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
     workflow.connect([
         (qsm_wf, ds_wf, [(f'outputnode.{k}', f'inputnode.{k}') for k in QSM_OUTPUTS]),
     ])  # fmt:skip
+    if regions_opts:
+        from qsmflow.workflows.registration import connect_regions
+
+        connect_regions(workflow, qsm_wf, acq=acq, output_dir=output_dir,
+                        regions_opts=regions_opts, omp_nthreads=omp_nthreads)
     return workflow

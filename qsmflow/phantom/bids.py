@@ -179,10 +179,15 @@ def _dseg_tsv() -> str:
 
 
 def _write_participant(bids_dir, truth_dir, row, index, *, size, echo_times_s, b0_tesla,
-                       oblique_deg, snr, seed, pool) -> dict:
+                       oblique_deg, snr, seed, pool, yaw_deg=0.0, shift_mm=None) -> dict:
     sub = f'sub-{row["participant_id"]}'
     head = make_head(size=size, age_years=row['age'])
     affine = oblique_affine(head.shape, head.voxel_size_mm, oblique_deg)
+    if yaw_deg or shift_mm is not None:
+        # Head pose in the scanner: a turn about the B0 (z) axis leaves the physics alone.
+        pose = oblique_affine((1, 1, 1), 1.0, yaw_deg, axis='z')
+        pose[:3, 3] = np.asarray(shift_mm if shift_mm is not None else (0, 0, 0), float)
+        affine = pose @ affine
     b0_dir = b0_dir_from_affine(affine)
     mag, phase, truth = simulate_megre(head, echo_times_s, b0_tesla, b0_dir, snr=snr,
                                        rng=seed + index)
@@ -234,7 +239,8 @@ def _write_participant(bids_dir, truth_dir, row, index, *, size, echo_times_s, b
 
 def write_dataset(bids_dir, truth_dir, participants, *, size: str = 'small',
                   echo_times_s=DEFAULT_ECHO_TIMES_S, b0_tesla: float = DEFAULT_B0_TESLA,
-                  oblique_deg: float = 0.0, snr: float = 100.0, seed: int = 0) -> dict:
+                  oblique_deg: float = 0.0, snr: float = 100.0, seed: int = 0,
+                  yaw_deg: float = 0.0, shift_mm=None) -> dict:
     """Simulate and write a raw BIDS MEGRE dataset and its ground-truth derivatives.
 
     Parameters
@@ -260,6 +266,11 @@ def write_dataset(bids_dir, truth_dir, participants, *, size: str = 'small',
         Mean brain magnitude at the first echo over the noise σ (dimensionless).
     seed : int
         Noise seed; participant ``i`` (0-based) uses ``seed + i``.
+    yaw_deg : float
+        Head turn about the scanner z (B0) axis (degrees), applied after the slab tilt;
+        it moves the head in world space without changing the field.
+    shift_mm : sequence of 3 float, optional
+        Head position in the scanner (mm, world RAS); default: grid centre at the origin.
 
     Returns
     -------
@@ -286,7 +297,7 @@ def write_dataset(bids_dir, truth_dir, participants, *, size: str = 'small',
             written[row['participant_id']] = _write_participant(
                 bids_dir, truth_dir, row, index, size=size, echo_times_s=tes,
                 b0_tesla=b0_tesla, oblique_deg=oblique_deg, snr=snr, seed=int(seed),
-                pool=pool)
+                pool=pool, yaw_deg=yaw_deg, shift_mm=shift_mm)
     for paths in written.values():
         for key, value in paths.items():
             if isinstance(value, list):

@@ -1,0 +1,196 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Interfaces for segmentations and regional susceptibility tables (χ in ppm)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits)
+from nipype.utils.filemanip import fname_presuffix
+
+from qsmflow import __version__, bids_specs, regions
+from qsmflow.interfaces import base
+
+
+def read_lut(path) -> dict:
+    """Read a BIDS ``dseg.tsv`` (columns ``index`` and ``name``) into ``{index: name}``."""
+    with open(path, newline='') as fobj:
+        rows = list(csv.DictReader(fobj, delimiter='\t'))
+    if not rows or 'index' not in rows[0] or 'name' not in rows[0]:
+        raise ValueError(f'{path} must be a TSV with columns "index" and "name"')
+    return {int(float(r['index'])): r['name'] for r in rows}
+
+
+def write_lut(lut: dict, path) -> str:
+    """Write ``{index: name}`` as a BIDS ``dseg.tsv``; return the path."""
+    lines = ['index\tname'] + [f'{i}\t{n}' for i, n in sorted(lut.items())]
+    Path(path).write_text('\n'.join(lines) + '\n')
+    return str(path)
+
+
+def atlas_spec(name: str) -> dict | None:
+    """Entry of ``bids_specs/atlases.json`` for atlas ``name`` (None if unknown)."""
+    return bids_specs.load('atlases')['atlases'].get(name)
+
+
+class _ResampleSegInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc='label image (any grid, same scanner space)')
+    reference = File(exists=True, mandatory=True, desc='image on the target grid (chi map)')
+
+
+class _ResampleSegOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc='labels on the reference grid (int32)')
+
+
+class ResampleSegmentation(SimpleInterface):
+    """Bring a label image onto the χ grid by nearest neighbour through the image affines."""
+
+    input_spec = _ResampleSegInputSpec
+    output_spec = _ResampleSegOutputSpec
+
+    def _run_interface(self, runtime):
+        seg = nb.load(self.inputs.in_file)
+        ref = nb.load(self.inputs.reference)
+        labels = np.asarray(seg.dataobj).reshape(seg.shape[:3])
+        out_lab = regions.resample_labels(np.rint(labels).astype(np.int32), seg.affine,
+                                          ref.affine, ref.shape[:3])
+        rec = {'Step': 'segmentation', 'Source': str(self.inputs.in_file),
+               'Interpolation': 'nearest neighbour (through the image affines)'}
+        out = fname_presuffix('seg.nii.gz', suffix='_native', newpath=runtime.cwd)
+        self._results['out_file'] = base.save(out_lab, ref, out, dtype=np.int32, steps=[rec])
+        return runtime
+
+
+class _StatsInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc='referenced susceptibility map in ppm')
+    in_mask = File(exists=True, mandatory=True, desc='brain mask of the susceptibility map')
+    in_dseg = File(exists=True, mandatory=True, desc='labels on the grid of in_file')
+    in_lut = File(exists=True, mandatory=True, desc='dseg.tsv (index, name) of in_dseg')
+    atlas = traits.Str(mandatory=True, desc='atlas name (a key of atlases.json, or custom)')
+    erode = traits.Bool(False, usedefault=True, desc='erode every region by one voxel')
+    source = traits.Dict(usedefault=True, desc='atlas/segmentation provenance for the JSON')
+
+
+class _StatsOutputSpec(TraitedSpec):
+    out_tsv = File(exists=True, desc='regional statistics table (chi in ppm)')
+    out_json = File(exists=True, desc='sidecar of the table (units, reference, sources)')
+
+
+class RegionalStats(SimpleInterface):
+    """Regional χ statistics (ppm) per region and hemisphere, with a JSON sidecar."""
+
+    input_spec = _StatsInputSpec
+    output_spec = _StatsOutputSpec
+
+    def _run_interface(self, runtime):
+        chi, img = base.load(self.inputs.in_file)
+        mask = base.load(self.inputs.in_mask)[0] > 0
+        labels = np.rint(base.load(self.inputs.in_dseg)[0]).astype(np.int32)
+        lut = read_lut(self.inputs.in_lut)
+        spec = atlas_spec(self.inputs.atlas)
+        region_set = (regions.regions_from_set(spec['regions'], lut) if spec
+                      else regions.regions_from_lut(lut))
+        chi_meta = _read_json(base.sidecar_of(self.inputs.in_file))
+        ref_method = chi_meta.get('QSMReference', 'unknown')
+        rows = regions.region_table(chi, labels, mask, base.voxel_size(img), region_set,
+                                    erode=self.inputs.erode,
+                                    reference_mask=mask if ref_method == 'mean' else None)
+        out_tsv = Path(runtime.cwd) / 'stats.tsv'
+        write_table(rows, out_tsv)
+        meta = stats_sidecar(self.inputs.atlas, spec, self.inputs.source, ref_method,
+                             self.inputs.erode, base.read_steps(self.inputs.in_file))
+        out_json = Path(runtime.cwd) / 'stats.json'
+        base.write_json(out_json, meta)
+        self._results.update(out_tsv=str(out_tsv), out_json=str(out_json))
+        return runtime
+
+
+def write_table(rows: list[dict], path) -> None:
+    """Write statistic rows as TSV (``n/a`` for missing values, 6 decimals for χ)."""
+    lines = ['\t'.join(regions.COLUMNS)]
+    for row in rows:
+        lines.append('\t'.join(_fmt(row[c], c) for c in regions.COLUMNS))
+    Path(path).write_text('\n'.join(lines) + '\n')
+
+
+def _fmt(value, column: str = '') -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return 'n/a'
+        return f'{value:.2f}' if column == 'volume_mm3' else f'{value:.6f}'
+    return str(value)
+
+
+def stats_sidecar(atlas: str, spec: dict | None, source: dict, ref_method: str, erode: bool,
+                  steps: list) -> dict:
+    """JSON sidecar of a regional table: columns with units, reference, sources, pipeline."""
+    chi_desc = 'of susceptibility (ppm, SI) after the reference in QSMReference'
+    return {
+        'Description': 'Regional susceptibility statistics, one row per region and hemisphere '
+                       '(plus whole brain and reference region), computed on the native '
+                       'susceptibility grid (labels resampled to it; chi not interpolated).',
+        'region': {'Description': 'Region name (from the atlas or segmentation lookup table)'},
+        'hemisphere': {'Description': 'left, right or bilateral (left + right merged)'},
+        'n_voxels': {'Description': 'Voxels of the region inside the brain mask'},
+        'volume_mm3': {'Description': 'Region volume', 'Units': 'mm^3'},
+        'mean': {'Description': f'Mean {chi_desc}', 'Units': 'ppm'},
+        'median': {'Description': f'Median {chi_desc}', 'Units': 'ppm'},
+        'std': {'Description': f'Standard deviation {chi_desc}', 'Units': 'ppm'},
+        'p05': {'Description': f'5th percentile {chi_desc}', 'Units': 'ppm'},
+        'p95': {'Description': f'95th percentile {chi_desc}', 'Units': 'ppm'},
+        'QSMReference': ref_method,
+        'ReferenceRegion': ('whole brain mask (row "reference")' if ref_method == 'mean'
+                            else 'none' if ref_method == 'none' else ref_method),
+        'Atlas': {'Name': atlas, **({k: spec[k] for k in ('template', 'name', 'citation',
+                                                          'license') if k in spec}
+                                    if spec else {}), **source},
+        'ErodedByOneVoxel': bool(erode),
+        'GeneratedBy': {'Name': 'qsmflow', 'Version': __version__},
+        'QSMProcessing': steps,
+    }
+
+
+def _read_json(path) -> dict:
+    try:
+        with open(path) as fobj:
+            return json.load(fobj)
+    except (OSError, ValueError):
+        return {}
+
+
+class _FileSinkInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc='file to store as is')
+    base_directory = traits.Str(mandatory=True, desc='root of the derivatives dataset')
+    kind = traits.Str(mandatory=True, desc='output kind, a key of bids_specs/outputs.json')
+    entities = traits.Dict(mandatory=True, desc='BIDS entities of the output')
+
+
+class _FileSinkOutputSpec(TraitedSpec):
+    out_file = traits.Str(desc='path of the stored file')
+
+
+class FileSink(SimpleInterface):
+    """Copy a file (table, sidecar, lookup table, transform) to its BIDS name, atomically."""
+
+    input_spec = _FileSinkInputSpec
+    output_spec = _FileSinkOutputSpec
+    always_run = True
+
+    def _run_interface(self, runtime):
+        from qsmflow.interfaces.bids import atomic_copy
+
+        ents = self.inputs.entities
+        folder = Path(self.inputs.base_directory) / f'sub-{ents["subject"]}'
+        if ents.get('session'):
+            folder = folder / f'ses-{ents["session"]}'
+        folder = folder / bids_specs.load('outputs')['datatype']
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / bids_specs.output_name(self.inputs.kind, ents)
+        atomic_copy(self.inputs.in_file, dest)
+        self._results['out_file'] = str(dest)
+        return runtime

@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Template and atlas retrieval through the templateflow API.
+
+Every template (the real ``MNI152NLin2009cAsym``/``SUIT`` and the demo phantom's
+``QSMPhantom``) is found with the same templateflow queries. The client is rooted at
+``$TEMPLATEFLOW_HOME`` as it is when the query runs (so a test or the demo can point it
+at a folder it filled itself). Offline machines need a prefilled ``TEMPLATEFLOW_HOME``:
+templateflow's PyPI package ships 0-byte placeholders that are downloaded on first use.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+
+class TemplateError(RuntimeError):
+    """A template or atlas file cannot be found or downloaded."""
+
+
+def client():
+    """A templateflow client rooted at the current ``$TEMPLATEFLOW_HOME`` (one per folder)."""
+    return _client(os.environ.get('TEMPLATEFLOW_HOME') or '')
+
+
+@lru_cache(maxsize=8)
+def _client(root: str):
+    from templateflow.client import TemplateFlowClient
+
+    return TemplateFlowClient(root=root) if root else TemplateFlowClient()
+
+
+def query(template: str, **entities) -> list[Path]:
+    """Paths a templateflow query resolves to, without downloading anything.
+
+    Parameters
+    ----------
+    template : str
+        Template identifier, e.g. ``'MNI152NLin2009cAsym'``.
+    **entities
+        templateflow query (``resolution``, ``atlas``, ``suffix``, ``desc``, ``extension``).
+
+    Returns
+    -------
+    list of Path
+        Matching files (possibly 0-byte placeholders).
+    """
+    entities.setdefault('desc', entities.get('desc'))
+    found = client().ls(template, **entities)
+    return [Path(p) for p in (found if isinstance(found, list) else [found] if found else [])]
+
+
+def get(template: str, **entities) -> Path:
+    """Fetch exactly one template file through the templateflow API.
+
+    Raises
+    ------
+    TemplateError
+        When the query matches nothing, several files, or the file cannot be downloaded
+        (offline: prefill ``TEMPLATEFLOW_HOME``).
+    """
+    entities.setdefault('desc', entities.get('desc'))
+    try:
+        found = client().get(template, **entities)
+    except Exception as exc:  # network errors of the download surface here
+        raise TemplateError(_offline_hint(template, entities, exc)) from None
+    paths = found if isinstance(found, list) else [found] if found else []
+    if len(paths) != 1:
+        raise TemplateError(f'templateflow query {template} {entities} matched {len(paths)} '
+                            'files (expected one)')
+    path = Path(paths[0])
+    if not path.exists() or path.stat().st_size == 0:
+        raise TemplateError(_offline_hint(template, entities, 'file not downloaded'))
+    return path
+
+
+def _offline_hint(template, entities, exc) -> str:
+    home = os.environ.get('TEMPLATEFLOW_HOME', '~/.cache/templateflow')
+    return (f'cannot get templateflow {template} {entities}: {exc}. On an offline machine, '
+            f'prefill TEMPLATEFLOW_HOME ({home}) with this template, e.g. run '
+            f"python -c \"from templateflow import api; api.get('{template}')\" where there "
+            'is internet and copy the folder')

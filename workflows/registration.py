@@ -1,0 +1,299 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Template registration, atlas labels in native space and the regional tables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+#: Default registration template (templateflow identifier).
+DEFAULT_TEMPLATE = 'MNI152NLin2009cAsym'
+
+
+def template_files(template: str, resolution: int | None = 2) -> dict:
+    """T1w image and brain mask of a templateflow template (fetched through the API)."""
+    from qsmflow import templates
+
+    res = {'resolution': resolution} if resolution else {}
+    out = {'image': str(templates.get(template, suffix='T1w', extension='.nii.gz', **res))}
+    try:
+        out['mask'] = str(templates.get(template, suffix='mask', desc='brain',
+                                        extension='.nii.gz', **res))
+    except templates.TemplateError:
+        out['mask'] = None
+    return out
+
+
+def resolve_atlases(template: str, names, *, custom: dict | None = None,
+                    resolution: int | None = 2) -> list[dict]:
+    """Atlas files (templateflow queries of ``bids_specs/atlases.json``) and how to reach them.
+
+    Parameters
+    ----------
+    template : str
+        Registration template (templateflow identifier).
+    names : list of str
+        Atlas names (keys of ``atlases.json``).
+    custom : dict, optional
+        ``{'image', 'lut', 'template_image'}`` of a user atlas (``--atlas``...).
+    resolution : int, optional
+        Template resolution used as registration target when an atlas lives in another
+        template (SUIT → ``template``).
+
+    Returns
+    -------
+    list of dict
+        ``name``, ``image``, ``lut``, ``source`` and ``via`` (None, or the ``moving``
+        template image registered to ``fixed`` once and cached) or ``template_image``
+        (custom atlases: registered on their own).
+    """
+    from qsmflow import bids_specs, templates
+
+    specs = bids_specs.load('atlases')['atlases']
+    out = []
+    for name in names:
+        spec = specs[name]
+        entry = {'name': name, 'image': str(templates.get(spec['template'], **spec['query'])),
+                 'lut': str(templates.get(spec['template'], **spec['lut_query'])),
+                 'source': {'Template': spec['template'], 'TemplateflowQuery': spec['query']},
+                 'via': None}
+        if spec['template'] != template:
+            moving = templates.get(spec['template'], **spec.get('template_query', {
+                'suffix': 'T1w', 'extension': '.nii.gz'}))
+            entry['via'] = {'name': spec['template'], 'moving': str(moving),
+                            'fixed': template_files(template, resolution)['image']}
+        out.append(entry)
+    if custom:
+        out.append({'name': 'custom', 'image': str(custom['image']), 'lut': str(custom['lut']),
+                    'template_image': str(custom['template_image']), 'via': None,
+                    'source': {'Atlas': str(custom['image']),
+                               'AtlasTemplate': str(custom['template_image'])}})
+    return out
+
+
+def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dict,
+                    omp_nthreads: int = 1) -> None:
+    """Add registration, atlas labels and regional tables of one acquisition to ``workflow``.
+
+    Parameters
+    ----------
+    workflow, qsm_wf : Workflow
+        The acquisition workflow and its reconstruction sub-workflow.
+    acq : :class:`qsmflow.inputs.Acquisition`
+        The acquisition (entities).
+    output_dir : str
+        Root of the derivatives dataset.
+    regions_opts : dict
+        ``segmentations`` (folder or None), ``template`` (name or None), ``template_files``
+        (:func:`template_files`), ``atlases`` (:func:`resolve_atlases`), ``erode`` (bool).
+    """
+    from qsmflow.workflows.regions import (
+        find_segmentation, init_regions_wf, init_segmentation_regions_wf)
+
+    erode = bool(regions_opts.get('erode'))
+    if regions_opts.get('segmentations'):
+        found = find_segmentation(regions_opts['segmentations'], acq.entities)
+        if found:
+            seg_wf = init_segmentation_regions_wf(
+                segmentation=found[0], lut=found[1], output_dir=output_dir,
+                entities=acq.entities, erode=erode)
+            workflow.connect([(qsm_wf, seg_wf, [('outputnode.chimap', 'inputnode.chimap'),
+                                                ('outputnode.mask', 'inputnode.mask')])])
+    if not regions_opts.get('template'):
+        return
+    reg_wf = init_registration_wf(
+        template=regions_opts['template'], template_image=regions_opts['template_files']['image'],
+        template_mask=regions_opts['template_files'].get('mask'), output_dir=output_dir,
+        entities=acq.entities, omp_nthreads=omp_nthreads)
+    workflow.connect([(qsm_wf, reg_wf, [('load_megre.magnitude', 'inputnode.magnitude'),
+                                        ('brain_mask.out_mask', 'inputnode.mask'),
+                                        ('outputnode.chimap', 'inputnode.chimap')])])
+    for atlas in regions_opts.get('atlases', []):
+        labels_wf = init_atlas_labels_wf(atlas=atlas, omp_nthreads=omp_nthreads,
+                                         name=f'atlas_{atlas["name"].lower()}_wf')
+        regions_wf = init_regions_wf(atlas=atlas['name'], output_dir=output_dir,
+                                     entities=acq.entities, erode=erode, source=atlas['source'],
+                                     name=f'regions_{atlas["name"].lower()}_wf')
+        regions_wf.inputs.inputnode.lut = atlas['lut']
+        workflow.connect([
+            (qsm_wf, labels_wf, [('load_megre.magnitude', 'inputnode.magnitude'),
+                                 ('brain_mask.out_mask', 'inputnode.mask'),
+                                 ('outputnode.chimap', 'inputnode.chimap')]),
+            (reg_wf, labels_wf, [('outputnode.affine', 'inputnode.affine'),
+                                 ('outputnode.inverse_warp', 'inputnode.inverse_warp')]),
+            (qsm_wf, regions_wf, [('outputnode.chimap', 'inputnode.chimap'),
+                                  ('outputnode.mask', 'inputnode.mask')]),
+            (labels_wf, regions_wf, [('outputnode.dseg', 'inputnode.dseg')]),
+        ])  # fmt:skip
+
+
+def init_registration_wf(*, template: str, template_image: str, template_mask: str | None,
+                         output_dir: str, entities: dict, omp_nthreads: int = 1,
+                         name: str = 'registration_wf') -> pe.Workflow:
+    """Register the combined magnitude to a template; store transforms and the χ map there.
+
+    The moving image is the root-sum-of-squares magnitude over echoes inside the brain
+    mask; antspyx runs rigid, then affine (Mattes mutual information), then SyN. The
+    forward (native → template) affine and warp, the inverse warp and the χ map resampled
+    to the template (``space-<template>_Chimap``, linear) are stored.
+
+    Parameters
+    ----------
+    template : str
+        Template identifier (the ``space``/``to`` label).
+    template_image, template_mask : str
+        Template T1w image and brain mask (None: unmasked).
+    output_dir : str
+        Root of the derivatives dataset.
+    entities : dict
+        BIDS entities of the acquisition.
+    omp_nthreads : int
+        ITK threads.
+    name : str
+        Workflow name.
+
+    Inputs
+    ------
+    magnitude : str
+        4D multi-echo magnitude (a.u.).
+    mask : str
+        Brain mask of the magnitude (before the background-removal erosion, so that it
+        matches the template's brain mask).
+    chimap : str
+        χ map (ppm).
+
+    Outputs
+    -------
+    affine, warp, inverse_warp : str
+        Transforms native → template (ITK affine, displacement fields in mm).
+    """
+    from qsmflow.interfaces.bids import DerivativesSink
+    from qsmflow.interfaces.regions import FileSink
+    from qsmflow.interfaces.registration import ApplyTransforms, RegisterToTemplate
+
+    workflow = pe.Workflow(name=name)
+    workflow.__desc__ = (f'The combined magnitude was registered to the {template} template '
+                         'with antspyx (rigid, affine, SyN).')
+    inputnode = pe.Node(niu.IdentityInterface(fields=['magnitude', 'mask', 'chimap']),
+                        name='inputnode')
+    outputnode = pe.Node(niu.IdentityInterface(fields=['affine', 'warp', 'inverse_warp']),
+                         name='outputnode')
+    register = pe.Node(RegisterToTemplate(template=template_image, nthreads=omp_nthreads),
+                       name='register', n_procs=omp_nthreads, mem_gb=2.0)
+    if template_mask:
+        register.inputs.template_mask = template_mask
+    fwd_list = pe.Node(niu.Merge(2), name='fwd_list', run_without_submitting=True)
+    chi_std = pe.Node(ApplyTransforms(
+        reference=template_image, interpolation='linear',
+        meta={'SpatialReference': Path(template_image).absolute().as_uri()}),
+        name='chi_std', mem_gb=1.0)
+    ds_chi_std = pe.Node(DerivativesSink(base_directory=output_dir, kind='chimap_std',
+                                         entities={**entities, 'space': template}),
+                         name='ds_chi_std', run_without_submitting=True)
+    fwd = {**entities, 'from': 'MEGRE', 'to': template, 'mode': 'image'}
+    inv = {**entities, 'from': template, 'to': 'MEGRE', 'mode': 'image'}
+    sinks = {key: pe.Node(FileSink(base_directory=output_dir, kind=kind, entities=ents),
+                          name=f'ds_{key}', run_without_submitting=True)
+             for key, kind, ents in (('affine', 'xfm_affine', fwd), ('warp', 'xfm_warp', fwd),
+                                     ('inverse_warp', 'xfm_warp', inv))}
+    workflow.connect([
+        (inputnode, register, [('magnitude', 'in_magnitude'), ('mask', 'in_mask')]),
+        (register, fwd_list, [('warp', 'in1'), ('affine', 'in2')]),
+        (inputnode, chi_std, [('chimap', 'in_file')]),
+        (fwd_list, chi_std, [('out', 'transforms')]),
+        (chi_std, ds_chi_std, [('out_file', 'in_file')]),
+        (register, outputnode, [('affine', 'affine'), ('warp', 'warp'),
+                                ('inverse_warp', 'inverse_warp')]),
+    ] + [(register, sink, [(key, 'in_file')]) for key, sink in sinks.items()])  # fmt:skip
+    return workflow
+
+
+def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1,
+                         name: str = 'atlas_labels_wf') -> pe.Workflow:
+    """Bring an atlas's labels onto the native χ grid (generic-label interpolation).
+
+    Atlases in the registration template use the inverse of the subject's transform; an
+    atlas in another template (SUIT) is first mapped through a template-to-template
+    transform computed once with antspyx and cached; a custom atlas is registered to its
+    own template image.
+
+    Inputs
+    ------
+    affine, inverse_warp : str
+        Subject transforms (native → registration template).
+    magnitude, mask, chimap : str
+        For custom atlases (their own registration) and the output grid (χ).
+
+    Outputs
+    -------
+    dseg : str
+        Atlas labels on the χ grid.
+    """
+    from qsmflow.interfaces.registration import ApplyTransforms, RegisterToTemplate
+
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(
+        fields=['affine', 'inverse_warp', 'magnitude', 'mask', 'chimap']), name='inputnode')
+    outputnode = pe.Node(niu.IdentityInterface(fields=['dseg']), name='outputnode')
+    to_native = pe.Node(ApplyTransforms(in_file=atlas['image'], interpolation='genericLabel'),
+                        name='to_native', mem_gb=1.0)
+    if atlas.get('template_image'):
+        own = pe.Node(RegisterToTemplate(template=atlas['template_image'],
+                                         nthreads=omp_nthreads), name='register_own',
+                      n_procs=omp_nthreads, mem_gb=2.0)
+        xfms = pe.Node(niu.Merge(2), name='xfms', run_without_submitting=True)
+        workflow.connect([
+            (inputnode, own, [('magnitude', 'in_magnitude'), ('mask', 'in_mask')]),
+            (own, xfms, [('affine', 'in1'), ('inverse_warp', 'in2')]),
+        ])  # fmt:skip
+        to_native.inputs.invert = [True, False]
+    else:
+        xfms = pe.Node(niu.Merge(4 if atlas.get('via') else 2), name='xfms',
+                       run_without_submitting=True)
+        workflow.connect([(inputnode, xfms, [('affine', 'in1'), ('inverse_warp', 'in2')])])
+        to_native.inputs.invert = [True, False]
+        if atlas.get('via'):
+            cached = pe.Node(niu.Function(function=cached_template_transform,
+                                          input_names=['moving', 'fixed', 'name', 'nthreads'],
+                                          output_names=['warp', 'affine']),
+                             name='template_to_template', n_procs=omp_nthreads)
+            cached.inputs.moving = atlas['via']['moving']
+            cached.inputs.fixed = atlas['via']['fixed']
+            cached.inputs.name = atlas['via']['name']
+            cached.inputs.nthreads = omp_nthreads
+            workflow.connect([(cached, xfms, [('warp', 'in3'), ('affine', 'in4')])])
+            to_native.inputs.invert = [True, False, False, False]
+    workflow.connect([
+        (inputnode, to_native, [('chimap', 'reference')]),
+        (xfms, to_native, [('out', 'transforms')]),
+        (to_native, outputnode, [('out_file', 'dseg')]),
+    ])  # fmt:skip
+    return workflow
+
+
+def cached_template_transform(moving, fixed, name, nthreads=1):
+    """Template-to-template transform (e.g. SUIT T1w → MNI T1w), computed once and cached.
+
+    The cache is ``$QSMFLOW_CACHE`` (default ``~/.cache/qsmflow``)/``xfm``; files are keyed
+    by the two templates' names and sizes. Returns ``(warp, affine)`` paths.
+    """
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from qsmflow.interfaces.registration import register
+
+    cache = Path(os.environ.get('QSMFLOW_CACHE', '~/.cache/qsmflow')).expanduser() / 'xfm'
+    key = f'from-{name}_to-{Path(fixed).name.split("_")[0][4:]}_{Path(fixed).stat().st_size}'
+    warp, affine = cache / f'{key}_warp.nii.gz', cache / f'{key}_affine.mat'
+    if not (warp.exists() and affine.exists()):
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = register(fixed, moving, tmp, nthreads=nthreads)
+            for src, dest in ((out['warp'], warp), (out['affine'], affine)):
+                part = dest.with_name(dest.name + f'.tmp{os.getpid()}')
+                shutil.copyfile(src, part)
+                os.replace(part, dest)
+    return str(warp), str(affine)
