@@ -87,6 +87,7 @@ def _execute(todo, out_dir, bids_dir, work_dir, pipeline, opts) -> dict:
     workflow.base_dir = str(work_dir)
     plugin, args = ('Linear', {}) if opts.nprocs == 1 else ('MultiProc', {'n_procs': opts.nprocs})
     crashes_before = set(log_dir.glob('crash-*'))
+    started = time.time() - 1.0  # sinks always rerun: older files are from an earlier run
     try:
         workflow.run(plugin=plugin, plugin_args=args)
     except RuntimeError:
@@ -94,7 +95,8 @@ def _execute(todo, out_dir, bids_dir, work_dir, pipeline, opts) -> dict:
     new_crashes = sorted(set(log_dir.glob('crash-*')) - crashes_before)
     failures = {}
     for acq in todo:
-        missing = [k for k in expected_outputs(acq, out_dir) if not k.exists()]
+        missing = [k for k in expected_outputs(acq, out_dir)
+                   if not k.exists() or k.stat().st_mtime < started]
         if missing:
             failures[acq.subject] = _crash_reason(acq, new_crashes) or \
                 f'{missing[0].name} was not produced'
