@@ -3,8 +3,9 @@
 
 Every step runs on the same forward-simulated head phantom (default: the full 1 mm grid,
 144×176×144, 5 echoes, SNR 100, oblique B0) exactly as the pipeline calls it. Reported per
-step: wall time (best of ``--repeat``), peak memory allocated by the step (numpy arrays,
-through :mod:`tracemalloc`), and accuracy against the phantom truth where it applies; then
+step of the default chain (brain mask, unwrapping + echo fit, phase-quality mask, PDF,
+TV, reference) and of the alternatives: wall time (best of ``--repeat``), peak memory
+allocated by the step (numpy arrays, through :mod:`tracemalloc`), and accuracy against the phantom truth where it applies; then
 the process's peak resident memory and the time of one rfftn/irfftn pair of the padded
 grid (the floor of any FFT-based step).
 """
@@ -70,33 +71,52 @@ def main(argv=None) -> int:
           f'python {platform.python_version()}, FFT workers {kernels.FFT_WORKERS}')
     print(f'  {"step":<34}{"time":>10} {"peak alloc":>11}')
     rows = []
-    t_all = time.perf_counter()
-    brain = _timed('brain mask', lambda: mask.brain_mask(mag[..., 0], vox), opts.repeat, rows)
-    fit = _timed('unwrap (romeo) + echo fit', lambda: echoes.estimate_field(
+    brain = _timed('brain mask (magnitude)', lambda: mask.brain_mask(mag[..., 0], vox),
+                   opts.repeat, rows)
+    fit = _timed('unwrap (romeo) + echo fit (wls)', lambda: echoes.estimate_field(
         mag, phase, brain, vox, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA), opts.repeat, rows)
-    local, eroded = _timed('V-SHARP', lambda: bgremove.vsharp(
-        fit['field_ppm'], brain, vox, b0_dir), opts.repeat, rows)
+    reliable = _timed('phase-quality mask', lambda: mask.quality_mask(mask.quality_map(
+        phase, mag, brain, vox, echo_times_s=tes), brain), opts.repeat, rows)
+    local, used = _timed('PDF', lambda: bgremove.pdf(fit['field_ppm'], reliable, vox, b0_dir),
+                         opts.repeat, rows)
     chi = _timed(f'inversion default ({inversion.DEFAULT_METHOD})', lambda: inversion.invert(
-        local, eroded, vox, b0_dir), opts.repeat, rows)
-    _timed('reference (mean)', lambda: reference.reference(chi, eroded), opts.repeat, rows)
-    total = time.perf_counter() - t_all
+        local, used, vox, b0_dir), opts.repeat, rows)
+    _timed('reference (mean)', lambda: reference.reference(chi, used), opts.repeat, rows)
+    total = sum(r[1] for r in rows)
     print(f'  {"whole reconstruction (default)":<34}{total:8.2f} s')
 
     print('  other methods:')
-    if hasattr(bgremove, 'pdf'):
-        _timed('PDF', lambda: bgremove.pdf(fit['field_ppm'], brain, vox, b0_dir),
-               opts.repeat, rows)
+    _timed('V-SHARP', lambda: bgremove.vsharp(fit['field_ppm'], reliable, vox, b0_dir),
+           opts.repeat, rows)
+    for name in ('resharp', 'lbv', 'ismv'):
+        if hasattr(bgremove, name):
+            func = getattr(bgremove, name)
+            _timed(name, lambda func=func: func(fit['field_ppm'], reliable, vox, b0_dir),
+                   opts.repeat, rows)
+    _timed('unwrap (romeo) + echo fit (nlcomplex)', lambda: echoes.estimate_field(
+        mag, phase, brain, vox, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA,
+        combination='nlcomplex'), opts.repeat, rows)
+    csf = _timed('CSF mask (reference csf)', lambda: mask.csf_mask(
+        mag, used, vox, echo_times_s=tes), opts.repeat, rows)
+    _timed('reference (csf)', lambda: reference.reference(chi, used, method='csf', ref_mask=csf),
+           opts.repeat, rows)
     _timed('unwrap (laplacian) + echo fit', lambda: echoes.estimate_field(
         mag, phase, brain, vox, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA,
         unwrapping='laplacian'), opts.repeat, rows)
+    eroded = used
     methods = opts.methods or [m for m in ('tkd', 'tikhonov', 'tv', 'rts', 'ilsqr', 'medi', 'ndi')
                                if hasattr(inversion, m)]
     labels = head.labels
     ids = [i for i, n in head.label_names.items() if n.rsplit('_', 1)[0] in DEEP_GM]
     chi_true = np.where(eroded, truth_chi(head), 0)
     for name in methods:
-        est = _timed(f'inversion {name}', lambda: getattr(inversion, name)(
-            local, eroded, vox, b0_dir), opts.repeat, rows)
+        extra = {}
+        if name == 'medi':
+            extra = {'magnitude': mag[..., 0],
+                     'noise': echoes.hz_to_ppm(fit['noise_hz'], DEFAULT_B0_TESLA)}
+        func = getattr(inversion, name)
+        est = _timed(f'inversion {name}', lambda func=func, kw=extra: func(
+            local, eroded, vox, b0_dir, **kw), opts.repeat, rows)
         print(f'      RMSE {metrics.rmse(est, chi_true, eroded):6.1f} %   deep-GM error '
               f'{metrics.deep_gm_error(est, chi_true, labels, ids, eroded):.4f} ppm')
 

@@ -44,9 +44,9 @@ def test_chimap_grid_dtype_and_sidecar(e2e_run):
     assert meta['Units'] == 'ppm' and meta['SkullStripped'] is True
     assert meta['QSMFlowVersion']
     steps = [s['Step'] for s in meta['QSMProcessing']]
-    assert steps == ['input', 'masking', 'unwrapping+echo-fit', 'background-removal',
-                     'dipole-inversion', 'reference']
-    inv = meta['QSMProcessing'][4]
+    assert steps == ['input', 'masking', 'unwrapping+echo-fit', 'phase-quality-masking',
+                     'background-removal', 'dipole-inversion', 'reference']
+    inv = meta['QSMProcessing'][5]
     assert inv['Algorithm'].startswith('qsmflow.qsm.inversion.')
     assert inv['Parameters'], 'every parameter must be recorded'
     assert meta['QSMReference'] == 'mean'
@@ -78,7 +78,7 @@ def _deep_gm_errors(e2e, sub):
 def test_deep_gm_contrasts_match_truth(e2e_run, sub):
     errors = _deep_gm_errors(e2e_run, sub)
     mean_abs = float(np.mean(np.abs(list(errors.values()))))
-    assert mean_abs <= 0.02, errors
+    assert mean_abs <= 0.016, errors  # measured 0.0123 (sub-01), 0.0136 (sub-02)
 
 
 def test_iron_rises_with_age(e2e_run):

@@ -5,13 +5,21 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+#: Masking methods: ``'magnitude'`` (brain extraction on the first-echo magnitude) and
+#: ``'quality'`` (that mask minus voxels of unreliable phase, as the 2024 consensus
+#: recommends).
+MASKING_METHODS = ('magnitude', 'quality')
+
 
 def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
                 omp_nthreads: int = 1, name: str = 'qsm_wf') -> pe.Workflow:
     """Build the QSM reconstruction of one multi-echo GRE acquisition.
 
     Magnitude and phase of every echo are read and the phase rescaled to radians; a brain
-    mask is estimated from the first-echo magnitude; the phase of every echo is unwrapped
+    mask is estimated from the first-echo magnitude and, with masking method ``'quality'``
+    (the default preset), voxels of unreliable phase (spatial/temporal phase coherence, see
+    :func:`qsmflow.qsm.mask.quality_map`) are removed from it before background removal;
+    the phase of every echo is unwrapped
     and the field offset is the magnitude/TE-weighted least-squares slope of phase versus
     echo time (the echo-independent phase offset is fitted and dropped); the background
     field is removed inside the brain; the local field is inverted through the unit dipole
@@ -52,7 +60,7 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     from qsmflow.interfaces.bgremove import RemoveBackground
     from qsmflow.interfaces.field import EstimateField
     from qsmflow.interfaces.inversion import InvertDipole
-    from qsmflow.interfaces.masking import BrainMask
+    from qsmflow.interfaces.masking import BrainMask, QualityMask
     from qsmflow.interfaces.megre import LoadMEGRE
     from qsmflow.interfaces.reference import ReferenceChi
 
@@ -67,7 +75,8 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     load_megre = pe.Node(LoadMEGRE(), name='load_megre', mem_gb=gb_img * n_echoes * 4)
     brain_mask = pe.Node(BrainMask(params=pipeline['masking'].get('params', {})),
                          name='brain_mask', mem_gb=gb_img * n_echoes * 2)
-    field_fit = pe.Node(EstimateField(unwrapping=pipeline['unwrapping']['method']),
+    field_fit = pe.Node(EstimateField(unwrapping=pipeline['unwrapping']['method'],
+                                      combination=pipeline['echo_combination']['method']),
                         name='field_fit', mem_gb=gb_img * n_echoes * 6, n_procs=omp_nthreads)
     bg_removal = pe.Node(RemoveBackground(method=pipeline['bf_removal']['method'],
                                           params=pipeline['bf_removal'].get('params', {})),
@@ -75,9 +84,33 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     inversion = pe.Node(InvertDipole(method=pipeline['inversion']['method'],
                                      params=pipeline['inversion'].get('params', {})),
                         name='inversion', mem_gb=gb_img * 40, n_procs=omp_nthreads)
+    masking = pipeline['masking']
+    if masking['method'] not in MASKING_METHODS:
+        raise ValueError(f"unknown masking method {masking['method']!r}; choose one of "
+                         f'{MASKING_METHODS}')
+    if masking['method'] == 'quality':
+        final_mask = pe.Node(QualityMask(params=masking.get('quality_params', {})),
+                             name='quality_mask', mem_gb=gb_img * n_echoes * 4)
+        workflow.connect([
+            (load_megre, final_mask, [('magnitude', 'in_magnitude'), ('phase', 'in_phase'),
+                                      ('echo_times', 'echo_times')]),
+            (brain_mask, final_mask, [('out_mask', 'in_mask')]),
+        ])  # fmt:skip
+    else:
+        final_mask = brain_mask
     reference = pe.Node(ReferenceChi(method=pipeline['reference']['method']),
                         name='reference', mem_gb=gb_img * 4)
 
+    if pipeline['reference']['method'] == 'csf':
+        workflow.connect([
+            (load_megre, reference, [('magnitude', 'in_magnitude'),
+                                     ('echo_times', 'echo_times')]),
+        ])  # fmt:skip
+    if pipeline['inversion']['method'] == 'medi':
+        workflow.connect([
+            (load_megre, inversion, [('magnitude', 'in_magnitude'), ('b0_tesla', 'b0_tesla')]),
+            (field_fit, inversion, [('out_noise', 'in_noise_hz')]),
+        ])  # fmt:skip
     workflow.connect([
         (inputnode, load_megre, [('mag_files', 'mag_files'), ('phase_files', 'phase_files'),
                                  ('echo_times', 'echo_times'), ('b0_tesla', 'b0_tesla'),
@@ -87,7 +120,7 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
                                  ('echo_times', 'echo_times'), ('b0_tesla', 'b0_tesla')]),
         (brain_mask, field_fit, [('out_mask', 'in_mask')]),
         (field_fit, bg_removal, [('out_field', 'in_file')]),
-        (brain_mask, bg_removal, [('out_mask', 'in_mask')]),
+        (final_mask, bg_removal, [('out_mask', 'in_mask')]),
         (bg_removal, inversion, [('out_file', 'in_file'), ('out_mask', 'in_mask')]),
         (inversion, reference, [('out_file', 'in_file')]),
         (bg_removal, reference, [('out_mask', 'in_mask')]),

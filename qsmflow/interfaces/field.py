@@ -17,6 +17,8 @@ class _FieldInputSpec(BaseInterfaceInputSpec):
     echo_times = traits.List(traits.Float, mandatory=True, desc='echo times in s')
     b0_tesla = traits.Float(mandatory=True, desc='main field strength in T')
     unwrapping = traits.Str('romeo', usedefault=True, desc='unwrapping method')
+    combination = traits.Str('wls', usedefault=True,
+                             desc="echo combination: 'wls' or 'nlcomplex'")
 
 
 class _FieldOutputSpec(TraitedSpec):
@@ -26,7 +28,7 @@ class _FieldOutputSpec(TraitedSpec):
 
 
 class EstimateField(SimpleInterface):
-    """Unwrap every echo and fit the field (Hz and ppm) by weighted least squares vs TE."""
+    """Unwrap every echo and fit the field (Hz and ppm) vs TE (weighted LS or complex fit)."""
 
     input_spec = _FieldInputSpec
     output_spec = _FieldOutputSpec
@@ -36,7 +38,7 @@ class EstimateField(SimpleInterface):
         phase = base.load(self.inputs.in_phase)[0]
         mask_data, mimg = base.load(self.inputs.in_mask)
         opts = dict(echo_times_s=list(self.inputs.echo_times), b0_tesla=self.inputs.b0_tesla,
-                    unwrapping=self.inputs.unwrapping)
+                    unwrapping=self.inputs.unwrapping, combination=self.inputs.combination)
         res = echoes.estimate_field(mag, phase, mask_data > 0, base.voxel_size(img), **opts)
         steps = base.read_steps(self.inputs.in_phase, self.inputs.in_mask)
         steps.append(base.step('unwrapping+echo-fit', echoes.estimate_field, opts))

@@ -2,12 +2,13 @@
 """Dipole inversion interface."""
 from __future__ import annotations
 
+import numpy as np
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits)
+    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits)
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
-from qsmflow.qsm import inversion
+from qsmflow.qsm import echoes, inversion
 from qsmflow.qsm.kernels import b0_dir_from_affine
 
 
@@ -17,6 +18,9 @@ class _InvInputSpec(BaseInterfaceInputSpec):
     method = traits.Either(None, traits.Str, default=None, usedefault=True,
                            desc='function name in qsmflow.qsm.inversion (None = default)')
     params = traits.Dict(usedefault=True, desc='keyword options of the method')
+    in_magnitude = File(exists=True, desc='magnitude (3D or 4D, first echo used), for medi')
+    in_noise_hz = File(exists=True, desc='standard error of the field in Hz, for medi')
+    b0_tesla = traits.Float(desc='main field strength in T (converts in_noise_hz to ppm)')
 
 
 class _InvOutputSpec(TraitedSpec):
@@ -34,10 +38,22 @@ class InvertDipole(SimpleInterface):
         mask = base.load(self.inputs.in_mask)[0] > 0
         func = getattr(inversion, self.inputs.method or inversion.DEFAULT_METHOD)
         b0_dir = b0_dir_from_affine(img.affine)
-        chi = func(field, mask, base.voxel_size(img), b0_dir, **self.inputs.params)
+        extra = {}
+        if self.inputs.method == 'medi':
+            if isdefined(self.inputs.in_magnitude):
+                mag = base.load(self.inputs.in_magnitude)[0]
+                extra['magnitude'] = mag[..., 0] if mag.ndim == 4 else mag
+            if isdefined(self.inputs.in_noise_hz) and isdefined(self.inputs.b0_tesla):
+                noise = echoes.hz_to_ppm(base.load(self.inputs.in_noise_hz)[0],
+                                         self.inputs.b0_tesla)
+                # the fit's standard error is 0 only where it was not computed: least weight
+                worst = float(noise.max()) if noise.max() > 0 else 1.0
+                extra['noise'] = np.where(noise > 0, noise, worst).astype(np.float32)
+        chi = func(field, mask, base.voxel_size(img), b0_dir, **extra, **self.inputs.params)
         steps = base.read_steps(self.inputs.in_file, self.inputs.in_mask)
         steps.append(base.step('dipole-inversion', func, self.inputs.params,
-                               B0Direction=b0_dir.tolist()))
+                               B0Direction=b0_dir.tolist(),
+                               Weighting=sorted(extra) or None))
         out = fname_presuffix('chi.nii.gz', suffix='_ppm', newpath=runtime.cwd)
         self._results['out_file'] = base.save(chi, img, out, steps=steps, meta={'Units': 'ppm'})
         return runtime

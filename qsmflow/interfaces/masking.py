@@ -40,3 +40,40 @@ class BrainMask(SimpleInterface):
                                               out, dtype='uint8',
                                               steps=base.read_steps(self.inputs.in_magnitude) + [rec])
         return runtime
+
+
+class _QualityMaskInputSpec(BaseInterfaceInputSpec):
+    in_magnitude = File(exists=True, mandatory=True, desc='4D magnitude (x, y, z, echo), a.u.')
+    in_phase = File(exists=True, mandatory=True, desc='4D wrapped phase (x, y, z, echo) in rad')
+    in_mask = File(exists=True, mandatory=True, desc='brain mask to restrict')
+    echo_times = traits.List(traits.Float, mandatory=True, desc='echo times in s')
+    params = traits.Dict(usedefault=True, desc='keyword options of qsm.mask.quality_mask')
+
+
+class _QualityMaskOutputSpec(TraitedSpec):
+    out_mask = File(exists=True, desc='reliable part of the brain mask (uint8, 1 = kept)')
+
+
+class QualityMask(SimpleInterface):
+    """Remove voxels of unreliable phase (phase-quality map) from a brain mask."""
+
+    input_spec = _QualityMaskInputSpec
+    output_spec = _QualityMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        mag, img = base.load(self.inputs.in_magnitude)
+        phase = base.load(self.inputs.in_phase)[0]
+        mask_data, mimg = base.load(self.inputs.in_mask)
+        brain = mask_data.reshape(mag.shape[:3]) > 0
+        if mag.ndim == 3:
+            mag, phase = mag[..., None], phase[..., None]
+        quality = qmask.quality_map(phase, mag, brain, base.voxel_size(img),
+                                    echo_times_s=list(self.inputs.echo_times))
+        mask = qmask.quality_mask(quality, brain, **self.inputs.params)
+        rec = base.step('phase-quality-masking', qmask.quality_mask, self.inputs.params,
+                        QualityMap='qsmflow.qsm.mask.quality_map',
+                        VoxelsRemoved=int(brain.sum() - mask.sum()))
+        out = fname_presuffix(self.inputs.in_mask, suffix='_quality', newpath=runtime.cwd)
+        steps = base.read_steps(self.inputs.in_mask) + [rec]
+        self._results['out_mask'] = base.save(mask, mimg, out, dtype='uint8', steps=steps)
+        return runtime

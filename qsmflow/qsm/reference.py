@@ -3,7 +3,8 @@
 
 The dipole kernel vanishes at k = 0, so an inversion recovers χ only up to a constant;
 values are reported relative to a stated reference [1]_: the whole-brain mean (``'mean'``),
-the mean of a region such as CSF (``'region'``), or none (``'none'``).
+the mean of a given region (``'region'``), the mean over ventricular CSF (``'csf'``, the
+region from :func:`qsmflow.qsm.mask.csf_mask`), or none (``'none'``).
 
 References
 ----------
@@ -20,7 +21,7 @@ import numpy as np
 from qsmflow.qsm.kernels import check_field_mask
 
 #: Referencing methods accepted by :func:`reference`.
-METHODS = ('mean', 'region', 'none')
+METHODS = ('mean', 'region', 'csf', 'none')
 
 
 def reference(
@@ -38,11 +39,13 @@ def reference(
         Susceptibility in ppm (unreferenced); must be finite inside ``mask``.
     mask : (nx, ny, nz) ndarray of bool
         Brain mask (non-empty).
-    method : {'mean', 'region', 'none'}, optional
-        ``'mean'`` subtracts the mean of χ over ``mask`` (default); ``'region'`` subtracts
-        the mean over ``ref_mask ∩ mask`` (e.g. CSF); ``'none'`` subtracts nothing.
+    method : {'mean', 'region', 'csf', 'none'}, optional
+        ``'mean'`` subtracts the mean of χ over ``mask`` (default); ``'region'`` and
+        ``'csf'`` subtract the mean over ``ref_mask ∩ mask`` (``'csf'`` only names the
+        region: ventricular CSF, e.g. from :func:`qsmflow.qsm.mask.csf_mask`); ``'none'``
+        subtracts nothing.
     ref_mask : (nx, ny, nz) ndarray of bool, optional
-        Reference region, required by ``'region'``; must overlap ``mask``.
+        Reference region, required by ``'region'`` and ``'csf'``; must overlap ``mask``.
 
     Returns
     -------
@@ -75,9 +78,9 @@ def reference(
     chi, mask, _, _ = check_field_mask(chi, mask, (1, 1, 1), name='chi')
     if method not in METHODS:
         raise ValueError(f'unknown reference method {method!r}; choose one of {METHODS}')
-    if method == 'region':
+    if method in ('region', 'csf'):
         if ref_mask is None:
-            raise ValueError("method 'region' needs ref_mask")
+            raise ValueError(f'method {method!r} needs ref_mask')
         ref_mask = np.asarray(ref_mask)
         if ref_mask.shape != chi.shape:
             raise ValueError(f'ref_mask shape {ref_mask.shape} does not match chi shape '
@@ -86,7 +89,7 @@ def reference(
         if not region.any():
             raise ValueError('ref_mask does not overlap the mask')
     elif ref_mask is not None:
-        raise ValueError(f"ref_mask is only used with method 'region', not {method!r}")
+        raise ValueError(f"ref_mask is only used with methods 'region' and 'csf', not {method!r}")
     else:
         region = mask
     value = 0.0 if method == 'none' else float(np.mean(chi[region], dtype=np.float64))

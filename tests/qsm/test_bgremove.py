@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Background field removal (V-SHARP, PDF) on forward-simulated fields."""
+"""Background field removal (V-SHARP, PDF, RESHARP) on forward-simulated fields."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from scipy import ndimage as ndi
 
 from qsmflow.qsm import bgremove
 
-METHODS = [bgremove.vsharp, bgremove.pdf]
+METHODS = [bgremove.vsharp, bgremove.pdf, bgremove.resharp]
 
 
 @pytest.fixture(scope='module')
@@ -153,3 +153,14 @@ def test_vsharp_option_validation():
         bgremove.pdf(f, m, (1, 1, 1), tol=0)
     with pytest.raises(ValueError, match='max_iter'):
         bgremove.pdf(f, m, (1, 1, 1), max_iter=0)
+
+
+def test_resharp_erodes_by_radius_and_validates(brain):
+    m, vs = brain['mask'], brain['voxel_size']
+    _, small = bgremove.resharp(brain['total'], m, vs, radius_mm=max(vs))
+    _, large = bgremove.resharp(brain['total'], m, vs, radius_mm=3 * max(vs))
+    assert large.sum() < small.sum() <= m.sum() and not np.any(large & ~small)
+    with pytest.raises(ValueError, match='radius_mm'):
+        bgremove.resharp(brain['total'], m, vs, radius_mm=0.5 * min(vs))
+    with pytest.raises(ValueError, match='lam'):
+        bgremove.resharp(brain['total'], m, vs, lam=0)

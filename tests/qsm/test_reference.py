@@ -73,3 +73,12 @@ def test_errors(scene):
     bad[mask] = np.nan
     with pytest.raises(ValueError, match='non-finite'):
         reference(bad, mask)
+
+
+def test_csf_method_uses_the_given_region(scene):
+    chi, mask, csf = scene
+    out_csf, v_csf = reference(chi, mask, method='csf', ref_mask=csf)
+    out_reg, v_reg = reference(chi, mask, method='region', ref_mask=csf)
+    assert v_csf == v_reg and np.array_equal(out_csf, out_reg)
+    with pytest.raises(ValueError, match='needs ref_mask'):
+        reference(chi, mask, method='csf')
