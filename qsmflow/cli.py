@@ -81,9 +81,9 @@ def _build_parser() -> argparse.ArgumentParser:
     g_pipe.add_argument('--echo-combination', choices=['wls', 'nlcomplex'],
                         help='echo combination: weighted least squares or nonlinear complex fit '
                              '(overrides the preset)')
-    g_pipe.add_argument('--bf-removal', choices=['vsharp', 'pdf', 'resharp'],
+    g_pipe.add_argument('--bf-removal', choices=['vsharp', 'pdf', 'resharp', 'ismv', 'lbv'],
                         help='background field removal (overrides the preset)')
-    g_pipe.add_argument('--inversion', choices=['tv', 'rts', 'tkd', 'tikhonov', 'medi'],
+    g_pipe.add_argument('--inversion', choices=['tv', 'rts', 'tkd', 'tikhonov', 'medi', 'lsqr', 'ndi'],
                         help='dipole inversion (overrides the preset)')
     g_pipe.add_argument('--reference', choices=['mean', 'csf', 'none'],
                         help='susceptibility reference (overrides the preset)')

@@ -7,7 +7,7 @@ from scipy import ndimage as ndi
 
 from qsmflow.qsm import bgremove
 
-METHODS = [bgremove.vsharp, bgremove.pdf, bgremove.resharp]
+METHODS = [bgremove.vsharp, bgremove.pdf, bgremove.resharp, bgremove.ismv, bgremove.lbv]
 
 
 @pytest.fixture(scope='module')
@@ -55,7 +55,10 @@ def test_removes_brain_background(brain, method, dtype):
     assert np.sqrt(np.mean(err**2)) < 0.025 * bg[used].std()
     # away from the edge the local field is recovered closely
     inner = used & (ndi.distance_transform_edt(m) > 5)
-    assert np.corrcoef(local[inner], brain['local'][inner])[0, 1] > 0.9
+    # (iSMV and LBV take the total field on the mask boundary as background, so the
+    # cortical local field there leaks into the interior: ≈ 0.85 on this phantom)
+    min_corr = 0.8 if method in (bgremove.ismv, bgremove.lbv) else 0.9
+    assert np.corrcoef(local[inner], brain['local'][inner])[0, 1] > min_corr
     # background-only input gives (almost) nothing
     only_bg, used_bg = method(bg, m, vs)
     resid = only_bg[used_bg] - only_bg[used_bg].mean()
