@@ -83,7 +83,8 @@ def _build_parser() -> argparse.ArgumentParser:
                              '(overrides the preset)')
     g_pipe.add_argument('--bf-removal', choices=['vsharp', 'pdf', 'resharp', 'ismv', 'lbv'],
                         help='background field removal (overrides the preset)')
-    g_pipe.add_argument('--inversion', choices=['tv', 'rts', 'tkd', 'tikhonov', 'medi', 'lsqr', 'ndi'],
+    g_pipe.add_argument('--inversion', choices=['tv', 'rts', 'tkd', 'tikhonov', 'medi', 'lsqr',
+                                                'ilsqr', 'ndi'],
                         help='dipole inversion (overrides the preset)')
     g_pipe.add_argument('--reference', choices=['mean', 'csf', 'none'],
                         help='susceptibility reference (overrides the preset)')

@@ -53,7 +53,7 @@ PAD_VOXELS = 8
 TV_RELAXATION = 1.8
 
 #: Inversion methods :func:`invert` dispatches to.
-METHODS = ('tkd', 'tikhonov', 'tv', 'rts', 'medi', 'lsqr', 'ndi')
+METHODS = ('tkd', 'tikhonov', 'tv', 'rts', 'medi', 'lsqr', 'ilsqr', 'ndi')
 
 
 # --- common set-up ----------------------------------------------------------------------------
@@ -852,9 +852,9 @@ def lsqr(
     from χ = 0. There is no explicit regulariser: as in the first step of iLSQR [1]_ the
     iteration count is the regulariser (semi-convergence): the well-conditioned frequencies
     converge within a few iterations, the magic-angle cone (where streaks come from) only
-    slowly. This is the LSQR step of iLSQR *only*: the streak estimation and correction
-    steps of [1]_ are not implemented, so the result keeps some streaking around strong
-    sources (calcifications, veins) at realistic noise.
+    slowly. This is the LSQR step of iLSQR *only*: the result keeps some streaking around
+    strong sources (calcifications, veins) at realistic noise; :func:`ilsqr` adds the
+    streak estimation and correction steps of [1]_.
 
     Parameters
     ----------
@@ -1052,3 +1052,137 @@ def _ndi_core(prob, w2, s, lam, step, max_iter, tol):
         if np.linalg.norm(update) <= tol * np.linalg.norm(chi):
             break
     return chi
+
+
+# --- iLSQR: LSQR with streaking-artefact estimation and removal ---------------------------
+
+
+def ilsqr(
+    local_field: np.ndarray,
+    mask: np.ndarray,
+    voxel_size,
+    b0_dir=(0, 0, 1),
+    *,
+    tol: float = 1e-2,
+    max_iter: int = 15,
+    threshold: float = 0.1,
+    edge_percentile: float = 70.0,
+    streak_iter: int = 30,
+) -> np.ndarray:
+    """iLSQR: early-stopped LSQR, then estimation and removal of its streaking artefacts.
+
+    A simplified implementation of the three steps of [1]_:
+
+    1. ``χ_L`` = :func:`lsqr` (early-stopped least squares; the well-conditioned frequencies
+       are accurate, the magic-angle cone carries the streaks).
+    2. Streaks are modelled as a component ``χ_s = P x`` confined to the ill-conditioned
+       cone, ``P = F⁻¹ M_ic F`` with ``M_ic = (|D| < threshold)``. They are estimated in the
+       gradient domain, where streaks show as spurious gradients in otherwise smooth tissue:
+       ``min_x ‖W (∇ P x − ∇ χ_L)‖²``, solved by conjugate gradients on the normal
+       equations (``streak_iter`` iterations from 0). ``W`` (1 in the mask, 0 outside and at
+       genuine structure edges) keeps real edges out of the streak estimate; as the edge
+       map, instead of the LSQR-of-Laplacian "fast QSM" estimate of [1]_, this
+       implementation uses the gradient magnitude of a thresholded k-space division (TKD,
+       ``threshold``) estimate, which is nearly free of streaks: voxels above its
+       ``edge_percentile``-th percentile within the mask are edges.
+    3. ``χ = χ_L − χ_s``.
+
+    Parameters
+    ----------
+    local_field : (nx, ny, nz) ndarray
+        Local field in ppm of B0; values outside ``mask`` are ignored.
+    mask : (nx, ny, nz) ndarray of bool
+        Region where ``local_field`` is valid (non-empty).
+    voxel_size : sequence of 3 float
+        Voxel spacing (mm).
+    b0_dir : sequence of 3 float, optional
+        B0 direction in voxel index axes (dimensionless).
+    tol : float, optional
+        Relative tolerance of the step-1 LSQR (dimensionless, default 1e-2 as in [1]_).
+    max_iter : int, optional
+        Maximum step-1 LSQR iterations (default 15, as :func:`lsqr`).
+    threshold : float, optional
+        ``|D|`` below which k-space is ill-conditioned (dimensionless, in (0, 1/3];
+        default 0.1 as in [1]_).
+    edge_percentile : float, optional
+        Percentile (in (0, 100]) of the edge-map gradient magnitude in the mask above which
+        voxels count as structure edges and are excluded from the streak fit (default 70).
+    streak_iter : int, optional
+        CG iterations for the streak estimate (default 30).
+
+    Returns
+    -------
+    chi : (nx, ny, nz) ndarray
+        Susceptibility in ppm (unreferenced), 0 outside ``mask``; float dtype of the input.
+
+    Raises
+    ------
+    ValueError
+        For invalid inputs or parameters out of range.
+
+    References
+    ----------
+    .. [1] Li W, Wang N, Yu F, et al. A method for estimating and removing streaking
+       artifacts in quantitative susceptibility mapping. NeuroImage 2015;108:111-122.
+       doi:10.1016/j.neuroimage.2014.12.043
+
+    Examples
+    --------
+    >>> m = np.ones((16, 16, 16), bool)
+    >>> chi = ilsqr(np.zeros((16, 16, 16), np.float32), m, (1, 1, 1))
+    >>> bool(np.all(chi == 0))
+    True
+    """
+    field, mask, vsz, b0 = _validate(local_field, mask, voxel_size, b0_dir)
+    max_iter, tol = _iterations(max_iter, tol)
+    if not (np.isscalar(threshold) and 0 < threshold <= 1 / 3):
+        raise ValueError(f'threshold must be in (0, 1/3], got {threshold!r}')
+    if not (np.isscalar(edge_percentile) and 0 < edge_percentile <= 100):
+        raise ValueError(f'edge_percentile must be in (0, 100], got {edge_percentile!r}')
+    if int(streak_iter) != streak_iter or streak_iter < 1:
+        raise ValueError(f'streak_iter must be a positive integer, got {streak_iter!r}')
+    prob = _Problem(field, mask, vsz, b0)
+    chi_l = _lsqr_core(prob, max_iter, tol) * prob.mask
+    streaks = _ilsqr_streaks(prob, chi_l, float(threshold), float(edge_percentile),
+                             int(streak_iter))
+    return prob.finish(chi_l - streaks, field.dtype)
+
+
+def _ilsqr_streaks(prob, chi_l, threshold, edge_percentile, n_iter):
+    """Cone-limited streak component ``P x`` fitting ``∇χ_L`` away from structure edges."""
+    shape, vsz = prob.shape, prob.vsz
+    cone = (np.abs(prob.D) < threshold).astype(np.float32)
+
+    def proj(x):
+        return irfft(rfft(x) * cone, shape).astype(np.float32, copy=False)
+
+    edge_src = _tkd_core(prob, threshold).astype(np.float32, copy=False)
+    g = gradient(edge_src, vsz)
+    gnorm = np.sqrt((g * g).sum(0))
+    if np.any(gnorm[prob.mask] > 0):
+        thr = np.percentile(gnorm[prob.mask], edge_percentile)
+        w2 = (prob.mask & (gnorm <= thr)).astype(np.float32)
+    else:
+        w2 = prob.mask.astype(np.float32)
+
+    def normal_op(x):
+        return proj(gradient_adjoint(w2 * gradient(proj(x), vsz), vsz))
+
+    rhs = proj(gradient_adjoint(w2 * gradient(chi_l, vsz), vsz))
+    x = np.zeros(shape, np.float32)
+    r = rhs.copy()
+    p = r.copy()
+    rr = float(np.vdot(r, r))
+    rr0 = rr
+    for _ in range(n_iter):
+        if rr <= 1e-12 * rr0 or rr == 0:
+            break
+        q = normal_op(p)
+        alpha = rr / float(np.vdot(p, q))
+        x += np.float32(alpha) * p
+        r -= np.float32(alpha) * q
+        rr_new = float(np.vdot(r, r))
+        p *= np.float32(rr_new / rr)
+        p += r
+        rr = rr_new
+    return proj(x)
