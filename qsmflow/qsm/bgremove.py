@@ -21,6 +21,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from qsmflow.qsm.kernels import (
+    conjugate_gradient,
     FFT_WORKERS,
     PaddedBox,
     check_field_mask,
@@ -317,22 +318,7 @@ def _pdf_core(field, mask, vsz, b0, tol, max_iter, pad):
     # CG on the normal equations  Aᵀ A x = Aᵀ f
     rhs = dipole_conv(f)
     rhs *= out
-    x = np.zeros(shape, np.float32)
-    r = rhs
-    p = r.copy()
-    rr = float(np.vdot(r, r))
-    stop = tol**2 * rr
-    for _ in range(max_iter):
-        if rr <= stop or rr == 0:
-            break
-        q = normal_op(p)
-        alpha = rr / float(np.vdot(p, q))
-        x += np.float32(alpha) * p
-        r -= np.float32(alpha) * q
-        rr_new = float(np.vdot(r, r))
-        p *= np.float32(rr_new / rr)
-        p += r
-        rr = rr_new
+    x = conjugate_gradient(normal_op, rhs, tol=tol, max_iter=max_iter)
     local = f - dipole_conv(x)
     local *= m
     return grid.to_full(local)
@@ -450,44 +436,9 @@ def _resharp_core(field, mask, vsz, radius, lam, tol, max_iter):
     rhs = conv_c(f)
     rhs *= used
     rhs = conv_c(rhs)
-    x = np.zeros(shape, np.float32)
-    r = rhs.copy()
-    p = r.copy()
-    rr = float(np.vdot(r, r))
-    stop = tol**2 * rr
-    for _ in range(max_iter):
-        if rr <= stop or rr == 0:
-            break
-        q = normal_op(p)
-        alpha = rr / float(np.vdot(p, q))
-        x += np.float32(alpha) * p
-        r -= np.float32(alpha) * q
-        rr_new = float(np.vdot(r, r))
-        p *= np.float32(rr_new / rr)
-        p += r
-        rr = rr_new
+    x = conjugate_gradient(normal_op, rhs, tol=tol, max_iter=max_iter)
     x *= used
     return grid.to_full(x), grid.to_full(used)
-
-
-def _cg(op, rhs, x, tol, max_iter):
-    """Conjugate gradients for the SPD ``op`` (float32 arrays, float64 scalars), in place."""
-    r = rhs - op(x)
-    p = r.copy()
-    rr = float(np.vdot(r, r))
-    stop = tol**2 * float(np.vdot(rhs, rhs))
-    for _ in range(max_iter):
-        if rr <= stop or rr == 0:
-            break
-        q = op(p)
-        alpha = rr / float(np.vdot(p, q))
-        x += np.float32(alpha) * p
-        r -= np.float32(alpha) * q
-        rr_new = float(np.vdot(r, r))
-        p *= np.float32(rr_new / rr)
-        p += r
-        rr = rr_new
-    return x
 
 
 def _check_solver(tol, max_iter):
@@ -590,7 +541,7 @@ def ismv(
         return y
 
     rhs = smv(shell) * inner
-    b = _cg(op, rhs, f * inner, float(tol), int(max_iter))
+    b = conjugate_gradient(op, rhs, f * inner, tol=float(tol), max_iter=int(max_iter))
     local = (f - b) * inner
     return grid.to_full(local).astype(field.dtype, copy=False), grid.to_full(inner)
 
@@ -679,6 +630,6 @@ def lbv(
         return y
 
     rhs = -neg_lap(shell) * inner_f
-    b = _cg(op, rhs, np.zeros_like(f), float(tol), int(max_iter))
+    b = conjugate_gradient(op, rhs, tol=float(tol), max_iter=int(max_iter))
     local = (f - b) * inner_f
     return grid.to_full(local).astype(field.dtype, copy=False), grid.to_full(inner)

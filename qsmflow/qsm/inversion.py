@@ -29,6 +29,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, lsmr
 
 from qsmflow.qsm.kernels import (
+    conjugate_gradient,
     PaddedBox,
     check_field_mask,
     dipole_kernel,
@@ -743,21 +744,8 @@ def _medi_core(prob, w2, edge, lam, rho, max_iter, cg_iter, tol):
     for _ in range(max_iter):
         rhs = rhs_data + np.float32(rho) * gradient_adjoint(edge * (z - u), vsz)
         chi_prev = chi.copy()
-        # warm-started CG on the χ update
-        r = rhs - normal_op(chi)
-        p = r.copy()
-        rr = float(np.vdot(r, r))
-        for _ in range(cg_iter):
-            if rr == 0:
-                break
-            q = normal_op(p)
-            alpha = rr / float(np.vdot(p, q))
-            chi += np.float32(alpha) * p
-            r -= np.float32(alpha) * q
-            rr_new = float(np.vdot(r, r))
-            p *= np.float32(rr_new / rr)
-            p += r
-            rr = rr_new
+        # warm-started CG on the χ update (fixed step count)
+        conjugate_gradient(normal_op, rhs, chi, tol=0.0, max_iter=cg_iter)
         eg = edge * gradient(chi, vsz)
         v = eg + u
         nrm = np.sqrt((v * v).sum(0))
@@ -1169,20 +1157,5 @@ def _ilsqr_streaks(prob, chi_l, threshold, edge_percentile, n_iter):
         return proj(gradient_adjoint(w2 * gradient(proj(x), vsz), vsz))
 
     rhs = proj(gradient_adjoint(w2 * gradient(chi_l, vsz), vsz))
-    x = np.zeros(shape, np.float32)
-    r = rhs.copy()
-    p = r.copy()
-    rr = float(np.vdot(r, r))
-    rr0 = rr
-    for _ in range(n_iter):
-        if rr <= 1e-12 * rr0 or rr == 0:
-            break
-        q = normal_op(p)
-        alpha = rr / float(np.vdot(p, q))
-        x += np.float32(alpha) * p
-        r -= np.float32(alpha) * q
-        rr_new = float(np.vdot(r, r))
-        p *= np.float32(rr_new / rr)
-        p += r
-        rr = rr_new
+    x = conjugate_gradient(normal_op, rhs, tol=1e-6, max_iter=n_iter)
     return proj(x)

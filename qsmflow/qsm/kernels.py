@@ -497,3 +497,47 @@ def gradient_adjoint(g: np.ndarray, voxel_size_mm) -> np.ndarray:
     t = g.dtype.type
     _gradient_adjoint_nb(g[0], g[1], g[2], t(ih[0]), t(ih[1]), t(ih[2]), out)
     return out
+
+
+def conjugate_gradient(op, rhs, x=None, *, tol=0.0, max_iter=100):
+    """Conjugate gradients for a symmetric positive (semi-)definite linear ``op``.
+
+    Parameters
+    ----------
+    op : callable
+        ``op(p)`` applies the operator to a float32 array of ``rhs``'s shape.
+    rhs : ndarray of float32
+        Right-hand side (units of ``op(x)``).
+    x : ndarray of float32 or None
+        Starting point, updated in place; ``None`` starts from zero (no extra ``op`` call).
+    tol : float
+        Stop when ``‖r‖ ≤ tol · ‖rhs‖`` (dimensionless; 0 runs ``max_iter`` steps unless
+        the residual vanishes).
+    max_iter : int
+        Maximum iterations.
+
+    Returns
+    -------
+    x : ndarray of float32
+        The solution estimate (same array as ``x`` when one was given).
+    """
+    if x is None:
+        x = np.zeros(rhs.shape, np.float32)
+        r = rhs.copy()
+    else:
+        r = rhs - op(x)
+    p = r.copy()
+    rr = float(np.vdot(r, r))
+    stop = tol**2 * float(np.vdot(rhs, rhs))
+    for _ in range(max_iter):
+        if rr <= stop or rr == 0:
+            break
+        q = op(p)
+        alpha = rr / float(np.vdot(p, q))
+        x += np.float32(alpha) * p
+        r -= np.float32(alpha) * q
+        rr_new = float(np.vdot(r, r))
+        p *= np.float32(rr_new / rr)
+        p += r
+        rr = rr_new
+    return x
