@@ -15,6 +15,8 @@ from pathlib import Path
 from qsmflow import __version__
 
 #: Exit codes: 0 all done, 1 some participant failed, 2 bad invocation or input.
+#: Nipype plugins selectable with ``--plugin``.
+PLUGINS = ('linear', 'multiproc', 'slurm', 'slurmgraph', 'sge', 'sgegraph', 'pbs', 'pbsgraph')
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 _DESCRIPTION = """\
@@ -24,7 +26,8 @@ file per echo, or one 4D file with EchoTime as a list; phase in rad or scanner i
 writes susceptibility maps (ppm), masks and field maps as a BIDS derivatives dataset in OUT_DIR.
 Every input is checked before any computation (pre-flight report per participant).
 Other commands: 'qsmflow demo DIR' builds a synthetic phantom dataset and processes it;
-'qsmflow bench' times every reconstruction step on the 1 mm phantom."""
+'qsmflow bench' times every reconstruction step on the 1 mm phantom;
+'qsmflow fetch-templates' fills TEMPLATEFLOW_HOME for offline use (containers, clusters)."""
 
 
 def _positive_int(value):
@@ -78,6 +81,14 @@ def _build_parser() -> argparse.ArgumentParser:
     g_pipe.add_argument('--masking', choices=['magnitude', 'quality'],
                         help='brain mask: magnitude only, or minus unreliable phase '
                              '(overrides the preset)')
+    g_pipe.add_argument('--brain-masks', type=Path, metavar='DERIV_DIR',
+                        help='use your own brain masks: a BIDS derivatives folder with '
+                             'sub-<label>[/ses-<label>]/anat/*_desc-brain_mask.nii[.gz] in the '
+                             'scanner space of the GRE (any grid); replaces the automatic mask')
+    g_pipe.add_argument('--two-pass', action=argparse.BooleanOptionalAction, default=None,
+                        help='two-pass inversion: reconstruct inside a strict phase-quality '
+                             'mask, then fill the excluded voxels from a reconstruction in the '
+                             'generous brain mask (default: as the preset says)')
     g_pipe.add_argument('--echo-combination', choices=['wls', 'nlcomplex'],
                         help='echo combination: weighted least squares or nonlinear complex fit '
                              '(overrides the preset)')
@@ -97,6 +108,15 @@ def _build_parser() -> argparse.ArgumentParser:
                         help='processes for Nipype (1 = Linear plugin; default: all CPUs)')
     g_perf.add_argument('--omp-nthreads', type=_positive_int,
                         help='threads per process (FFT workers; default: nprocs)')
+    g_perf.add_argument('--mem-gb', '--mem_gb', type=_positive_float, metavar='GB',
+                        help='memory MultiProc may use at once (default: what the machine has)')
+    g_perf.add_argument('--plugin', choices=PLUGINS, type=str.lower,
+                        help='Nipype execution plugin (default: linear with --nprocs 1, '
+                             'multiproc otherwise); slurm, slurmgraph, sge and pbs submit each '
+                             'step as a cluster job from a shared work directory')
+    g_perf.add_argument('--plugin-args', metavar='JSON|FILE',
+                        help='plugin arguments as a JSON object or a JSON file, passed to '
+                             "Nipype's plugin, e.g. '{\"sbatch_args\": \"-p short\"}'")
     g_perf.add_argument('-w', '--work-dir', type=Path,
                         help='Nipype work directory, reused as cache on reruns '
                              '(default: OUT_DIR/../work)')
@@ -133,6 +153,10 @@ def main(argv=None) -> int:
             opts = _build_demo_parser().parse_args(argv[1:])
             return run_demo(opts.directory, size=opts.size, nprocs=opts.nprocs,
                             oblique_deg=opts.oblique)
+        if argv and argv[0] == 'fetch-templates':
+            from qsmflow.prefetch import main as prefetch_main
+
+            return prefetch_main(argv[1:])
         if argv and argv[0] == 'bench':
             from qsmflow.bench import main as bench_main
 
