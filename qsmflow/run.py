@@ -33,6 +33,13 @@ def run_participants(opts) -> int:
             echo_combination=getattr(opts, 'echo_combination', None))
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if getattr(opts, 'two_pass', None) is not None:
+        pipeline['masking']['two_pass'] = bool(opts.two_pass)
+    if getattr(opts, 'brain_masks', None) is not None:
+        if not Path(opts.brain_masks).is_dir():
+            raise InputError(f'--brain-masks {opts.brain_masks} is not a folder; give a BIDS '
+                             'derivatives folder with sub-<label>/anat/*_desc-brain_mask.nii.gz')
+        pipeline['masking']['brain_masks'] = str(Path(opts.brain_masks).absolute())
     if not opts.skip_bids_validation:
         validate_input(bids_dir)
 
@@ -40,7 +47,7 @@ def run_participants(opts) -> int:
     filters = load_bids_filters(filters) if filters else None
     acquisitions, failures = find_acquisitions(bids_dir, labels, sessions, opts.field_strength,
                                                filters)
-    preflight(acquisitions, failures)  # reads every image: before any heavy computation
+    reports = preflight(acquisitions, failures)  # reads every image: before any heavy computation
     for subject, reason in failures.items():
         print(f'qsmflow: skipping sub-{subject}: {reason}', file=sys.stderr)
     todo = [a for acqs in acquisitions.values() for a in acqs]
@@ -49,7 +56,8 @@ def run_participants(opts) -> int:
 
     if todo:
         init_output_dataset(out_dir, bids_dir)
-        failures.update(_execute(todo, out_dir, bids_dir, work_dir, pipeline, opts))
+        failures.update(_execute(todo, out_dir, bids_dir, work_dir, pipeline, opts,
+                                 reports))
 
     done = sorted(set(acquisitions) - set(failures))
     print(f'qsmflow: finished in {time.time() - t0:.0f} s: {len(done)} participant(s) done, '
@@ -59,12 +67,22 @@ def run_participants(opts) -> int:
     return 1 if failures else 0
 
 
-def _execute(todo, out_dir, bids_dir, work_dir, pipeline, opts) -> dict:
-    """Build and run the workflow; return ``{subject: reason}`` for failed acquisitions."""
+def _execute(todo, out_dir, bids_dir, work_dir, pipeline, opts, reports=None) -> dict:
+    """Build and run the workflow; return ``{subject: reason}`` for failed acquisitions.
+
+    Derivatives are written into the staging folder and each acquisition's set is moved
+    into ``out_dir`` as soon as all its steps have finished (:mod:`qsmflow.staging`).
+    """
     from nipype import config, logging
 
+    from qsmflow import staging
+    from qsmflow.engines import (
+        GRAPH_PLUGINS, apply_resources, is_step, iter_nodes, select_plugin, wait_for_graph_jobs)
+    from qsmflow.progress import RunMonitor, log_path
+    from qsmflow.regions_config import regions_options
     from qsmflow.workflows.base import init_qsmflow_wf
 
+    choice, plugin, plugin_args = select_plugin(opts)
     log_dir = work_dir / 'logs'
     log_dir.mkdir(parents=True, exist_ok=True)
     config.update_config({
@@ -78,29 +96,58 @@ def _execute(todo, out_dir, bids_dir, work_dir, pipeline, opts) -> dict:
     })
     logging.update_logging(config)
     nthreads = opts.omp_nthreads or opts.nprocs
-    from qsmflow.regions_config import regions_options
-
-    regions_opts = regions_options(opts)
-    workflow = init_qsmflow_wf(acquisitions=todo, output_dir=str(out_dir),
+    workflow = init_qsmflow_wf(acquisitions=todo, output_dir=str(staging.staging_root(out_dir)),
                                bids_dir=str(bids_dir), pipeline=pipeline,
-                               omp_nthreads=nthreads, regions_opts=regions_opts)
+                               omp_nthreads=nthreads, regions_opts=regions_options(opts))
     workflow.base_dir = str(work_dir)
-    plugin, args = ('Linear', {}) if opts.nprocs == 1 else ('MultiProc', {'n_procs': opts.nprocs})
+    apply_resources(workflow, choice, plugin_args, opts.nprocs)
+    steps = {acq.name: sum(1 for n in iter_nodes(workflow.get_node(f'{acq.name}_wf'))
+                           if is_step(n)) for acq in todo}
+    published = set()
+
+    def complete(acq):
+        if all(p.exists() for p in expected_outputs(acq, staging.staging_root(out_dir))):
+            staging.publish(acq, out_dir)
+            published.add(acq.name)
+
+    monitor = RunMonitor(todo, steps, out_dir, complete)
+    for subject in {acq.subject for acq in todo}:
+        for line in (reports or {}).get(subject, []):
+            monitor.log(subject, f'pre-flight {line}')
+    if choice not in GRAPH_PLUGINS:
+        plugin_args = {**plugin_args, 'status_callback': monitor}
     crashes_before = set(log_dir.glob('crash-*'))
     started = time.time() - 1.0  # sinks always rerun: older files are from an earlier run
     try:
-        workflow.run(plugin=plugin, plugin_args=args)
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError:
         pass  # failed nodes are attributed below from their crash files
+    finally:
+        monitor.close()
+    if choice in GRAPH_PLUGINS:
+        wait_for_graph_jobs(work_dir, started)
     new_crashes = sorted(set(log_dir.glob('crash-*')) - crashes_before)
     failures = {}
     for acq in todo:
-        missing = [k for k in expected_outputs(acq, out_dir)
+        crash = _crash_reason(acq, new_crashes)
+        staged = staging.staging_root(out_dir)
+        missing = [k for k in expected_outputs(acq, staged)
                    if not k.exists() or k.stat().st_mtime < started]
-        if missing:
-            failures[acq.subject] = _crash_reason(acq, new_crashes) or \
-                f'{missing[0].name} was not produced'
-            remove_partial_outputs(acq, out_dir)
+        if acq.name not in published and not crash and not missing \
+                and acq.name not in monitor.failed:
+            complete(acq)  # graph plugins report nothing while running
+        if acq.name in published and not crash:
+            continue
+        reason = crash or (f'step {monitor.failed[acq.name]} failed'
+                           if acq.name in monitor.failed else None) \
+            or f'{missing[0].name if missing else "an output"} was not produced'
+        failures[acq.subject] = f'{reason}; log: {log_path(out_dir, acq.subject)}'
+        monitor.log(acq.subject, f'{staging.name_prefix(acq)}: FAILED: {reason}')
+        for crash_file in new_crashes:
+            if f'{acq.name}_wf' in crash_file.read_text(errors='replace'):
+                monitor.log(acq.subject, crash_file.read_text(errors='replace'))
+        staging.discard(acq, out_dir)
+        remove_partial_outputs(acq, out_dir)
     return failures
 
 
@@ -139,7 +186,7 @@ def _crash_reason(acq, crash_files) -> str | None:
         errors = [ln for ln in lines if ln.split(':')[0].endswith(('Error', 'Exception'))]
         node = next((ln.split(':', 1)[1].strip() for ln in lines if ln.startswith('Node:')), '?')
         reason = errors[-1] if errors else lines[-1]
-        return f'{reason} (step {node.rsplit(".", 1)[-1]}; full log: {crash})'
+        return f'{reason} (step {node.rsplit(".", 1)[-1]})'
     return None
 
 

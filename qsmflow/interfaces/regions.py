@@ -38,6 +38,45 @@ def atlas_spec(name: str) -> dict | None:
     return bids_specs.load('atlases')['atlases'].get(name)
 
 
+def atlas_metadata(name: str, source: dict | None = None) -> dict:
+    """Provenance of a label set for the ``Atlas`` entry of the dseg and table sidecars.
+
+    Parameters
+    ----------
+    name : str
+        Atlas name: a key of ``bids_specs/atlases.json`` (its description, template,
+        citation and licence, and those of its template, are filled in) or another label
+        (``custom``, ``segmentations``).
+    source : dict, optional
+        Where the labels came from (templateflow query, user files); added as is and
+        overriding the defaults.
+
+    Returns
+    -------
+    dict
+        ``Name`` and, for known atlases, ``Description``, ``Template``, ``Citation``,
+        ``License``, ``TemplateName``, ``TemplateCitation``, ``TemplateLicense``.
+
+    Examples
+    --------
+    >>> meta = atlas_metadata('Diedrichsen2009')
+    >>> meta['Template'], meta['License'].startswith('CC BY-NC 3.0')
+    ('SUIT', True)
+    >>> atlas_metadata('custom', {'Citation': 'user supplied'})
+    {'Name': 'custom', 'Citation': 'user supplied'}
+    """
+    meta = {'Name': name}
+    spec = atlas_spec(name)
+    if spec:
+        tpl = bids_specs.load('atlases').get('templates', {}).get(spec['template'], {})
+        meta.update({'Description': spec.get('name'), 'Template': spec['template'],
+                     'Citation': spec.get('citation'), 'License': spec.get('license'),
+                     'TemplateName': tpl.get('name'), 'TemplateCitation': tpl.get('citation'),
+                     'TemplateLicense': tpl.get('license')})
+    meta.update(source or {})
+    return {k: v for k, v in meta.items() if v is not None}
+
+
 class _ResampleSegInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc='label image (any grid, same scanner space)')
     reference = File(exists=True, mandatory=True, desc='image on the target grid (chi map)')
@@ -73,7 +112,8 @@ class _StatsInputSpec(BaseInterfaceInputSpec):
     in_lut = File(exists=True, mandatory=True, desc='dseg.tsv (index, name) of in_dseg')
     atlas = traits.Str(mandatory=True, desc='atlas name (a key of atlases.json, or custom)')
     erode = traits.Bool(False, usedefault=True, desc='erode every region by one voxel')
-    source = traits.Dict(usedefault=True, desc='atlas/segmentation provenance for the JSON')
+    source = traits.Dict(usedefault=True, desc='atlas/segmentation provenance for the JSON '
+                         '(added to atlas_metadata(atlas))')
 
 
 class _StatsOutputSpec(TraitedSpec):
@@ -102,7 +142,7 @@ class RegionalStats(SimpleInterface):
                                     reference_mask=mask if ref_method == 'mean' else None)
         out_tsv = Path(runtime.cwd) / 'stats.tsv'
         write_table(rows, out_tsv)
-        meta = stats_sidecar(self.inputs.atlas, spec, self.inputs.source, ref_method,
+        meta = stats_sidecar(atlas_metadata(self.inputs.atlas, self.inputs.source), ref_method,
                              self.inputs.erode, base.read_steps(self.inputs.in_file))
         out_json = Path(runtime.cwd) / 'stats.json'
         base.write_json(out_json, meta)
@@ -126,9 +166,12 @@ def _fmt(value, column: str = '') -> str:
     return str(value)
 
 
-def stats_sidecar(atlas: str, spec: dict | None, source: dict, ref_method: str, erode: bool,
-                  steps: list) -> dict:
-    """JSON sidecar of a regional table: columns with units, reference, sources, pipeline."""
+def stats_sidecar(atlas: dict, ref_method: str, erode: bool, steps: list) -> dict:
+    """JSON sidecar of a regional table: columns with units, reference, sources, pipeline.
+
+    ``atlas`` is the label set's provenance (:func:`atlas_metadata`): name, template,
+    citation and licence.
+    """
     chi_desc = 'of susceptibility (ppm, SI) after the reference in QSMReference'
     return {
         'Description': 'Regional susceptibility statistics, one row per region and hemisphere '
@@ -146,9 +189,7 @@ def stats_sidecar(atlas: str, spec: dict | None, source: dict, ref_method: str, 
         'QSMReference': ref_method,
         'ReferenceRegion': ('whole brain mask (row "reference")' if ref_method == 'mean'
                             else 'none' if ref_method == 'none' else ref_method),
-        'Atlas': {'Name': atlas, **({k: spec[k] for k in ('template', 'name', 'citation',
-                                                          'license') if k in spec}
-                                    if spec else {}), **source},
+        'Atlas': dict(atlas),
         'ErodedByOneVoxel': bool(erode),
         'GeneratedBy': {'Name': 'qsmflow', 'Version': __version__},
         'QSMProcessing': steps,
