@@ -61,12 +61,12 @@ class RunMonitor:
         self._last_tenth = 0
         self.subjects = {}
         for acq in acquisitions:
-            self.subjects.setdefault(acq.subject, []).append(self.labels[acq.name])
+            self.subjects.setdefault(acq.subject, []).append(acq.name)
         self.out_dir = Path(out_dir)
         stamp = datetime.now().isoformat(timespec='seconds')
         for subject, names in self.subjects.items():
             self.log(subject, f'=== qsmflow {__version__} run started {stamp}: '
-                              f'{", ".join(names)}')
+                              f'{", ".join(self.labels[n] for n in names)}')
 
     # -- logging --------------------------------------------------------------------------
     def log(self, subject: str, line: str) -> None:
