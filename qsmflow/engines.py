@@ -119,7 +119,8 @@ def apply_resources(workflow, choice: str, args: dict, nprocs: int) -> None:
             if not re.search(r'(--cpus-per-task[= ]|(^|\s)-c\s)', user):
                 extra.append(f'--cpus-per-task={node.n_procs}')
             if extra:
-                node.plugin_args = {'sbatch_args': ' '.join(extra), 'overwrite': False}
+                # leading space: SLURMGraph glues the user's sbatch_args to the node's
+                node.plugin_args = {'sbatch_args': ' ' + ' '.join(extra), 'overwrite': False}
 
 
 def wait_for_graph_jobs(work_dir: Path, since: float, poll_s: float = 2.0) -> None:
@@ -134,7 +135,8 @@ def wait_for_graph_jobs(work_dir: Path, since: float, poll_s: float = 2.0) -> No
             names.update(re.findall(r' -J (\S+) ', script.read_text()))
     if not names or shutil.which('squeue') is None:
         return
-    query = ['squeue', '-h', '-o', '%i %j %r', '-n', ','.join(sorted(names))]
+    query = ['squeue', '-h', '-o', '%i %j %r', '-u', getpass.getuser(),
+             '-n', ','.join(sorted(names))]
     while True:
         lines = subprocess.run(query, check=False, capture_output=True, text=True).stdout.split('\n')
         jobs = [ln.split() for ln in lines if ln.strip()]

@@ -11,9 +11,12 @@ cluster through ``SLURM_CONF`` in :attr:`SlurmCluster.env`, and slurm reaches mu
 
 Usage::
 
-    with SlurmCluster() as cluster:
-        subprocess.run(['sbatch', '--wrap', 'hostname'], env=cluster.env)
+    cluster = SlurmCluster().start()
+    try:
+        subprocess.run(['sbatch', '--wrap', 'hostname'], env=cluster.env, check=True)
         cluster.wait_for_jobs()
+    finally:
+        cluster.stop()
 
 A daemon that does not come up raises :class:`ClusterError` with the tail of its log.
 """
@@ -83,19 +86,22 @@ def install_packages(timeout: float = 600) -> None:
         policy.chmod(0o755)
     install = ['apt-get', 'install', '-y', '--no-install-recommends', *PACKAGES]
     try:
-        proc = subprocess.run(install, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = _call(install, timeout, env=env)
         if proc.returncode != 0:
-            subprocess.run(['apt-get', 'update'], env=env, capture_output=True,
-                           timeout=timeout)
-            proc = subprocess.run(install, env=env, capture_output=True, text=True,
-                                  timeout=timeout)
+            _call(['apt-get', 'update'], timeout, env=env)
+            proc = _call(install, timeout, env=env)
     finally:
         if own_policy:
             policy.unlink(missing_ok=True)
     if proc.returncode != 0 or missing_executables():
         raise ClusterError(f'{" ".join(install)} failed (exit {proc.returncode}); still '
                            f'missing {missing_executables()}:\n{_tail(proc.stdout + proc.stderr)}')
+
+
+def _call(args: list[str], timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``args`` with its output captured as text; the caller checks the exit status."""
+    return subprocess.run(args, check=False, capture_output=True, text=True, timeout=timeout,
+                          **kwargs)
 
 
 def _tail(text: str, lines: int = 25) -> str:
@@ -124,7 +130,8 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
     try:
         with open(f'/proc/{pid}/stat') as fh:
             return fh.read().rsplit(')', 1)[1].split()[0] != 'Z'
@@ -142,7 +149,7 @@ def _cmdline(pid: int) -> str:
 
 def _node_hardware() -> dict:
     """This machine as ``slurmd -C`` sees it: NodeName, CPUs, sockets, cores, RealMemory."""
-    proc = subprocess.run([_which('slurmd'), '-C'], capture_output=True, text=True, timeout=60)
+    proc = _call([_which('slurmd'), '-C'])
     first = proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ''
     fields = dict(item.split('=', 1) for item in first.split() if '=' in item)
     if proc.returncode != 0 or 'NodeName' not in fields or 'CPUs' not in fields:
@@ -181,13 +188,6 @@ class SlurmCluster:
             self.env.pop(name, None)
 
     # ------------------------------------------------------------------ life cycle
-    def __enter__(self) -> SlurmCluster:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def start(self, timeout: float = 60) -> SlurmCluster:
         """Install if needed, configure, start the three daemons, wait for an idle node."""
         reason = unavailable_reason()
@@ -215,12 +215,12 @@ class SlurmCluster:
         Job processes left by the cluster (identified by this cluster's ``SLURM_CONF`` in
         their environment) are ended by PID too, so nothing keeps running afterwards.
         """
-        if _pid_alive(self._pid('slurmctld') or -1):
+        if pid_alive(self._pid('slurmctld') or -1):
             self._quiet(['scancel', '--full', '--partition', self.partition])
             self._wait_quiet(lambda: not self.job_ids(), 15)
         for name in ('slurmd', 'slurmctld', 'munged'):
             pid = self._pid(name)
-            if pid and _pid_alive(pid) and name in _cmdline(pid):
+            if pid and pid_alive(pid) and name in _cmdline(pid):
                 self._terminate(pid, timeout)
         for pid in self.leftover_pids():
             self._terminate(pid, 5)
@@ -229,26 +229,27 @@ class SlurmCluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def leftover_pids(self) -> list[int]:
-        """PIDs of processes (not this one) whose environment names this cluster's config:
-        job scripts, slurmstepd and anything they started."""
+        """PIDs of processes whose environment names this cluster's configuration, other
+        than this process and the three daemons: job scripts, ``slurmstepd``, anything a
+        job started, a client command still running."""
         marker = f'SLURM_CONF={self.conf}'.encode()
+        skip = {os.getpid(), *(self._pid(name) for name in self.pid_files)}
         found = []
         for entry in Path('/proc').iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            if not entry.name.isdigit() or int(entry.name) in skip:
                 continue
             try:
                 environ = (entry / 'environ').read_bytes()
             except OSError:
                 continue
-            if marker in environ.split(b'\0') and _pid_alive(int(entry.name)):
+            if marker in environ.split(b'\0') and pid_alive(int(entry.name)):
                 found.append(int(entry.name))
         return found
 
     # ------------------------------------------------------------------ use
     def run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
         """Run a SLURM client command against this cluster; raise with its output on error."""
-        proc = subprocess.run(args, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = _call(args, timeout, env=self.env)
         if proc.returncode != 0:
             raise ClusterError(f'{" ".join(args)} failed (exit {proc.returncode}): '
                                f'{(proc.stdout + proc.stderr).strip()}')
@@ -256,7 +257,7 @@ class SlurmCluster:
 
     def _quiet(self, args: list[str]) -> None:
         try:
-            subprocess.run(args, env=self.env, capture_output=True, timeout=30)
+            _call(args, 30, env=self.env)
         except (OSError, subprocess.SubprocessError):
             pass
 
@@ -265,17 +266,17 @@ class SlurmCluster:
         out = self.run(['squeue', '--noheader', '--format=%i']).stdout
         return out.split()
 
-    def job_states(self) -> dict[str, tuple[str, str]]:
-        """``{job_id: (name, state)}`` of every job the controller remembers (finished jobs
-        stay listed for ``MinJobAge`` seconds)."""
+    def jobs(self) -> list[dict[str, str]]:
+        """Every job the controller remembers, as ``scontrol show job`` fields (``JobId``,
+        ``JobName``, ``JobState``, ``ExitCode``, ``NumCPUs``, ``MinMemoryNode``, ...).
+        Finished jobs stay listed for ``MinJobAge`` (an hour here)."""
         out = self.run(['scontrol', '--oneliner', 'show', 'job']).stdout
-        states = {}
+        jobs = []
         for line in out.splitlines():
             fields = dict(item.split('=', 1) for item in line.split() if '=' in item)
             if 'JobId' in fields:
-                states[fields['JobId']] = (fields.get('JobName', ''),
-                                           fields.get('JobState', ''))
-        return states
+                jobs.append(fields)
+        return jobs
 
     def wait_for_jobs(self, timeout: float = 600, poll: float = 1.0) -> None:
         """Block until no job is pending, running or completing."""
@@ -340,12 +341,12 @@ class SlurmCluster:
             'SlurmdTimeout=30',
             'InactiveLimit=0',
             'KillWait=5',
-            'MinJobAge=300',
+            'MinJobAge=3600',
             'Waittime=0',
-            f'NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} '
-            f'Boards={hw.get("Boards", 1)} SocketsPerBoard={hw.get("SocketsPerBoard", 1)} '
-            f'CoresPerSocket={hw.get("CoresPerSocket", cpus)} '
-            f'ThreadsPerCore={hw.get("ThreadsPerCore", 1)} RealMemory={memory} State=UNKNOWN',
+            (f'NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} '
+             f'Boards={hw.get("Boards", 1)} SocketsPerBoard={hw.get("SocketsPerBoard", 1)} '
+             f'CoresPerSocket={hw.get("CoresPerSocket", cpus)} '
+             f'ThreadsPerCore={hw.get("ThreadsPerCore", 1)} RealMemory={memory} State=UNKNOWN'),
             f'PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP',
             '']))
         (r / 'etc' / 'plugstack.conf').write_text('')
@@ -360,7 +361,11 @@ class SlurmCluster:
         munge = pwd.getpwnam('munge')
         self.munge_dir.mkdir(exist_ok=True)
         key = self.munge_dir / 'munge.key'
-        key.write_bytes(os.urandom(128))
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)  # never readable by others
+        try:
+            os.write(fd, os.urandom(128))
+        finally:
+            os.close(fd)
         # The socket's folder must be searchable by all, writable by munge alone.
         for path, mode in ((self.munge_dir, 0o755), (key, 0o400)):
             os.chown(path, munge.pw_uid, munge.pw_gid)
@@ -370,8 +375,8 @@ class SlurmCluster:
                 f'--pid-file={self.pid_files["munged"]}',
                 f'--log-file={self.log_files["munged"]}',
                 f'--seed-file={self.munge_dir / "munged.seed"}', '--num-threads=2']
-        proc = subprocess.run(args, user=munge.pw_uid, group=munge.pw_gid, extra_groups=[],
-                              capture_output=True, text=True, timeout=30, cwd=self.munge_dir)
+        proc = _call(args, 30, user=munge.pw_uid, group=munge.pw_gid, extra_groups=[],
+                     cwd=self.munge_dir)
         if proc.returncode != 0:
             raise ClusterError(f'munged failed to start (exit {proc.returncode}): '
                                f'{(proc.stdout + proc.stderr).strip()}\n'
@@ -380,8 +385,7 @@ class SlurmCluster:
                    'munged socket did not appear', 'munged')
 
     def _start_daemon(self, name: str, extra: list[str]) -> None:
-        proc = subprocess.run([_which(name), *extra], env=self.env, capture_output=True,
-                              text=True, timeout=60, cwd=self.root)
+        proc = _call([_which(name), *extra], env=self.env, cwd=self.root)
         if proc.returncode != 0:
             raise ClusterError(f'{name} failed to start (exit {proc.returncode}): '
                                f'{(proc.stdout + proc.stderr).strip()}\n'
@@ -390,18 +394,15 @@ class SlurmCluster:
         self._wait(lambda: self._pid(name) is not None, 15, 'no PID file written', name)
 
     def _controller_answers(self) -> bool:
-        proc = subprocess.run(['scontrol', 'ping'], env=self.env, capture_output=True,
-                              text=True, timeout=30)
+        proc = _call(['scontrol', 'ping'], 30, env=self.env)
         return proc.returncode == 0 and 'UP' in proc.stdout
 
     def _node_idle(self) -> bool:
-        proc = subprocess.run(['sinfo', '--noheader', '--Node', '--format=%N %t'],
-                              env=self.env, capture_output=True, text=True, timeout=30)
+        proc = _call(['sinfo', '--noheader', '--Node', '--format=%N %t'], 30, env=self.env)
         states = dict(line.split() for line in proc.stdout.splitlines() if line.strip())
         state = states.get(self.node, '')
         if state.startswith(('drain', 'drng', 'fail')):
-            reason = subprocess.run(['sinfo', '--noheader', '--list-reasons'], env=self.env,
-                                    capture_output=True, text=True, timeout=30).stdout
+            reason = _call(['sinfo', '--noheader', '--list-reasons'], 30, env=self.env).stdout
             raise ClusterError(f'node {self.node} is {state}: {reason.strip()}\n'
                                f'slurmd log:\n{_log_tail(self.log_files["slurmd"])}')
         return state == 'idle'
@@ -410,7 +411,7 @@ class SlurmCluster:
         deadline = time.monotonic() + timeout
         while not ready():
             pid = self._pid(daemon)
-            if pid is not None and not _pid_alive(pid):
+            if pid is not None and not pid_alive(pid):
                 raise ClusterError(f'{daemon} died: {what}\n{daemon} log '
                                    f'({self.log_files[daemon]}):\n'
                                    f'{_log_tail(self.log_files[daemon])}')
@@ -431,6 +432,10 @@ class SlurmCluster:
                 return
             time.sleep(0.5)
 
+    def daemon_pids(self) -> dict[str, int | None]:
+        """``{daemon: PID}`` from the PID files (``None`` where there is none)."""
+        return {name: self._pid(name) for name in self.pid_files}
+
     def _pid(self, name: str) -> int | None:
         try:
             return int(self.pid_files[name].read_text().split()[0])
@@ -445,7 +450,7 @@ class SlurmCluster:
             except ProcessLookupError:
                 return
             deadline = time.monotonic() + wait
-            while _pid_alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return

@@ -86,8 +86,8 @@ def test_slurm_jobs_ask_for_node_resources_unless_user_did():
     wf = _workflow()
     engines.apply_resources(wf, 'slurm', {'sbatch_args': '-p short'}, nprocs=2)
     big = wf.get_node('sub_01_wf.step1')
-    assert big.plugin_args == {'sbatch_args': '--mem=3072M --cpus-per-task=8',
-                               'overwrite': False}
+    assert big.plugin_args == {'sbatch_args': ' --mem=3072M --cpus-per-task=8',
+                               'overwrite': False}  # a space: SLURMGraph concatenates
     wf = _workflow()
     engines.apply_resources(wf, 'slurm', {'sbatch_args': '--mem=8G -c 2'}, nprocs=2)
     assert wf.get_node('sub_01_wf.step1').plugin_args == {}
