@@ -88,7 +88,10 @@ def _execute(todo, out_dir, bids_dir, work_dir, pipeline, opts, reports=None) ->
     config.update_config({
         'execution': {'crashdump_dir': str(log_dir), 'crashfile_format': 'txt',
                       'hash_method': 'content', 'stop_on_first_crash': False,
-                      'remove_unnecessary_outputs': False, 'check_version': False},
+                      'remove_unnecessary_outputs': False, 'check_version': False,
+                      # Nipype sleeps this long between scheduling rounds (default 2 s per
+                      # step); cluster plugins keep the default, not to flood the scheduler
+                      'poll_sleep_duration': 0.2 if choice in ('linear', 'multiproc') else 2},
         'logging': {'log_directory': str(log_dir), 'log_to_file': True,
                     'workflow_level': 'WARNING', 'interface_level': 'WARNING',
                     'utils_level': 'WARNING'},

@@ -47,9 +47,19 @@ def staged_files(acq, out_dir) -> list[Path]:
     return sorted(p for p in folder.rglob('*') if p.is_file() and p.name.startswith(prefix))
 
 
+def _stale_temporaries(acq, out_dir) -> list[Path]:
+    """Hidden ``.<name>.tmp<pid>`` files a killed copy of ``acq`` left behind."""
+    folder = participant_folder(staging_root(out_dir), acq)
+    if not folder.is_dir():
+        return []
+    return sorted(folder.rglob(f'.{name_prefix(acq)}_*'))
+
+
 def publish(acq, out_dir) -> list[Path]:
     """Move every staged file of ``acq`` to its final place in ``out_dir``; return them."""
     root = staging_root(out_dir)
+    for stale in _stale_temporaries(acq, out_dir):
+        stale.unlink()
     moved = []
     for src in staged_files(acq, out_dir):
         dest = Path(out_dir) / src.relative_to(root)
@@ -62,7 +72,7 @@ def publish(acq, out_dir) -> list[Path]:
 
 def discard(acq, out_dir) -> None:
     """Delete the staged files of a failed acquisition."""
-    for path in staged_files(acq, out_dir):
+    for path in staged_files(acq, out_dir) + _stale_temporaries(acq, out_dir):
         path.unlink()
     _prune(staging_root(out_dir))
 

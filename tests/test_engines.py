@@ -103,7 +103,7 @@ def test_staged_files_publish_by_acquisition(tmp_path):
     anat = staging.staging_root(out) / 'sub-01' / 'anat'
     anat.mkdir(parents=True)
     for name in ('sub-01_run-1_Chimap.nii.gz', 'sub-01_run-1_Chimap.json',
-                 'sub-01_run-10_Chimap.nii.gz'):
+                 'sub-01_run-10_Chimap.nii.gz', '.sub-01_run-1_Chimap.json.tmp123'):
         (anat / name).write_text(name)
     assert staging.name_prefix(run1) == 'sub-01_run-1'
     moved = staging.publish(run1, out)
@@ -111,6 +111,7 @@ def test_staged_files_publish_by_acquisition(tmp_path):
                                              'sub-01_run-1_Chimap.nii.gz']
     assert (out / 'sub-01' / 'anat' / 'sub-01_run-1_Chimap.nii.gz').read_text() == \
         'sub-01_run-1_Chimap.nii.gz'
+    assert not (anat / '.sub-01_run-1_Chimap.json.tmp123').exists()  # a killed copy's
     assert [p.name for p in staging.staged_files(run10, out)] == ['sub-01_run-10_Chimap.nii.gz']
     staging.discard(run10, out)
     assert not staging.staging_root(out).exists()

@@ -1,5 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Template registration with antspyx (rigid → affine → SyN), in-process."""
+"""Template registration with antspyx (rigid → affine → SyN), in a fresh process per call.
+
+Registration is bitwise reproducible: the same inputs give the same transforms in every run,
+whatever ``--nprocs``/``--omp-nthreads`` say. Two things make ANTs vary otherwise (measured
+with antspyx 0.6.3 on the tiny phantom): the random jitter of the affine stages' "regular"
+metric sampling, seeded from the clock unless a seed is given, and ITK's multi-threaded
+Mattes mutual information, which merges the threads' derivative buffers in the order the
+threads finish, so that with two threads no two runs agree even with a fixed seed (and the
+SyN stage, repeatable at a fixed thread count, changes with the count). Every registration
+therefore runs with :data:`RANDOM_SEED` on :data:`REGISTRATION_THREADS` thread(s).
+Resampling (:class:`ApplyTransforms`) does not depend on the thread count and keeps its
+threads.
+"""
 from __future__ import annotations
 
 import os
@@ -21,15 +33,32 @@ REGISTRATION = {'type_of_transform': 'SyNRA', 'aff_metric': 'mattes', 'syn_metri
                 'aff_smoothing_sigmas': (3, 2, 1, 0), 'reg_iterations': (40, 20, 0),
                 'grad_step': 0.05, 'flow_sigma': 6, 'total_sigma': 3}
 
+#: Seed of ANTs' random numbers (the sample jitter of the affine stages' metric). It is
+#: passed as ``ANTS_RANDOM_SEED``, which ``antsRegistration`` reads in every antspyx
+#: version (antspyx 0.6 silently ignores a ``random_seed`` argument).
+RANDOM_SEED = 1
 
-def _threads(n: int) -> None:
-    """Set ITK's thread count; use the platform threader (no persistent pool).
+#: ITK threads of every registration, whatever the caller allows. With more than one
+#: thread the Mattes metric's result depends on thread timing (see the module docstring).
+#: The cost, for the 1 mm phantom head on the 2 mm template: 16–20 s of CPU time with one
+#: thread or two; two threads run together about half of the time, so a second idle core
+#: would cut the node's wall time by about a third (to ~12 s from ~18 s). Nothing is lost
+#: when the other cores are busy with other nodes or participants.
+REGISTRATION_THREADS = 1
 
-    ITK's default thread pool can deadlock in Nipype's forked MultiProc workers, so every
-    ANTs call here uses plain per-call threads instead.
+
+def _threads(n: int) -> int:
+    """Prepare ANTs in this (freshly spawned) process, before ``import ants``.
+
+    ITK gets ``n`` threads from the platform threader (no persistent pool: ITK's default
+    thread pool can deadlock in Nipype's forked MultiProc workers) and ANTs the fixed
+    :data:`RANDOM_SEED`. Returns the thread count.
     """
+    n = max(1, int(n))
     os.environ['ITK_GLOBAL_DEFAULT_THREADER'] = 'Platform'
-    os.environ['ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS'] = str(max(1, int(n)))
+    os.environ['ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS'] = str(n)
+    os.environ['ANTS_RANDOM_SEED'] = str(RANDOM_SEED)
+    return n
 
 
 def combined_magnitude(mag: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -46,34 +75,82 @@ def combined_magnitude(mag: np.ndarray, mask: np.ndarray | None = None) -> np.nd
     return rss.astype(np.float32)
 
 
+#: Runs in the fresh interpreter: load ``(func, args, kwargs)``, call, store the outcome.
+_RUNNER = """
+import pickle, sys
+with open(sys.argv[1], 'rb') as fobj:
+    func, args, kwargs = pickle.load(fobj)
+try:
+    outcome = (True, func(*args, **kwargs))
+except BaseException as exc:
+    outcome = (False, exc)
+with open(sys.argv[2], 'wb') as fobj:
+    pickle.dump(outcome, fobj)
+"""
+
+
 def in_fresh_process(func, *args, **kwargs):
-    """Run ``func`` in a freshly spawned interpreter and return its result.
+    """Run ``func`` in a new Python interpreter and return its result (or raise its error).
 
     ITK keeps process-wide thread state that does not survive ``fork`` (Nipype's MultiProc
     workers are forked, possibly from a process that already used ANTs), so every ANTs
-    call runs in its own spawned process (about a second of start-up).
+    call runs in its own process (about a second of start-up). A plain subprocess, not a
+    ``multiprocessing`` spawn: spawn re-imports ``__main__``, which in a cluster job is
+    Nipype's unguarded batch script and would run the node again. Call and result travel
+    through pickle files in the current (node) directory, not stdout, which ANTs prints to.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as pool:
-        return pool.submit(func, *args, **kwargs).result()
+    with tempfile.TemporaryDirectory(prefix='.qsmflow-call-', dir=os.getcwd()) as tmp:
+        call, result = Path(tmp) / 'call.pkl', Path(tmp) / 'result.pkl'
+        call.write_bytes(pickle.dumps((func, args, kwargs)))
+        proc = subprocess.run([sys.executable, '-c', _RUNNER, str(call), str(result)],
+                              check=False, capture_output=True, text=True)
+        if not result.exists():
+            tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+            raise RuntimeError(f'{func.__name__} died in its process (exit {proc.returncode}): '
+                               f'{tail}')
+        ok, value = pickle.loads(result.read_bytes())
+    if not ok:
+        raise value
+    return value
 
 
-def register(fixed_path, moving_path, out_dir, *, fixed_mask=None, nthreads: int = 1) -> dict:
-    """Register ``moving`` to ``fixed`` (antspyx ``SyNRA``); save the transforms.
+def register(fixed_path, moving_path, out_dir, *, fixed_mask=None, nthreads: int = 1,
+             settings: dict | None = None) -> dict:
+    """Register ``moving`` to ``fixed`` with antspyx; save the transforms (reproducibly).
+
+    Parameters
+    ----------
+    fixed_path, moving_path : str or Path
+        Fixed (template) and moving images.
+    out_dir : str or Path
+        Folder for the transforms.
+    fixed_mask : str or Path, optional
+        Brain mask multiplied into the fixed image.
+    nthreads : int
+        Threads the caller allows; the registration uses at most
+        :data:`REGISTRATION_THREADS` of them, so that its result does not depend on it.
+    settings : dict, optional
+        ``ants.registration`` keyword arguments (default :data:`REGISTRATION`).
 
     Returns
     -------
     dict
-        ``affine`` (.mat, moving → fixed), ``warp`` and ``inverse_warp`` (.nii.gz) paths.
+        ``affine`` (.mat, moving → fixed), ``warp`` and ``inverse_warp`` (.nii.gz) paths
+        and the antspyx ``version``.
     """
     return in_fresh_process(_register, str(fixed_path), str(moving_path), str(out_dir),
                             fixed_mask=str(fixed_mask) if fixed_mask else None,
-                            nthreads=nthreads)
+                            nthreads=min(max(1, int(nthreads)), REGISTRATION_THREADS),
+                            settings=dict(REGISTRATION if settings is None else settings))
 
 
-def _register(fixed_path, moving_path, out_dir, *, fixed_mask=None, nthreads=1) -> dict:
+def _register(fixed_path, moving_path, out_dir, *, fixed_mask=None, nthreads=1,
+              settings=None) -> dict:
     _threads(nthreads)
     import ants
 
@@ -81,13 +158,16 @@ def _register(fixed_path, moving_path, out_dir, *, fixed_mask=None, nthreads=1) 
     if fixed_mask:
         fixed = fixed * ants.image_read(str(fixed_mask))
     reg = ants.registration(fixed, moving, outprefix=str(Path(out_dir) / 'reg_'),
-                            random_seed=1, **REGISTRATION)
-    out = {}
+                            **(REGISTRATION if settings is None else settings))
+    out = {'version': ants.__version__}
     warp = [p for p in reg['fwdtransforms'] if p.endswith('.nii.gz')]
     inv = [p for p in reg['invtransforms'] if p.endswith('.nii.gz')]
     mat = [p for p in reg['fwdtransforms'] if p.endswith('.mat')]
     for key, src, name in (('affine', mat, 'affine.mat'), ('warp', warp, 'warp.nii.gz'),
                            ('inverse_warp', inv, 'inverse_warp.nii.gz')):
+        if len(src) != 1:
+            raise RuntimeError(f'antspyx returned {reg["fwdtransforms"]} / '
+                               f'{reg["invtransforms"]}: expected one {name}')
         dest = Path(out_dir) / name
         shutil.copyfile(src[0], dest)
         out[key] = str(dest)
@@ -100,7 +180,9 @@ class _RegInputSpec(BaseInterfaceInputSpec):
                    desc='brain mask of the magnitude (before background-removal erosion)')
     template = File(exists=True, mandatory=True, desc='template image (fixed)')
     template_mask = File(exists=True, desc='template brain mask')
-    nthreads = traits.Int(1, usedefault=True, desc='ITK threads')
+    # nohash: the result does not depend on it, so a rerun with other --nprocs reuses it
+    nthreads = traits.Int(1, usedefault=True, nohash=True,
+                          desc='threads allowed; registration uses REGISTRATION_THREADS')
 
 
 class _RegOutputSpec(TraitedSpec):
@@ -125,7 +207,8 @@ class RegisterToTemplate(SimpleInterface):
         out = register(self.inputs.template, moving, runtime.cwd,
                        fixed_mask=self.inputs.template_mask or None,
                        nthreads=self.inputs.nthreads)
-        self._results.update(moving=moving, **out)
+        self._results.update(moving=moving, **{k: out[k] for k in (
+            'affine', 'warp', 'inverse_warp')})
         return runtime
 
 
@@ -137,7 +220,8 @@ class _ApplyInputSpec(BaseInterfaceInputSpec):
     invert = traits.List(traits.Bool, desc='invert each transform (affines only)')
     interpolation = traits.Enum('genericLabel', 'linear', 'nearestNeighbor', usedefault=True,
                                 desc='interpolator (genericLabel for label images)')
-    nthreads = traits.Int(1, usedefault=True, desc='ITK threads')
+    # nohash: resampling gives the same result with any number of threads
+    nthreads = traits.Int(1, usedefault=True, nohash=True, desc='ITK threads')
     meta = traits.Dict(usedefault=True, desc='extra sidecar entries (e.g. SpatialReference)')
 
 
