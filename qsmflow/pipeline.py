@@ -4,6 +4,19 @@
 Presets are JSON files in ``qsmflow/data/presets`` (or any file a user gives); command-line
 flags override single steps. Algorithm defaults themselves live in the signatures of the
 ``qsmflow.qsm`` functions, never here.
+
+Each step is ``{"method": ..., "params": {...}}``. The ``masking`` step also takes
+(see :func:`qsmflow.workflows.qsm.init_qsm_wf`):
+
+* ``quality_params``: options of :func:`qsmflow.qsm.mask.quality_mask` (method
+  ``'quality'``);
+* ``two_pass`` (bool, default false): two-pass reconstruction, strict phase-quality mask
+  then the filled mask, combined;
+* ``strict_params``: options of :func:`qsmflow.qsm.mask.strict_mask` (with ``two_pass``);
+* ``brain_masks``: a BIDS derivatives folder of the user's
+  ``sub-<l>[_ses-<l>]…_desc-brain_mask.nii[.gz]``, used instead of the automatic mask.
+
+These options are kept when the masking method is overridden.
 """
 from __future__ import annotations
 
@@ -13,6 +26,9 @@ from importlib import resources
 from pathlib import Path
 
 STEPS = ('masking', 'unwrapping', 'echo_combination', 'bf_removal', 'inversion', 'reference')
+
+#: Options of a step that do not depend on its method (kept by :func:`with_overrides`).
+STEP_OPTIONS = {'masking': ('two_pass', 'strict_params', 'brain_masks')}
 
 
 def available_presets() -> list[str]:
@@ -51,11 +67,37 @@ def load_preset(name_or_file: str = 'default') -> dict:
 
 
 def with_overrides(preset: dict, **methods) -> dict:
-    """Copy of ``preset`` with the method of each named step replaced (``None`` keeps it)."""
+    """Copy of ``preset`` with the method of each named step replaced (``None`` keeps it).
+
+    The method's ``params`` are reset; the method-independent options of the step
+    (:data:`STEP_OPTIONS`, e.g. masking's ``two_pass``) are kept.
+    """
     out = copy.deepcopy(preset)
     for step, method in methods.items():
         if method is not None:
             if step not in STEPS:
                 raise ValueError(f'unknown pipeline step {step!r}')
-            out[step] = {'method': method, 'params': {}}
+            kept = {k: out[step][k] for k in STEP_OPTIONS.get(step, ()) if k in out[step]}
+            out[step] = {'method': method, 'params': {}, **kept}
+    return out
+
+
+def with_masking_options(pipeline: dict, *, two_pass: bool | None = None,
+                         brain_masks=None) -> dict:
+    """Copy of ``pipeline`` with masking's ``two_pass`` and ``brain_masks`` set.
+
+    ``None`` keeps what the preset says (``--two-pass``/``--no-two-pass`` and
+    ``--brain-masks``); ``brain_masks`` is stored as an absolute path.
+
+    Examples
+    --------
+    >>> p = with_masking_options(load_preset('default'), two_pass=True)
+    >>> p['masking']['two_pass'], 'brain_masks' in p['masking']
+    (True, False)
+    """
+    out = copy.deepcopy(pipeline)
+    if two_pass is not None:
+        out['masking']['two_pass'] = bool(two_pass)
+    if brain_masks is not None:
+        out['masking']['brain_masks'] = str(Path(brain_masks).expanduser().absolute())
     return out

@@ -169,7 +169,7 @@ def describe(acq: Acquisition, summary: dict) -> str:
     return line + ''.join(f'; WARNING: {w}' for w in acq.warnings)
 
 
-def preflight(acquisitions: dict, failures: dict, log=print) -> dict:
+def preflight(acquisitions: dict, failures: dict, log=print, brain_masks=None) -> dict:
     """Check the images of every participant; move failing ones into ``failures``.
 
     Parameters
@@ -180,6 +180,8 @@ def preflight(acquisitions: dict, failures: dict, log=print) -> dict:
         ``{subject: one-line reason}``; updated in place.
     log : callable
         Receives the report, one line per acquisition.
+    brain_masks : str, optional
+        ``--brain-masks`` folder: each acquisition must have a usable mask there.
 
     Returns
     -------
@@ -192,6 +194,10 @@ def preflight(acquisitions: dict, failures: dict, log=print) -> dict:
         try:
             for acq in acqs:
                 summary = check_images(acq)
+                if brain_masks:
+                    from qsmflow.derivatives import check_brain_mask
+
+                    check_brain_mask(brain_masks, acq)
                 shape = summary['shape']
                 acq.n_voxels = int(shape[0] * shape[1] * shape[2])
                 lines.append(describe(acq, summary))

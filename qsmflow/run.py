@@ -47,7 +47,8 @@ def run_participants(opts) -> int:
     filters = load_bids_filters(filters) if filters else None
     acquisitions, failures = find_acquisitions(bids_dir, labels, sessions, opts.field_strength,
                                                filters)
-    reports = preflight(acquisitions, failures)  # reads every image: before any heavy computation
+    reports = preflight(acquisitions, failures,  # reads every image: before any heavy work
+                        brain_masks=pipeline['masking'].get('brain_masks'))
     for subject, reason in failures.items():
         print(f'qsmflow: skipping sub-{subject}: {reason}', file=sys.stderr)
     todo = [a for acqs in acquisitions.values() for a in acqs]

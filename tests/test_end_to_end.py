@@ -13,7 +13,8 @@ from qsmflow.run import find_validator, run_validator, validator_errors
 
 pytestmark = pytest.mark.slow
 
-OUTPUTS = ('Chimap', 'desc-brain_mask', 'desc-total_fieldmap', 'desc-local_fieldmap')
+OUTPUTS = ('Chimap', 'desc-brain_mask', 'desc-total_fieldmap', 'desc-local_fieldmap',
+           'desc-noise_fieldmap')
 
 
 def _anat(e2e, sub):

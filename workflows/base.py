@@ -20,7 +20,10 @@ def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipel
     output_dir, bids_dir : str
         Roots of the derivatives and raw datasets.
     pipeline : dict
-        Algorithms and options per step (:mod:`qsmflow.pipeline`).
+        Algorithms and options per step (:mod:`qsmflow.pipeline`); with
+        ``pipeline['masking']['brain_masks']`` (a derivatives folder) each acquisition's
+        ``…_desc-brain_mask.nii[.gz]`` is found there
+        (:func:`qsmflow.derivatives.find_brain_mask`) and replaces the automatic mask.
     omp_nthreads : int
         Threads per node.
     regions_opts : dict, optional
@@ -60,6 +63,11 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
                          ('echo_times', acq.echo_times_s), ('b0_tesla', acq.b0_tesla),
                          ('phase_units', acq.phase_units)):
         setattr(qsm_wf.inputs.inputnode, field, value)
+    if pipeline['masking'].get('brain_masks'):
+        from qsmflow.derivatives import find_brain_mask
+
+        qsm_wf.inputs.inputnode.brain_mask = str(
+            find_brain_mask(pipeline['masking']['brain_masks'], acq.entities))
     ds_wf = init_qsm_derivatives_wf(output_dir=output_dir, bids_dir=bids_dir,
                                     entities=acq.entities,
                                     source_files=acq.mag_files + acq.phase_files)

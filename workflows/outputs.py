@@ -6,7 +6,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 #: Outputs of :func:`workflows.qsm.init_qsm_wf` stored in the derivatives dataset.
-QSM_OUTPUTS = ('chimap', 'mask', 'total_field', 'local_field')
+QSM_OUTPUTS = ('chimap', 'mask', 'total_field', 'local_field', 'field_noise')
 
 
 def init_qsm_derivatives_wf(*, output_dir: str, bids_dir: str, entities: dict,
@@ -26,8 +26,9 @@ def init_qsm_derivatives_wf(*, output_dir: str, bids_dir: str, entities: dict,
 
     Inputs
     ------
-    chimap, mask, total_field, local_field : str
-        Files from the reconstruction (χ in ppm, mask, fields in ppm).
+    chimap, mask, total_field, local_field, field_noise : str
+        Files from the reconstruction (χ in ppm, mask, fields in ppm, and the standard
+        error of the total field in ppm from the echo-fit residuals).
 
     Outputs
     -------

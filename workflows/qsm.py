@@ -26,6 +26,22 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     kernel (B0 direction from the image affine); χ is referenced (whole-brain mean by
     default).
 
+    ``pipeline['masking']`` may also hold:
+
+    * ``brain_masks`` (a folder; the file itself comes through ``inputnode.brain_mask``):
+      the user's mask replaces the magnitude mask everywhere (field fit included) and is
+      used as it is: the phase-quality refinement of masking method ``'quality'`` is not
+      applied to it (a given mask is respected; with ``two_pass`` its unreliable voxels
+      are still excluded from the strict pass only).
+    * ``two_pass`` (bool): the background removal and inversion run twice, on a strict
+      mask (:func:`qsmflow.qsm.mask.strict_mask` of the generous mask, options
+      ``strict_params``) and on the generous one; χ is the strict result where the strict
+      mask holds and the generous one in its holes
+      (:func:`qsmflow.qsm.inversion.combine_two_pass`). The output mask and local field
+      are those of the generous pass.
+    * ``params`` and ``quality_params``: options of :func:`qsmflow.qsm.mask.brain_mask`
+      and :func:`qsmflow.qsm.mask.quality_mask`.
+
     Parameters
     ----------
     pipeline : dict
@@ -47,6 +63,8 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         Main field strength in T.
     phase_units : str or None
         BIDS ``Units`` of the phase images.
+    brain_mask : str
+        The user's brain mask (only read when ``pipeline['masking']['brain_masks']`` is set).
 
     Outputs
     -------
@@ -56,39 +74,43 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         Mask of the susceptibility map (after background-removal erosion).
     total_field, local_field : str
         Total and local field in ppm of B0.
+    field_noise : str
+        Standard error of the total field fit in ppm of B0 (inside the brain mask of the
+        fit).
     """
     from qsmflow.interfaces.bgremove import RemoveBackground
     from qsmflow.interfaces.field import EstimateField
-    from qsmflow.interfaces.inversion import InvertDipole
-    from qsmflow.interfaces.masking import BrainMask, QualityMask
+    from qsmflow.interfaces.inversion import CombineTwoPass, InvertDipole
+    from qsmflow.interfaces.masking import BrainMask, QualityMask, StrictMask
     from qsmflow.interfaces.megre import LoadMEGRE
     from qsmflow.interfaces.reference import ReferenceChi
 
-    gb_img = n_voxels * 4 / 1e9  # one float32 volume, GB
-    workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(
-        fields=['mag_files', 'phase_files', 'echo_times', 'b0_tesla', 'phase_units']),
-        name='inputnode')
-    outputnode = pe.Node(niu.IdentityInterface(
-        fields=['chimap', 'mask', 'total_field', 'local_field']), name='outputnode')
-
-    load_megre = pe.Node(LoadMEGRE(), name='load_megre', mem_gb=gb_img * n_echoes * 4)
-    brain_mask = pe.Node(BrainMask(params=pipeline['masking'].get('params', {})),
-                         name='brain_mask', mem_gb=gb_img * n_echoes * 2)
-    field_fit = pe.Node(EstimateField(unwrapping=pipeline['unwrapping']['method'],
-                                      combination=pipeline['echo_combination']['method']),
-                        name='field_fit', mem_gb=gb_img * n_echoes * 6, n_procs=omp_nthreads)
-    bg_removal = pe.Node(RemoveBackground(method=pipeline['bf_removal']['method'],
-                                          params=pipeline['bf_removal'].get('params', {})),
-                         name='bg_removal', mem_gb=gb_img * 30, n_procs=omp_nthreads)
-    inversion = pe.Node(InvertDipole(method=pipeline['inversion']['method'],
-                                     params=pipeline['inversion'].get('params', {})),
-                        name='inversion', mem_gb=gb_img * 40, n_procs=omp_nthreads)
     masking = pipeline['masking']
     if masking['method'] not in MASKING_METHODS:
         raise ValueError(f"unknown masking method {masking['method']!r}; choose one of "
                          f'{MASKING_METHODS}')
-    if masking['method'] == 'quality':
+    user_mask = bool(masking.get('brain_masks'))
+    two_pass = bool(masking.get('two_pass'))
+
+    gb_img = n_voxels * 4 / 1e9  # one float32 volume, GB
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(
+        fields=['mag_files', 'phase_files', 'echo_times', 'b0_tesla', 'phase_units',
+                'brain_mask']),
+        name='inputnode')
+    outputnode = pe.Node(niu.IdentityInterface(
+        fields=['chimap', 'mask', 'total_field', 'local_field', 'field_noise']),
+        name='outputnode')
+
+    load_megre = pe.Node(LoadMEGRE(), name='load_megre', mem_gb=gb_img * n_echoes * 4)
+    brain_mask = pe.Node(BrainMask(params=masking.get('params', {})),
+                         name='brain_mask', mem_gb=gb_img * n_echoes * 2)
+    field_fit = pe.Node(EstimateField(unwrapping=pipeline['unwrapping']['method'],
+                                      combination=pipeline['echo_combination']['method']),
+                        name='field_fit', mem_gb=gb_img * n_echoes * 6, n_procs=omp_nthreads)
+    if user_mask:
+        workflow.connect(inputnode, 'brain_mask', brain_mask, 'in_mask')
+    if masking['method'] == 'quality' and not user_mask:
         final_mask = pe.Node(QualityMask(params=masking.get('quality_params', {})),
                              name='quality_mask', mem_gb=gb_img * n_echoes * 4)
         workflow.connect([
@@ -98,18 +120,59 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         ])  # fmt:skip
     else:
         final_mask = brain_mask
+
+    passes = [('filled', final_mask)] if two_pass else [(None, final_mask)]
+    if two_pass:
+        strict = pe.Node(StrictMask(params=masking.get('strict_params', {})),
+                         name='strict_mask', mem_gb=gb_img * n_echoes * 4)
+        workflow.connect([
+            (load_megre, strict, [('magnitude', 'in_magnitude'), ('phase', 'in_phase'),
+                                  ('echo_times', 'echo_times')]),
+            (final_mask, strict, [('out_mask', 'in_mask')]),
+        ])  # fmt:skip
+        passes.append(('strict', strict))
+    branches = {}
+    for pass_name, mask_node in passes:
+        suffix = '' if pass_name in (None, 'filled') else f'_{pass_name}'
+        bg_removal = pe.Node(RemoveBackground(method=pipeline['bf_removal']['method'],
+                                              params=pipeline['bf_removal'].get('params', {})),
+                             name=f'bg_removal{suffix}', mem_gb=gb_img * 30,
+                             n_procs=omp_nthreads)
+        inversion = pe.Node(InvertDipole(method=pipeline['inversion']['method'],
+                                         params=pipeline['inversion'].get('params', {})),
+                            name=f'inversion{suffix}', mem_gb=gb_img * 40, n_procs=omp_nthreads)
+        if pass_name:
+            bg_removal.inputs.pass_name = inversion.inputs.pass_name = pass_name
+        if pipeline['inversion']['method'] == 'medi':
+            workflow.connect([
+                (load_megre, inversion, [('magnitude', 'in_magnitude'),
+                                         ('b0_tesla', 'b0_tesla')]),
+                (field_fit, inversion, [('out_noise', 'in_noise_hz')]),
+            ])  # fmt:skip
+        workflow.connect([
+            (field_fit, bg_removal, [('out_field', 'in_file')]),
+            (mask_node, bg_removal, [('out_mask', 'in_mask')]),
+            (bg_removal, inversion, [('out_file', 'in_file'), ('out_mask', 'in_mask')]),
+        ])  # fmt:skip
+        branches[pass_name] = (bg_removal, inversion)
+    bg_removal, inversion = branches['filled' if two_pass else None]
+    chi_node = inversion
+    if two_pass:
+        bg_strict, inv_strict = branches['strict']
+        chi_node = pe.Node(CombineTwoPass(), name='combine_two_pass', mem_gb=gb_img * 6)
+        workflow.connect([
+            (inv_strict, chi_node, [('out_file', 'in_strict')]),
+            (bg_strict, chi_node, [('out_mask', 'strict_mask')]),
+            (inversion, chi_node, [('out_file', 'in_filled')]),
+            (bg_removal, chi_node, [('out_mask', 'filled_mask')]),
+        ])  # fmt:skip
+
     reference = pe.Node(ReferenceChi(method=pipeline['reference']['method']),
                         name='reference', mem_gb=gb_img * 4)
-
     if pipeline['reference']['method'] == 'csf':
         workflow.connect([
             (load_megre, reference, [('magnitude', 'in_magnitude'),
                                      ('echo_times', 'echo_times')]),
-        ])  # fmt:skip
-    if pipeline['inversion']['method'] == 'medi':
-        workflow.connect([
-            (load_megre, inversion, [('magnitude', 'in_magnitude'), ('b0_tesla', 'b0_tesla')]),
-            (field_fit, inversion, [('out_noise', 'in_noise_hz')]),
         ])  # fmt:skip
     workflow.connect([
         (inputnode, load_megre, [('mag_files', 'mag_files'), ('phase_files', 'phase_files'),
@@ -119,13 +182,10 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         (load_megre, field_fit, [('magnitude', 'in_magnitude'), ('phase', 'in_phase'),
                                  ('echo_times', 'echo_times'), ('b0_tesla', 'b0_tesla')]),
         (brain_mask, field_fit, [('out_mask', 'in_mask')]),
-        (field_fit, bg_removal, [('out_field', 'in_file')]),
-        (final_mask, bg_removal, [('out_mask', 'in_mask')]),
-        (bg_removal, inversion, [('out_file', 'in_file'), ('out_mask', 'in_mask')]),
-        (inversion, reference, [('out_file', 'in_file')]),
+        (chi_node, reference, [('out_file', 'in_file')]),
         (bg_removal, reference, [('out_mask', 'in_mask')]),
         (reference, outputnode, [('out_file', 'chimap')]),
         (bg_removal, outputnode, [('out_mask', 'mask'), ('out_file', 'local_field')]),
-        (field_fit, outputnode, [('out_field', 'total_field')]),
+        (field_fit, outputnode, [('out_field', 'total_field'), ('out_noise_ppm', 'field_noise')]),
     ])  # fmt:skip
     return workflow

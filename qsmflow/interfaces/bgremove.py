@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits)
+    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits)
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
@@ -16,6 +16,8 @@ class _BgInputSpec(BaseInterfaceInputSpec):
     in_mask = File(exists=True, mandatory=True, desc='brain mask')
     method = traits.Str('vsharp', usedefault=True, desc='function name in qsmflow.qsm.bgremove')
     params = traits.Dict(usedefault=True, desc='keyword options of the method')
+    pass_name = traits.Str(desc="pass of a two-pass reconstruction ('strict' or 'filled'), "
+                                'recorded in the provenance')
 
 
 class _BgOutputSpec(TraitedSpec):
@@ -36,8 +38,9 @@ class RemoveBackground(SimpleInterface):
         b0_dir = b0_dir_from_affine(img.affine)
         local, new_mask = func(field, mask, base.voxel_size(img), b0_dir, **self.inputs.params)
         steps = base.read_steps(self.inputs.in_file, self.inputs.in_mask)
+        extra = {'Pass': self.inputs.pass_name} if isdefined(self.inputs.pass_name) else {}
         steps.append(base.step('background-removal', func, self.inputs.params,
-                               B0Direction=b0_dir.tolist()))
+                               B0Direction=b0_dir.tolist(), **extra))
         out = fname_presuffix('local.nii.gz', suffix='_field_ppm', newpath=runtime.cwd)
         self._results['out_file'] = base.save(local, img, out, steps=steps, meta={'Units': 'ppm'})
         out = fname_presuffix('local.nii.gz', suffix='_mask', newpath=runtime.cwd)

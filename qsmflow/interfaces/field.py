@@ -25,6 +25,7 @@ class _FieldOutputSpec(TraitedSpec):
     out_field = File(exists=True, desc='total field in ppm of B0')
     out_field_hz = File(exists=True, desc='total field in Hz')
     out_noise = File(exists=True, desc='standard error of the field fit in Hz')
+    out_noise_ppm = File(exists=True, desc='standard error of the field fit in ppm of B0')
 
 
 class EstimateField(SimpleInterface):
@@ -42,8 +43,9 @@ class EstimateField(SimpleInterface):
         res = echoes.estimate_field(mag, phase, mask_data > 0, base.voxel_size(img), **opts)
         steps = base.read_steps(self.inputs.in_phase, self.inputs.in_mask)
         steps.append(base.step('unwrapping+echo-fit', echoes.estimate_field, opts))
+        res['noise_ppm'] = echoes.hz_to_ppm(res['noise_hz'], self.inputs.b0_tesla)
         for key, name, unit in (('out_field', 'field_ppm', 'ppm'), ('out_field_hz', 'field_hz', 'Hz'),
-                                ('out_noise', 'noise_hz', 'Hz')):
+                                ('out_noise', 'noise_hz', 'Hz'), ('out_noise_ppm', 'noise_ppm', 'ppm')):
             out = fname_presuffix('total.nii.gz', suffix=f'_{name}', newpath=runtime.cwd)
             self._results[key] = base.save(res[name], mimg, out, steps=steps, meta={'Units': unit})
         return runtime

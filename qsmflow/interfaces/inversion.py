@@ -21,6 +21,8 @@ class _InvInputSpec(BaseInterfaceInputSpec):
     in_magnitude = File(exists=True, desc='magnitude (3D or 4D, first echo used), for medi')
     in_noise_hz = File(exists=True, desc='standard error of the field in Hz, for medi')
     b0_tesla = traits.Float(desc='main field strength in T (converts in_noise_hz to ppm)')
+    pass_name = traits.Str(desc="pass of a two-pass reconstruction ('strict' or 'filled'), "
+                                'recorded in the provenance')
 
 
 class _InvOutputSpec(TraitedSpec):
@@ -53,7 +55,43 @@ class InvertDipole(SimpleInterface):
         steps = base.read_steps(self.inputs.in_file, self.inputs.in_mask)
         steps.append(base.step('dipole-inversion', func, self.inputs.params,
                                B0Direction=b0_dir.tolist(),
-                               Weighting=sorted(extra) or None))
+                               Weighting=sorted(extra) or None,
+                               **({'Pass': self.inputs.pass_name}
+                                  if isdefined(self.inputs.pass_name) else {})))
         out = fname_presuffix('chi.nii.gz', suffix='_ppm', newpath=runtime.cwd)
+        self._results['out_file'] = base.save(chi, img, out, steps=steps, meta={'Units': 'ppm'})
+        return runtime
+
+
+class _CombineInputSpec(BaseInterfaceInputSpec):
+    in_strict = File(exists=True, mandatory=True, desc='χ (ppm) reconstructed on the strict mask')
+    in_filled = File(exists=True, mandatory=True, desc='χ (ppm) reconstructed on the filled mask')
+    strict_mask = File(exists=True, mandatory=True, desc='mask of in_strict')
+    filled_mask = File(exists=True, mandatory=True, desc='mask of in_filled (of the result)')
+    align = traits.Bool(True, usedefault=True, desc='shift in_filled to in_strict first')
+
+
+class _CombineOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc='combined susceptibility in ppm (unreferenced)')
+
+
+class CombineTwoPass(SimpleInterface):
+    """χ of a two-pass reconstruction: strict where reliable, filled in the strict mask's holes."""
+
+    input_spec = _CombineInputSpec
+    output_spec = _CombineOutputSpec
+
+    def _run_interface(self, runtime):
+        strict, img = base.load(self.inputs.in_strict)
+        filled = base.load(self.inputs.in_filled)[0]
+        ms = base.load(self.inputs.strict_mask)[0] > 0
+        mf = base.load(self.inputs.filled_mask)[0] > 0
+        params = {'align': bool(self.inputs.align)}
+        chi, offset = inversion.combine_two_pass(strict, filled, ms, mf, **params)
+        rec = base.step('two-pass-combination', inversion.combine_two_pass, params,
+                        VoxelsFromStrict=int((ms & mf).sum()),
+                        VoxelsFromFilled=int((mf & ~ms).sum()), OffsetPPM=offset)
+        steps = base.read_steps(self.inputs.in_strict, self.inputs.in_filled) + [rec]
+        out = fname_presuffix('chi.nii.gz', suffix='_twopass_ppm', newpath=runtime.cwd)
         self._results['out_file'] = base.save(chi, img, out, steps=steps, meta={'Units': 'ppm'})
         return runtime

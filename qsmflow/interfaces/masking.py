@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits)
+    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits)
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
@@ -12,7 +12,8 @@ from qsmflow.qsm import mask as qmask
 
 class _BrainMaskInputSpec(BaseInterfaceInputSpec):
     in_magnitude = File(exists=True, mandatory=True, desc='4D magnitude (x, y, z, echo), a.u.')
-    in_mask = File(exists=True, desc='user-supplied mask (nonzero = brain); skips estimation')
+    in_mask = File(exists=True, desc='user-supplied mask (nonzero = brain), any grid in the '
+                                     'same scanner space; skips estimation')
     params = traits.Dict(usedefault=True, desc='keyword options of qsm.mask.brain_mask')
 
 
@@ -21,7 +22,12 @@ class _BrainMaskOutputSpec(TraitedSpec):
 
 
 class BrainMask(SimpleInterface):
-    """Brain mask from the first-echo magnitude (threshold + morphology), or a given mask."""
+    """Brain mask from the first-echo magnitude (threshold + morphology), or a given mask.
+
+    A given mask (``in_mask``) is used as it is, brought onto the magnitude's grid by
+    nearest neighbour through the two image affines when the grids differ (same scanner
+    space assumed; no registration).
+    """
 
     input_spec = _BrainMaskInputSpec
     output_spec = _BrainMaskOutputSpec
@@ -29,17 +35,53 @@ class BrainMask(SimpleInterface):
     def _run_interface(self, runtime):
         mag, img = base.load(self.inputs.in_magnitude)
         first = mag[..., 0] if mag.ndim == 4 else mag
-        if self.inputs.in_mask:
-            mask = base.load(self.inputs.in_mask)[0].reshape(first.shape) > 0
-            rec = {'Step': 'masking', 'Algorithm': 'user-supplied', 'Source': self.inputs.in_mask}
+        ref = img.slicer[..., 0] if mag.ndim == 4 else img
+        if isdefined(self.inputs.in_mask) and self.inputs.in_mask:
+            mask, rec = user_mask(self.inputs.in_mask, ref)
         else:
             mask = qmask.brain_mask(first, base.voxel_size(img), **self.inputs.params)
             rec = base.step('masking', qmask.brain_mask, self.inputs.params, Input='echo-1 magnitude')
         out = fname_presuffix(self.inputs.in_magnitude, suffix='_mask', newpath=runtime.cwd)
-        self._results['out_mask'] = base.save(mask, img.slicer[..., 0] if mag.ndim == 4 else img,
-                                              out, dtype='uint8',
+        self._results['out_mask'] = base.save(mask, ref, out, dtype='uint8',
                                               steps=base.read_steps(self.inputs.in_magnitude) + [rec])
         return runtime
+
+
+def user_mask(path, ref_img) -> tuple:
+    """A user's mask on the grid of ``ref_img`` and its provenance record.
+
+    The mask (nonzero = brain; a 4D file must hold a single volume) is resampled by
+    nearest neighbour through the two affines (:func:`qsmflow.regions.resample_labels`)
+    when its grid differs from ``ref_img``'s.
+
+    Raises
+    ------
+    ValueError
+        For a mask with several volumes or one that is empty on the target grid.
+    """
+    import nibabel as nb
+    import numpy as np
+
+    from qsmflow.regions import resample_labels
+
+    img = nb.load(path)
+    if len(img.shape) > 3 and int(np.prod(img.shape[3:])) != 1:
+        raise ValueError(f'brain mask {path} has {int(np.prod(img.shape[3:]))} volumes; '
+                         'give a 3D mask')
+    data = np.asarray(img.dataobj).reshape(img.shape[:3])
+    src = np.nan_to_num(data.astype(np.float32)) != 0
+    same = tuple(src.shape) == tuple(ref_img.shape[:3]) and np.allclose(
+        img.affine, ref_img.affine, atol=1e-3)
+    mask = src if same else resample_labels(src.astype(np.int32), img.affine, ref_img.affine,
+                                            ref_img.shape[:3]) > 0
+    if not mask.any():
+        raise ValueError(f'brain mask {path} has no brain voxel on the GRE grid (wrong '
+                         'scanner space or field of view?)')
+    rec = {'Step': 'masking', 'Algorithm': 'user-supplied', 'Source': str(path),
+           'Resampled': (None if same else
+                         'nearest neighbour through the image affines (no registration)'),
+           'Voxels': int(mask.sum())}
+    return mask, rec
 
 
 class _QualityMaskInputSpec(BaseInterfaceInputSpec):
@@ -74,6 +116,40 @@ class QualityMask(SimpleInterface):
                         QualityMap='qsmflow.qsm.mask.quality_map',
                         VoxelsRemoved=int(brain.sum() - mask.sum()))
         out = fname_presuffix(self.inputs.in_mask, suffix='_quality', newpath=runtime.cwd)
+        steps = base.read_steps(self.inputs.in_mask) + [rec]
+        self._results['out_mask'] = base.save(mask, mimg, out, dtype='uint8', steps=steps)
+        return runtime
+
+
+class _StrictMaskInputSpec(BaseInterfaceInputSpec):
+    in_magnitude = File(exists=True, mandatory=True, desc='4D magnitude (x, y, z, echo), a.u.')
+    in_phase = File(exists=True, mandatory=True, desc='4D wrapped phase (x, y, z, echo) in rad')
+    in_mask = File(exists=True, mandatory=True, desc='generous (filled) mask to restrict')
+    echo_times = traits.List(traits.Float, mandatory=True, desc='echo times in s')
+    params = traits.Dict(usedefault=True, desc='keyword options of qsm.mask.strict_mask')
+
+
+class StrictMask(SimpleInterface):
+    """Strict mask of a two-pass reconstruction: the filled mask minus unreliable phase."""
+
+    input_spec = _StrictMaskInputSpec
+    output_spec = _QualityMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        mag, img = base.load(self.inputs.in_magnitude)
+        phase = base.load(self.inputs.in_phase)[0]
+        mask_data, mimg = base.load(self.inputs.in_mask)
+        filled = mask_data.reshape(mag.shape[:3]) > 0
+        if mag.ndim == 3:
+            mag, phase = mag[..., None], phase[..., None]
+        vox = base.voxel_size(img)
+        quality = qmask.quality_map(phase, mag, filled, vox,
+                                    echo_times_s=list(self.inputs.echo_times))
+        mask = qmask.strict_mask(quality, filled, vox, **self.inputs.params)
+        rec = base.step('strict-masking', qmask.strict_mask, self.inputs.params,
+                        QualityMap='qsmflow.qsm.mask.quality_map',
+                        VoxelsRemoved=int(filled.sum() - mask.sum()))
+        out = fname_presuffix(self.inputs.in_mask, suffix='_strict', newpath=runtime.cwd)
         steps = base.read_steps(self.inputs.in_mask) + [rec]
         self._results['out_mask'] = base.save(mask, mimg, out, dtype='uint8', steps=steps)
         return runtime

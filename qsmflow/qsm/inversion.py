@@ -13,6 +13,7 @@ regularisation:
   for the ill-conditioned cone.
 * :func:`medi` — morphology-enabled dipole inversion: noise-weighted data term on the mask
   only, TV that spares magnitude edges (ADMM, CG χ update, started from :func:`tv`).
+* :func:`combine_two_pass` — χ of a two-pass reconstruction (strict mask, then filled).
 * :func:`invert` — dispatch by name; the default (:data:`DEFAULT_METHOD`) is an iterative
   sparsity-regularised method, as the 2024 consensus recommends.
 
@@ -757,6 +758,91 @@ def _medi_core(prob, w2, edge, lam, rho, max_iter, cg_iter, tol):
     return chi
 
 
+# --- two-pass combination -------------------------------------------------------------------
+
+
+def combine_two_pass(
+    chi_strict: np.ndarray,
+    chi_filled: np.ndarray,
+    strict_mask: np.ndarray,
+    filled_mask: np.ndarray,
+    *,
+    align: bool = True,
+) -> tuple[np.ndarray, float]:
+    """Combine the two reconstructions of a two-pass QSM into one map on the filled mask.
+
+    The strict reconstruction (background removal and inversion on a mask without the
+    unreliable voxels, see :func:`qsmflow.qsm.mask.strict_mask`) is free of the streaks
+    that strong, unreliable sources spread into their surroundings; the filled
+    reconstruction (on the generous, hole-free mask) gives χ where the strict mask has
+    holes [1]_. The result is ``chi_strict`` in ``strict_mask ∧ filled_mask``,
+    ``chi_filled + offset`` in the rest of ``filled_mask`` and 0 outside it. Each map's
+    mean is arbitrary (``D(0) = 0``), so with ``align`` the offset is the median of
+    ``chi_strict − chi_filled`` over the voxels both define (no step at the hole borders);
+    otherwise it is 0.
+
+    Parameters
+    ----------
+    chi_strict, chi_filled : (nx, ny, nz) ndarray
+        Susceptibility (ppm, unreferenced) from the strict and the filled reconstruction.
+    strict_mask, filled_mask : (nx, ny, nz) ndarray of bool
+        Masks the two maps are defined on (after background removal). ``filled_mask`` is
+        the mask of the result; voxels of ``strict_mask`` outside it are ignored.
+
+    align : bool, optional
+        Shift ``chi_filled`` to ``chi_strict`` before combining (default True).
+
+    Returns
+    -------
+    chi : (nx, ny, nz) ndarray
+        Combined susceptibility in ppm (unreferenced), 0 outside ``filled_mask``; float
+        dtype of ``chi_filled`` (float32 for non-float input).
+    offset : float
+        Value added to ``chi_filled`` (ppm).
+
+    Raises
+    ------
+    ValueError
+        For mismatched shapes, an empty ``filled_mask`` or non-finite χ in the masks.
+
+    References
+    ----------
+    .. [1] Stewart AW, Robinson SD, O'Brien K, et al. QSMxT: Robust masking and artifact
+       reduction for quantitative susceptibility mapping. Magn Reson Med
+       2022;87:1289-1300. doi:10.1002/mrm.29048
+
+    Examples
+    --------
+    >>> filled = np.ones((4, 4, 4), bool); strict = filled.copy(); strict[0] = False
+    >>> chi, off = combine_two_pass(np.full(filled.shape, 2.0), np.ones(filled.shape),
+    ...                             strict, filled)
+    >>> off, float(chi[0].mean()), float(chi[1:].mean())
+    (1.0, 2.0, 2.0)
+    >>> chi, off = combine_two_pass(np.full(filled.shape, 2.0), np.ones(filled.shape),
+    ...                             strict, filled, align=False)
+    >>> off, float(chi[0].mean()), float(chi[1:].mean())
+    (0.0, 1.0, 2.0)
+    """
+    a = np.asarray(chi_strict)
+    b = np.asarray(chi_filled)
+    ms = np.asarray(strict_mask, dtype=bool)
+    mf = np.asarray(filled_mask, dtype=bool)
+    if not (a.shape == b.shape == ms.shape == mf.shape) or a.ndim != 3:
+        raise ValueError(f'chi and mask shapes differ or are not 3D: {a.shape}, {b.shape}, '
+                         f'{ms.shape}, {mf.shape}')
+    if not mf.any():
+        raise ValueError('filled_mask is empty')
+    ms = ms & mf
+    if not (np.all(np.isfinite(a[ms])) and np.all(np.isfinite(b[mf]))):
+        raise ValueError('chi has non-finite values in its mask')
+    dtype = b.dtype if np.issubdtype(b.dtype, np.floating) else np.dtype(np.float32)
+    offset = float(np.median(a[ms].astype(np.float64) - b[ms])) if align and ms.any() else 0.0
+    out = np.zeros(b.shape, dtype)
+    out[mf] = b[mf] + offset
+    out[ms] = a[ms]
+    return out, offset
+
+
 # --- dispatch ---------------------------------------------------------------------------------
 
 
@@ -1074,6 +1160,21 @@ def ilsqr(
        ``threshold``) estimate, which is nearly free of streaks: voxels above its
        ``edge_percentile``-th percentile within the mask are edges.
     3. ``χ = χ_L − χ_s``.
+
+    The steps follow [1]_ (LSQR to tolerance 1e-2, streaks confined to the cone
+    ``|D| < 0.1`` and fitted in the gradient domain away from structure edges); here the
+    streak fit stops after ``streak_iter`` iterations rather than at a tolerance. Measured on the 1 mm
+    head phantom (B0 tilted 15°, deep-GM error with whole-brain-mean reference): on the
+    exact local field iLSQR is the most accurate inversion here (deep-GM error 0.0037 ppm,
+    contrast slope 0.99, RMSE 26 %; LSQR 0.013 / 0.81 / 36 %, TV 0.018 / 0.93 / 36 %). On
+    a PDF local field its deep-GM error rises to 0.015 ppm (LSQR 0.011, TV 0.008): not
+    a streak-step fault but the background-removal error at the mask edge, which biases
+    the whole-brain mean by ≈ +0.013 ppm and which the contrast under-estimation of LSQR
+    and TV partly cancels. Referenced to ventricular CSF, iLSQR was again the most
+    accurate on the 2 mm phantom chain (0.009 ppm against 0.015 for TV). The defaults sit
+    in the middle of a flat optimum: ``streak_iter`` 10/100, ``edge_percentile`` 50/85
+    and ``threshold`` 0.15/0.2 each moved the exact-field deep-GM error by ≤ 0.002 ppm,
+    trading it against RMSE.
 
     Parameters
     ----------

@@ -36,3 +36,19 @@ def test_override_replaces_one_step():
     out = with_overrides(load_preset('default'), bf_removal='resharp')
     assert out['bf_removal'] == {'method': 'resharp', 'params': {}}
     assert out['inversion'] == load_preset('default')['inversion']
+
+
+@pytest.mark.parametrize('name', available_presets())
+def test_preset_states_two_pass(name):
+    assert load_preset(name)['masking'].get('two_pass') in (True, False)
+
+
+def test_masking_override_keeps_two_pass_and_user_masks(tmp_path):
+    from qsmflow.pipeline import with_masking_options
+
+    preset = with_masking_options(load_preset('default'), two_pass=True, brain_masks=tmp_path)
+    out = with_overrides(preset, masking='magnitude')
+    assert out['masking'] == {'method': 'magnitude', 'params': {}, 'two_pass': True,
+                              'brain_masks': str(tmp_path)}
+    assert with_masking_options(out, two_pass=None)['masking']['two_pass'] is True
+    assert with_masking_options(out, two_pass=False)['masking']['two_pass'] is False

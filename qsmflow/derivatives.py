@@ -1,0 +1,230 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Find a participant's files in a user's BIDS derivatives folder (masks, segmentations).
+
+A file is looked for in ``DERIV/sub-<l>[/ses-<l>]/anat/`` and must be named
+``sub-<l>[_ses-<l>][_acq-<l>][_rec-<l>][_run-<i>]…[_desc-<l>]_<suffix>.nii[.gz]``. The
+acquisition-level entities a file carries (``ses``, ``acq``, ``rec``, ``run``) must equal
+the acquisition's; an entity the file leaves out matches any value (one mask for every run
+of a session). Files in a template space (``space-`` other than ``orig``/``scanner``) are
+not in the participant's scanner space and are skipped. Of the matching files the most
+specific one (most entities matched) is taken; two equally specific ones are ambiguous.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Acquisition entities (BIDS key → key of ``Acquisition.entities``) a file must agree on.
+MATCHED_ENTITIES = (('ses', 'session'), ('acq', 'acquisition'), ('rec', 'reconstruction'),
+                    ('run', 'run'))
+
+#: ``space-`` labels that mean the participant's own scanner space.
+SCANNER_SPACES = ('orig', 'scanner')
+
+_EXTENSIONS = ('.nii.gz', '.nii')
+
+
+class DerivativeLookupError(ValueError):
+    """No file, or more than one equally good file, for an acquisition."""
+
+
+def parse_entities(name: str) -> tuple[dict, str]:
+    """BIDS entities and suffix of a file name (extension removed).
+
+    Examples
+    --------
+    >>> parse_entities('sub-01_ses-a_run-2_desc-brain_mask.nii.gz')
+    ({'sub': '01', 'ses': 'a', 'run': '2', 'desc': 'brain'}, 'mask')
+    """
+    stem = name
+    for ext in _EXTENSIONS:
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    parts = stem.split('_')
+    ents = {}
+    for part in parts[:-1]:
+        key, _, value = part.partition('-')
+        ents[key] = value
+    return ents, parts[-1]
+
+
+def _same(key: str, file_value: str, acq_value) -> bool:
+    if acq_value is None or acq_value == '':
+        return False
+    if key == 'run':  # run-1 and run-01 are the same run
+        try:
+            return int(file_value) == int(acq_value)
+        except ValueError:
+            return str(file_value) == str(acq_value)
+    return str(file_value) == str(acq_value)
+
+
+def expected_pattern(deriv_dir, entities: dict, *, suffix: str, desc: str | None) -> str:
+    """The path pattern :func:`find_derivative` looks for (for error messages).
+
+    Examples
+    --------
+    >>> expected_pattern('/d', {'subject': '01', 'session': 'a', 'run': 2},
+    ...                  suffix='mask', desc='brain')
+    '/d/sub-01/ses-a/anat/sub-01[_ses-a][_run-2]_desc-brain_mask.nii[.gz]'
+    """
+    folder = Path(deriv_dir) / f'sub-{entities["subject"]}'
+    if entities.get('session'):
+        folder = folder / f'ses-{entities["session"]}'
+    opt = ''.join(f'[_{key}-{entities[ent]}]' for key, ent in MATCHED_ENTITIES
+                  if entities.get(ent) not in (None, ''))
+    tail = f'_desc-{desc}_{suffix}' if desc else f'[_desc-<label>]_{suffix}'
+    return str(folder / 'anat' / f'sub-{entities["subject"]}{opt}{tail}.nii[.gz]')
+
+
+def find_derivative(deriv_dir, entities: dict, *, suffix: str,
+                    desc: str | None = None) -> Path | None:
+    """The file of one acquisition in a derivatives folder, or None when there is none.
+
+    Parameters
+    ----------
+    deriv_dir : str or Path
+        Root of a BIDS derivatives dataset.
+    entities : dict
+        The acquisition's entities (``subject``, optional ``session``, ``acquisition``,
+        ``reconstruction``, ``run``).
+    suffix : str
+        BIDS suffix (``'mask'``, ``'dseg'``...).
+    desc : str, optional
+        Required ``desc-`` label; None accepts any (or none).
+
+    Returns
+    -------
+    Path or None
+
+    Raises
+    ------
+    DerivativeLookupError
+        When two or more files match equally well.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp()); anat = root / 'sub-01' / 'anat'
+    >>> anat.mkdir(parents=True)
+    >>> for n in ('sub-01_desc-brain_mask.nii.gz', 'sub-01_run-2_desc-brain_mask.nii.gz',
+    ...           'sub-01_space-MNI_desc-brain_mask.nii.gz'):
+    ...     _ = (anat / n).write_bytes(b'')
+    >>> find_derivative(root, {'subject': '01', 'run': 2}, suffix='mask', desc='brain').name
+    'sub-01_run-2_desc-brain_mask.nii.gz'
+    >>> find_derivative(root, {'subject': '01', 'run': 1}, suffix='mask', desc='brain').name
+    'sub-01_desc-brain_mask.nii.gz'
+    >>> find_derivative(root, {'subject': '02'}, suffix='mask', desc='brain') is None
+    True
+    """
+    folder = Path(deriv_dir) / f'sub-{entities["subject"]}'
+    if entities.get('session'):
+        folder = folder / f'ses-{entities["session"]}'
+    folder = folder / 'anat'
+    if not folder.is_dir():
+        return None
+    scored = []
+    for path in sorted(folder.iterdir()):
+        if not path.name.endswith(_EXTENSIONS) or path.name.startswith('.'):
+            continue
+        ents, sfx = parse_entities(path.name)
+        if sfx != suffix or ents.get('sub') != str(entities['subject']):
+            continue
+        if desc is not None and ents.get('desc') != desc:
+            continue
+        if ents.get('space', 'orig') not in SCANNER_SPACES:
+            continue
+        score, ok = 0, True
+        for key, ent in MATCHED_ENTITIES:
+            if key in ents:
+                ok = ok and _same(key, ents[key], entities.get(ent))
+                score += 1
+        if ok:
+            scored.append((score, path))
+    if not scored:
+        return None
+    best = max(s for s, _ in scored)
+    top = [p for s, p in scored if s == best]
+    if len(top) > 1:
+        raise DerivativeLookupError(
+            f'{len(top)} files match sub-{entities["subject"]} equally well in {folder}: '
+            f'{", ".join(p.name for p in top)}; add acq-/run- entities to tell them apart')
+    return top[0]
+
+
+def find_brain_mask(deriv_dir, entities: dict) -> Path:
+    """The user's brain mask (``…_desc-brain_mask.nii[.gz]``) of one acquisition.
+
+    Raises
+    ------
+    DerivativeLookupError
+        One line naming the expected file pattern when there is none, or the candidates
+        when several match equally well.
+    """
+    found = find_derivative(deriv_dir, entities, suffix='mask', desc='brain')
+    if found is None:
+        raise DerivativeLookupError(
+            'no brain mask for ' + _label(entities) + ' in --brain-masks: expected '
+            + expected_pattern(deriv_dir, entities, suffix='mask', desc='brain'))
+    return found
+
+
+def check_brain_mask(deriv_dir, acq) -> Path:
+    """Pre-flight check of the user's brain mask of ``acq``: found, readable, overlapping.
+
+    Reads the mask and brings it onto the acquisition's grid (nearest neighbour through the
+    affines, as the pipeline does) to check that it holds brain voxels there.
+
+    Parameters
+    ----------
+    deriv_dir : str or Path
+        The ``--brain-masks`` folder.
+    acq : :class:`qsmflow.inputs.Acquisition`
+        The acquisition (its first magnitude file sets the grid).
+
+    Returns
+    -------
+    Path
+        The mask file.
+
+    Raises
+    ------
+    qsmflow.inputs.InputError
+        One line: no or ambiguous mask (with the expected pattern), unreadable file,
+        several volumes, or no brain voxel on the GRE grid.
+    """
+    import nibabel as nb
+    import numpy as np
+
+    from qsmflow.inputs import InputError
+    from qsmflow.regions import resample_labels
+
+    try:
+        path = find_brain_mask(deriv_dir, acq.entities)
+    except DerivativeLookupError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        img = nb.load(str(path))
+        data = np.asarray(img.dataobj)
+        ref = nb.load(str(acq.mag_files[0]))
+    except Exception as exc:  # noqa: BLE001 - any read failure is one pre-flight line
+        raise InputError(f'{path}: cannot read the brain mask ({type(exc).__name__}: '
+                         f'{str(exc).splitlines()[0][:120]})') from None
+    if data.ndim > 3 and int(np.prod(data.shape[3:])) != 1:
+        raise InputError(f'{path}: brain mask has {int(np.prod(data.shape[3:]))} volumes; '
+                         'give a 3D mask')
+    mask = np.nan_to_num(data.reshape(data.shape[:3]).astype(np.float32)) != 0
+    on_grid = resample_labels(mask.astype(np.int32), img.affine, ref.affine, ref.shape[:3])
+    if not on_grid.any():
+        raise InputError(f'{path}: brain mask has no brain voxel on the GRE grid of '
+                         f'{Path(acq.mag_files[0]).name} (is it in the same scanner space?)')
+    return path
+
+
+def _label(entities: dict) -> str:
+    keys = (('sub', 'subject'),) + MATCHED_ENTITIES
+    return '_'.join(f'{k}-{entities[e]}' for k, e in keys if entities.get(e) not in (None, ''))
+
+
+__all__ = ['DerivativeLookupError', 'check_brain_mask', 'expected_pattern', 'find_brain_mask',
+           'find_derivative', 'parse_entities']
