@@ -257,11 +257,16 @@ def _shrink_update(chi, chi_prev, u, v, ih0, ih1, ih2, thr, alpha):  # pragma: n
     Returns ``(‖∇χ − z‖, ‖χ − χ_prev‖, ‖χ‖)`` (primal residual and convergence norms).
     """
     n0, n1, n2 = chi.shape
-    res = 0.0
-    dnorm = 0.0
-    cnorm = 0.0
+    # per-slab partial sums, added up in order afterwards: the norms (which steer the
+    # stopping and ρ-update tests) then do not depend on the number of threads
+    res_i = np.zeros(n0)
+    dnorm_i = np.zeros(n0)
+    cnorm_i = np.zeros(n0)
     for i in numba.prange(n0):
         ip = i + 1 if i + 1 < n0 else 0
+        res = 0.0
+        dnorm = 0.0
+        cnorm = 0.0
         for j in range(n1):
             jp = j + 1 if j + 1 < n1 else 0
             for k in range(n2):
@@ -295,6 +300,16 @@ def _shrink_update(chi, chi_prev, u, v, ih0, ih1, ih2, thr, alpha):  # pragma: n
                 v[1, i, j, k] = zy - uy
                 v[2, i, j, k] = zz - uz
                 res += (gx - zx) ** 2 + (gy - zy) ** 2 + (gz - zz) ** 2
+        res_i[i] = res
+        dnorm_i[i] = dnorm
+        cnorm_i[i] = cnorm
+    res = 0.0
+    dnorm = 0.0
+    cnorm = 0.0
+    for i in range(n0):  # a plain loop: with parallel=True, np.sum would be a parallel reduction
+        res += res_i[i]
+        dnorm += dnorm_i[i]
+        cnorm += cnorm_i[i]
     return np.sqrt(res), np.sqrt(dnorm), np.sqrt(cnorm)
 
 

@@ -226,3 +226,27 @@ def test_ilsqr_removes_lsqr_streaks(brain_noisy, monkeypatch):
         inversion.ilsqr(b['local_noisy'], m, vs, edge_percentile=0)
     with pytest.raises(ValueError, match='streak_iter'):
         inversion.ilsqr(b['local_noisy'], m, vs, streak_iter=0)
+
+
+def test_tv_admm_norms_do_not_depend_on_the_thread_count():
+    """The fused ADMM step's norms steer TV's stopping and ρ updates: same for any threads."""
+    import numba
+
+    from qsmflow.qsm.inversion import _shrink_update
+
+    rng = np.random.default_rng(0)
+    chi = rng.standard_normal((40, 50, 60)).astype(np.float32)
+    u0 = rng.standard_normal((3, 40, 50, 60)).astype(np.float32)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            u, v = u0.copy(), np.zeros_like(u0)
+            results.append((_shrink_update(chi, chi * 0.9, u, v, 1.0, 1.0, 1.0, 0.1, 1.5),
+                            u, v))
+    finally:
+        numba.set_num_threads(before)
+    (norms1, u1, v1), (norms2, u2, v2) = results
+    assert norms1 == norms2
+    assert np.array_equal(u1, u2) and np.array_equal(v1, v2)
