@@ -24,7 +24,11 @@ def add_arguments(parser) -> None:
     group.add_argument('--atlas-labels', type=Path, metavar='TSV',
                        help='lookup table (index, name) of --atlas')
     group.add_argument('--atlas-template', type=Path, metavar='IMAGE',
-                       help='template image the custom --atlas is defined on')
+                       help='template image the custom --atlas is defined on (the brain-masked '
+                            'magnitude is registered to it: skull-stripped, or give '
+                            '--atlas-template-mask)')
+    group.add_argument('--atlas-template-mask', type=Path, metavar='MASK',
+                       help='brain mask of --atlas-template, for a template with skull and scalp')
     group.add_argument('--segmentations', type=Path, metavar='DERIV_DIR',
                        help='BIDS derivatives folder with sub-<l>[/ses-<l>]/anat/*_dseg.nii[.gz] '
                             'in each participant\'s scanner space and a dseg.tsv')
@@ -37,54 +41,78 @@ def add_arguments(parser) -> None:
 def regions_options(opts) -> dict | None:
     """Workflow options (:func:`qsmflow.workflows.registration.connect_regions`) from ``opts``.
 
-    A template that cannot be fetched (offline without a prefilled ``TEMPLATEFLOW_HOME``)
-    skips registration with a warning, unless atlases were asked for explicitly.
+    A template or default atlas that cannot be fetched (offline without a prefilled
+    ``TEMPLATEFLOW_HOME``) is skipped with a warning; with ``--atlases`` given explicitly
+    it is an error. A custom atlas (``--atlas``...) is registered to its own template image
+    and so needs no templateflow download at all.
     """
     from qsmflow.bids_specs import load
     from qsmflow.templates import TemplateError
-    from qsmflow.workflows.registration import resolve_atlases, template_files
+    from qsmflow.workflows.registration import custom_atlas, resolve_atlas, template_files
 
-    out = {'erode': bool(getattr(opts, 'erode_rois', False)), 'template': None}
+    out = {'erode': bool(getattr(opts, 'erode_rois', False)), 'template': None, 'atlases': []}
     seg = getattr(opts, 'segmentations', None)
     if seg is not None:
         if not Path(seg).is_dir():
             raise InputError(f'--segmentations {seg} is not a folder')
         out['segmentations'] = str(Path(seg).absolute())
     custom = _custom_atlas(opts)
-    if getattr(opts, 'skip_registration', False):
-        return out
-    template = getattr(opts, 'template', None) or 'MNI152NLin2009cAsym'
     names = getattr(opts, 'atlases', None)
-    explicit = names is not None or custom is not None
+    if getattr(opts, 'skip_registration', False):
+        if custom is not None or names is not None:
+            raise InputError('--atlas/--atlases need registration: drop --skip-registration '
+                             '(or use --segmentations)')
+        return out
+    specs = load('atlases')
+    explicit = names is not None
     if names is None:
-        names = [n for n in load('atlases')['default_atlases']]
-    unknown = sorted(set(names) - set(load('atlases')['atlases']))
+        names = list(specs['default_atlases'])
+    unknown = sorted(set(names) - set(specs['atlases']))
     if unknown:
         raise InputError(f'unknown atlas {unknown[0]!r}; known: '
-                         f'{", ".join(sorted(load("atlases")["atlases"]))} (or use --atlas)')
+                         f'{", ".join(sorted(specs["atlases"]))} (or use --atlas)')
+    own = [custom_atlas(custom)] if custom is not None else []
+    out['atlases'] = own
+    template = getattr(opts, 'template', None) or 'MNI152NLin2009cAsym'
     res = getattr(opts, 'template_resolution', 2)
     try:
         out['template_files'] = template_files(template, res)
-        out['atlases'] = resolve_atlases(template, names, custom=custom, resolution=res)
     except TemplateError as exc:
         if explicit:
             raise InputError(str(exc)) from None
-        print(f'qsmflow: warning: template registration and atlas tables skipped: {exc}',
-              file=sys.stderr)
+        _warn(f'template registration and atlas tables skipped: {exc}')
         return out
     out['template'] = template
+    named = []
+    for name in names:
+        try:
+            named.append(resolve_atlas(template, name, resolution=res))
+        except TemplateError as exc:
+            if explicit:
+                raise InputError(str(exc)) from None
+            _warn(f'atlas {name} skipped: {exc}')
+    out['atlases'] = named + own
     return out
 
 
+def _warn(message: str) -> None:
+    print(f'qsmflow: warning: {message}', file=sys.stderr)
+
+
+_CUSTOM_FLAGS = {'image': '--atlas', 'lut': '--atlas-labels',
+                 'template_image': '--atlas-template', 'template_mask': '--atlas-template-mask'}
+
+
 def _custom_atlas(opts) -> dict | None:
-    parts = {k: getattr(opts, f'atlas{s}', None)
-             for k, s in (('image', ''), ('lut', '_labels'), ('template_image', '_template'))}
+    parts = {k: getattr(opts, flag[2:].replace('-', '_'), None)
+             for k, flag in _CUSTOM_FLAGS.items()}
     given = [k for k, v in parts.items() if v is not None]
     if not given:
         return None
-    if len(given) != 3:
-        raise InputError('--atlas, --atlas-labels and --atlas-template go together')
-    for key, path in parts.items():
-        if not Path(path).is_file():
-            raise InputError(f'{path} (--atlas{"" if key == "image" else "-" + key}) not found')
-    return {k: str(Path(v).absolute()) for k, v in parts.items()}
+    if not {'image', 'lut', 'template_image'} <= set(given):
+        raise InputError('--atlas, --atlas-labels and --atlas-template go together '
+                         '(--atlas-template-mask is optional)')
+    for key in given:
+        if not Path(parts[key]).is_file():
+            raise InputError(f'{parts[key]} ({_CUSTOM_FLAGS[key]}) not found')
+    return {k: str(Path(parts[k]).absolute()) for k in given}

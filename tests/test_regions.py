@@ -115,3 +115,93 @@ def test_find_segmentation(tmp_path):
     (tmp_path / 'dseg.tsv').write_text('index\tname\n1\ta\n')
     img, lut = find_segmentation(tmp_path, {'subject': '01', 'session': 'a', 'run': 2})
     assert img.endswith('run-2_dseg.nii.gz') and lut == str(tmp_path / 'dseg.tsv')
+
+
+def test_stats_sidecar_names_atlas_template_citation_licence():
+    from qsmflow.interfaces.regions import atlas_metadata, stats_sidecar
+
+    meta = stats_sidecar(atlas_metadata('MASSP20', {'TemplateflowQuery': {'atlas': 'MASSP20'}}),
+                         'mean', True, [{'Step': 'reference'}])
+    atlas = meta['Atlas']
+    assert atlas['Name'] == 'MASSP20' and atlas['Template'] == 'MNI152NLin2009cAsym'
+    assert 'eLife' in atlas['Citation'] and atlas['License']
+    assert atlas['TemplateCitation'].startswith('Fonov') and 'McGill' in atlas['TemplateLicense']
+    assert atlas['TemplateflowQuery'] == {'atlas': 'MASSP20'}
+    assert meta['ErodedByOneVoxel'] is True and meta['QSMProcessing'] == [{'Step': 'reference'}]
+    assert stats_sidecar(atlas_metadata('segmentations'), 'none', False, [])['Atlas'] == {
+        'Name': 'segmentations'}
+
+
+def _node(workflow, name):
+    return next(n for n in workflow._get_all_nodes() if n.name == name)
+
+
+def test_atlas_label_workflows_wire_each_route(tmp_path):
+    """Template atlas: inverse subject transform; other-template atlas (SUIT): subject
+    transform then the cached template-to-template one; custom: own registration (with
+    the optional template mask). Each labels sidecar carries the atlas provenance."""
+    from nipype.interfaces.base import isdefined
+
+    from qsmflow.workflows.registration import custom_atlas, init_atlas_labels_wf
+
+    files = {}
+    for key in ('image', 'lut', 'template_image', 'template_mask'):
+        files[key] = tmp_path / f'{key}.nii.gz'
+        files[key].write_bytes(b'x')
+    base = {'image': str(files['image']), 'lut': str(files['lut']), 'via': None,
+            'source': {'TemplateflowQuery': {'atlas': 'MASSP20'}}}
+    plain = init_atlas_labels_wf(atlas={**base, 'name': 'MASSP20'})
+    to_native = _node(plain, 'to_native')
+    assert to_native.inputs.invert == [True, False]
+    assert to_native.inputs.meta['Atlas']['Template'] == 'MNI152NLin2009cAsym'
+    via = {'name': 'SUIT', 'moving': str(files['template_image']), 'to': 'MNI152NLin2009cAsym',
+           'fixed': str(files['template_mask'])}
+    chained = init_atlas_labels_wf(atlas={**base, 'name': 'Diedrichsen2009', 'via': via})
+    assert _node(chained, 'to_native').inputs.invert == [True, False, False, False]
+    node = _node(chained, 'template_to_template')
+    assert (node.inputs.moving, node.inputs.to) == (via['moving'], 'MNI152NLin2009cAsym')
+    assert _node(chained, 'to_native').inputs.meta['Atlas']['License'].startswith('CC BY-NC')
+    entry = custom_atlas(files)
+    own = init_atlas_labels_wf(atlas=entry)
+    reg = _node(own, 'register_own')
+    assert reg.inputs.template == str(files['template_image'])
+    assert reg.inputs.template_mask == str(files['template_mask'])
+    assert _node(own, 'to_native').inputs.meta['Atlas']['TemplateMask'] == str(
+        files['template_mask'])
+    del files['template_mask']
+    unmasked = init_atlas_labels_wf(atlas=custom_atlas(files))
+    assert not isdefined(_node(unmasked, 'register_own').inputs.template_mask)
+
+
+def test_connect_regions_custom_atlas_without_template(tmp_path):
+    """No registration template (offline): the custom atlas still gets its labels and
+    table; atlases of the template are left out; no template registration is built."""
+    from types import SimpleNamespace
+
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from qsmflow.workflows.registration import connect_regions, custom_atlas
+
+    files = {}
+    for key in ('image', 'lut', 'template_image'):
+        files[key] = tmp_path / f'{key}.nii.gz'
+        files[key].write_bytes(b'x')
+    qsm_wf = pe.Workflow(name='qsm_wf')
+    qsm_wf.add_nodes([
+        pe.Node(niu.IdentityInterface(fields=['magnitude']), name='load_megre'),
+        pe.Node(niu.IdentityInterface(fields=['out_mask']), name='brain_mask'),
+        pe.Node(niu.IdentityInterface(fields=['chimap', 'mask']), name='outputnode')])
+    workflow = pe.Workflow(name='acq_wf')
+    workflow.add_nodes([qsm_wf])
+    massp = {'name': 'MASSP20', 'image': str(files['image']), 'lut': str(files['lut']),
+             'via': None, 'source': {}}
+    connect_regions(workflow, qsm_wf, acq=SimpleNamespace(entities={'subject': '01'}),
+                    output_dir=str(tmp_path / 'out'),
+                    regions_opts={'template': None, 'erode': True,
+                                  'atlases': [massp, custom_atlas(files)]})
+    names = {node.name for node in workflow._graph.nodes()}
+    assert {'atlas_custom_wf', 'regions_custom_wf'} <= names
+    assert not names & {'registration_wf', 'atlas_massp20_wf', 'regions_massp20_wf'}
+    stats = _node(workflow.get_node('regions_custom_wf'), 'stats')
+    assert stats.inputs.erode is True and stats.inputs.atlas == 'custom'

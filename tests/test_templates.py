@@ -110,14 +110,132 @@ def test_missing_template_skips_registration_with_warning(monkeypatch, capsys):
         regions_options(argparse.Namespace(atlas='x.nii.gz'))
 
 
+def _custom_files(tmp_path):
+    paths = {}
+    for key, name in (('atlas', 'a_dseg.nii.gz'), ('atlas_labels', 'a_dseg.tsv'),
+                      ('atlas_template', 'a_T1w.nii.gz')):
+        paths[key] = tmp_path / name
+        paths[key].write_bytes(b'x')
+    return paths
+
+
+def test_custom_atlas_needs_no_templateflow(tmp_path, monkeypatch, capsys):
+    """Offline without templates: the default atlases are skipped with a warning, the custom
+    atlas (registered to its own image) stays; explicit --atlases stay an error."""
+    from qsmflow.inputs import InputError
+    from qsmflow.regions_config import regions_options
+
+    def fail(*args, **kwargs):
+        raise templates.TemplateError('offline')
+
+    monkeypatch.setattr(templates, 'get', fail)
+    files = _custom_files(tmp_path)
+    out = regions_options(argparse.Namespace(template='MNI152NLin2009cAsym', atlases=None,
+                                             **files))
+    assert out['template'] is None and 'skipped' in capsys.readouterr().err
+    (atlas,) = out['atlases']
+    assert atlas['name'] == 'custom' and atlas['template_image'] == str(files['atlas_template'])
+    assert atlas['source']['LookupTable'] == str(files['atlas_labels'])
+    with pytest.raises(InputError, match='offline'):
+        regions_options(argparse.Namespace(template='MNI152NLin2009cAsym',
+                                           atlases=['Diedrichsen2009'], **files))
+    with pytest.raises(InputError, match='skip-registration'):
+        regions_options(argparse.Namespace(skip_registration=True, **files))
+
+
+def test_default_atlases_of_absent_templates_are_skipped(phantom_tf_home, monkeypatch, capsys):
+    """The registration template is there but not the atlases' templates (MNI, SUIT):
+    registration stays, each default atlas is skipped with its own warning."""
+    from qsmflow.regions_config import regions_options
+
+    monkeypatch.setenv('TEMPLATEFLOW_HOME', str(phantom_tf_home))
+    out = regions_options(argparse.Namespace(template='QSMPhantom', template_resolution=3,
+                                             atlases=None))
+    err = capsys.readouterr().err
+    assert out['template'] == 'QSMPhantom' and out['atlases'] == []
+    assert 'atlas MASSP20 skipped' in err and 'atlas Diedrichsen2009 skipped' in err
+    out = regions_options(argparse.Namespace(template='QSMPhantom', template_resolution=3,
+                                             atlases=['Phantom']))
+    assert [a['name'] for a in out['atlases']] == ['Phantom']
+
+
+def test_every_atlas_and_template_has_citation_and_licence():
+    from qsmflow.interfaces.regions import atlas_metadata
+
+    spec = bids_specs.load('atlases')
+    for name, atlas in spec['atlases'].items():
+        tpl = spec['templates'][atlas['template']]
+        assert atlas['citation'] and atlas['license'] and tpl['citation'] and tpl['license']
+        meta = atlas_metadata(name, {'Extra': 1})
+        assert meta['Template'] == atlas['template'] and meta['Extra'] == 1
+        assert meta['License'] == atlas['license']
+        assert meta['TemplateLicense'] == tpl['license']
+    assert spec['atlases']['Diedrichsen2009']['license'].startswith('CC BY-NC 3.0')
+    assert 'doi:10.1162/imag_a_00560' in spec['atlases']['MASSP20']['citation']
+
+
 def test_template_to_template_transform_is_cached(phantom_tf_home, tmp_path, monkeypatch):
-    """The SUIT → MNI step: computed once with antspyx, then read from the cache."""
+    """The SUIT → MNI step: computed once with antspyx (from the identity), then read from
+    the cache with a record of how it was made."""
+    import json
+    import os
+    from pathlib import Path
+
     from qsmflow.workflows.registration import cached_template_transform
 
     monkeypatch.setenv('QSMFLOW_CACHE', str(tmp_path))
     image = str(phantom_tf_home / 'tpl-QSMPhantom' / 'tpl-QSMPhantom_res-03_T1w.nii.gz')
     warp, affine = cached_template_transform(image, image, 'Self', 1)
-    stamp = (tmp_path / 'xfm').stat().st_mtime_ns, __import__('os').stat(warp).st_mtime_ns
+    assert os.path.dirname(warp) == str(tmp_path / 'xfm')
+    assert os.path.basename(warp).startswith('from-Self_to-QSMPhantom_')
+    stamp = os.stat(warp).st_mtime_ns, os.stat(affine).st_mtime_ns
     again = cached_template_transform(image, image, 'Self', 1)
     assert again == (warp, affine)
-    assert __import__('os').stat(warp).st_mtime_ns == stamp[1]
+    assert (os.stat(warp).st_mtime_ns, os.stat(affine).st_mtime_ns) == stamp
+    record = json.loads(Path(warp.replace('_warp.nii.gz', '.json')).read_text())
+    assert record['Settings']['initial_transform'] == 'Identity'
+    assert record['From'] == 'Self' and record['To'] == 'QSMPhantom'
+
+
+def test_transform_cache_key_follows_contents_and_is_locked(tmp_path, monkeypatch):
+    """The key changes with a template's contents (not its path); concurrent requests for
+    one transform compute it once (file lock), the others wait and read it."""
+    import threading
+    import time
+    from pathlib import Path
+
+    from qsmflow.workflows import registration
+
+    monkeypatch.setenv('QSMFLOW_CACHE', str(tmp_path / 'cache'))
+    a, b, c = (tmp_path / n for n in ('tpl-A_T1w.nii.gz', 'tpl-B_T1w.nii.gz', 'copy.nii.gz'))
+    a.write_bytes(b'template a')
+    b.write_bytes(b'template b')
+    c.write_bytes(b'template a')
+    key = registration.template_transform_key(a, b, 'A')
+    assert key.startswith('from-A_to-B_')
+    assert registration.template_transform_key(c, b, 'A') == key
+    b.write_bytes(b'template b, new release')
+    assert registration.template_transform_key(a, b, 'A') != key
+
+    calls = []
+
+    def fake_register(fixed, moving, out_dir, nthreads=1):
+        calls.append((fixed, moving))
+        time.sleep(0.5)
+        for name in ('warp.nii.gz', 'affine.mat'):
+            (Path(out_dir) / name).write_text(name)
+        return {'warp': f'{out_dir}/warp.nii.gz', 'affine': f'{out_dir}/affine.mat',
+                'version': 'test'}
+
+    monkeypatch.setattr(registration, 'register_templates', fake_register)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        registration.cached_template_transform(str(a), str(b), 'A'))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(set(results)) == 1 and len(results) == 3
+    warp, affine = results[0]
+    assert Path(warp).read_text() == 'warp.nii.gz'
+    assert Path(affine).read_text() == 'affine.mat'
