@@ -77,6 +77,5 @@ def get(template: str, **entities) -> Path:
 def _offline_hint(template, entities, exc) -> str:
     home = os.environ.get('TEMPLATEFLOW_HOME', '~/.cache/templateflow')
     return (f'cannot get templateflow {template} {entities}: {exc}. On an offline machine, '
-            f'prefill TEMPLATEFLOW_HOME ({home}) with this template, e.g. run '
-            f"python -c \"from templateflow import api; api.get('{template}')\" where there "
-            'is internet and copy the folder')
+            f'prefill TEMPLATEFLOW_HOME ({home}): run qsmflow fetch-templates '
+            f'--template {template} where there is internet and copy the folder')

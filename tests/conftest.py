@@ -15,6 +15,17 @@ E2E_PARTICIPANTS = (
 )
 
 
+@pytest.fixture(scope='session', autouse=True)
+def _private_transform_cache(tmp_path_factory):
+    """Template transforms computed by the tests go to a temporary cache, not ~/.cache."""
+    if 'QSMFLOW_CACHE' not in os.environ:
+        os.environ['QSMFLOW_CACHE'] = str(tmp_path_factory.mktemp('qsmflow-cache'))
+        yield
+        os.environ.pop('QSMFLOW_CACHE', None)
+    else:
+        yield
+
+
 @pytest.fixture(scope='session')
 def phantom_dataset(tmp_path_factory):
     """A small two-participant phantom BIDS dataset and its ground truth."""
