@@ -103,14 +103,7 @@ class QualityMask(SimpleInterface):
     output_spec = _QualityMaskOutputSpec
 
     def _run_interface(self, runtime):
-        mag, img = base.load(self.inputs.in_magnitude)
-        phase = base.load(self.inputs.in_phase)[0]
-        mask_data, mimg = base.load(self.inputs.in_mask)
-        brain = mask_data.reshape(mag.shape[:3]) > 0
-        if mag.ndim == 3:
-            mag, phase = mag[..., None], phase[..., None]
-        quality = qmask.quality_map(phase, mag, brain, base.voxel_size(img),
-                                    echo_times_s=list(self.inputs.echo_times))
+        quality, brain, mimg, _ = _quality_map(self.inputs)
         mask = qmask.quality_mask(quality, brain, **self.inputs.params)
         rec = base.step('phase-quality-masking', qmask.quality_mask, self.inputs.params,
                         QualityMap='qsmflow.qsm.mask.quality_map',
@@ -119,6 +112,19 @@ class QualityMask(SimpleInterface):
         steps = base.read_steps(self.inputs.in_mask) + [rec]
         self._results['out_mask'] = base.save(mask, mimg, out, dtype='uint8', steps=steps)
         return runtime
+
+
+def _quality_map(inputs):
+    """``(quality, mask, mask image, voxel size)`` from the magnitude/phase/mask inputs."""
+    mag, img = base.load(inputs.in_magnitude)
+    phase = base.load(inputs.in_phase)[0]
+    mask_data, mimg = base.load(inputs.in_mask)
+    mask = mask_data.reshape(mag.shape[:3]) > 0
+    if mag.ndim == 3:
+        mag, phase = mag[..., None], phase[..., None]
+    vox = base.voxel_size(img)
+    quality = qmask.quality_map(phase, mag, mask, vox, echo_times_s=list(inputs.echo_times))
+    return quality, mask, mimg, vox
 
 
 class _StrictMaskInputSpec(BaseInterfaceInputSpec):
@@ -136,15 +142,7 @@ class StrictMask(SimpleInterface):
     output_spec = _QualityMaskOutputSpec
 
     def _run_interface(self, runtime):
-        mag, img = base.load(self.inputs.in_magnitude)
-        phase = base.load(self.inputs.in_phase)[0]
-        mask_data, mimg = base.load(self.inputs.in_mask)
-        filled = mask_data.reshape(mag.shape[:3]) > 0
-        if mag.ndim == 3:
-            mag, phase = mag[..., None], phase[..., None]
-        vox = base.voxel_size(img)
-        quality = qmask.quality_map(phase, mag, filled, vox,
-                                    echo_times_s=list(self.inputs.echo_times))
+        quality, filled, mimg, vox = _quality_map(self.inputs)
         mask = qmask.strict_mask(quality, filled, vox, **self.inputs.params)
         rec = base.step('strict-masking', qmask.strict_mask, self.inputs.params,
                         QualityMap='qsmflow.qsm.mask.quality_map',
