@@ -55,6 +55,10 @@ def select_plugin(opts) -> tuple[str, str, dict]:
     args = {}
     if choice == 'multiproc':
         args['n_procs'] = opts.nprocs
+        # workers forked from a clean single-threaded server: a plain fork of the running
+        # qsmflow process copies locks held by its threads (pool feeder, numba/OpenMP), and
+        # a worker can then wait on one forever (seen as a silent hang)
+        args['mp_context'] = 'forkserver'
         if getattr(opts, 'mem_gb', None):
             args['memory_gb'] = float(opts.mem_gb)
     elif choice.startswith('slurm'):

@@ -39,7 +39,7 @@ def test_default_plugin_follows_nprocs():
     assert engines.select_plugin(_opts(nprocs=1))[:2] == ('linear', 'Linear')
     choice, name, args = engines.select_plugin(_opts(nprocs=3, mem_gb=5.0))
     assert (choice, name) == ('multiproc', 'MultiProc')
-    assert args == {'n_procs': 3, 'memory_gb': 5.0}
+    assert args == {'n_procs': 3, 'memory_gb': 5.0, 'mp_context': 'forkserver'}
 
 
 def test_plugin_args_json_text_and_file_override_defaults(tmp_path):
@@ -48,7 +48,7 @@ def test_plugin_args_json_text_and_file_override_defaults(tmp_path):
     path = tmp_path / 'args.json'
     path.write_text(json.dumps({'maxtasksperchild': 4}))
     args = engines.select_plugin(_opts(plugin='multiproc', plugin_args=str(path)))[2]
-    assert args == {'n_procs': 2, 'maxtasksperchild': 4}
+    assert args == {'n_procs': 2, 'mp_context': 'forkserver', 'maxtasksperchild': 4}
 
 
 @pytest.mark.parametrize('value, message', [
