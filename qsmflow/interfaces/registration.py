@@ -79,6 +79,7 @@ def combined_magnitude(mag: np.ndarray, mask: np.ndarray | None = None) -> np.nd
 _RUNNER = """
 import pickle, sys
 with open(sys.argv[1], 'rb') as fobj:
+    sys.path[:] = pickle.load(fobj)
     func, args, kwargs = pickle.load(fobj)
 try:
     outcome = (True, func(*args, **kwargs))
@@ -106,7 +107,10 @@ def in_fresh_process(func, *args, **kwargs):
 
     with tempfile.TemporaryDirectory(prefix='.qsmflow-call-', dir=os.getcwd()) as tmp:
         call, result = Path(tmp) / 'call.pkl', Path(tmp) / 'result.pkl'
-        call.write_bytes(pickle.dumps((func, args, kwargs)))
+        # the caller's import path first: the child starts in the node folder, where a
+        # bare ``python -c`` would resolve imports differently
+        call.write_bytes(pickle.dumps([os.path.abspath(p) for p in sys.path])
+                         + pickle.dumps((func, args, kwargs)))
         proc = subprocess.run([sys.executable, '-c', _RUNNER, str(call), str(result)],
                               check=False, capture_output=True, text=True)
         if not result.exists():
