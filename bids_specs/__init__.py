@@ -61,3 +61,20 @@ def output_name(kind: str, entities: dict, **overrides) -> str:
     ents.update(suffix=out['suffix'], desc=out.get('desc'), extension=out['extension'])
     ents.update(overrides)
     return build_path(spec['pattern'], ents)
+
+
+def output_path(root, kind: str, entities: dict):
+    """Path of derivative ``kind`` for ``entities`` under the dataset ``root``:
+    ``root/sub-<l>[/ses-<l>]/<datatype>/<output_name>``.
+
+    Examples
+    --------
+    >>> str(output_path('/out', 'mask', {'subject': '01', 'session': 'a'}))
+    '/out/sub-01/ses-a/anat/sub-01_ses-a_desc-brain_mask.nii.gz'
+    """
+    from pathlib import Path
+
+    folder = Path(root) / f'sub-{entities["subject"]}'
+    if entities.get('session'):
+        folder = folder / f'ses-{entities["session"]}'
+    return folder / load('outputs')['datatype'] / output_name(kind, entities)

@@ -159,11 +159,7 @@ def expected_outputs(acq, out_dir) -> list[Path]:
     """Derivative paths one acquisition must produce."""
     from qsmflow.workflows.outputs import QSM_OUTPUTS
 
-    folder = Path(out_dir) / f'sub-{acq.subject}'
-    if acq.entities.get('session'):
-        folder = folder / f'ses-{acq.entities["session"]}'
-    folder = folder / bids_specs.load('outputs')['datatype']
-    return [folder / bids_specs.output_name(k, acq.entities) for k in QSM_OUTPUTS]
+    return [bids_specs.output_path(out_dir, k, acq.entities) for k in QSM_OUTPUTS]
 
 
 def remove_partial_outputs(acq, out_dir) -> list[Path]:

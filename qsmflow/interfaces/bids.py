@@ -35,14 +35,9 @@ class DerivativesSink(SimpleInterface):
     always_run = True
 
     def _run_interface(self, runtime):
-        ents = self.inputs.entities
-        name = bids_specs.output_name(self.inputs.kind, ents)
-        folder = Path(self.inputs.base_directory) / f'sub-{ents["subject"]}'
-        if ents.get('session'):
-            folder = folder / f'ses-{ents["session"]}'
-        folder = folder / bids_specs.load('outputs')['datatype']
-        folder.mkdir(parents=True, exist_ok=True)
-        dest = folder / name
+        dest = bids_specs.output_path(self.inputs.base_directory, self.inputs.kind,
+                                      self.inputs.entities)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         atomic_copy(self.inputs.in_file, dest)
         meta = _read(base.sidecar_of(self.inputs.in_file))
         meta.update(bids_specs.load('outputs')['outputs'][self.inputs.kind]['meta'])

@@ -225,13 +225,9 @@ class FileSink(SimpleInterface):
     def _run_interface(self, runtime):
         from qsmflow.interfaces.bids import atomic_copy
 
-        ents = self.inputs.entities
-        folder = Path(self.inputs.base_directory) / f'sub-{ents["subject"]}'
-        if ents.get('session'):
-            folder = folder / f'ses-{ents["session"]}'
-        folder = folder / bids_specs.load('outputs')['datatype']
-        folder.mkdir(parents=True, exist_ok=True)
-        dest = folder / bids_specs.output_name(self.inputs.kind, ents)
+        dest = bids_specs.output_path(self.inputs.base_directory, self.inputs.kind,
+                                      self.inputs.entities)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         atomic_copy(self.inputs.in_file, dest)
         self._results['out_file'] = str(dest)
         return runtime
