@@ -114,15 +114,15 @@ def test_atlas_table_means_match_truth(atlas_run, sub):
 @pytest.mark.parametrize('sub', ['01', '02'])
 def test_segmentation_table_means_match_truth(atlas_run, sub):
     """--segmentations with the true labels: table means vs the truth referenced the same
-    way. Only reconstruction error is left (labels are exact): 0.02 ppm mean absolute error
-    over the deep nuclei (the issue's 0.01 ppm target waits on reconstruction accuracy;
-    measured ~0.012 ppm)."""
+    way. Only reconstruction error is left (labels are exact): 0.01 ppm mean absolute error
+    over the deep nuclei, and no nucleus off by more than 0.03 ppm."""
     errors = table_errors(atlas_run['out'], atlas_run['truth'], f'sub-{sub}',
                           atlas='segmentations')
     assert len(errors) == 2 * len(DEEP_GM)
     print(f'sub-{sub} segmentation table − truth (ppm):',
           {k: round(v, 4) for k, v in errors.items()})
-    assert np.mean(np.abs(list(errors.values()))) <= 0.02, errors
+    assert np.mean(np.abs(list(errors.values()))) <= 0.01, errors
+    assert np.max(np.abs(list(errors.values()))) <= 0.03, errors
 
 
 @pytest.mark.parametrize('sub', ['01', '02'])

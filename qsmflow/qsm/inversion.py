@@ -365,30 +365,78 @@ def _admm_tv(numerator, precision, L, rho, weight, v, vsz, max_iter, tol, *, rel
     return chi
 
 
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _data_update(dchi, wf, w2, q, u, rho, alpha, chi, chi_prev):  # pragma: no cover
+    """One ADMM y/u step for ``y ≈ Dχ`` under the weighted data term ``½‖W(y − f)‖²``.
+
+    With ``y_old = q + u``: ``p = α Dχ + (1 − α) y_old + u``;
+    ``y = (W²f + ρp) / (W² + ρ)``; ``u ← p − y``; ``q ← y − u``. Pointwise, in place.
+    Returns ``(‖χ − χ_prev‖, ‖χ‖)`` over the voxels where ``W² > 0`` (per-slab partial sums
+    added in order: independent of the number of threads).
+    """
+    n0, n1, n2 = dchi.shape
+    dnorm_i = np.zeros(n0)
+    cnorm_i = np.zeros(n0)
+    for i in numba.prange(n0):
+        dnorm = 0.0
+        cnorm = 0.0
+        for j in range(n1):
+            for k in range(n2):
+                uu = u[i, j, k]
+                w = w2[i, j, k]
+                p = alpha * dchi[i, j, k] + (1.0 - alpha) * (q[i, j, k] + uu) + uu
+                y = (wf[i, j, k] + rho * p) / (w + rho)
+                uu = p - y
+                u[i, j, k] = uu
+                q[i, j, k] = y - uu
+                if w > 0:
+                    c = chi[i, j, k]
+                    dc = c - chi_prev[i, j, k]
+                    dnorm += dc * dc
+                    cnorm += c * c
+        dnorm_i[i] = dnorm
+        cnorm_i[i] = cnorm
+    dnorm = 0.0
+    cnorm = 0.0
+    for i in range(n0):
+        dnorm += dnorm_i[i]
+        cnorm += cnorm_i[i]
+    return np.sqrt(dnorm), np.sqrt(cnorm)
+
+
 def tv(
     local_field: np.ndarray,
     mask: np.ndarray,
     voxel_size,
     b0_dir=(0, 0, 1),
     *,
-    lam: float = 1e-3,
+    lam: float = 5e-4,
     rho: float | None = None,
+    rho_data: float = 0.3,
     max_iter: int = 100,
-    tol: float = 1e-3,
+    tol: float = 5e-3,
 ) -> np.ndarray:
-    """Total-variation regularised dipole inversion by ADMM (TV-ADMM, linear FANSI).
+    """Total-variation regularised dipole inversion with the data term inside the mask.
 
-    Solves ``min_χ ½‖D F χ − F f‖² + lam ‖∇χ‖₂,₁`` (isotropic TV on periodic forward
-    differences) with the split ``z = ∇χ``. The χ update is exact in k-space,
-    ``F χ = (D F f + ρ Eᴴ F(z − u)) / (D² + ρ Σ|E_a|²)``, the z update is isotropic
-    soft-thresholding with ``lam/ρ`` [1]_ [2]_; ADMM is over-relaxed with
-    :data:`TV_RELAXATION` [3]_. The data term covers the whole padded grid with the field
-    taken as 0 outside the mask (what makes the closed-form update possible).
+    Solves ``min_χ ½‖M (F⁻¹ D F χ − f)‖² + lam ‖∇χ‖₂,₁`` (isotropic TV on periodic
+    forward differences) by ADMM with the splits ``z = ∇χ`` and ``y = F⁻¹ D F χ`` [1]_ [2]_
+    (linear, weighted FANSI): the χ update is exact in k-space,
+    ``F χ = (ρ Eᴴ F(z − u) + ρ_d D F(y − u_y)) / (ρ Σ|E_a|² + ρ_d D²)``, the z update is
+    isotropic soft-thresholding with ``lam/ρ`` and the y update is pointwise. Both splits are
+    over-relaxed with :data:`TV_RELAXATION` [3]_.
+
+    The field is fitted only inside the mask ``M``, and χ is free on the whole padded grid
+    (only its values inside the mask are returned). χ just outside the mask can then carry
+    the part of the field that background removal attributed to outside sources although
+    it came from inside (the smooth error PDF and SHARP leave in the local field), instead of
+    forcing a smooth bias onto χ inside. Solving with the field taken as 0 outside the mask
+    (the closed-form variant of [1]_) biased deep-grey-matter means by about 0.01 ppm on
+    forward-simulated heads; this formulation cut that error by half at 1 and 2 mm.
 
     Parameters
     ----------
     local_field : (nx, ny, nz) ndarray
-        Local field in ppm of B0; values outside ``mask`` are ignored (taken as 0).
+        Local field in ppm of B0; values outside ``mask`` are ignored.
     mask : (nx, ny, nz) ndarray of bool
         Region where ``local_field`` is valid (non-empty).
     voxel_size : sequence of 3 float
@@ -396,16 +444,21 @@ def tv(
     b0_dir : sequence of 3 float, optional
         B0 direction in voxel index axes (dimensionless).
     lam : float, optional
-        TV weight in ppm·mm (fields in ppm, ``∇χ`` in ppm/mm). Default 1e-3, the usual
-        setting of the closed-form TV-ADMM solver [1]_ for fields in ppm.
+        TV weight in ppm·mm (fields in ppm, ``∇χ`` in ppm/mm). Default 5e-4: on simulated
+        heads at 1 and 2 mm (field noise up to 0.01 ppm) it kept deep-grey-matter contrast
+        (slope 0.94–0.96 against the truth) where 1e-3 lost 9–12 % of it.
     rho : float, optional
-        ADMM penalty in mm² (weights ``‖∇χ − z‖²``); default None means ``100 · lam``,
-        the choice of [1]_ [2]_.
+        ADMM penalty of the gradient split in mm² (weights ``‖∇χ − z‖²``); default None
+        means ``100 · lam``, the choice of [1]_ [2]_.
+    rho_data : float, optional
+        ADMM penalty of the data split (dimensionless, the data weight inside the mask is
+        1). Default 0.3.
     max_iter : int, optional
         Maximum ADMM iterations (default 100; about 30 are needed at the default ``tol``).
     tol : float, optional
-        Stop when ``‖χₖ − χₖ₋₁‖ ≤ tol ‖χₖ‖`` on the padded grid (default 1e-3: the result
-        is then within about 1 % (RMSE) of the fully converged one).
+        Stop when ``‖χₖ − χₖ₋₁‖ ≤ tol ‖χₖ‖`` inside the mask (default 5e-3: deep-grey-matter
+        means then stay within 0.001 ppm of those at 1e-3, reached after 3–4 times as many
+        iterations).
 
     Returns
     -------
@@ -415,7 +468,8 @@ def tv(
     Raises
     ------
     ValueError
-        For invalid inputs or non-positive ``lam``/``rho``/``max_iter``, negative ``tol``.
+        For invalid inputs or non-positive ``lam``/``rho``/``rho_data``/``max_iter``,
+        negative ``tol``.
 
     References
     ----------
@@ -440,12 +494,51 @@ def tv(
     field, mask, vsz, b0 = _validate(local_field, mask, voxel_size, b0_dir)
     lam = _positive('lam', lam)
     rho = 100.0 * lam if rho is None else _positive('rho', rho)
+    rho_data = _positive('rho_data', rho_data)
     max_iter, tol = _iterations(max_iter, tol)
     prob = _Problem(field, mask, vsz, b0)
-    return prob.finish(_tv_core(prob, lam, rho, max_iter, tol), field.dtype)
+    return prob.finish(_tv_masked_core(prob, lam, rho, rho_data, max_iter, tol), field.dtype)
 
 
-def _tv_core(prob, lam, rho, max_iter, tol):
+def _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol):
+    D, shape, vsz = prob.D, prob.shape, prob.vsz
+    ih = (1.0 / vsz).astype(np.float32)
+    w2 = prob.mask.astype(np.float32)
+    wf = prob.field * w2
+    den = np.float32(rho) * laplacian_kernel(shape, vsz) + np.float32(rho_data) * D * D
+    iden = np.zeros_like(den)
+    np.divide(1, den, out=iden, where=den > 0)
+    grad_gain = iden * np.float32(rho)
+    data_gain = iden * D * np.float32(rho_data)
+    v = np.zeros((3,) + shape, np.float32)  # z − u of the gradient split
+    u = np.zeros_like(v)
+    q = wf.copy()  # y − u_y of the data split: start from the field inside the mask
+    uy = np.zeros(shape, np.float32)
+    thr = np.float32(lam / rho)
+    alpha = np.float32(TV_RELAXATION)
+    chi_prev = None
+    for it in range(max_iter):
+        X = rfft(gradient_adjoint(v, vsz))
+        X *= grad_gain
+        X += data_gain * rfft(q)
+        chi = irfft(X, shape)
+        if it == max_iter - 1:
+            break
+        X *= D
+        # the stopping norms cover χ inside the mask, what is returned (χ outside, which
+        # only carries field into the mask, settles much more slowly and does not matter)
+        dnorm, cnorm = _data_update(irfft(X, shape), wf, w2, q, uy, np.float32(rho_data),
+                                    alpha, chi, chi if chi_prev is None else chi_prev)
+        _shrink_update(chi, chi, u, v, ih[0], ih[1], ih[2], thr, alpha)
+        if chi_prev is not None and dnorm <= tol * cnorm:
+            break
+        chi_prev = chi
+    return chi
+
+
+def _tv_closed_form(prob, lam, rho, max_iter, tol):
+    """TV-ADMM with the field taken as 0 outside the mask (closed-form χ update, [1]_ of
+    :func:`tv`): the fast start of :func:`medi`."""
     D = prob.D
     L = laplacian_kernel(prob.shape, prob.vsz)
     numerator = rfft(prob.field)
@@ -752,7 +845,7 @@ def _medi_core(prob, w2, edge, lam, rho, max_iter, cg_iter, tol):
     rhs_data = dconv(w2 * prob.field)
     # start from the closed-form TV solution (the same TV weight): ADMM with the masked,
     # weighted data term then only corrects it, instead of building χ up from zero
-    chi = _tv_core(prob, lam, 100.0 * lam, 100, 1e-3).astype(np.float32, copy=False)
+    chi = _tv_closed_form(prob, lam, 100.0 * lam, 100, 1e-3).astype(np.float32, copy=False)
     chi *= prob.mask
     z = edge * gradient(chi, vsz)
     u = np.zeros_like(z)

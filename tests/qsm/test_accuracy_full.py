@@ -58,11 +58,11 @@ def test_default_inversion_is_tv():
 
 
 @pytest.mark.parametrize('angle', [15.0, 0.0])
-def test_deep_gm_contrast_error_at_most_15_ppb(head, recons, angle):
+def test_deep_gm_contrast_error_at_most_8_ppb(head, recons, angle):
     rec = recons[angle]
     err = metrics.deep_gm_error(rec['chi'], head.brain_chi_ppm, head.labels, _deep_gm_ids(head),
                                 rec['mask'])
-    assert err <= 0.015, err
+    assert err <= 0.008, err
 
 
 @pytest.mark.parametrize('angle', [15.0, 0.0])
