@@ -138,15 +138,30 @@ def _group_members(pgid: int) -> list[int]:
 
 
 def node_dirs(work: Path) -> list[Path]:
-    """Node folders of the workflow (those Nipype has started: they hold a hash file)."""
-    return sorted({p.parent for p in work.rglob('_0x*.json')})
+    """Node folders of the workflow (those Nipype has started: they hold a hash file).
+
+    os.walk, not Path.rglob: while a run goes on, Nipype empties and recreates node
+    folders, and rglob fails on a folder that vanishes under it (os.walk skips it).
+    """
+    return sorted(Path(root) for root, _, files in os.walk(work)
+                  if any(f.startswith('_0x') and f.endswith('.json') for f in files))
+
+
+def _names(node: Path) -> list[str]:
+    """File names in ``node`` (none when the folder is being replaced)."""
+    try:
+        return os.listdir(node)
+    except FileNotFoundError:
+        return []
 
 
 def is_finished(node: Path) -> bool:
     """Nipype saves the result, then renames ``_0x<hash>_unfinished.json`` to
     ``_0x<hash>.json``: a node is finished when both are there."""
-    return (any(node.glob('result_*.pklz'))
-            and any(not p.name.endswith('_unfinished.json') for p in node.glob('_0x*.json')))
+    names = _names(node)
+    return (any(n.startswith('result_') and n.endswith('.pklz') for n in names)
+            and any(n.startswith('_0x') and n.endswith('.json')
+                    and not n.endswith('_unfinished.json') for n in names))
 
 
 def is_sink(node: Path) -> bool:
@@ -184,8 +199,17 @@ def node_done(work: Path, name: str) -> bool:
 def running_nodes(work: Path, since: float) -> list[Path]:
     """Nodes started after ``since`` (their ``_0x<hash>_unfinished.json`` is that recent:
     Nipype empties a node folder before it reruns the node) and not finished."""
-    return [n for n in node_dirs(work) if not is_finished(n)
-            and any(p.stat().st_mtime >= since for p in n.glob('_0x*_unfinished.json'))]
+    def started_since(node):
+        for name in _names(node):
+            if name.startswith('_0x') and name.endswith('_unfinished.json'):
+                try:
+                    if (node / name).stat().st_mtime >= since:
+                        return True
+                except FileNotFoundError:  # renamed (finished) meanwhile
+                    pass
+        return False
+
+    return [n for n in node_dirs(work) if not is_finished(n) and started_since(n)]
 
 
 def assert_reused(before: dict, work: Path) -> None:
