@@ -120,6 +120,24 @@ def test_tv_keeps_outside_fields_outside(brain, simulate_field, centre_mm):
     assert leaks['tv'][1] < 0.05 < leaks['closed'][1], leaks
 
 
+def test_tv_on_a_slab(brain_factory, deep_gm_ids):
+    """A 32 mm axial slab: the field inside it also comes from tissue above and below (a
+    harmonic field inside the slab). TV puts that field on χ outside the slab: deep-GM
+    contrasts within 0.012 ppm (measured 0.007; the closed-form variant, which takes the
+    field as 0 outside the mask, 0.026)."""
+    b = brain_factory(noise_ppm=0.002, seed=3)
+    m = b['mask'].copy()
+    m[:, :, :30] = False
+    m[:, :, 46:] = False
+    ids = [i for i in deep_gm_ids if ((b['labels'] == i) & m).sum() > 5]
+    assert len(ids) >= 8
+    labels = b['labels'] * m
+    chi = inversion.tv(b['local_noisy'] * m, m, b['voxel_size'])
+    got = metrics.roi_means(chi, labels, ids) - chi[m].mean()
+    true = metrics.roi_means(b['chi'], labels, ids) - b['chi'][m].mean()
+    assert np.mean(np.abs(got - true)) < 0.012, got - true
+
+
 def test_tv_regularisation_strength(brain_noisy):
     b = brain_noisy
     m, vs = b['mask'], b['voxel_size']
