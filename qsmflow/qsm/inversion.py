@@ -740,7 +740,7 @@ def medi(
     noise : (nx, ny, nz) ndarray, optional
         Standard error of ``local_field`` in ppm (positive in the mask).
     lam : float, optional
-        TV weight in ppm·mm (default 1e-3, as :func:`tv`).
+        TV weight in ppm·mm (default 1e-3, as in the closed-form TV-ADMM that starts MEDI).
     edge_percentage : float, optional
         Fraction of mask voxels in (0, 1] that are regularised (default 0.9 [1]_).
     rho : float, optional
