@@ -31,7 +31,9 @@ def full_run(tmp_path_factory):
     return root
 
 
-def test_full_phantom_deep_gm_error_at_most_15_ppb(full_run):
+def test_full_phantom_deep_gm_error_at_most_8_ppb(full_run):
+    """Mean absolute deep-GM contrast error ≤ 0.008 ppm, no nucleus beyond 0.02 ppm
+    (measured 0.0036 mean, thalamus 0.012 the worst)."""
     anat, truth_anat = full_run / 'out/sub-01/anat', full_run / 'truth/sub-01/anat'
     chi = np.asarray(nb.load(anat / 'sub-01_Chimap.nii.gz').dataobj, dtype=float)
     mask = np.asarray(nb.load(anat / 'sub-01_desc-brain_mask.nii.gz').dataobj) > 0
@@ -47,4 +49,6 @@ def test_full_phantom_deep_gm_error_at_most_15_ppb(full_run):
             roi = (labels == lut[f'{region}_{side}']) & mask
             errors[f'{region}_{side}'] = ((chi[roi].mean() - chi[mask].mean())
                                           - (truth[roi].mean() - truth[mask].mean()))
-    assert float(np.mean(np.abs(list(errors.values())))) <= 0.015, errors
+    print('deep-GM errors (ppm):', {k: round(float(v), 4) for k, v in errors.items()})
+    assert float(np.mean(np.abs(list(errors.values())))) <= 0.008, errors
+    assert float(np.max(np.abs(list(errors.values())))) <= 0.02, errors
