@@ -30,9 +30,9 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from qsmflow.demo import DEMO_POSE
+from qsmflow.cli.demo import DEMO_POSE
 from qsmflow.phantom.head import DEEP_GM
-from qsmflow.regions import dice
+from qsmflow.qsm.regions import dice
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """Bad inputs: each gives a one-line error naming the file and the fix, before any
-computation, and the other participants still pass (qsmflow.inputs + qsmflow.preflight)."""
+computation, and the other participants still pass (qsmflow.bids.inputs + qsmflow.bids.preflight)."""
 from __future__ import annotations
 
 import gzip
@@ -12,8 +12,9 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from qsmflow.inputs import InputError, find_acquisitions, load_bids_filters
-from qsmflow.preflight import preflight
+from qsmflow.errors import InputError
+from qsmflow.bids.inputs import find_acquisitions, load_bids_filters
+from qsmflow.bids.preflight import preflight
 from tests.variants import export, init_dataset
 
 
@@ -276,8 +277,8 @@ def test_same_echo_as_nii_and_nii_gz(dataset):
 
 
 def test_failed_acquisition_leaves_no_partial_outputs(tmp_path):
-    from qsmflow.inputs import Acquisition
-    from qsmflow.run import expected_outputs, remove_partial_outputs
+    from qsmflow.bids.inputs import Acquisition
+    from qsmflow.bids.outputs import expected_outputs, remove_partial_outputs
 
     acq = Acquisition({'subject': '01', 'session': 'a', 'run': 1})
     other = Acquisition({'subject': '01', 'session': 'a', 'run': 2})

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from qsmflow import __version__
-from qsmflow.cli import _build_parser, main
+from qsmflow.cli import main
+from qsmflow.cli.parser import build_parser
 
 
 def _run(*args, cwd=None):
@@ -41,7 +42,7 @@ def test_help_lists_bids_app_arguments():
 ])
 def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
-        _build_parser().parse_args(argv)
+        build_parser().parse_args(argv)
     assert exc.value.code == 2
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qsmflow.phantom.head import DEEP_GM
-from qsmflow.run import find_validator, run_validator, validator_errors
+from qsmflow.bids.validator import find_validator, run_validator, validator_errors
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,11 @@ import pytest
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from qsmflow import engines, staging
-from qsmflow.inputs import Acquisition, InputError
-from qsmflow.progress import RunMonitor, log_path
+from qsmflow.execution import engines
+from qsmflow.execution import staging
+from qsmflow.errors import InputError
+from qsmflow.bids.inputs import Acquisition
+from qsmflow.execution.progress import RunMonitor, log_path
 
 
 def _opts(**kw):
@@ -147,7 +149,7 @@ def test_cohort_bench_helpers_measure_this_process_tree():
     import os
     import sys
 
-    from qsmflow.bench_cohort import cohort, run_and_sample, tree_rss_bytes
+    from qsmflow.bench.cohort import cohort, run_and_sample, tree_rss_bytes
 
     assert tree_rss_bytes(os.getpid()) > 10e6
     ages = [p['age'] for p in cohort(8)]

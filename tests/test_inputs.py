@@ -1,12 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Input discovery and metadata checks (qsmflow.inputs)."""
+"""Input discovery and metadata checks (qsmflow.bids.inputs)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from qsmflow.inputs import InputError, clean_labels, find_acquisitions
+from qsmflow.errors import InputError
+from qsmflow.bids.inputs import clean_labels, find_acquisitions
 from tests.test_cli import _skeleton
 
 

@@ -1,10 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``qsmflow fetch-templates`` (:mod:`qsmflow.prefetch`) and the container recipe.
+"""``qsmflow fetch-templates`` (:mod:`qsmflow.atlases.prefetch`) and the container recipe.
 
 - Every prefetch query resolves, offline, against templateflow's bundled index in an empty
   ``TEMPLATEFLOW_HOME``, to exactly the one file a run needs.
 - The prefetch list covers every templateflow query the run-time code makes: the queries
-  are recorded from :func:`qsmflow.regions_config.regions_options` (the participant run's
+  are recorded from :func:`qsmflow.atlases.options.regions_options` (the participant run's
   own code path) for every atlas of ``bids_specs/atlases.json``, so an atlas added there
   and not prefetched fails here.
 - The command works through the CLI; a fetch without network ends in one line and exit 1.
@@ -24,7 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from qsmflow import bids_specs, prefetch, templates
+from qsmflow import bids_specs
+from qsmflow.atlases import prefetch
+from qsmflow.cli import main
+from qsmflow.atlases import templateflow as templates
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,10 +64,10 @@ def offline(tf_home, monkeypatch):
 
 def _runtime_queries(monkeypatch, argv) -> set:
     """Every templateflow query ``qsmflow BIDS OUT participant *argv`` makes before building
-    its workflow (:func:`qsmflow.regions_config.regions_options`), recorded at
-    :func:`qsmflow.templates.get`, resolved offline (nothing is downloaded)."""
-    from qsmflow.cli import _build_parser
-    from qsmflow.regions_config import regions_options
+    its workflow (:func:`qsmflow.atlases.options.regions_options`), recorded at
+    :func:`qsmflow.atlases.templateflow.get`, resolved offline (nothing is downloaded)."""
+    from qsmflow.cli.parser import build_parser
+    from qsmflow.atlases.options import regions_options
 
     recorded = set()
 
@@ -76,7 +79,7 @@ def _runtime_queries(monkeypatch, argv) -> set:
         return found[0]
 
     monkeypatch.setattr(templates, 'get', recording_get)
-    opts = _build_parser().parse_args(['bids', 'out', 'participant', *argv])
+    opts = build_parser().parse_args(['bids', 'out', 'participant', *argv])
     out = regions_options(opts)
     assert out['template'], 'the run-time code skipped registration'
     return recorded
@@ -220,7 +223,7 @@ def test_interrupted_download_is_reset_and_reported(offline, monkeypatch, capsys
     body = gzip.compress(os.urandom(5000))
     monkeypatch.setattr(requests, 'get', lambda url, **kw: _Response(
         body, cut=2000, error=requests.ConnectionError('Connection reset by peer')))
-    assert prefetch.main([]) == 1
+    assert main(['fetch-templates']) == 1
     line = _one_error_line(capsys.readouterr().err)
     assert 'cannot download' in line and 'Connection reset by peer' in line
     first = prefetch.resolve(prefetch.plan())[0][0].files[0]
@@ -245,7 +248,7 @@ def test_server_refusal_is_not_called_a_network_problem(offline, monkeypatch, ca
     import requests
 
     monkeypatch.setattr(requests, 'get', lambda url, **kw: _Response(b'', status=404))
-    assert prefetch.main([]) == 1
+    assert main(['fetch-templates']) == 1
     line = _one_error_line(capsys.readouterr().err)
     assert 'status code 404' in line and 'pip install -U templateflow' in line
     assert 'no network' not in line
@@ -265,21 +268,21 @@ def test_truncated_file_is_fetched_again_and_all_files_come(offline, monkeypatch
     resolved = prefetch.resolve(prefetch.plan())[0]
     broken = resolved[0].files[0]
     broken.write_bytes(body[:len(body) // 2])  # an earlier download that was cut short
-    assert prefetch.main([]) == 0
+    assert main(['fetch-templates']) == 0
     out = capsys.readouterr().out
     assert 'is incomplete (interrupted download?): fetching again' in out
     assert broken.name in served and broken.read_bytes() == body
     images = {f.name for r in resolved for f in r.files if f.name.endswith('.nii.gz')}
     assert set(served) == images  # every image once; lookup tables came with the index
-    assert prefetch.main([]) == 0 and len(served) == len(images)  # nothing left to fetch
+    assert main(['fetch-templates']) == 0 and len(served) == len(images)  # nothing left to fetch
     assert '0 files fetched' in capsys.readouterr().out
 
 
 def test_unknown_template_and_resolution_are_one_line_errors(offline, capsys):
-    assert prefetch.main(['--template', 'NoSuchTemplate']) == 1
+    assert main(['fetch-templates', '--template', 'NoSuchTemplate']) == 1
     line = _one_error_line(capsys.readouterr().err)
     assert "unknown template 'NoSuchTemplate'" in line and 'MNI152NLin6Asym' in line
-    assert prefetch.main(['--template-resolution', '7']) == 1
+    assert main(['fetch-templates', '--template-resolution', '7']) == 1
     line = _one_error_line(capsys.readouterr().err)
     assert 'resolution 1, 2: pass --template-resolution accordingly' in line
     assert offline == []  # refused before any download
@@ -288,7 +291,7 @@ def test_unknown_template_and_resolution_are_one_line_errors(offline, capsys):
 def test_unusable_templateflow_home_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     (tmp_path / 'file').write_bytes(b'')
     monkeypatch.setenv('TEMPLATEFLOW_HOME', str(tmp_path / 'file' / 'templateflow'))
-    assert prefetch.main(['--dry-run']) == 1
+    assert main(['fetch-templates', '--dry-run']) == 1
     line = _one_error_line(capsys.readouterr().err)
     assert 'cannot use TEMPLATEFLOW_HOME' in line and 'set TEMPLATEFLOW_HOME to a writable' in line
 
@@ -309,7 +312,7 @@ def test_transforms_are_precomputed_into_the_run_time_cache(tmp_path, monkeypatc
     """--transforms: the SUIT(-like) → template transform lands where a run looks for it
     (phantom templates, offline); a second call finds it cached."""
     from qsmflow.phantom.template import write_cerebellar_template, write_template
-    from qsmflow.workflows.registration import cached_template_transform, transform_cache
+    from qsmflow.atlases.transforms import cached_template_transform, transform_cache
 
     home, cache = tmp_path / 'tf', tmp_path / 'cache'
     write_template(home, size='tiny')

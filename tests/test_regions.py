@@ -8,7 +8,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from qsmflow import regions
+from qsmflow.qsm import regions
 from qsmflow.interfaces.regions import RegionalStats, ResampleSegmentation, read_lut
 
 
@@ -103,7 +103,7 @@ def test_interfaces_resample_and_stats(tmp_path):
 
 
 def test_find_segmentation(tmp_path):
-    from qsmflow.workflows.regions import find_segmentation
+    from qsmflow.bids.derivatives import find_segmentation
 
     anat = tmp_path / 'sub-01' / 'ses-a' / 'anat'
     anat.mkdir(parents=True)
@@ -142,7 +142,8 @@ def test_atlas_label_workflows_wire_each_route(tmp_path):
     the optional template mask). Each labels sidecar carries the atlas provenance."""
     from nipype.interfaces.base import isdefined
 
-    from qsmflow.workflows.registration import custom_atlas, init_atlas_labels_wf
+    from qsmflow.atlases.specs import custom_atlas
+    from qsmflow.workflows.registration import init_atlas_labels_wf
 
     files = {}
     for key in ('image', 'lut', 'template_image', 'template_mask'):
@@ -181,7 +182,8 @@ def test_connect_regions_custom_atlas_without_template(tmp_path):
     from nipype.interfaces import utility as niu
     from nipype.pipeline import engine as pe
 
-    from qsmflow.workflows.registration import connect_regions, custom_atlas
+    from qsmflow.atlases.specs import custom_atlas
+    from qsmflow.workflows.registration import connect_regions
 
     files = {}
     for key in ('image', 'lut', 'template_image'):

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qsmflow.demo import DEMO_POSE, atlas_dice, table_errors
+from qsmflow.cli.demo import DEMO_POSE, atlas_dice, table_errors
 from qsmflow.phantom.head import DEEP_GM
-from qsmflow.run import find_validator, run_validator, validator_errors
+from qsmflow.bids.validator import find_validator, run_validator, validator_errors
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ RUN_TIMEOUT_S = 600
 
 def write_inputs(root: Path) -> dict:
     """Tiny one-participant phantom dataset (turned and shifted) and the phantom template."""
-    from qsmflow.demo import DEMO_POSE
+    from qsmflow.cli.demo import DEMO_POSE
     from qsmflow.phantom.bids import write_dataset
     from qsmflow.phantom.template import write_template
 

@@ -60,7 +60,7 @@ GRAPH_SUBJECTS = ('01',)
 @pytest.fixture(scope='module')
 def cohort(tmp_path_factory):
     """The demo cohort at the tiny size, and the phantom template in templateflow layout."""
-    from qsmflow.demo import DEMO_PARTICIPANTS, DEMO_POSE
+    from qsmflow.cli.demo import DEMO_PARTICIPANTS, DEMO_POSE
     from qsmflow.phantom.bids import write_dataset
     from qsmflow.phantom.template import write_template
 

@@ -8,7 +8,9 @@ import argparse
 
 import pytest
 
-from qsmflow import bids_specs, regions, templates
+from qsmflow import bids_specs
+from qsmflow.qsm import regions
+from qsmflow.atlases import templateflow as templates
 from qsmflow.interfaces.regions import read_lut
 
 
@@ -28,7 +30,7 @@ def skeleton_tf_home(tmp_path_factory):
 
 
 def test_phantom_template_resolves_through_templateflow(phantom_tf_home, monkeypatch):
-    from qsmflow.workflows.registration import resolve_atlases, template_files
+    from qsmflow.atlases.specs import resolve_atlases, template_files
 
     monkeypatch.setenv('TEMPLATEFLOW_HOME', str(phantom_tf_home))
     files = template_files('QSMPhantom', 3)
@@ -91,8 +93,8 @@ def test_placeholder_gives_offline_hint(tmp_path, monkeypatch):
 
 
 def test_missing_template_skips_registration_with_warning(monkeypatch, capsys):
-    from qsmflow.inputs import InputError
-    from qsmflow.regions_config import regions_options
+    from qsmflow.errors import InputError
+    from qsmflow.atlases.options import regions_options
 
     def fail(*args, **kwargs):
         raise templates.TemplateError('offline')
@@ -122,8 +124,8 @@ def _custom_files(tmp_path):
 def test_custom_atlas_needs_no_templateflow(tmp_path, monkeypatch, capsys):
     """Offline without templates: the default atlases are skipped with a warning, the custom
     atlas (registered to its own image) stays; explicit --atlases stay an error."""
-    from qsmflow.inputs import InputError
-    from qsmflow.regions_config import regions_options
+    from qsmflow.errors import InputError
+    from qsmflow.atlases.options import regions_options
 
     def fail(*args, **kwargs):
         raise templates.TemplateError('offline')
@@ -146,7 +148,7 @@ def test_custom_atlas_needs_no_templateflow(tmp_path, monkeypatch, capsys):
 def test_default_atlases_of_absent_templates_are_skipped(phantom_tf_home, monkeypatch, capsys):
     """The registration template is there but not the atlases' templates (MNI, SUIT):
     registration stays, each default atlas is skipped with its own warning."""
-    from qsmflow.regions_config import regions_options
+    from qsmflow.atlases.options import regions_options
 
     monkeypatch.setenv('TEMPLATEFLOW_HOME', str(phantom_tf_home))
     out = regions_options(argparse.Namespace(template='QSMPhantom', template_resolution=3,
@@ -181,7 +183,7 @@ def test_template_to_template_transform_is_cached(phantom_tf_home, tmp_path, mon
     import os
     from pathlib import Path
 
-    from qsmflow.workflows.registration import cached_template_transform
+    from qsmflow.atlases.transforms import cached_template_transform
 
     monkeypatch.setenv('QSMFLOW_CACHE', str(tmp_path))
     image = str(phantom_tf_home / 'tpl-QSMPhantom' / 'tpl-QSMPhantom_res-03_T1w.nii.gz')
@@ -204,7 +206,7 @@ def test_transform_cache_key_follows_contents_and_is_locked(tmp_path, monkeypatc
     import time
     from pathlib import Path
 
-    from qsmflow.workflows import registration
+    from qsmflow.atlases import transforms as registration
 
     monkeypatch.setenv('QSMFLOW_CACHE', str(tmp_path / 'cache'))
     a, b, c = (tmp_path / n for n in ('tpl-A_T1w.nii.gz', 'tpl-B_T1w.nii.gz', 'copy.nii.gz'))

@@ -196,7 +196,7 @@ def test_field_noise_derivative_predicts_the_field_error(runs):
 
 @pytest.mark.slow
 def test_outputs_pass_bids_validator(runs):
-    from qsmflow.run import find_validator, run_validator, validator_errors
+    from qsmflow.bids.validator import find_validator, run_validator, validator_errors
 
     if find_validator() is None:
         pytest.skip('bids-validator-deno not installed')

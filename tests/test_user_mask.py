@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from qsmflow.derivatives import (
+from qsmflow.bids.derivatives import (
     DerivativeLookupError, check_brain_mask, expected_pattern, find_brain_mask,
     find_derivative)
-from qsmflow.inputs import Acquisition, InputError
+from qsmflow.errors import InputError
+from qsmflow.bids.inputs import Acquisition
 from qsmflow.interfaces.masking import user_mask
 
 

@@ -14,9 +14,9 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from qsmflow.cli import _build_parser
+from qsmflow.cli.parser import build_parser
 from qsmflow.phantom.head import DEEP_GM
-from qsmflow.run import find_validator, run_validator, validator_errors
+from qsmflow.bids.validator import find_validator, run_validator, validator_errors
 from tests.variants import export, init_dataset, read_phantom, snapshot
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def variants_run(tmp_path_factory, tiny_phantom):
     before = snapshot(root)
     out, work = root / 'out', root / 'work'
     extra = ['--skip-registration'] if '--skip-registration' in \
-        _build_parser().format_help() else []  # inputs are under test, not registration
+        build_parser().format_help() else []  # inputs are under test, not registration
     proc = subprocess.run(
         [sys.executable, '-m', 'qsmflow', str(bids), str(out), 'participant', '-w', str(work),
          '--nprocs', '2', '--field-strength', '3', '--skip-bids-validation', *extra],

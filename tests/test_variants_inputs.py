@@ -9,10 +9,10 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from qsmflow.inputs import find_acquisitions
+from qsmflow.bids.inputs import find_acquisitions
 from qsmflow.interfaces.megre import LoadMEGRE
 from qsmflow.phantom.bids import oblique_affine
-from qsmflow.preflight import preflight
+from qsmflow.bids.preflight import preflight
 from qsmflow.qsm.kernels import b0_dir_from_affine
 from qsmflow.qsm.phase import complex_to_mag_phase, infer_phase_units, to_radians
 from tests.variants import export, init_dataset

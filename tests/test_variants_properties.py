@@ -18,10 +18,11 @@ hypothesis = pytest.importorskip('hypothesis')
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from qsmflow.inputs import InputError, find_acquisitions  # noqa: E402
+from qsmflow.errors import InputError
+from qsmflow.bids.inputs import find_acquisitions  # noqa: E402
 from qsmflow.interfaces.megre import LoadMEGRE  # noqa: E402
 from qsmflow.phantom.bids import oblique_affine  # noqa: E402
-from qsmflow.preflight import check_images  # noqa: E402
+from qsmflow.bids.preflight import check_images  # noqa: E402
 from qsmflow.qsm.kernels import b0_dir_from_affine  # noqa: E402
 from tests.variants import export  # noqa: E402
 

@@ -15,15 +15,15 @@ def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipel
 
     Parameters
     ----------
-    acquisitions : list of :class:`qsmflow.inputs.Acquisition`
+    acquisitions : list of :class:`qsmflow.bids.inputs.Acquisition`
         Checked inputs.
     output_dir, bids_dir : str
         Roots of the derivatives and raw datasets.
     pipeline : dict
-        Algorithms and options per step (:mod:`qsmflow.pipeline`); with
+        Algorithms and options per step (:mod:`qsmflow.config.presets`); with
         ``pipeline['masking']['brain_masks']`` (a derivatives folder) each acquisition's
         ``…_desc-brain_mask.nii[.gz]`` is found there
-        (:func:`qsmflow.derivatives.find_brain_mask`) and replaces the automatic mask.
+        (:func:`qsmflow.bids.derivatives.find_brain_mask`) and replaces the automatic mask.
     omp_nthreads : int
         Threads per node.
     regions_opts : dict, optional
@@ -45,12 +45,12 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
 
     Parameters
     ----------
-    acq : :class:`qsmflow.inputs.Acquisition`
+    acq : :class:`qsmflow.bids.inputs.Acquisition`
         Files, echo times (s), field strength (T) and entities of the acquisition.
     regions_opts : dict, optional
         ``segmentations`` (derivatives folder of user labels), ``template`` (templateflow
         name; None skips registration), ``atlases`` (list of atlas dicts from
-        :func:`qsmflow.workflows.registration.resolve_atlases`), ``erode`` (bool).
+        :func:`qsmflow.atlases.specs.resolve_atlases`), ``erode`` (bool).
     """
     from qsmflow.workflows.outputs import QSM_OUTPUTS, init_qsm_derivatives_wf
     from qsmflow.workflows.qsm import init_qsm_wf
@@ -64,7 +64,7 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
                          ('phase_units', acq.phase_units)):
         setattr(qsm_wf.inputs.inputnode, field, value)
     if pipeline['masking'].get('brain_masks'):
-        from qsmflow.derivatives import find_brain_mask
+        from qsmflow.bids.derivatives import find_brain_mask
 
         qsm_wf.inputs.inputnode.brain_mask = str(
             find_brain_mask(pipeline['masking']['brain_masks'], acq.entities))

@@ -45,7 +45,7 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     Parameters
     ----------
     pipeline : dict
-        Algorithm choice and options per step (see :mod:`qsmflow.pipeline`).
+        Algorithm choice and options per step (see :mod:`qsmflow.config.presets`).
     n_voxels, n_echoes : int
         Size of the acquisition, used to estimate each node's memory (GB).
     omp_nthreads : int

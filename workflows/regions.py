@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -131,51 +130,6 @@ def init_segmentation_regions_wf(*, segmentation: str, lut: str, output_dir: str
         (resample, regions_wf, [('out_file', 'inputnode.dseg')]),
     ])  # fmt:skip
     return workflow
-
-
-def find_segmentation(deriv_dir, entities: dict) -> tuple[str, str] | None:
-    """Find a participant's ``_dseg.nii[.gz]`` and its lookup table in a derivatives folder.
-
-    The image is ``sub-<l>[/ses-<l>]/anat/sub-<l>…_dseg.nii[.gz]``; when several match,
-    the one sharing the acquisition's ``acq-``/``run-`` entities is preferred. The lookup
-    table is the ``.tsv`` beside the image or ``dseg.tsv`` at the folder root.
-
-    Parameters
-    ----------
-    deriv_dir : str or Path
-        BIDS derivatives folder.
-    entities : dict
-        BIDS entities of the acquisition (``subject``, optional ``session``...).
-
-    Returns
-    -------
-    (str, str) or None
-        Paths of the image and lookup table; None when the participant has none.
-
-    Raises
-    ------
-    FileNotFoundError
-        When an image exists but no lookup table does.
-    """
-    root = Path(deriv_dir)
-    folder = root / f'sub-{entities["subject"]}'
-    if entities.get('session'):
-        folder = folder / f'ses-{entities["session"]}'
-    found = sorted((folder / 'anat').glob(f'sub-{entities["subject"]}*_dseg.nii*'))
-    if not found:
-        return None
-
-    def score(path):
-        return sum(f'_{key}-{entities[ent]}_' in path.name
-                   for key, ent in (('acq', 'acquisition'), ('run', 'run'))
-                   if entities.get(ent))
-
-    image = max(found, key=score)
-    beside = Path(re.sub(r'\.nii(\.gz)?$', '.tsv', str(image)))
-    for lut in (beside, root / 'dseg.tsv'):
-        if lut.exists():
-            return str(image), str(lut)
-    raise FileNotFoundError(f'{image} has no dseg.tsv beside it nor at {root}')
 
 
 def _label(atlas: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qsmflow.regions import COLUMNS
+from qsmflow.qsm.regions import COLUMNS
 
 #: Identifier columns of a participant-run, in order.
 KEYS = ('participant_id', 'session', 'acquisition', 'run')

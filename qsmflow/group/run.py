@@ -15,7 +15,7 @@ import pandas as pd
 
 from qsmflow import __version__
 from qsmflow.group import cohort, normative
-from qsmflow.inputs import InputError
+from qsmflow.errors import InputError
 from qsmflow.interfaces.base import write_json
 
 

@@ -51,7 +51,7 @@ def user_mask(path, ref_img) -> tuple:
     """A user's mask on the grid of ``ref_img`` and its provenance record.
 
     The mask (nonzero = brain; a 4D file must hold a single volume) is resampled by
-    nearest neighbour through the two affines (:func:`qsmflow.regions.resample_labels`)
+    nearest neighbour through the two affines (:func:`qsmflow.qsm.regions.resample_labels`)
     when its grid differs from ``ref_img``'s.
 
     Raises
@@ -62,7 +62,7 @@ def user_mask(path, ref_img) -> tuple:
     import nibabel as nb
     import numpy as np
 
-    from qsmflow.regions import resample_labels
+    from qsmflow.qsm.regions import resample_labels
 
     img = nb.load(path)
     if len(img.shape) > 3 and int(np.prod(img.shape[3:])) != 1:

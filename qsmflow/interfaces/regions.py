@@ -13,7 +13,8 @@ from nipype.interfaces.base import (
     BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits)
 from nipype.utils.filemanip import fname_presuffix
 
-from qsmflow import __version__, bids_specs, regions
+from qsmflow import __version__, bids_specs
+from qsmflow.qsm import regions
 from qsmflow.interfaces import base
 
 

@@ -2,7 +2,7 @@
 """Shipped pipeline presets name only methods that exist."""
 import pytest
 
-from qsmflow.pipeline import STEPS, available_presets, load_preset, with_overrides
+from qsmflow.config.presets import STEPS, available_presets, load_preset, with_overrides
 from qsmflow.qsm import bgremove, echoes, inversion, reference
 from workflows.qsm import MASKING_METHODS
 
@@ -44,7 +44,7 @@ def test_preset_states_two_pass(name):
 
 
 def test_masking_override_keeps_two_pass_and_user_masks(tmp_path):
-    from qsmflow.pipeline import with_masking_options
+    from qsmflow.config.presets import with_masking_options
 
     preset = with_masking_options(load_preset('default'), two_pass=True, brain_masks=tmp_path)
     out = with_overrides(preset, masking='magnitude')

@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from qsmflow.inputs import InputError
+from qsmflow.errors import InputError
 
 #: ``--plugin`` choice → Nipype plugin name.
 NIPYPE_PLUGINS = {'linear': 'Linear', 'multiproc': 'MultiProc', 'slurm': 'SLURM',

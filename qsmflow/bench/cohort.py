@@ -67,7 +67,7 @@ def cohort(n: int) -> list[dict]:
 
 def main(sizes, *, nprocs: int = 2, size: str = 'small', keep: str | None = None) -> int:
     """Benchmark each cohort size in ``sizes``; print a table; 0 if every run succeeded."""
-    from qsmflow.demo import DEMO_POSE
+    from qsmflow.cli.demo import DEMO_POSE
     from qsmflow.phantom.head import SIZES
     from qsmflow.phantom.template import ATLAS, TEMPLATE, write_template
 

@@ -6,32 +6,30 @@ The file list is not written down here a second time; it follows from what a run
 templateflow for:
 
 - the registration template and resolution the command line defaults to (``--template``,
-  ``--template-resolution`` of :func:`qsmflow.regions_config.add_arguments`), plus any
+  ``--template-resolution`` of :func:`qsmflow.atlases.options.add_arguments`), plus any
   resolution an atlas of that template is defined at (so ``--template-resolution`` can
   match the atlas grid offline), plus templates and resolutions given here;
-- for each, the T1w image and brain mask :func:`qsmflow.workflows.registration.template_files`
+- for each, the T1w image and brain mask :func:`qsmflow.atlases.specs.template_files`
   fetches;
 - every atlas of ``bids_specs/atlases.json`` (its ``query`` and ``lut_query``) and, when it
   lives in another template than the registration target, that template's image
-  (``template_query``), as :func:`qsmflow.workflows.registration.resolve_atlases` asks for.
+  (``template_query``), as :func:`qsmflow.atlases.specs.resolve_atlases` asks for.
   Atlases of the demo phantom's own template are written by ``qsmflow demo`` and skipped.
 
-Queries are resolved with the same semantics as at run time (:mod:`qsmflow.templates`:
+Queries are resolved with the same semantics as at run time (:mod:`qsmflow.atlases.templateflow`:
 a missing ``desc`` means "no desc entity"), listed offline from templateflow's bundled
 index (``--dry-run``) and downloaded through the templateflow API. With ``--transforms``
 the template-to-template transforms (SUIT → registration template) are computed once into
 ``$QSMFLOW_CACHE`` exactly as a run would
-(:func:`qsmflow.workflows.registration.precompute_template_transforms`).
+(:func:`qsmflow.atlases.transforms.precompute_template_transforms`).
 
 Exit codes: 0 done, 1 a file could not be resolved, downloaded or computed (one line on
 stderr naming the problem and the fix), 2 bad invocation.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gzip
-import os
 import re
 import sys
 import time
@@ -41,12 +39,12 @@ from pathlib import Path
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
-#: Files of a registration target, as :func:`qsmflow.workflows.registration.template_files`
+#: Files of a registration target, as :func:`qsmflow.atlases.specs.template_files`
 #: asks for them (plus ``resolution``); the brain mask is optional there.
 TEMPLATE_IMAGE_QUERY = {'suffix': 'T1w', 'extension': '.nii.gz'}
 TEMPLATE_MASK_QUERY = {'suffix': 'mask', 'desc': 'brain', 'extension': '.nii.gz'}
 #: Image of an atlas's own template when ``atlases.json`` gives no ``template_query``
-#: (the default of :func:`qsmflow.workflows.registration.resolve_atlases`).
+#: (the default of :func:`qsmflow.atlases.specs.resolve_atlases`).
 ATLAS_TEMPLATE_QUERY = TEMPLATE_IMAGE_QUERY
 
 
@@ -98,11 +96,9 @@ class Query:
 
 def run_defaults() -> tuple[str, int]:
     """Default ``--template`` and ``--template-resolution`` of ``qsmflow ... participant``."""
-    from qsmflow.regions_config import add_arguments
+    from qsmflow.cli.parser import DEFAULT_TEMPLATE, DEFAULT_TEMPLATE_RESOLUTION
 
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
-    return parser.get_default('template'), parser.get_default('template_resolution')
+    return DEFAULT_TEMPLATE, DEFAULT_TEMPLATE_RESOLUTION
 
 
 def atlas_specs() -> dict:
@@ -180,7 +176,7 @@ class Resolved:
 
 def templateflow_home() -> Path:
     """The folder templateflow uses now (``$TEMPLATEFLOW_HOME`` or its default)."""
-    from qsmflow import templates
+    from qsmflow.atlases import templateflow as templates
 
     return Path(templates.client().cache.config.root)
 
@@ -196,7 +192,7 @@ def resolve(queries) -> tuple[list[Resolved], list[str]]:
     problems : list of str
         One line per query a run could not use: no match, or several.
     """
-    from qsmflow import templates
+    from qsmflow.atlases import templateflow as templates
 
     resolved, problems = [], []
     for query in queries:
@@ -216,7 +212,7 @@ def resolve(queries) -> tuple[list[Resolved], list[str]]:
 
 
 def _no_match_fix(query: Query) -> str:
-    from qsmflow import templates
+    from qsmflow.atlases import templateflow as templates
 
     known = templates.client().templates()
     if query.template not in known:
@@ -251,7 +247,7 @@ def fetch(resolved, *, echo=print) -> tuple[int, int]:
     PrefetchError
         A download failed (no network, server error) or gave an incomplete file.
     """
-    from qsmflow import templates
+    from qsmflow.atlases import templateflow as templates
 
     client = templates.client()
     fetched = present = 0
@@ -292,7 +288,7 @@ def precompute_transforms(template: str, resolution: int, names, *, nthreads: in
     """Compute the template-to-template transforms a run with ``--template template
     --template-resolution resolution`` needs for atlases ``names`` (those living in another
     template, e.g. SUIT), into the run-time cache (``$QSMFLOW_CACHE/xfm``), through the
-    run-time code (:func:`qsmflow.workflows.registration.precompute_template_transforms`).
+    run-time code (:func:`qsmflow.atlases.transforms.precompute_template_transforms`).
 
     Returns
     -------
@@ -304,8 +300,8 @@ def precompute_transforms(template: str, resolution: int, names, *, nthreads: in
     PrefetchError
         A template file is missing or the cache cannot be written.
     """
-    from qsmflow.templates import TemplateError
-    from qsmflow.workflows.registration import precompute_template_transforms, transform_cache
+    from qsmflow.atlases.templateflow import TemplateError
+    from qsmflow.atlases.transforms import precompute_template_transforms, transform_cache
 
     echo(f'template-to-template transforms to {template} (resolution {resolution}) into '
          f'{transform_cache()}: antspyx, about a minute each unless cached')
@@ -393,76 +389,3 @@ def _size(files) -> str:
     return f'{total / 1e6:.1f} MB' if total >= 1e5 else f'{total / 1e3:.1f} kB'
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    tpl, res = run_defaults()
-    parser = argparse.ArgumentParser(
-        prog='qsmflow fetch-templates',
-        description='Download every template and atlas file qsmflow uses (registration '
-                    f'template {tpl} at resolution {res} and the resolutions of its atlases, '
-                    'every atlas of bids_specs/atlases.json and the templates they live in) '
-                    'into $TEMPLATEFLOW_HOME, for offline runs. Then use it with '
-                    'TEMPLATEFLOW_HOME=<that folder> TEMPLATEFLOW_AUTOUPDATE=0.')
-    parser.add_argument('--template', action='append', default=[], metavar='NAME',
-                        help='another registration template to prefetch (repeatable)')
-    parser.add_argument('--template-resolution', action='append', default=[], type=int,
-                        metavar='RES',
-                        help='another resolution of every registration template (repeatable)')
-    parser.add_argument('--dry-run', '--list', action='store_true', dest='dry_run',
-                        help='list each query and the files it resolves to; download nothing '
-                             '(works offline)')
-    parser.add_argument('--transforms', action='store_true',
-                        help='also compute the atlas template-to-template transforms (e.g. '
-                             'SUIT to the registration template, a minute of antspyx) into '
-                             '$QSMFLOW_CACHE, so that runs need not')
-    parser.add_argument('--omp-nthreads', type=int, default=os.cpu_count() or 1, metavar='N',
-                        help='threads for --transforms (default: all CPUs)')
-    return parser
-
-
-def main(argv=None) -> int:
-    """``qsmflow fetch-templates [--template NAME] [--dry-run] [--transforms]``."""
-    opts = _build_parser().parse_args(argv)
-    try:
-        return _run(opts)
-    except PrefetchError as exc:
-        print(f'qsmflow: error: {exc}', file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as exc:  # TEMPLATEFLOW_HOME cannot be created or indexed
-        home = os.environ.get('TEMPLATEFLOW_HOME', '~/.cache/templateflow')
-        print(f'qsmflow: error: cannot use TEMPLATEFLOW_HOME {home} ({_cause(exc)}): set '
-              'TEMPLATEFLOW_HOME to a writable folder',
-              file=sys.stderr)
-        return EXIT_FAILED
-
-
-def _run(opts) -> int:
-    queries = plan(opts.template, opts.template_resolution)
-    resolved, problems = resolve(queries)
-    home = templateflow_home()
-    print(f'TEMPLATEFLOW_HOME: {home}')
-    if opts.dry_run:
-        for item in resolved:
-            print(f'{item.query}  [{item.query.purpose}]')
-            for path in item.files:
-                state = ('present, ' + _size([path]) if path not in item.missing
-                         else 'to fetch')
-                print(f'    {_rel(path)}  ({state})')
-        for line in problems:
-            print(f'qsmflow: error: {line}', file=sys.stderr)
-        missing = sum(len(item.missing) for item in resolved)
-        print(f'{len(resolved)} queries, {sum(len(i.files) for i in resolved)} files, '
-              f'{missing} to fetch (dry run: nothing downloaded)')
-        return EXIT_FAILED if problems else EXIT_OK
-    if problems:
-        raise PrefetchError(problems[0] + (f' (and {len(problems) - 1} more problems: '
-                                           'see --dry-run)' if len(problems) > 1 else ''))
-    fetched, present = fetch(resolved)
-    files = [f for item in resolved for f in item.files]
-    print(f'{fetched} files fetched, {present} already present ({_size(files)} in {home}); '
-          f'offline runs: TEMPLATEFLOW_HOME={home} TEMPLATEFLOW_AUTOUPDATE=0')
-    if opts.transforms:
-        default_template, resolution = run_defaults()
-        for template in dict.fromkeys([default_template, *opts.template]):
-            precompute_transforms(template, resolution, list(atlas_specs()),
-                                  nthreads=max(1, opts.omp_nthreads))
-    return EXIT_OK

@@ -46,7 +46,7 @@ class RunMonitor:
     """
 
     def __init__(self, acquisitions, steps, out_dir, on_complete, stream=None):
-        from qsmflow.staging import name_prefix
+        from qsmflow.execution.staging import name_prefix
 
         self.acqs = {a.name: a for a in acquisitions}
         self.labels = {a.name: name_prefix(a) for a in acquisitions}

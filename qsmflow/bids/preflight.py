@@ -4,7 +4,7 @@
 Reads every file once and catches what would otherwise fail (or silently mislead) deep in
 the pipeline: unreadable or truncated NIfTIs, 2D data, grids that differ between echoes,
 volume counts that do not match the echo times, NaN/Inf voxels, an all-zero magnitude and
-phase whose scaling cannot be told. Problems raise :class:`qsmflow.inputs.InputError`
+phase whose scaling cannot be told. Problems raise :class:`qsmflow.bids.inputs.InputError`
 (one line naming the file and the fix); tolerable oddities become warnings on the
 acquisition. :func:`preflight` runs the checks for every participant and reports.
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from qsmflow import bids_specs
-from qsmflow.inputs import Acquisition, InputError
+from qsmflow.errors import InputError
+from qsmflow.bids.inputs import Acquisition
 from qsmflow.qsm.phase import infer_phase_units, phase_range
 
 _REEXPORT = 're-export the file (e.g. with dcm2niix)'
@@ -195,7 +196,7 @@ def preflight(acquisitions: dict, failures: dict, log=print, brain_masks=None) -
             for acq in acqs:
                 summary = check_images(acq)
                 if brain_masks:
-                    from qsmflow.derivatives import check_brain_mask
+                    from qsmflow.bids.derivatives import check_brain_mask
 
                     check_brain_mask(brain_masks, acq)
                 shape = summary['shape']

@@ -11,6 +11,7 @@ specific one (most entities matched) is taken; two equally specific ones are amb
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 #: Acquisition entities (BIDS key → key of ``Acquisition.entities``) a file must agree on.
@@ -179,7 +180,7 @@ def check_brain_mask(deriv_dir, acq) -> Path:
     ----------
     deriv_dir : str or Path
         The ``--brain-masks`` folder.
-    acq : :class:`qsmflow.inputs.Acquisition`
+    acq : :class:`qsmflow.bids.inputs.Acquisition`
         The acquisition (its first magnitude file sets the grid).
 
     Returns
@@ -189,15 +190,15 @@ def check_brain_mask(deriv_dir, acq) -> Path:
 
     Raises
     ------
-    qsmflow.inputs.InputError
+    qsmflow.bids.inputs.InputError
         One line: no or ambiguous mask (with the expected pattern), unreadable file,
         several volumes, or no brain voxel on the GRE grid.
     """
     import nibabel as nb
     import numpy as np
 
-    from qsmflow.inputs import InputError
-    from qsmflow.regions import resample_labels
+    from qsmflow.errors import InputError
+    from qsmflow.qsm.regions import resample_labels
 
     try:
         path = find_brain_mask(deriv_dir, acq.entities)
@@ -219,6 +220,51 @@ def check_brain_mask(deriv_dir, acq) -> Path:
         raise InputError(f'{path}: brain mask has no brain voxel on the GRE grid of '
                          f'{Path(acq.mag_files[0]).name} (is it in the same scanner space?)')
     return path
+
+
+def find_segmentation(deriv_dir, entities: dict) -> tuple[str, str] | None:
+    """Find a participant's ``_dseg.nii[.gz]`` and its lookup table in a derivatives folder.
+
+    The image is ``sub-<l>[/ses-<l>]/anat/sub-<l>…_dseg.nii[.gz]``; when several match,
+    the one sharing the acquisition's ``acq-``/``run-`` entities is preferred. The lookup
+    table is the ``.tsv`` beside the image or ``dseg.tsv`` at the folder root.
+
+    Parameters
+    ----------
+    deriv_dir : str or Path
+        BIDS derivatives folder.
+    entities : dict
+        BIDS entities of the acquisition (``subject``, optional ``session``...).
+
+    Returns
+    -------
+    (str, str) or None
+        Paths of the image and lookup table; None when the participant has none.
+
+    Raises
+    ------
+    FileNotFoundError
+        When an image exists but no lookup table does.
+    """
+    root = Path(deriv_dir)
+    folder = root / f'sub-{entities["subject"]}'
+    if entities.get('session'):
+        folder = folder / f'ses-{entities["session"]}'
+    found = sorted((folder / 'anat').glob(f'sub-{entities["subject"]}*_dseg.nii*'))
+    if not found:
+        return None
+
+    def score(path):
+        return sum(f'_{key}-{entities[ent]}_' in path.name
+                   for key, ent in (('acq', 'acquisition'), ('run', 'run'))
+                   if entities.get(ent))
+
+    image = max(found, key=score)
+    beside = Path(re.sub(r'\.nii(\.gz)?$', '.tsv', str(image)))
+    for lut in (beside, root / 'dseg.tsv'):
+        if lut.exists():
+            return str(image), str(lut)
+    raise FileNotFoundError(f'{image} has no dseg.tsv beside it nor at {root}')
 
 
 def _label(entities: dict) -> str:

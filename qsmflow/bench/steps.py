@@ -11,7 +11,6 @@ grid (the floor of any FFT-based step).
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import platform
@@ -20,24 +19,6 @@ import time
 import tracemalloc
 
 import numpy as np
-
-
-def _build_parser():
-    parser = argparse.ArgumentParser(prog='qsmflow bench', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--size', choices=['tiny', 'small', 'full'],
-                        help='phantom grid (default: full, 1 mm 144×176×144; with --cohort: '
-                             'small, 2 mm, as the demo)')
-    parser.add_argument('--repeat', type=int, default=1, help='runs per step (best is kept)')
-    parser.add_argument('--oblique', type=float, default=15.0, metavar='DEG',
-                        help='acquisition tilt in degrees (default: %(default)s)')
-    parser.add_argument('--methods', nargs='+', default=None,
-                        help='inversion methods to time (default: all available)')
-    parser.add_argument('--cohort', nargs='+', type=int, metavar='N',
-                        help='instead: time whole participant-level runs (registration and '
-                             'tables included) of N demo participants each, e.g. 1 2 4 8')
-    parser.add_argument('--nprocs', type=int, default=2,
-                        help='with --cohort: Nipype processes (default: %(default)s)')
-    return parser
 
 
 def _timed(label, func, repeat, rows):
@@ -56,28 +37,22 @@ def _timed(label, func, repeat, rows):
     return result
 
 
-def main(argv=None) -> int:
-    """Run the benchmark and print a table; returns 0."""
+def run_steps(opts) -> int:
+    """Time every reconstruction step (``qsmflow bench`` options ``opts``); returns 0."""
     from qsmflow.phantom.bids import DEFAULT_B0_TESLA, DEFAULT_ECHO_TIMES_S, oblique_affine
     from qsmflow.phantom.forward import simulate_megre
     from qsmflow.phantom.head import DEEP_GM, make_head
     from qsmflow.qsm import bgremove, echoes, inversion, kernels, mask, metrics, reference
 
-    opts = _build_parser().parse_args(argv)
-    if opts.cohort:
-        from qsmflow.bench_cohort import main as cohort_main
-
-        return cohort_main(opts.cohort, nprocs=opts.nprocs,
-                           size=opts.size or 'small')
-    opts.size = opts.size or 'full'
-    head = make_head(size=opts.size)
+    size = opts.size or 'full'
+    head = make_head(size=size)
     vox = head.voxel_size_mm
     affine = oblique_affine(head.labels.shape, vox, opts.oblique)
     b0_dir = kernels.b0_dir_from_affine(affine)
     mag, phase, truth = simulate_megre(head, DEFAULT_ECHO_TIMES_S, DEFAULT_B0_TESLA, b0_dir,
                                        snr=100.0, rng=np.random.default_rng(0))
     tes = list(DEFAULT_ECHO_TIMES_S)
-    print(f'qsmflow bench: phantom {opts.size} {head.labels.shape} at {vox} mm, '
+    print(f'qsmflow bench: phantom {size} {head.labels.shape} at {vox} mm, '
           f'{len(tes)} echoes, B0 tilt {opts.oblique} deg')
     print(f'  machine: {platform.machine()}, {os.cpu_count()} CPUs, '
           f'python {platform.python_version()}, FFT workers {kernels.FFT_WORKERS}')

@@ -5,37 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from qsmflow.inputs import InputError
-
-
-def add_arguments(parser) -> None:
-    """Add the 'Registration and regional tables' argument group to ``parser``."""
-    group = parser.add_argument_group('Registration and regional tables')
-    group.add_argument('--template', default='MNI152NLin2009cAsym', metavar='NAME',
-                       help='templateflow template to register to (default: %(default)s; '
-                            'offline: prefill TEMPLATEFLOW_HOME)')
-    group.add_argument('--template-resolution', type=int, default=2, metavar='RES',
-                       help='templateflow resolution of the registration target '
-                            '(default: %(default)s)')
-    group.add_argument('--atlases', nargs='+', metavar='NAME',
-                       help='atlases of bids_specs/atlases.json to tabulate '
-                            '(default: MASSP20 Diedrichsen2009)')
-    group.add_argument('--atlas', type=Path, metavar='PATH', help='custom atlas label image')
-    group.add_argument('--atlas-labels', type=Path, metavar='TSV',
-                       help='lookup table (index, name) of --atlas')
-    group.add_argument('--atlas-template', type=Path, metavar='IMAGE',
-                       help='template image the custom --atlas is defined on (the brain-masked '
-                            'magnitude is registered to it: skull-stripped, or give '
-                            '--atlas-template-mask)')
-    group.add_argument('--atlas-template-mask', type=Path, metavar='MASK',
-                       help='brain mask of --atlas-template, for a template with skull and scalp')
-    group.add_argument('--segmentations', type=Path, metavar='DERIV_DIR',
-                       help='BIDS derivatives folder with sub-<l>[/ses-<l>]/anat/*_dseg.nii[.gz] '
-                            'in each participant\'s scanner space and a dseg.tsv')
-    group.add_argument('--erode-rois', action='store_true',
-                       help='erode every region by one voxel against partial volume')
-    group.add_argument('--skip-registration', action='store_true',
-                       help='no template registration (tables only from --segmentations)')
+from qsmflow.errors import InputError
 
 
 def regions_options(opts) -> dict | None:
@@ -47,8 +17,8 @@ def regions_options(opts) -> dict | None:
     and so needs no templateflow download at all.
     """
     from qsmflow.bids_specs import load
-    from qsmflow.templates import TemplateError
-    from qsmflow.workflows.registration import custom_atlas, resolve_atlas, template_files
+    from qsmflow.atlases.templateflow import TemplateError
+    from qsmflow.atlases.specs import custom_atlas, resolve_atlas, template_files
 
     out = {'erode': bool(getattr(opts, 'erode_rois', False)), 'template': None, 'atlases': []}
     seg = getattr(opts, 'segmentations', None)

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Benchmark: registration of a 1 mm whole head (``python -m qsmflow.bench_registration``).
+"""Benchmark: registration of a 1 mm whole head (``python -m qsmflow.bench.registration``).
 
 The moving image is the phantom's combined-magnitude-like image (M0 · exp(−R2*·TE) over
 the default echoes, root-sum-of-squares, brain-masked) at 1 mm, turned and shifted in
@@ -27,13 +27,13 @@ def _moving(head, tes_s, affine) -> nb.Nifti1Image:
 
 def main(argv=None) -> int:
     """Time one registration of the phantom to its template; print the seconds."""
-    from qsmflow.demo import DEMO_POSE
+    from qsmflow.cli.demo import DEMO_POSE
     from qsmflow.interfaces.registration import REGISTRATION_THREADS, register
     from qsmflow.phantom.bids import DEFAULT_ECHO_TIMES_S, oblique_affine
     from qsmflow.phantom.head import make_head
     from qsmflow.phantom.template import write_template
 
-    parser = argparse.ArgumentParser(prog='python -m qsmflow.bench_registration')
+    parser = argparse.ArgumentParser(prog='python -m qsmflow.bench.registration')
     parser.add_argument('--size', choices=['full', 'small', 'tiny'], default='full')
     parser.add_argument('--template-size', choices=['full', 'small', 'tiny'], default='small')
     opts = parser.parse_args(argv)

@@ -32,7 +32,7 @@ def run_demo(directory, *, size='small', nprocs=1, oblique_deg=0.0) -> int:
     from qsmflow.phantom.bids import write_dataset
     from qsmflow.phantom.head import SIZES
     from qsmflow.phantom.template import ATLAS, TEMPLATE, write_template
-    from qsmflow.run import run_participants
+    from qsmflow.cli.participant import run_participants
 
     root = Path(directory).expanduser().absolute()
     bids_dir, truth_dir, out_dir = root / 'rawdata', root / 'truth', root / 'qsmflow'
@@ -129,7 +129,7 @@ def atlas_dice(out_dir, truth_dir, sub, atlas: str = 'Phantom') -> dict:
     import nibabel as nb
 
     from qsmflow.phantom.head import DEEP_GM
-    from qsmflow.regions import dice
+    from qsmflow.qsm.regions import dice
 
     anat = Path(out_dir) / sub / 'anat'
     found = sorted(anat.glob(f'{sub}*_atlas-{atlas}_dseg.nii.gz'))

@@ -3,7 +3,7 @@
 
 Accepted layouts: one 3D file per echo (``echo-<n>``) or one 4D file per part with
 ``EchoTime`` as a list; parts ``mag``/``phase`` or ``real``/``imag``; a single echo. The
-image contents are checked by :mod:`qsmflow.preflight`. Every problem is raised as
+image contents are checked by :mod:`qsmflow.bids.preflight`. Every problem is raised as
 :class:`InputError`, whose message is one line naming the file and the fix. The rules
 (suffix, parts, required metadata, limits) come from ``bids_specs/inputs.json``.
 """
@@ -15,10 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qsmflow import bids_specs
-
-
-class InputError(Exception):
-    """A problem with the input data or the invocation; its text is a one-line message."""
+from qsmflow.errors import InputError
 
 
 _LABEL_RE = re.compile(r'^[A-Za-z0-9]+$')
@@ -39,7 +36,7 @@ class Acquisition:
     complex_parts: str = 'mag/phase'
     #: ``'echo'``: one 3D file per echo; ``'4d'``: one file per part, a volume per echo.
     layout: str = 'echo'
-    #: Pre-flight warnings (one line each), filled by :func:`qsmflow.preflight.check_images`.
+    #: Pre-flight warnings (one line each), filled by :func:`qsmflow.bids.preflight.check_images`.
     warnings: list = field(default_factory=list)
 
     @property
@@ -338,10 +335,3 @@ def _in_range(value, key, path, rule) -> float:
             f'{path}: {key} = {val} {rule["unit"]} is outside ({rule["min"]}, {rule["max"]}]'
             f'{hint}; {rule["fix"]}')
     return val
-
-
-def check_images(acq: Acquisition) -> tuple[int, ...]:
-    """Pre-flight check of the images of ``acq`` (see :func:`qsmflow.preflight.check_images`)."""
-    from qsmflow.preflight import check_images as _check
-
-    return _check(acq)['shape']

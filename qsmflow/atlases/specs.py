@@ -1,0 +1,103 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Templates and atlases as files: templateflow queries of ``bids_specs/atlases.json``,
+user atlases, and how each atlas reaches the registration template."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+#: Default registration template (templateflow identifier).
+DEFAULT_TEMPLATE = 'MNI152NLin2009cAsym'
+
+
+def template_files(template: str, resolution: int | None = 2) -> dict:
+    """T1w image and brain mask of a templateflow template (fetched through the API)."""
+    from qsmflow.atlases import templateflow as templates
+
+    res = {'resolution': resolution} if resolution else {}
+    out = {'image': str(templates.get(template, suffix='T1w', extension='.nii.gz', **res))}
+    try:
+        out['mask'] = str(templates.get(template, suffix='mask', desc='brain',
+                                        extension='.nii.gz', **res))
+    except templates.TemplateError:
+        out['mask'] = None
+    return out
+
+
+def resolve_atlases(template: str, names, *, custom: dict | None = None,
+                    resolution: int | None = 2) -> list[dict]:
+    """Atlas files (templateflow queries of ``bids_specs/atlases.json``) and how to reach them.
+
+    Parameters
+    ----------
+    template : str
+        Registration template (templateflow identifier).
+    names : list of str
+        Atlas names (keys of ``atlases.json``).
+    custom : dict, optional
+        ``{'image', 'lut', 'template_image'}`` of a user atlas (``--atlas``...).
+    resolution : int, optional
+        Template resolution used as registration target when an atlas lives in another
+        template (SUIT → ``template``).
+
+    Returns
+    -------
+    list of dict
+        One entry per atlas (:func:`resolve_atlas`), then the custom atlas
+        (:func:`custom_atlas`).
+
+    Raises
+    ------
+    qsmflow.atlases.templateflow.TemplateError
+        When a file cannot be found or downloaded.
+    """
+    out = [resolve_atlas(template, name, resolution=resolution) for name in names]
+    if custom:
+        out.append(custom_atlas(custom))
+    return out
+
+
+def resolve_atlas(template: str, name: str, *, resolution: int | None = 2) -> dict:
+    """Files of one atlas of ``bids_specs/atlases.json`` and the way to the native grid.
+
+    Returns
+    -------
+    dict
+        ``name``, ``image``, ``lut``, ``source`` (provenance for the sidecars) and ``via``:
+        None when the atlas lives in ``template``, else ``{'name', 'moving', 'to', 'fixed'}``:
+        the atlas's own template image (``moving``) registered once to ``template``'s T1w
+        (``fixed``) and cached (:func:`cached_template_transform`).
+    """
+    from qsmflow import bids_specs
+    from qsmflow.atlases import templateflow as templates
+
+    spec = bids_specs.load('atlases')['atlases'][name]
+    entry = {'name': name, 'image': str(templates.get(spec['template'], **spec['query'])),
+             'lut': str(templates.get(spec['template'], **spec['lut_query'])),
+             'source': {'TemplateflowQuery': spec['query']}, 'via': None}
+    if spec['template'] != template:
+        moving = templates.get(spec['template'], **spec.get('template_query', {
+            'suffix': 'T1w', 'extension': '.nii.gz'}))
+        entry['via'] = {'name': spec['template'], 'moving': str(moving), 'to': template,
+                        'fixed': template_files(template, resolution)['image']}
+        entry['source']['TemplateToTemplate'] = (
+            f'{spec["template"]} T1w registered to {template} T1w with antspyx (identity '
+            'start, rigid, affine, SyN), computed once and cached')
+    return entry
+
+
+def custom_atlas(custom: dict) -> dict:
+    """Entry of a user atlas (``--atlas PATH --atlas-labels TSV --atlas-template IMAGE``).
+
+    The labels are registered to their own template image (``template_image``, masked by
+    the optional ``template_mask``), not to the registration template.
+    """
+    image, lut, tpl = (str(Path(custom[k]).absolute()) for k in ('image', 'lut',
+                                                               'template_image'))
+    entry = {'name': 'custom', 'image': image, 'lut': lut, 'template_image': tpl, 'via': None,
+             'source': {'Description': 'user atlas (--atlas, --atlas-labels, --atlas-template)',
+                        'Template': tpl, 'Atlas': image, 'LookupTable': lut}}
+    if custom.get('template_mask'):
+        entry['template_mask'] = str(Path(custom['template_mask']).absolute())
+        entry['source']['TemplateMask'] = entry['template_mask']
+    return entry

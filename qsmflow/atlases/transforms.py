@@ -1,0 +1,183 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The template-to-template transform cache (e.g. SUIT → MNI), keyed on content and locked."""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+from qsmflow.atlases.specs import DEFAULT_TEMPLATE, resolve_atlases
+
+
+def precompute_template_transforms(template: str = DEFAULT_TEMPLATE, names=None, *,
+                                   resolution: int | None = 2, nthreads: int = 1) -> list:
+    """Fill the transform cache for the atlases that live in another template (SUIT).
+
+    For containers and offline machines: run once after prefilling ``TEMPLATEFLOW_HOME``
+    so that participant runs read the template-to-template transforms from the cache.
+
+    Returns
+    -------
+    list of (str, str)
+        ``(warp, affine)`` paths, one pair per such atlas.
+    """
+    from qsmflow import bids_specs
+
+    names = names or bids_specs.load('atlases')['default_atlases']
+    out = []
+    for atlas in resolve_atlases(template, names, resolution=resolution):
+        if atlas['via']:
+            via = atlas['via']
+            out.append(cached_template_transform(via['moving'], via['fixed'], via['name'],
+                                                 nthreads, to=via['to']))
+    return out
+
+
+#: Version of the template-to-template registration recipe; part of the cache key, so a
+#: change of method invalidates transforms cached by earlier versions.
+TEMPLATE_XFM_VERSION = 1
+
+
+def transform_cache() -> Path:
+    """Folder of the cached template-to-template transforms.
+
+    ``$QSMFLOW_CACHE/xfm``, by default ``~/.cache/qsmflow/xfm``.
+    """
+    import os
+
+    root = os.environ.get('QSMFLOW_CACHE') or '~/.cache/qsmflow'
+    return Path(root).expanduser() / 'xfm'
+
+
+def template_transform_key(moving, fixed, name: str, to: str | None = None) -> str:
+    """Cache key of a template-to-template transform.
+
+    ``from-<name>_to-<to>_<digest>``, where the digest covers the contents of both images,
+    the registration settings and :data:`TEMPLATE_XFM_VERSION` (a re-downloaded identical
+    template reuses the transform; a changed template or recipe does not).
+    """
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps({'version': TEMPLATE_XFM_VERSION, **_reproducibility(),
+                              'settings': _registration_settings()},
+                             sort_keys=True, default=str).encode())
+    for path in (moving, fixed):
+        with open(path, 'rb') as fobj:
+            for block in iter(lambda: fobj.read(1 << 20), b''):
+                digest.update(block)
+    label = re.sub(r'[^0-9a-zA-Z]', '', to or template_name(fixed))
+    return f'from-{re.sub(r"[^0-9a-zA-Z]", "", name)}_to-{label}_{digest.hexdigest()[:16]}'
+
+
+def cached_template_transform(moving, fixed, name, nthreads=1, *, to=None):
+    """Template-to-template transform (e.g. SUIT T1w → MNI T1w), computed once and cached.
+
+    The two templates share a world space only approximately (SUIT is a cerebellar crop in
+    MNI-like coordinates), so the registration starts from the identity, not from the
+    centres of mass, then runs rigid, affine and SyN (the subject registration's settings).
+    The result lives in :func:`transform_cache` under :func:`template_transform_key`, with
+    a JSON record of how it was made; concurrent runs wait on a file lock instead of
+    computing it twice.
+
+    Parameters
+    ----------
+    moving, fixed : str
+        T1w images of the atlas's template (moving) and of the registration template.
+    name : str
+        Identifier of the moving template (``SUIT``).
+    nthreads : int
+        ITK threads.
+    to : str, optional
+        Identifier of the fixed template (default: from its ``tpl-<id>`` file name).
+
+    Returns
+    -------
+    (str, str)
+        Paths of the warp (.nii.gz) and affine (.mat), to be applied in this order with
+        ``fixed`` as the reference (they map ``moving`` onto ``fixed``).
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    cache = transform_cache()
+    key = template_transform_key(moving, fixed, name, to)
+    warp, affine = cache / f'{key}_warp.nii.gz', cache / f'{key}_affine.mat'
+    if warp.exists() and affine.exists():
+        return str(warp), str(affine)
+    cache.mkdir(parents=True, exist_ok=True)
+    with _locked(cache / f'.{key}.lock'):
+        if warp.exists() and affine.exists():  # computed by a concurrent run meanwhile
+            return str(warp), str(affine)
+        with tempfile.TemporaryDirectory(dir=cache, prefix=f'.{key}.') as tmp:
+            out = register_templates(fixed, moving, tmp, nthreads=nthreads)
+            record = {'From': name, 'To': to or template_name(fixed),
+                      'Moving': str(moving), 'Fixed': str(fixed),
+                      'Software': f'antspyx {out["version"]}',
+                      'Method': 'identity start, rigid, affine (Mattes MI), SyN',
+                      'Settings': _registration_settings(), **_reproducibility(),
+                      'Version': TEMPLATE_XFM_VERSION}
+            rec = Path(tmp) / 'record.json'
+            rec.write_text(json.dumps(record, indent=2, default=str) + '\n')
+            for src, dest in ((out['affine'], affine), (out['warp'], warp),
+                              (rec, cache / f'{key}.json')):
+                part = dest.with_name(f'.{dest.name}.tmp{os.getpid()}')
+                shutil.copyfile(src, part)
+                os.replace(part, dest)
+    return str(warp), str(affine)
+
+
+def register_templates(fixed, moving, out_dir, *, nthreads: int = 1) -> dict:
+    """Register one template's T1w to another's, starting from the identity (antspyx).
+
+    The subject registration's settings and reproducibility (fixed seed and thread count,
+    a fresh process: :func:`qsmflow.interfaces.registration.register`), except for the
+    identity start. Returns ``warp`` (.nii.gz) and ``affine`` (.mat) paths in ``out_dir``
+    (moving → fixed) and the antspyx ``version``.
+    """
+    from qsmflow.interfaces.registration import register
+
+    out = register(fixed, moving, out_dir, nthreads=nthreads,
+                   settings=_registration_settings())
+    return {k: out[k] for k in ('warp', 'affine', 'version')}
+
+
+def _registration_settings() -> dict:
+    """``ants.registration`` arguments of the template-to-template step."""
+    from qsmflow.interfaces.registration import REGISTRATION
+
+    return {**REGISTRATION, 'initial_transform': 'Identity'}
+
+
+def _reproducibility() -> dict:
+    """ANTs seed and registration thread count (the result depends on both)."""
+    from qsmflow.interfaces import registration
+
+    return {'RandomSeed': getattr(registration, 'RANDOM_SEED', None),
+            'Threads': getattr(registration, 'REGISTRATION_THREADS', None)}
+
+
+def template_name(path) -> str:
+    """Template identifier from a templateflow file name (``tpl-<id>_…``), else the stem."""
+    name = Path(path).name
+    match = re.match(r'tpl-([0-9a-zA-Z]+)', name)
+    return match.group(1) if match else re.sub(r'\.nii(\.gz)?$', '', name)
+
+
+@contextmanager
+def _locked(path):
+    """Exclusive advisory lock on ``path`` (POSIX ``flock``; no-op where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, 'a') as fobj:
+        fcntl.flock(fobj, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fobj, fcntl.LOCK_UN)

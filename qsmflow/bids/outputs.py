@@ -1,0 +1,48 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The derivatives dataset: its description, the files each acquisition must produce, and
+the removal of a failed acquisition's partial outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from qsmflow import __version__, bids_specs
+from qsmflow.interfaces.base import write_json
+
+
+def expected_outputs(acq, out_dir) -> list[Path]:
+    """Derivative paths one acquisition must produce."""
+    from qsmflow.workflows.outputs import QSM_OUTPUTS
+
+    return [bids_specs.output_path(out_dir, k, acq.entities) for k in QSM_OUTPUTS]
+
+
+def remove_partial_outputs(acq, out_dir) -> list[Path]:
+    """Delete the derivatives (and sidecars) of a failed acquisition: no half-written set."""
+    from qsmflow.interfaces.base import sidecar_of
+
+    removed = []
+    for path in expected_outputs(acq, out_dir):
+        for item in (path, Path(sidecar_of(path))):
+            if item.exists():
+                item.unlink()
+                removed.append(item)
+    return removed
+
+
+def init_output_dataset(out_dir: Path, bids_dir: Path) -> None:
+    """Write ``dataset_description.json`` and ``.bidsignore`` of the derivatives dataset."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    desc = {
+        'Name': 'qsmflow outputs',
+        'BIDSVersion': '1.10.0',
+        'DatasetType': 'derivative',
+        'GeneratedBy': [{'Name': 'qsmflow', 'Version': __version__,
+                         'CodeURL': 'https://pypi.org/project/qsmflow/'}],
+        'DatasetLinks': {'raw': bids_dir.absolute().as_uri()},
+    }
+    write_json(out_dir / 'dataset_description.json', desc)
+    ignore = out_dir / '.bidsignore'
+    lines = bids_specs.load('outputs')['bidsignore']
+    tmp = ignore.with_name('.bidsignore.tmp')
+    tmp.write_text('\n'.join(lines) + '\n')
+    tmp.replace(ignore)

@@ -1,0 +1,243 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ``qsmflow`` argument parsers: one place for every flag and its default.
+
+``qsmflow BIDS_DIR OUT_DIR participant|group`` is the BIDS-App form; the tool commands
+(``demo``, ``bench``, ``fetch-templates``) are argparse sub-commands of
+:func:`build_tools_parser`. :func:`qsmflow.cli.main.main` tells the two apart by the
+BIDS-App analysis level in third position, so a BIDS folder named ``demo`` is still a
+BIDS folder. Building a parser has no side effects.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from qsmflow import __version__
+
+#: Default registration template and its templateflow resolution (``--template``,
+#: ``--template-resolution``); :mod:`qsmflow.atlases.prefetch` plans with the same values.
+DEFAULT_TEMPLATE = 'MNI152NLin2009cAsym'
+DEFAULT_TEMPLATE_RESOLUTION = 2
+
+#: Exit codes: 0 all done, 1 some participant failed, 2 bad invocation or input.
+#: Nipype plugins selectable with ``--plugin``.
+PLUGINS = ('linear', 'multiproc', 'slurm', 'slurmgraph', 'sge', 'sgegraph', 'pbs', 'pbsgraph')
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+_DESCRIPTION = """\
+qsmflow: quantitative susceptibility mapping (QSM) of the brain from BIDS multi-echo GRE.
+Reads sub-*/[ses-*/]anat/*[_echo-<n>]_part-<mag|phase|real|imag>_MEGRE.nii[.gz] (one 3D
+file per echo, or one 4D file with EchoTime as a list; phase in rad or scanner integers) and
+writes susceptibility maps (ppm), masks and field maps as a BIDS derivatives dataset in OUT_DIR.
+Every input is checked before any computation (pre-flight report per participant).
+Other commands: 'qsmflow demo DIR' builds a synthetic phantom dataset and processes it;
+'qsmflow bench' times every reconstruction step on the 1 mm phantom;
+'qsmflow fetch-templates' fills TEMPLATEFLOW_HOME for offline use (containers, clusters)."""
+
+
+def _positive_int(value):
+    ivalue = int(value)
+    if ivalue < 1:
+        raise argparse.ArgumentTypeError(f'{value} is not a positive integer')
+    return ivalue
+
+
+def _positive_float(value):
+    fvalue = float(value)
+    if fvalue <= 0:
+        raise argparse.ArgumentTypeError(f'{value} is not a positive number')
+    return fvalue
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The BIDS-App argument parser (``qsmflow BIDS_DIR OUT_DIR participant|group``)."""
+    from qsmflow.config.presets import available_presets
+
+    parser = argparse.ArgumentParser(
+        prog='qsmflow', description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('bids_dir', type=Path, help='root folder of a BIDS dataset')
+    parser.add_argument('output_dir', type=Path,
+                        help='output folder (a BIDS derivatives dataset; outside bids_dir)')
+    parser.add_argument('analysis_level', choices=['participant', 'group'],
+                        help='processing stage: "participant" reconstructs each participant, '
+                             '"group" builds cohort tables, age norms and plots')
+    parser.add_argument('--version', action='version', version=f'qsmflow {__version__}')
+
+    g_bids = parser.add_argument_group('Options for filtering BIDS queries')
+    g_bids.add_argument('--participant-label', '--participant_label', nargs='+', metavar='LABEL',
+                        help='participants to process (with or without "sub-"; default: all)')
+    g_bids.add_argument('--session-label', nargs='+', metavar='LABEL',
+                        help='sessions to process (with or without "ses-"; default: all)')
+    g_bids.add_argument('--bids-filter-file', '--bids_filter_file', type=Path, metavar='FILE',
+                        help='JSON file of PyBIDS filters for the "megre" query, as in fMRIPrep '
+                             '(e.g. {"megre": {"acquisition": "fast"}})')
+    g_bids.add_argument('--skip-bids-validation', '--skip_bids_validation', action='store_true',
+                        help='do not run bids-validator-deno on the input dataset')
+    g_bids.add_argument('--field-strength', type=_positive_float, metavar='TESLA',
+                        help='B0 in tesla for data whose sidecars lack MagneticFieldStrength')
+
+    g_pipe = parser.add_argument_group('Reconstruction')
+    g_pipe.add_argument('--preset', default='default', metavar='NAME|FILE',
+                        help=f'pipeline preset: {", ".join(available_presets())} or a JSON file '
+                             '(default: %(default)s)')
+    g_pipe.add_argument('--unwrapping', choices=['romeo', 'laplacian'],
+                        help='phase unwrapping (overrides the preset)')
+    g_pipe.add_argument('--masking', choices=['magnitude', 'quality'],
+                        help='brain mask: magnitude only, or minus unreliable phase '
+                             '(overrides the preset)')
+    g_pipe.add_argument('--brain-masks', type=Path, metavar='DERIV_DIR',
+                        help='use your own brain masks: a BIDS derivatives folder with '
+                             'sub-<label>[/ses-<label>]/anat/*_desc-brain_mask.nii[.gz] in the '
+                             'scanner space of the GRE (any grid); replaces the automatic mask')
+    g_pipe.add_argument('--two-pass', action=argparse.BooleanOptionalAction, default=None,
+                        help='two-pass inversion: reconstruct inside a strict phase-quality '
+                             'mask, then fill the excluded voxels from a reconstruction in the '
+                             'generous brain mask (default: as the preset says)')
+    g_pipe.add_argument('--echo-combination', choices=['wls', 'nlcomplex'],
+                        help='echo combination: weighted least squares or nonlinear complex fit '
+                             '(overrides the preset)')
+    g_pipe.add_argument('--bf-removal', choices=['vsharp', 'pdf', 'resharp', 'ismv', 'lbv'],
+                        help='background field removal (overrides the preset)')
+    g_pipe.add_argument('--inversion', choices=['tv', 'rts', 'tkd', 'tikhonov', 'medi', 'lsqr',
+                                                'ilsqr', 'ndi'],
+                        help='dipole inversion (overrides the preset)')
+    g_pipe.add_argument('--reference', choices=['mean', 'csf', 'none'],
+                        help='susceptibility reference (overrides the preset)')
+
+    _add_regions_arguments(parser)
+    g_perf = parser.add_argument_group('Performance')
+    g_perf.add_argument('--nprocs', '--nthreads', type=_positive_int, default=os.cpu_count() or 1,
+                        help='processes for Nipype (1 = Linear plugin; default: all CPUs)')
+    g_perf.add_argument('--omp-nthreads', type=_positive_int,
+                        help='threads per process (FFT workers; default: nprocs)')
+    g_perf.add_argument('--mem-gb', '--mem_gb', type=_positive_float, metavar='GB',
+                        help='memory MultiProc may use at once (default: what the machine has)')
+    g_perf.add_argument('--plugin', choices=PLUGINS, type=str.lower,
+                        help='Nipype execution plugin (default: linear with --nprocs 1, '
+                             'multiproc otherwise); slurm, slurmgraph, sge and pbs submit each '
+                             'step as a cluster job from a shared work directory')
+    g_perf.add_argument('--plugin-args', metavar='JSON|FILE',
+                        help='plugin arguments as a JSON object or a JSON file, passed to '
+                             "Nipype's plugin, e.g. '{\"sbatch_args\": \"-p short\"}'")
+    g_perf.add_argument('-w', '--work-dir', type=Path,
+                        help='Nipype work directory, reused as cache on reruns '
+                             '(default: OUT_DIR/../work)')
+    return parser
+
+
+def _add_regions_arguments(parser) -> None:
+    """Add the 'Registration and regional tables' argument group to ``parser``."""
+    group = parser.add_argument_group('Registration and regional tables')
+    group.add_argument('--template', default=DEFAULT_TEMPLATE, metavar='NAME',
+                       help='templateflow template to register to (default: %(default)s; '
+                            'offline: prefill TEMPLATEFLOW_HOME)')
+    group.add_argument('--template-resolution', type=int, default=DEFAULT_TEMPLATE_RESOLUTION,
+                       metavar='RES',
+                       help='templateflow resolution of the registration target '
+                            '(default: %(default)s)')
+    group.add_argument('--atlases', nargs='+', metavar='NAME',
+                       help='atlases of bids_specs/atlases.json to tabulate '
+                            '(default: MASSP20 Diedrichsen2009)')
+    group.add_argument('--atlas', type=Path, metavar='PATH', help='custom atlas label image')
+    group.add_argument('--atlas-labels', type=Path, metavar='TSV',
+                       help='lookup table (index, name) of --atlas')
+    group.add_argument('--atlas-template', type=Path, metavar='IMAGE',
+                       help='template image the custom --atlas is defined on (the brain-masked '
+                            'magnitude is registered to it: skull-stripped, or give '
+                            '--atlas-template-mask)')
+    group.add_argument('--atlas-template-mask', type=Path, metavar='MASK',
+                       help='brain mask of --atlas-template, for a template with skull and scalp')
+    group.add_argument('--segmentations', type=Path, metavar='DERIV_DIR',
+                       help='BIDS derivatives folder with sub-<l>[/ses-<l>]/anat/*_dseg.nii[.gz] '
+                            'in each participant\'s scanner space and a dseg.tsv')
+    group.add_argument('--erode-rois', action='store_true',
+                       help='erode every region by one voxel against partial volume')
+    group.add_argument('--skip-registration', action='store_true',
+                       help='no template registration (tables only from --segmentations)')
+
+
+TOOLS = ('demo', 'bench', 'fetch-templates')
+
+
+def build_tools_parser() -> argparse.ArgumentParser:
+    """The parser of the tool commands ``qsmflow demo|bench|fetch-templates`` (sub-parsers)."""
+    parser = argparse.ArgumentParser(prog='qsmflow', description=_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--version', action='version', version=f'qsmflow {__version__}')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    demo = sub.add_parser(
+        'demo', help='build the phantom dataset, process it and compare with its truth',
+        description='Write a synthetic two-participant phantom BIDS dataset into DIR/rawdata '
+                    '(ground truth in DIR/truth), reconstruct it into DIR/qsmflow and compare '
+                    'with the truth. Runs offline.')
+    demo.add_argument('directory', type=Path, help='folder to create the demo in')
+    demo.add_argument('--size', choices=['tiny', 'small', 'full'], default='small',
+                      help='phantom resolution: tiny 3 mm, small 2 mm, full 1 mm '
+                           '(default: %(default)s)')
+    demo.add_argument('--nprocs', type=_positive_int, default=os.cpu_count() or 1,
+                      help='processes for Nipype (default: all CPUs)')
+    demo.add_argument('--oblique', type=float, default=0.0, metavar='DEG',
+                      help='tilt the acquisition by DEG degrees (default: 0)')
+
+    bench = sub.add_parser(
+        'bench', help='time and memory of each reconstruction step on the phantom',
+        description='Time and memory of each reconstruction step on the forward-simulated '
+                    'head phantom, exactly as the pipeline calls it; or, with --cohort, of '
+                    'whole participant-level runs.')
+    bench.add_argument('--size', choices=['tiny', 'small', 'full'],
+                       help='phantom grid (default: full, 1 mm 144×176×144; with --cohort: '
+                            'small, 2 mm, as the demo)')
+    bench.add_argument('--repeat', type=_positive_int, default=1,
+                       help='runs per step (best is kept)')
+    bench.add_argument('--oblique', type=float, default=15.0, metavar='DEG',
+                       help='acquisition tilt in degrees (default: %(default)s)')
+    bench.add_argument('--methods', nargs='+', default=None,
+                       help='inversion methods to time (default: all available)')
+    bench.add_argument('--cohort', nargs='+', type=_positive_int, metavar='N',
+                       help='instead: time whole participant-level runs (registration and '
+                            'tables included) of N demo participants each, e.g. 1 2 4 8')
+    bench.add_argument('--nprocs', type=_positive_int, default=2,
+                       help='with --cohort: Nipype processes (default: %(default)s)')
+
+    fetch = sub.add_parser(
+        'fetch-templates', help='fill TEMPLATEFLOW_HOME for offline runs',
+        description='Download every template and atlas file qsmflow uses (registration '
+                    f'template {DEFAULT_TEMPLATE} at resolution {DEFAULT_TEMPLATE_RESOLUTION} '
+                    'and the resolutions of its atlases, every atlas of bids_specs/atlases.json '
+                    'and the templates they live in) into $TEMPLATEFLOW_HOME, for offline '
+                    'runs. Then use it with TEMPLATEFLOW_HOME=<that folder> '
+                    'TEMPLATEFLOW_AUTOUPDATE=0.')
+    fetch.add_argument('--template', action='append', default=[], metavar='NAME',
+                       help='another registration template to prefetch (repeatable)')
+    fetch.add_argument('--template-resolution', action='append', default=[], type=int,
+                       metavar='RES',
+                       help='another resolution of every registration template (repeatable)')
+    fetch.add_argument('--dry-run', '--list', action='store_true', dest='dry_run',
+                       help='list each query and the files it resolves to; download nothing '
+                            '(works offline)')
+    fetch.add_argument('--transforms', action='store_true',
+                       help='also compute the atlas template-to-template transforms (e.g. '
+                            'SUIT to the registration template, a minute of antspyx) into '
+                            '$QSMFLOW_CACHE, so that runs need not')
+    fetch.add_argument('--omp-nthreads', type=_positive_int, default=os.cpu_count() or 1,
+                       metavar='N', help='threads for --transforms (default: all CPUs)')
+    return parser
+
+
+def is_tool_call(argv) -> bool:
+    """Whether ``argv`` is a tool command rather than the BIDS-App form.
+
+    The BIDS-App form has its analysis level third (``BIDS_DIR OUT_DIR participant``), so a
+    BIDS folder named like a command (``qsmflow demo out participant``) stays a BIDS folder.
+
+    >>> is_tool_call(['demo', 'x']), is_tool_call(['demo', 'out', 'participant'])
+    (True, False)
+    >>> is_tool_call(['--help']), is_tool_call(['bench'])
+    (False, True)
+    """
+    positionals = [a for a in argv if not a.startswith('-')]
+    bids_app = len(positionals) >= 3 and positionals[2] in ('participant', 'group')
+    return bool(argv) and argv[0] in TOOLS and not bids_app

@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Run the participant-level workflow: engine, progress, staged publication, failures."""
+from __future__ import annotations
+
+import time
+
+from qsmflow.bids.outputs import expected_outputs, remove_partial_outputs
+from qsmflow.execution.crashes import crash_reason
+
+
+def execute(todo, out_dir, bids_dir, work_dir, pipeline, opts, reports=None) -> dict:
+    """Build and run the workflow; return ``{subject: reason}`` for failed acquisitions.
+
+    Derivatives are written into the staging folder and each acquisition's set is moved
+    into ``out_dir`` as soon as all its steps have finished (:mod:`qsmflow.execution.staging`).
+    """
+    from nipype import config, logging
+
+    from qsmflow.execution import staging
+    from qsmflow.execution.engines import (
+        GRAPH_PLUGINS, apply_resources, is_step, iter_nodes, select_plugin, wait_for_graph_jobs)
+    from qsmflow.execution.progress import RunMonitor, log_path
+    from qsmflow.atlases.options import regions_options
+    from qsmflow.workflows.base import init_qsmflow_wf
+
+    choice, plugin, plugin_args = select_plugin(opts)
+    log_dir = work_dir / 'logs'
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config.update_config({
+        'execution': {'crashdump_dir': str(log_dir), 'crashfile_format': 'txt',
+                      'hash_method': 'content', 'stop_on_first_crash': False,
+                      'remove_unnecessary_outputs': False, 'check_version': False,
+                      # Nipype sleeps this long between scheduling rounds (default 2 s per
+                      # step); cluster plugins keep the default, not to flood the scheduler
+                      'poll_sleep_duration': 0.2 if choice in ('linear', 'multiproc') else 2},
+        'logging': {'log_directory': str(log_dir), 'log_to_file': True,
+                    'workflow_level': 'WARNING', 'interface_level': 'WARNING',
+                    'utils_level': 'WARNING'},
+        'monitoring': {'enabled': False},
+    })
+    logging.update_logging(config)
+    nthreads = opts.omp_nthreads or opts.nprocs
+    workflow = init_qsmflow_wf(acquisitions=todo, output_dir=str(staging.staging_root(out_dir)),
+                               bids_dir=str(bids_dir), pipeline=pipeline,
+                               omp_nthreads=nthreads, regions_opts=regions_options(opts))
+    workflow.base_dir = str(work_dir)
+    apply_resources(workflow, choice, plugin_args, opts.nprocs)
+    steps = {acq.name: sum(1 for n in iter_nodes(workflow.get_node(f'{acq.name}_wf'))
+                           if is_step(n)) for acq in todo}
+    published = set()
+
+    def complete(acq):
+        if all(p.exists() for p in expected_outputs(acq, staging.staging_root(out_dir))):
+            staging.publish(acq, out_dir)
+            published.add(acq.name)
+
+    monitor = RunMonitor(todo, steps, out_dir, complete)
+    for subject in {acq.subject for acq in todo}:
+        for line in (reports or {}).get(subject, []):
+            monitor.log(subject, f'pre-flight {line}')
+    if choice not in GRAPH_PLUGINS:
+        plugin_args = {**plugin_args, 'status_callback': monitor}
+    crashes_before = set(log_dir.glob('crash-*'))
+    started = time.time() - 1.0  # sinks always rerun: older files are from an earlier run
+    try:
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
+    except RuntimeError:
+        pass  # failed nodes are attributed below from their crash files
+    finally:
+        monitor.close()
+    if choice in GRAPH_PLUGINS:
+        wait_for_graph_jobs(work_dir, started)
+    new_crashes = sorted(set(log_dir.glob('crash-*')) - crashes_before)
+    failures = {}
+    for acq in todo:
+        crash = crash_reason(acq, new_crashes)
+        staged = staging.staging_root(out_dir)
+        missing = [k for k in expected_outputs(acq, staged)
+                   if not k.exists() or k.stat().st_mtime < started]
+        if acq.name not in published and not crash and not missing \
+                and acq.name not in monitor.failed:
+            complete(acq)  # graph plugins report nothing while running
+        if acq.name in published and not crash:
+            continue
+        reason = crash or (f'step {monitor.failed[acq.name]} failed'
+                           if acq.name in monitor.failed else None) \
+            or f'{missing[0].name if missing else "an output"} was not produced'
+        failures[acq.subject] = f'{reason}; log: {log_path(out_dir, acq.subject)}'
+        monitor.log(acq.subject, f'{staging.name_prefix(acq)}: FAILED: {reason}')
+        for crash_file in new_crashes:
+            if f'{acq.name}_wf' in crash_file.read_text(errors='replace'):
+                monitor.log(acq.subject, crash_file.read_text(errors='replace'))
+        staging.discard(acq, out_dir)
+        remove_partial_outputs(acq, out_dir)
+    return failures
