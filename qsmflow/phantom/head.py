@@ -224,17 +224,18 @@ def _resolve_grid(voxel_size_mm, shape, size, oversample):
 
 
 @functools.lru_cache(maxsize=4)
-def _sampled_labels(vox, shape, oversample):
+def _sampled_labels(vox, shape, oversample, items=anatomy, n_labels=len(LABELS)):
     """Labels at voxel centres and, for voxels straddling a boundary, label fractions.
 
+    ``items`` is the function returning the painted ``(label, solid, within)`` list
+    (:func:`anatomy`, or another variant's) and ``n_labels`` the size of its label table.
     Returns ``(labels, mixed, fractions)``: the int16 label image, the flat indices of
     the voxels whose sub-samples disagree and their ``(n_mixed, n_labels)`` fractions.
     """
     f = oversample
-    fine = rasterise(anatomy(), tuple(n * f for n in shape), tuple(v / f for v in vox))
+    fine = rasterise(items(), tuple(n * f for n in shape), tuple(v / f for v in vox))
     c = f // 2
     labels = np.ascontiguousarray(fine[c::f, c::f, c::f], dtype=np.int16)
-    n_labels = len(LABELS)
     if f == 1:
         mixed, fractions = np.zeros(0, dtype=np.intp), np.zeros((0, n_labels), np.float32)
     else:
