@@ -23,7 +23,13 @@ from ..qsm.kernels import b0_dir_from_affine
 from .forward import simulate_megre
 from .head import LABELS, make_head
 
-__all__ = ['DEFAULT_B0_TESLA', 'DEFAULT_ECHO_TIMES_S', 'oblique_affine', 'write_dataset']
+__all__ = ['DEFAULT_B0_TESLA', 'DEFAULT_ECHO_TIMES_S', 'VARIANTS', 'oblique_affine',
+           'write_dataset']
+
+#: Phantom variants: ``'default'`` (:func:`~qsmflow.phantom.head.make_head`, SNR 100) and
+#: ``'realistic'`` (:func:`~qsmflow.phantom.realistic.realistic_head`: bright scalp,
+#: layered skull, neck, air cavities, fat shift; SNR 35), with their default SNR.
+VARIANTS = {'default': 100.0, 'realistic': 35.0}
 
 #: Echo times (s): 5 uniformly spaced echoes, the last near T2* of deep grey matter.
 DEFAULT_ECHO_TIMES_S = (0.004, 0.012, 0.020, 0.028, 0.036)
@@ -156,7 +162,7 @@ def _write_raw_top(bids_dir: Path, rows: list[dict], echo_times_s, b0_tesla, siz
     _write_json(bids_dir / 'participants.json', meta)
 
 
-def _write_truth_top(truth_dir: Path) -> None:
+def _write_truth_top(truth_dir: Path, labels=LABELS) -> None:
     _write_json(truth_dir / 'dataset_description.json', {
         'Name': 'qsmflow numerical head phantom: ground truth',
         'BIDSVersion': BIDS_VERSION,
@@ -171,17 +177,54 @@ def _write_truth_top(truth_dir: Path) -> None:
         'and local field (ppm of B0) and the echo-independent phase offset (rad).\n'
     )
     (truth_dir / '.bidsignore').write_text('\n'.join(_TRUTH_IGNORE) + '\n')
-    (truth_dir / 'dseg.tsv').write_text(_dseg_tsv())
+    (truth_dir / 'dseg.tsv').write_text(_dseg_tsv(labels))
 
 
-def _dseg_tsv() -> str:
-    return 'index\tname\n' + ''.join(f'{i}\t{n}\n' for i, n in LABELS)
+def _dseg_tsv(labels=LABELS) -> str:
+    return 'index\tname\n' + ''.join(f'{i}\t{n}\n' for i, n in labels)
+
+
+def _variant_labels(variant):
+    if variant == 'default':
+        return LABELS
+    from .realistic import REALISTIC_LABELS
+
+    return REALISTIC_LABELS
+
+
+def _make_head(variant, size, age):
+    if variant == 'default':
+        return make_head(size=size, age_years=age)
+    from .realistic import realistic_head
+
+    return realistic_head(size=size, age_years=age)
+
+
+def _simulate(variant, head, echo_times_s, b0_tesla, b0_dir, snr, rng):
+    """MEGRE simulation of one participant's phantom, and the variant's extra truth images."""
+    if variant == 'default':
+        return (*simulate_megre(head, echo_times_s, b0_tesla, b0_dir, snr=snr, rng=rng), {})
+    from .realistic import simulate_realistic_megre
+
+    mag, phase, truth = simulate_realistic_megre(head, echo_times_s, b0_tesla, b0_dir,
+                                                 snr=snr, rng=rng)
+    extra = {
+        'head_mask': ('desc-head_mask', head.head_mask.astype(np.uint8),
+                      {'Type': 'Head', 'Description': 'Head and neck: every label but the '
+                       'air around the head (internal air cavities included).'}),
+        'fat_fraction': ('label-fat_probseg', head.fat_fraction,
+                         {'Units': 'arbitrary', 'Description': 'Fat signal fraction (0-1); '
+                          'fat is simulated at its chemical shift, which the field truth '
+                          'leaves out.'}),
+    }
+    return mag, phase, truth, extra
 
 
 def _write_participant(bids_dir, truth_dir, row, index, *, size, echo_times_s, b0_tesla,
-                       oblique_deg, snr, seed, pool, yaw_deg=0.0, shift_mm=None) -> dict:
+                       oblique_deg, snr, seed, pool, yaw_deg=0.0, shift_mm=None,
+                       variant='default') -> dict:
     sub = f'sub-{row["participant_id"]}'
-    head = make_head(size=size, age_years=row['age'])
+    head = _make_head(variant, size, row['age'])
     affine = oblique_affine(head.shape, head.voxel_size_mm, oblique_deg)
     if yaw_deg or shift_mm is not None:
         # Head pose in the scanner: a turn about the B0 (z) axis leaves the physics alone.
@@ -189,14 +232,15 @@ def _write_participant(bids_dir, truth_dir, row, index, *, size, echo_times_s, b
         pose[:3, 3] = np.asarray(shift_mm if shift_mm is not None else (0, 0, 0), float)
         affine = pose @ affine
     b0_dir = b0_dir_from_affine(affine)
-    mag, phase, truth = simulate_megre(head, echo_times_s, b0_tesla, b0_dir, snr=snr,
-                                       rng=seed + index)
+    mag, phase, truth, extra = _simulate(variant, head, echo_times_s, b0_tesla, b0_dir, snr,
+                                         seed + index)
     anat = bids_dir / sub / 'anat'
     anat.mkdir(parents=True, exist_ok=True)
     common = {
         'MagneticFieldStrength': float(b0_tesla),
         'Manufacturer': 'qsmflow-phantom',
-        'ManufacturersModelName': f'numerical head phantom ({size})',
+        'ManufacturersModelName': (f'numerical head phantom ({size})' if variant == 'default'
+                                   else f'numerical head phantom ({variant}, {size})'),
         'MRAcquisitionType': '3D',
         'FlipAngle': _FLIP_ANGLE_DEG,
         'RepetitionTime': _REPETITION_TIME_S,
@@ -226,12 +270,13 @@ def _write_participant(bids_dir, truth_dir, row, index, *, size, echo_times_s, b
                         {'Units': 'ppm', 'SkullStripped': True, 'B0Direction': b0_dir.tolist(),
                          'Description': 'Field of the brain susceptibility alone (ppm).'}),
         'phase_offset': ('phaseoffset', truth['phase_offset_rad'], {'Units': 'rad'}),
+        **extra,
     }
     for key, (suffix, data, meta) in images.items():
         path = tanat / f'{sub}_{suffix}.nii.gz'
         out[key] = pool.submit(_write_nifti, path, data, affine, {**base, **meta})
     out['dseg_tsv'] = tanat / f'{sub}_desc-phantom_dseg.tsv'
-    out['dseg_tsv'].write_text(_dseg_tsv())
+    out['dseg_tsv'].write_text(_dseg_tsv(_variant_labels(variant)))
     out['age'] = row['age']
     out['b0_dir'] = b0_dir
     return out
@@ -239,8 +284,8 @@ def _write_participant(bids_dir, truth_dir, row, index, *, size, echo_times_s, b
 
 def write_dataset(bids_dir, truth_dir, participants, *, size: str = 'small',
                   echo_times_s=DEFAULT_ECHO_TIMES_S, b0_tesla: float = DEFAULT_B0_TESLA,
-                  oblique_deg: float = 0.0, snr: float = 100.0, seed: int = 0,
-                  yaw_deg: float = 0.0, shift_mm=None) -> dict:
+                  oblique_deg: float = 0.0, snr: float | None = None, seed: int = 0,
+                  yaw_deg: float = 0.0, shift_mm=None, variant: str = 'default') -> dict:
     """Simulate and write a raw BIDS MEGRE dataset and its ground-truth derivatives.
 
     Parameters
@@ -262,8 +307,9 @@ def write_dataset(bids_dir, truth_dir, participants, *, size: str = 'small',
     oblique_deg : float
         Pitch of the slab about x (degrees); the B0 direction in voxel axes follows from
         the written affine.
-    snr : float
-        Mean brain magnitude at the first echo over the noise σ (dimensionless).
+    snr : float, optional
+        Mean brain magnitude at the first echo over the noise σ (dimensionless); default
+        that of the variant (:data:`VARIANTS`: 100, or 35 for ``'realistic'``).
     seed : int
         Noise seed; participant ``i`` (0-based) uses ``seed + i``.
     yaw_deg : float
@@ -271,14 +317,24 @@ def write_dataset(bids_dir, truth_dir, participants, *, size: str = 'small',
         it moves the head in world space without changing the field.
     shift_mm : sequence of 3 float, optional
         Head position in the scanner (mm, world RAS); default: grid centre at the origin.
+    variant : {'default', 'realistic'}
+        Phantom: the default head, or :func:`~qsmflow.phantom.realistic.realistic_head`
+        (bright fat scalp, layered skull, neck and spinal canal, eyes, ear canals, fat
+        chemical shift). The realistic truth adds ``desc-head_mask`` and
+        ``label-fat_probseg`` (fat signal fraction) images, and its segmentation table
+        lists its labels.
 
     Returns
     -------
     dict
         ``bids_dir`` and ``truth_dir`` (Path), ``echo_times_s`` (s), ``b0_tesla`` (T) and
         ``participants``: label -> dict of written paths (``mag``/``phase`` lists per echo,
-        ``chimap``, ``dseg``, ``mask``, ``total_field``, ``local_field``, ...).
+        ``chimap``, ``dseg``, ``mask``, ``total_field``, ``local_field``, ...;
+        ``head_mask``, ``fat_fraction`` for the realistic variant).
     """
+    if variant not in VARIANTS:
+        raise ValueError(f'variant must be one of {sorted(VARIANTS)}, got {variant!r}')
+    snr = VARIANTS[variant] if snr is None else float(snr)
     bids_dir, truth_dir = Path(bids_dir).resolve(), Path(truth_dir).resolve()
     if truth_dir.is_relative_to(bids_dir) or bids_dir.is_relative_to(truth_dir):
         raise ValueError('truth_dir and bids_dir must be separate, non-nested directories')
@@ -289,7 +345,7 @@ def write_dataset(bids_dir, truth_dir, participants, *, size: str = 'small',
     bids_dir.mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
     _write_raw_top(bids_dir, rows, tes, b0_tesla, size)
-    _write_truth_top(truth_dir)
+    _write_truth_top(truth_dir, _variant_labels(variant))
     written = {}
     # Image writing is dominated by gzip, which runs outside the GIL: write in threads.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -297,7 +353,7 @@ def write_dataset(bids_dir, truth_dir, participants, *, size: str = 'small',
             written[row['participant_id']] = _write_participant(
                 bids_dir, truth_dir, row, index, size=size, echo_times_s=tes,
                 b0_tesla=b0_tesla, oblique_deg=oblique_deg, snr=snr, seed=int(seed),
-                pool=pool, yaw_deg=yaw_deg, shift_mm=shift_mm)
+                pool=pool, yaw_deg=yaw_deg, shift_mm=shift_mm, variant=variant)
     for paths in written.values():
         for key, value in paths.items():
             if isinstance(value, list):
