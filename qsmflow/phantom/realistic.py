@@ -22,8 +22,9 @@ deep grey-matter nuclei, χ truth) and replaces everything around it:
   (r 2.5 mm, χ −0.5 ppm) besides the default calcification and haemorrhage.
 
 The grid (field of view, sizes) is the default phantom's; the head is 3 mm larger on
-every side (:data:`REALISTIC_HEAD`), with ≥ 7 mm of air to the grid faces. Air is label ``background``
-outside the head and ``sinus_air`` inside it (sinuses, ear canals, mastoid cells).
+every side (:data:`REALISTIC_HEAD`), with ≥ 7 mm of air to the grid faces. Air is label
+``background`` outside the head and ``sinus_air`` inside it (sinuses, ear canals,
+mastoid cells).
 Below the field of view the neck is cut: the grid's bottom face is a tissue/air boundary
 in the field computation (far from the brain).
 """
@@ -39,7 +40,6 @@ from .geometry import Box, Capsule, Difference, Superellipsoid
 from .head import (
     _SCALP_MM,
     _SKULL_MM,
-    AC_MM,
     HEAD,
     HeadPhantom,
     _partial_volume_map,
@@ -312,8 +312,9 @@ def simulate_realistic_megre(head: RealisticHead, echo_times_s, b0_tesla: float 
     background handling and phase offset) is multiplied, per voxel, by the water–fat
     factor ``(1 − F) + F·exp(2πi·Δf_fat·TE_n)`` (fat fraction ``F``, single-peak fat at
     ``fat_shift_ppm``), then complex Gaussian noise of σ = mean brain magnitude at the
-    first echo / ``snr`` is added per channel. The fat shift is not part of the χ field
-    truth: in fat voxels the phase does not follow the field.
+    first echo / ``snr`` is added per channel (as in ``simulate_megre``; without noise the
+    phase is the model's also where the magnitude is 0). The fat shift is not part of the
+    χ field truth: in fat voxels the phase does not follow the field.
 
     Parameters
     ----------
@@ -364,17 +365,21 @@ def simulate_realistic_megre(head: RealisticHead, echo_times_s, b0_tesla: float 
         sigma = float(mag[..., 0][brain].mean()) / float(snr)
     fat = head.fat_fraction.astype(np.float32)
     has_fat = fat > 0
+    fat = fat[has_fat].astype(np.float64)
     shift_hz = ppm_to_hz(float(fat_shift_ppm), b0_tesla)
     shape = head.shape
     for n, te in enumerate(tes):
-        water_fat = (1.0 - fat[has_fat]) + fat[has_fat] * np.exp(2j * np.pi * shift_hz * te)
-        signal = (mag[..., n] * np.exp(1j * phase[..., n])).astype(np.complex64)
-        signal[has_fat] *= water_fat.astype(np.complex64)
-        if sigma > 0:
-            noise = rng.standard_normal((2,) + shape, dtype=np.float32) * np.float32(sigma)
-            signal.real += noise[0]
-            signal.imag += noise[1]
-        mag[..., n] = np.abs(signal)
-        phase[..., n] = _wrap_rad(np.angle(signal).astype(np.float64))
+        m, p = mag[..., n], phase[..., n]  # views
+        if fat_shift_ppm:
+            water_fat = (1.0 - fat) + fat * np.exp(2j * np.pi * shift_hz * te)
+            m[has_fat] *= np.abs(water_fat).astype(np.float32)
+            p[has_fat] = _wrap_rad(p[has_fat] + np.angle(water_fat))
+        if sigma == 0.0:
+            continue
+        noise = rng.standard_normal((2,) + shape, dtype=np.float32) * np.float32(sigma)
+        real = m * np.cos(p) + noise[0]
+        imag = m * np.sin(p) + noise[1]
+        mag[..., n] = np.hypot(real, imag)
+        phase[..., n] = _wrap_rad(np.arctan2(imag, real))
     truth.update(noise_sigma=sigma, fat_fraction=fat, brain_mask=brain)
     return mag, phase, truth
