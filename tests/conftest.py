@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -24,6 +25,30 @@ def _private_transform_cache(tmp_path_factory):
         os.environ.pop('QSMFLOW_CACHE', None)
     else:
         yield
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """``run_cli(*args)``: ``qsmflow ARGS`` in this process (:func:`qsmflow.cli.main`, no new
+    interpreter to start), returned as ``subprocess.run([sys.executable, '-m', 'qsmflow',
+    *args], capture_output=True, text=True)`` would return it: the exit code (argparse's
+    exits for ``--help``, ``--version`` and usage errors included) and what was printed.
+    An exception escaping ``main`` fails the test, as its traceback would in a process.
+    Tests about the process itself (console script, environment read at start-up, kill,
+    fresh imports) keep a real subprocess."""
+    from qsmflow.cli import main
+
+    def run(*args):
+        argv = [str(a) for a in args]
+        capsys.readouterr()  # what the test printed before
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse: --help, --version, usage errors
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(['qsmflow', *argv], code, out, err)
+
+    return run
 
 
 @pytest.fixture(scope='session')

@@ -20,13 +20,17 @@ def _run(*args, cwd=None):
 
 
 def test_version():
+    """In its own process: ``python -m qsmflow`` and the exit code through the process."""
     proc = _run('--version')
     assert proc.returncode == 0
     assert proc.stdout.strip() == f'qsmflow {__version__}'
 
 
-def test_help_lists_bids_app_arguments():
-    proc = _run('--help')
+# The other tests call ``main`` in this process (the ``run_cli`` fixture of conftest.py).
+
+
+def test_help_lists_bids_app_arguments(run_cli):
+    proc = run_cli('--help')
     assert proc.returncode == 0
     for flag in ('bids_dir', 'output_dir', '{participant,group}', 'qsmflow demo',
                  '--participant-label', '--work-dir', '--nprocs', '--skip-bids-validation',
@@ -55,14 +59,14 @@ def _one_line_error(proc, *fragments):
         assert frag in lines[0], lines[0]
 
 
-def test_missing_bids_dir(tmp_path):
-    proc = _run(tmp_path / 'nope', tmp_path / 'out', 'participant')
+def test_missing_bids_dir(tmp_path, run_cli):
+    proc = run_cli(tmp_path / 'nope', tmp_path / 'out', 'participant')
     _one_line_error(proc, 'does not exist', str(tmp_path / 'nope'))
 
 
-def test_not_a_bids_dir(tmp_path):
+def test_not_a_bids_dir(tmp_path, run_cli):
     (tmp_path / 'data').mkdir()
-    proc = _run(tmp_path / 'data', tmp_path / 'out', 'participant')
+    proc = run_cli(tmp_path / 'data', tmp_path / 'out', 'participant')
     _one_line_error(proc, 'not a BIDS dataset', 'dataset_description.json')
 
 
@@ -89,32 +93,32 @@ def _skeleton(root, subjects=('01',), with_megre=True):
 
 
 @pytest.mark.parametrize('inside', [False, True])
-def test_output_inside_bids_dir(tmp_path, inside):
+def test_output_inside_bids_dir(tmp_path, inside, run_cli):
     bids = _skeleton(tmp_path / 'ds')
     out = bids / 'derivatives' / 'qsmflow' if inside else bids
-    proc = _run(bids, out, 'participant', '--skip-bids-validation')
+    proc = run_cli(bids, out, 'participant', '--skip-bids-validation')
     _one_line_error(proc, 'inside the BIDS directory')
     assert not (bids / 'derivatives').exists()
 
 
-def test_unknown_participant(tmp_path):
+def test_unknown_participant(tmp_path, run_cli):
     bids = _skeleton(tmp_path / 'ds')
-    proc = _run(bids, tmp_path / 'out', 'participant', '--participant-label', '07',
-                '--skip-bids-validation')
+    proc = run_cli(bids, tmp_path / 'out', 'participant', '--participant-label', '07',
+                   '--skip-bids-validation')
     _one_line_error(proc, '07', 'not found', 'available: 01')
 
 
 @pytest.mark.parametrize('label', ['../01', 'sub-0 1', 'a/b'])
-def test_participant_label_with_path_characters(tmp_path, label):
+def test_participant_label_with_path_characters(tmp_path, label, run_cli):
     bids = _skeleton(tmp_path / 'ds')
-    proc = _run(bids, tmp_path / 'out', 'participant', '--participant-label', label,
-                '--skip-bids-validation')
+    proc = run_cli(bids, tmp_path / 'out', 'participant', '--participant-label', label,
+                   '--skip-bids-validation')
     _one_line_error(proc, 'invalid label')
 
 
-def test_participant_without_megre(tmp_path):
+def test_participant_without_megre(tmp_path, run_cli):
     bids = _skeleton(tmp_path / 'ds', with_megre=False)
-    proc = _run(bids, tmp_path / 'out', 'participant', '--skip-bids-validation')
+    proc = run_cli(bids, tmp_path / 'out', 'participant', '--skip-bids-validation')
     assert proc.returncode != 0
     assert 'Traceback' not in proc.stderr
     assert 'sub-01: no multi-echo GRE data found' in proc.stderr
