@@ -93,6 +93,18 @@ def _uncrop(arr_b, box, shape, mask):
     return out
 
 
+def _zero_outside(arr, mask):
+    """``arr`` with its non-finite values outside ``mask`` set to 0 (``arr`` itself if none).
+
+    Values outside the mask never enter the result, but NaN/inf there would turn the
+    (masked-out) weights of the mask's border edges into NaN, and with them the quality
+    that picks the seeds. Finite inputs are passed through untouched (same bits).
+    """
+    if arr is None or np.isfinite(arr).all():
+        return arr
+    return np.where(mask != 0, arr, 0).astype(arr.dtype, copy=False)
+
+
 def _axis_pairs(axis):
     """Index tuples selecting voxel ``v`` and ``v + e_axis`` of a 3D array."""
     lo = [slice(None)] * 3
@@ -139,7 +151,13 @@ def unwrap_romeo(
     extrapolated linearly (one-sided gradient) from the nearest voxel (in mm) of the
     largest component, and the mismatch is averaged over the voxels closest to it. This
     is a heuristic that holds when the gap is narrow and the phase smooth across it;
-    without it, each component keeps its own arbitrary 2π offset.
+    without it, each component keeps its own arbitrary 2π offset. Every mask voxel is
+    reached (a single isolated voxel is its own seed and keeps its input value), so the
+    result is finite and congruent with the input in the whole mask, whatever the mask;
+    NaN/inf outside the mask are ignored. Pieces are referenced to the largest one rather
+    than to each other in a chain (one distance transform for all pieces, robust to many
+    tiny pieces); in :func:`~qsmflow.qsm.echoes.unwrap_echoes` the pieces of the echo
+    difference are aligned this way and each voxel's echoes then follow it in time.
 
     Parameters
     ----------
@@ -285,11 +303,11 @@ def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_compon
     All arrays are 3D of one shape; returns float32 with 0 outside the mask.
     """
     shape = phase.shape
-    phase = np.ascontiguousarray(phase, dtype=np.float32)
+    phase = _zero_outside(np.ascontiguousarray(phase, dtype=np.float32), mask)
     if magnitude is not None:
-        magnitude = np.ascontiguousarray(magnitude, dtype=np.float32)
+        magnitude = _zero_outside(np.ascontiguousarray(magnitude, dtype=np.float32), mask)
     if phase2 is not None:
-        phase2 = np.ascontiguousarray(phase2, dtype=np.float32)
+        phase2 = _zero_outside(np.ascontiguousarray(phase2, dtype=np.float32), mask)
     bins, quality = _edge_weights(phase, mask, magnitude, phase2, te_ratio)
     mflat = mask.ravel()
     state = np.zeros(mflat.size, dtype=np.int32)
@@ -517,7 +535,7 @@ def _laplacian_box(phase, mask, vox, inv_lap, max_iter, tol):
     pshape, inv = inv_lap
     shape = phase.shape
     inner = tuple(slice(0, n) for n in shape)
-    phase = np.ascontiguousarray(phase, dtype=np.float32)
+    phase = _zero_outside(np.ascontiguousarray(phase, dtype=np.float32), mask)
     # edge masks: both ends of the forward difference inside the mask
     edges = np.empty((3,) + shape, np.float32)
     for a in range(3):
