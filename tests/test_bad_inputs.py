@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 
 import nibabel as nb
 import numpy as np
@@ -249,13 +247,12 @@ def test_filter_with_unknown_entity(dataset):
     assert not acqs and 'colour' in failures['ok'] and 'BIDS entity names' in failures['ok']
 
 
-def test_cli_filter_file_error_is_one_line(dataset, tmp_path):
+def test_cli_filter_file_error_is_one_line(dataset, tmp_path, run_cli):
     bids, _ = dataset
     bad = tmp_path / 'f.json'
     bad.write_text('{')
-    proc = subprocess.run([sys.executable, '-m', 'qsmflow', str(bids), str(tmp_path / 'out'),
-                           'participant', '--skip-bids-validation', '--bids-filter-file',
-                           str(bad)], capture_output=True, text=True, timeout=300)
+    proc = run_cli(bids, tmp_path / 'out', 'participant', '--skip-bids-validation',
+                   '--bids-filter-file', bad)  # in-process (conftest.py)
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
     errs = [ln for ln in proc.stderr.splitlines() if ln.startswith('qsmflow: error:')]
     assert len(errs) == 1 and 'f.json: BIDS filter file is not valid JSON' in errs[0]

@@ -186,17 +186,14 @@ def test_user_mask_with_two_pass_keeps_the_user_mask_as_output(mask_runs):
     assert 'two-pass-combination' in names and 'phase-quality-masking' not in names
 
 
-def test_cli_missing_user_mask_skips_the_participant_in_preflight(tiny_phantom, tmp_path):
-    import subprocess
-    import sys
-
+def test_cli_missing_user_mask_skips_the_participant_in_preflight(tiny_phantom, tmp_path,
+                                                                  run_cli):
     bids_dir, _ = tiny_phantom
     masks = tmp_path / 'masks'
     masks.mkdir()
-    proc = subprocess.run(
-        [sys.executable, '-m', 'qsmflow', str(bids_dir), str(tmp_path / 'out'), 'participant',
-         '--skip-bids-validation', '--skip-registration', '--brain-masks', str(masks),
-         '-w', str(tmp_path / 'work')], capture_output=True, text=True, timeout=300)
+    proc = run_cli(bids_dir, tmp_path / 'out', 'participant',  # in-process (conftest.py)
+                   '--skip-bids-validation', '--skip-registration', '--brain-masks', masks,
+                   '-w', tmp_path / 'work')
     assert proc.returncode == 1, proc.stderr
     assert 'Traceback' not in proc.stderr
     failed = [ln for ln in proc.stderr.splitlines() if 'FAILED sub-01' in ln]
