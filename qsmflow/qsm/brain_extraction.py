@@ -29,9 +29,13 @@ from qsmflow.qsm.mask import (
 )
 
 #: Brain-tissue intensity window, as fractions of the median magnitude at the head centre.
-DEFAULT_TISSUE_RANGE = (0.6, 2.0)
+DEFAULT_TISSUE_RANGE = (0.5, 2.0)
 #: Largest plausible brain volume (mL): cerebrum, cerebellum, brainstem and ventricles.
 DEFAULT_MAX_VOLUME_ML = 1900.0
+#: Depth (mm) below the head surface that brain does not reach (scalp + skull + CSF).
+DEFAULT_SURFACE_MARGIN_MM = 5.0
+#: Largest share (0-1) of an accepted reconstruction within the surface margin.
+DEFAULT_MAX_MARGIN_SHARE = 0.01
 #: Erosion radii (mm) tried in turn, smallest first.
 DEFAULT_RADII_MM = (3.0, 4.5, 6.0, 7.5, 9.0, 10.5, 12.0)
 #: Voxel size (mm) of the grid the separation runs on (the input's when coarser).
@@ -52,6 +56,8 @@ def extract_brain(
     tissue_range: Sequence[float] = DEFAULT_TISSUE_RANGE,
     quality_threshold: float = DEFAULT_QUALITY_THRESHOLD,
     max_volume_ml: float = DEFAULT_MAX_VOLUME_ML,
+    surface_margin_mm: float = DEFAULT_SURFACE_MARGIN_MM,
+    max_surface_share: float = DEFAULT_MAX_MARGIN_SHARE,
     radii_mm: Sequence[float] = DEFAULT_RADII_MM,
     working_voxel_mm: float = DEFAULT_WORKING_VOXEL_MM,
 ) -> np.ndarray:
@@ -71,9 +77,11 @@ def extract_brain(
     4. Adaptive opening: for each radius ``R`` of ``radii_mm`` in turn, the tissue is
        eroded by a ball of ``R``, the largest component kept and dilated back by ``R``
        plus one voxel within the tissue (largest component, holes filled). The first
-       reconstruction of at most ``max_volume_ml`` is taken: the radius at which the brain
-       detaches from the scalp, face and neck bridges (the last one if none is small
-       enough).
+       reconstruction that looks like a brain is taken: at most ``max_volume_ml``, and at
+       most ``max_surface_share`` of it within ``surface_margin_mm`` of the head surface
+       (:func:`head_mask`), where scalp lies and brain does not. This is the radius at
+       which the brain detaches from the scalp, face and neck bridges (the last radius's
+       reconstruction if none qualifies).
     5. Back on the input grid: the mask, grown by one working voxel, intersected with the
        input-resolution tissue; largest component; holes filled (3D, then slice-wise).
 
@@ -92,6 +100,10 @@ def extract_brain(
         Least phase quality of tissue (dimensionless); ignored without ``quality``.
     max_volume_ml : float
         Largest plausible brain volume (mL).
+    surface_margin_mm : float
+        Depth (mm) below the head surface that brain does not reach; 0 to skip the check.
+    max_surface_share : float
+        Largest share (0-1) of a brain-like reconstruction within ``surface_margin_mm``.
     radii_mm : sequence of float
         Erosion radii (mm), tried in increasing order.
     working_voxel_mm : float
@@ -138,8 +150,11 @@ def extract_brain(
     radii = sorted(float(x) for x in radii_mm)
     if not radii or radii[0] <= 0 or not max_volume_ml > 0 or not working_voxel_mm > 0:
         raise ValueError('radii_mm, max_volume_ml and working_voxel_mm must be positive')
+    if not (surface_margin_mm >= 0 and 0 <= max_surface_share <= 1):
+        raise ValueError('surface_margin_mm must be ≥ 0 (mm) and max_surface_share in [0, 1]')
     return _extract_brain(mag, vox, q, lo, hi, float(quality_threshold), float(max_volume_ml),
-                          radii, float(working_voxel_mm))
+                          float(surface_margin_mm), float(max_surface_share), radii,
+                          float(working_voxel_mm))
 
 
 def _block_mean(img, factors):
@@ -162,9 +177,7 @@ def _upsample(mask, factors, shape):
 
 def _brain_intensity(mag, vox):
     """Median magnitude of the head voxels near the head's centre (step 2)."""
-    step = max(1, round((mag.size / 2e6) ** (1 / 3)))
-    sample = mag[::step, ::step, ::step]
-    t2, t98 = np.percentile(sample, [2, 98])
+    t2, t98 = np.percentile(mag, [2, 98])
     head = mag > t2 + 0.1 * (t98 - t2)
     if not head.any():
         raise ValueError('magnitude has no tissue (no voxel above a tenth of its range)')
@@ -190,9 +203,14 @@ def _ball_dilate(mask, vox, radius_mm):
     return ndi.distance_transform_edt(~mask, sampling=vox) <= radius_mm
 
 
-def _separate(tissue, vox, radii, max_voxels):
-    """Adaptive opening (step 4): the first reconstruction of ≤ ``max_voxels`` voxels."""
+def _separate(tissue, head, vox, radii, max_voxels, margin_mm, max_share):
+    """Adaptive opening (step 4): the first brain-like reconstruction, else the last one."""
     dist = ndi.distance_transform_edt(np.pad(tissue, 1), sampling=vox)[1:-1, 1:-1, 1:-1]
+    shallow = None
+    if head is not None and not head.all():
+        # near the head surface; the grid's faces are not a surface (neck or crop cut by the
+        # field of view)
+        shallow = ndi.distance_transform_edt(head, sampling=vox) <= margin_mm
     best = None
     for radius in radii:
         core = dist > radius
@@ -202,7 +220,9 @@ def _separate(tissue, vox, radii, max_voxels):
         rec = _ball_dilate(core, vox, radius + float(vox.max())) & tissue
         rec = _fill_holes(_largest_component(rec), slicewise=False)
         best = rec
-        if rec.sum() <= max_voxels:
+        n = int(rec.sum())
+        share = 0.0 if shallow is None else np.count_nonzero(rec & shallow) / max(n, 1)
+        if n <= max_voxels and share <= max_share:
             break
     if best is None:
         raise ValueError('no brain tissue left after the smallest erosion: the image has no '
@@ -210,10 +230,18 @@ def _separate(tissue, vox, radii, max_voxels):
     return best
 
 
-def _extract_brain(mag, vox, q, lo, hi, qthr, max_volume_ml, radii, work_mm):
+def _extract_brain(mag, vox, q, lo, hi, qthr, max_volume_ml, margin_mm, max_surface_share,
+                   radii, work_mm):
     factors = tuple(max(1, int(work_mm / h + 0.5)) for h in vox)
     wvox = vox * np.asarray(factors)
-    level = _brain_intensity(mag, vox)
+    level = _brain_intensity(_block_mean(mag, factors), wvox)
+    # work on the box around everything above the tissue window's lower end (whole blocks)
+    fg = mag > lo * level
+    if not fg.any():
+        raise ValueError('magnitude has no voxel in the brain-tissue window')
+    box = bounding_box(fg, max(factors) + int(np.ceil(margin_mm / vox.min())) + 1)
+    box = tuple(slice(b.start - (b.start % f), b.stop) for b, f in zip(box, factors))
+    sub, subq = mag[box], None if q is None else q[box]
 
     def tissue_of(img, qual):
         t = (img > lo * level) & (img < hi * level)
@@ -221,19 +249,20 @@ def _extract_brain(mag, vox, q, lo, hi, qthr, max_volume_ml, radii, work_mm):
             t &= qual >= qthr
         return t
 
-    coarse_q = None if q is None else _block_mean(q, factors)
-    coarse = tissue_of(_block_mean(mag, factors), coarse_q)
+    coarse_mag = _block_mean(sub, factors)
+    coarse = tissue_of(coarse_mag, None if subq is None else _block_mean(subq, factors))
     max_voxels = max_volume_ml * 1000.0 / float(wvox.prod())
-    brain = _separate(coarse, wvox, radii, max_voxels)
+    head = head_mask(coarse_mag, wvox) if margin_mm > 0 else None
+    brain = _separate(coarse, head, wvox, radii, max_voxels, margin_mm, max_surface_share)
     if factors != (1, 1, 1):
         brain = _ball_dilate(brain, wvox, float(wvox.max()))
-        brain = _upsample(brain, factors, mag.shape) & tissue_of(mag, q)
-        brain = _largest_component(brain)
-    if not brain.any():
-        raise ValueError('brain extraction found no brain')
-    box = bounding_box(brain, 1)
+        brain = _upsample(brain, factors, sub.shape)
+        inner = bounding_box(brain, 1)
+        brain[inner] = _largest_component(
+            brain[inner] & tissue_of(sub[inner], None if subq is None else subq[inner]))
+    inner = bounding_box(brain, 1)
     out = np.zeros(mag.shape, bool)
-    out[box] = _fill_holes(brain[box])
+    out[box][inner] = _fill_holes(brain[inner])
     return out
 
 
