@@ -89,6 +89,7 @@ def _steps_with_threads(n: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # two fresh interpreters, each compiling and running every step
 def test_reconstruction_steps_do_not_depend_on_thread_counts():
     """numba ``prange`` loops (gradients, the TV shrinkage and its norms), FFT workers and
     BLAS reductions: one thread and three give the same bits for every step and method."""
