@@ -308,6 +308,7 @@ def test_console_script_without_network(tf_home):
     assert 'no network?' in line and 'ProxyError' in line
 
 
+@pytest.mark.slow  # a real antspyx registration (phantom templates, 3 mm)
 def test_transforms_are_precomputed_into_the_run_time_cache(tmp_path, monkeypatch):
     """--transforms: the SUIT(-like) → template transform lands where a run looks for it
     (phantom templates, offline); a second call finds it cached."""

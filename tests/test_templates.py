@@ -176,6 +176,7 @@ def test_every_atlas_and_template_has_citation_and_licence():
     assert 'doi:10.1162/imag_a_00560' in spec['atlases']['MASSP20']['citation']
 
 
+@pytest.mark.slow  # a real antspyx registration (phantom templates, 3 mm)
 def test_template_to_template_transform_is_cached(phantom_tf_home, tmp_path, monkeypatch):
     """The SUIT → MNI step: computed once with antspyx (from the identity), then read from
     the cache with a record of how it was made."""
