@@ -4,10 +4,32 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
 os.environ.setdefault('NIPYPE_NO_ET', '1')
+
+
+class _InstalledPackageOnly:
+    """Tests import the installed package (``qsmflow.workflows``, ``qsmflow.bids_specs``),
+    never the repository's ``workflows/`` and ``bids_specs/`` folders as top-level modules,
+    which pytest makes importable by putting the repository root on ``sys.path`` for the
+    ``tests`` package: such an import is an error naming the right one."""
+
+    FOLDERS = ('workflows', 'bids_specs')
+
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition('.')[0]
+        if top in self.FOLDERS:
+            raise ModuleNotFoundError(f"tests import the installed package: 'qsmflow.{name}', "
+                                      f"not the repository folder '{top}/' ({name!r})",
+                                      name=name)
+        return None
+
+
+assert not set(_InstalledPackageOnly.FOLDERS) & set(sys.modules), 'imported from the repository'
+sys.meta_path.insert(0, _InstalledPackageOnly())
 
 #: Participants of the end-to-end test cohort (the demo's).
 E2E_PARTICIPANTS = (

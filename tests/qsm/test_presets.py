@@ -4,7 +4,7 @@ import pytest
 
 from qsmflow.config.presets import STEPS, available_presets, load_preset, with_overrides
 from qsmflow.qsm import bgremove, echoes, inversion, reference
-from workflows.qsm import MASKING_METHODS
+from qsmflow.workflows.qsm import MASKING_METHODS
 
 
 def test_presets_shipped():
