@@ -31,6 +31,7 @@ def atlas_run(tmp_path_factory):
     import subprocess
     import sys
 
+    from qsmflow.cli import main
     from qsmflow.phantom.bids import write_dataset
     from qsmflow.phantom.template import write_template
 
@@ -46,8 +47,7 @@ def atlas_run(tmp_path_factory):
         '--nprocs', '2', '-w', str(root / 'work'), '--skip-bids-validation',
         '--template', 'QSMPhantom', '--template-resolution', '2', '--atlases', 'Phantom',
         '--segmentations', str(root / 'truth')], env=env, timeout=900).returncode
-    group_code = subprocess.run([sys.executable, '-m', 'qsmflow', str(root / 'rawdata'),
-                                 str(out), 'group'], timeout=300).returncode
+    group_code = main([str(root / 'rawdata'), str(out), 'group'])  # in this process
     return {'root': root, 'out': out, 'truth': root / 'truth', 'code': code,
             'group_code': group_code}
 

@@ -185,10 +185,8 @@ def test_derivatives_pass_bids_validator(variants_run):
 
 
 @pytest.mark.skipif(find_validator() is None, reason='bids-validator-deno not installed')
-def test_input_validation_errors_are_summarised(variants_run, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, '-m', 'qsmflow', str(variants_run['bids']), str(tmp_path / 'o'),
-         'participant'], capture_output=True, text=True, timeout=600)
+def test_input_validation_errors_are_summarised(variants_run, tmp_path, run_cli):
+    proc = run_cli(variants_run['bids'], tmp_path / 'o', 'participant')  # in-process
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and 'fails BIDS validation with' in lines[0], proc.stderr
