@@ -1,0 +1,116 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Checksums of the tiny demo's outputs, and how to re-record them.
+
+``tests/test_checksums.py`` runs ``qsmflow demo DIR --size tiny --nprocs 1`` and compares
+:func:`checksums` of ``DIR/qsmflow`` with ``demo_tiny.json`` beside this file. Bitwise
+results are only comparable on the same numeric stack, so the record also holds the
+versions of :data:`STACK` it was taken with.
+
+After a deliberate change of results (a new default algorithm, a fixed bug), re-record
+from the repository root, and say why in the commit::
+
+    python -m tests.checksums.record [--why 'brain mask: extract_brain by default']
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+#: The record compared by ``tests/test_checksums.py``.
+RECORD = Path(__file__).with_name('demo_tiny.json')
+
+#: The demo run the record is taken from (``qsmflow`` arguments; DIR is a new folder).
+DEMO_ARGS = ('--size', 'tiny', '--nprocs', '1')
+
+#: Distributions whose versions decide the bits of the results.
+STACK = ('numpy', 'scipy', 'numba', 'antspyx', 'nibabel', 'nipype')
+
+HOW = ('sha256 of (dtype, shape) + array bytes + float64 affine for NIfTIs; of the bytes '
+       'for TSVs')
+
+
+def checksums(root) -> dict:
+    """``{relative path: sha256}`` of every derivative under ``root`` (the demo's
+    ``DIR/qsmflow``): NIfTIs by their array data, dtype, shape and affine (not the header
+    bytes or the gzip stream); ``.tsv``/``.h5``/``.mat``/``.txt`` files by their bytes.
+    ``logs/`` and ``.staging/`` are left out, and so are sidecars and reports."""
+    import nibabel as nb
+    import numpy as np
+
+    root = Path(root)
+    out = {}
+    for path in sorted(root.rglob('*')):
+        rel = str(path.relative_to(root))
+        if rel.startswith(('logs', '.staging')) or not path.is_file():
+            continue
+        if path.name.endswith(('.nii.gz', '.nii')):
+            img = nb.load(path)
+            arr = np.asanyarray(img.dataobj)
+            digest = hashlib.sha256(str((arr.dtype.str, arr.shape)).encode() + arr.tobytes()
+                                    + np.asarray(img.affine, '<f8').tobytes())
+            out[rel] = digest.hexdigest()
+        elif path.suffix in ('.tsv', '.h5', '.mat', '.txt'):
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def stack_versions() -> dict:
+    """Installed versions of :data:`STACK` (``None`` for one that is not installed)."""
+    versions = {}
+    for name in STACK:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_demo(directory) -> int:
+    """``qsmflow demo DIRECTORY --size tiny --nprocs 1`` in this process; the exit code."""
+    from qsmflow.cli import main
+
+    return main(['demo', str(directory), *DEMO_ARGS])
+
+
+def demo_outputs(directory) -> Path:
+    """Where :func:`run_demo` writes its derivatives."""
+    return Path(directory) / 'qsmflow'
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown commit'
+
+
+def main(argv=None) -> int:
+    """Run the tiny demo in a temporary folder and rewrite :data:`RECORD`."""
+    ap = argparse.ArgumentParser(prog='python -m tests.checksums.record',
+                                 description=__doc__.split('\n\n')[0])
+    ap.add_argument('--why', default='', help='the deliberate change of results (recorded)')
+    ap.add_argument('--output', type=Path, default=RECORD, help=f'default: {RECORD}')
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix='qsmflow-checksums-') as tmp:
+        code = run_demo(Path(tmp) / 'demo')
+        if code != 0:
+            print(f'record: the demo failed (exit {code}); nothing recorded', file=sys.stderr)
+            return 1
+        outputs = checksums(demo_outputs(Path(tmp) / 'demo'))
+    taken = f'qsmflow at {_commit()}' + (f' ({args.why})' if args.why else '')
+    record = {'taken_with': taken, 'stack': stack_versions(), 'how': HOW,
+              'command': 'qsmflow demo DIR ' + ' '.join(DEMO_ARGS), 'outputs': outputs}
+    args.output.write_text(json.dumps(record, indent=1) + '\n')
+    print(f'record: {len(outputs)} checksums written to {args.output}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
