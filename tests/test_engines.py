@@ -19,9 +19,13 @@ from qsmflow.execution.progress import RunMonitor, log_path
 
 
 def _opts(**kw):
-    base = {'plugin': None, 'plugin_args': None, 'nprocs': 2, 'mem_gb': None}
+    """The engine section of the run configuration, built from command-line options."""
+    from qsmflow.cli.config import engine_from_args
+
+    base = {'plugin': None, 'plugin_args': None, 'nprocs': 2, 'mem_gb': None,
+            'omp_nthreads': None}
     base.update(kw)
-    return Namespace(**base)
+    return engine_from_args(Namespace(**base))
 
 
 def _workflow(mem=(0.5, 3.0), nprocs=(1, 8)):

@@ -66,21 +66,22 @@ def _runtime_queries(monkeypatch, argv) -> set:
     """Every templateflow query ``qsmflow BIDS OUT participant *argv`` makes before building
     its workflow (:func:`qsmflow.atlases.options.regions_options`), recorded at
     :func:`qsmflow.atlases.templateflow.get`, resolved offline (nothing is downloaded)."""
-    from qsmflow.cli.parser import build_parser
     from qsmflow.atlases.options import regions_options
+    from qsmflow.cli.config import regions_from_args
+    from qsmflow.cli.parser import build_parser
 
     recorded = set()
 
-    def recording_get(template, **entities):
+    def recording_get(template, home=None, **entities):
         recorded.add(prefetch.Query.make(template, entities, '').key)
-        found = templates.query(template, **entities)
+        found = templates.query(template, home=home, **entities)
         if len(found) != 1:
             raise templates.TemplateError(f'{template} {entities} matched {len(found)} files')
         return found[0]
 
     monkeypatch.setattr(templates, 'get', recording_get)
     opts = build_parser().parse_args(['bids', 'out', 'participant', *argv])
-    out = regions_options(opts)
+    out = regions_options(regions_from_args(opts))
     assert out['template'], 'the run-time code skipped registration'
     return recorded
 

@@ -4,7 +4,6 @@ temporary TEMPLATEFLOW_HOME, and the real MASSP20/SUIT queries against templatef
 bundled skeleton (0-byte images, real lookup tables)."""
 from __future__ import annotations
 
-import argparse
 
 import pytest
 
@@ -87,9 +86,20 @@ def test_placeholder_gives_offline_hint(tmp_path, monkeypatch):
         def get(self, template, **entities):
             return [placeholder]
 
-    monkeypatch.setattr(templates, 'client', _Client)
+    monkeypatch.setattr(templates, 'client', lambda home=None: _Client())
     with pytest.raises(templates.TemplateError, match='prefill TEMPLATEFLOW_HOME'):
         templates.get('X', suffix='T1w')
+
+
+def _regions(**options):
+    """The regions section of the run configuration for command-line ``options`` (the
+    parser's defaults otherwise)."""
+    from qsmflow.cli.config import regions_from_args
+    from qsmflow.cli.parser import build_parser
+
+    opts = build_parser().parse_args(['bids', 'out', 'participant'])
+    vars(opts).update(options)
+    return regions_from_args(opts)
 
 
 def test_missing_template_skips_registration_with_warning(monkeypatch, capsys):
@@ -100,16 +110,16 @@ def test_missing_template_skips_registration_with_warning(monkeypatch, capsys):
         raise templates.TemplateError('offline')
 
     monkeypatch.setattr(templates, 'get', fail)
-    opts = argparse.Namespace(template='MNI152NLin2009cAsym', atlases=None)
+    opts = _regions(template='MNI152NLin2009cAsym', atlases=None)
     assert regions_options(opts)['template'] is None
     assert 'registration and atlas tables skipped' in capsys.readouterr().err
     with pytest.raises(InputError, match='offline'):
-        regions_options(argparse.Namespace(template='MNI152NLin2009cAsym',
+        regions_options(_regions(template='MNI152NLin2009cAsym',
                                            atlases=['MASSP20']))
     with pytest.raises(InputError, match='unknown atlas'):
-        regions_options(argparse.Namespace(template='MNI152NLin2009cAsym', atlases=['nope']))
+        regions_options(_regions(template='MNI152NLin2009cAsym', atlases=['nope']))
     with pytest.raises(InputError, match='go together'):
-        regions_options(argparse.Namespace(atlas='x.nii.gz'))
+        regions_options(_regions(atlas='x.nii.gz'))
 
 
 def _custom_files(tmp_path):
@@ -132,17 +142,17 @@ def test_custom_atlas_needs_no_templateflow(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(templates, 'get', fail)
     files = _custom_files(tmp_path)
-    out = regions_options(argparse.Namespace(template='MNI152NLin2009cAsym', atlases=None,
+    out = regions_options(_regions(template='MNI152NLin2009cAsym', atlases=None,
                                              **files))
     assert out['template'] is None and 'skipped' in capsys.readouterr().err
     (atlas,) = out['atlases']
     assert atlas['name'] == 'custom' and atlas['template_image'] == str(files['atlas_template'])
     assert atlas['source']['LookupTable'] == str(files['atlas_labels'])
     with pytest.raises(InputError, match='offline'):
-        regions_options(argparse.Namespace(template='MNI152NLin2009cAsym',
+        regions_options(_regions(template='MNI152NLin2009cAsym',
                                            atlases=['Diedrichsen2009'], **files))
     with pytest.raises(InputError, match='skip-registration'):
-        regions_options(argparse.Namespace(skip_registration=True, **files))
+        regions_options(_regions(skip_registration=True, **files))
 
 
 def test_default_atlases_of_absent_templates_are_skipped(phantom_tf_home, monkeypatch, capsys):
@@ -151,12 +161,12 @@ def test_default_atlases_of_absent_templates_are_skipped(phantom_tf_home, monkey
     from qsmflow.atlases.options import regions_options
 
     monkeypatch.setenv('TEMPLATEFLOW_HOME', str(phantom_tf_home))
-    out = regions_options(argparse.Namespace(template='QSMPhantom', template_resolution=3,
+    out = regions_options(_regions(template='QSMPhantom', template_resolution=3,
                                              atlases=None))
     err = capsys.readouterr().err
     assert out['template'] == 'QSMPhantom' and out['atlases'] == []
     assert 'atlas MASSP20 skipped' in err and 'atlas Diedrichsen2009 skipped' in err
-    out = regions_options(argparse.Namespace(template='QSMPhantom', template_resolution=3,
+    out = regions_options(_regions(template='QSMPhantom', template_resolution=3,
                                              atlases=['Phantom']))
     assert [a['name'] for a in out['atlases']] == ['Phantom']
 

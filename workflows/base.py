@@ -20,10 +20,9 @@ def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipel
     output_dir, bids_dir : str
         Roots of the derivatives and raw datasets.
     pipeline : dict
-        Algorithms and options per step (:mod:`qsmflow.config.presets`); with
-        ``pipeline['masking']['brain_masks']`` (a derivatives folder) each acquisition's
-        ``…_desc-brain_mask.nii[.gz]`` is found there
-        (:func:`qsmflow.bids.derivatives.find_brain_mask`) and replaces the automatic mask.
+        Algorithms and options per step (:attr:`qsmflow.config.PipelineConfig.steps`);
+        with ``pipeline['masking']['brain_masks']`` set, each acquisition's own mask
+        (``acq.brain_mask``, found by pre-flight) replaces the automatic mask.
     omp_nthreads : int
         Threads per node.
     regions_opts : dict, optional
@@ -46,16 +45,17 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
     Parameters
     ----------
     acq : :class:`qsmflow.bids.inputs.Acquisition`
-        Files, echo times (s), field strength (T) and entities of the acquisition.
+        Files, echo times (s), field strength (T), entities and the input files pre-flight
+        resolved (voxel count, user brain mask, user segmentation and lookup table).
     regions_opts : dict, optional
-        ``segmentations`` (derivatives folder of user labels), ``template`` (templateflow
-        name; None skips registration), ``atlases`` (list of atlas dicts from
-        :func:`qsmflow.atlases.specs.resolve_atlases`), ``erode`` (bool).
+        ``template`` (templateflow name; None skips registration), ``template_files``,
+        ``atlases`` (list of atlas dicts from :func:`qsmflow.atlases.specs.resolve_atlases`),
+        ``erode`` (bool): :func:`qsmflow.atlases.options.regions_options`.
     """
     from qsmflow.workflows.outputs import QSM_OUTPUTS, init_qsm_derivatives_wf
     from qsmflow.workflows.qsm import init_qsm_wf
 
-    n_voxels = int(getattr(acq, 'n_voxels', 0) or 2_000_000)
+    n_voxels = int(acq.n_voxels or 2_000_000)
     workflow = pe.Workflow(name=name or f'{acq.name}_wf')
     qsm_wf = init_qsm_wf(pipeline=pipeline, n_voxels=n_voxels,
                          n_echoes=len(acq.echo_times_s), omp_nthreads=omp_nthreads)
@@ -64,10 +64,7 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
                          ('phase_units', acq.phase_units)):
         setattr(qsm_wf.inputs.inputnode, field, value)
     if pipeline['masking'].get('brain_masks'):
-        from qsmflow.bids.derivatives import find_brain_mask
-
-        qsm_wf.inputs.inputnode.brain_mask = str(
-            find_brain_mask(pipeline['masking']['brain_masks'], acq.entities))
+        qsm_wf.inputs.inputnode.brain_mask = acq.brain_mask
     ds_wf = init_qsm_derivatives_wf(output_dir=output_dir, bids_dir=bids_dir,
                                     entities=acq.entities,
                                     source_files=acq.mag_files + acq.phase_files)
@@ -77,6 +74,8 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
     if regions_opts:
         from qsmflow.workflows.registration import connect_regions
 
+        segmentation = (acq.segmentation, acq.segmentation_lut) if acq.segmentation else None
         connect_regions(workflow, qsm_wf, acq=acq, output_dir=output_dir,
-                        regions_opts=regions_opts, omp_nthreads=omp_nthreads)
+                        regions_opts=regions_opts, segmentation=segmentation,
+                        omp_nthreads=omp_nthreads)
     return workflow

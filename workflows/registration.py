@@ -9,7 +9,7 @@ from nipype.pipeline import engine as pe
 
 
 def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dict,
-                    omp_nthreads: int = 1) -> None:
+                    segmentation: tuple | None = None, omp_nthreads: int = 1) -> None:
     """Add registration, atlas labels and regional tables of one acquisition to ``workflow``.
 
     Parameters
@@ -21,24 +21,26 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
     output_dir : str
         Root of the derivatives dataset.
     regions_opts : dict
-        ``segmentations`` (folder or None), ``template`` (name, or None: no registration to
-        a template), ``template_files`` (:func:`template_files`), ``atlases``
-        (:func:`resolve_atlases`; a custom atlas with its own ``template_image`` is
-        processed even without ``template``), ``erode`` (bool).
+        ``template`` (name, or None: no registration to a template), ``template_files``
+        (:func:`qsmflow.atlases.specs.template_files`), ``atlases``
+        (:func:`qsmflow.atlases.specs.resolve_atlases`; a custom atlas with its own
+        ``template_image`` is processed even without ``template``), ``erode`` (bool).
+    segmentation : (str, str), optional
+        The user's segmentation image and lookup table in the acquisition's scanner space
+        (found by pre-flight), or None.
+    omp_nthreads : int
+        ITK threads.
     """
     from qsmflow.workflows.regions import (
         init_regions_wf, init_segmentation_regions_wf)
-    from qsmflow.bids.derivatives import find_segmentation
 
     erode = bool(regions_opts.get('erode'))
-    if regions_opts.get('segmentations'):
-        found = find_segmentation(regions_opts['segmentations'], acq.entities)
-        if found:
-            seg_wf = init_segmentation_regions_wf(
-                segmentation=found[0], lut=found[1], output_dir=output_dir,
-                entities=acq.entities, erode=erode)
-            workflow.connect([(qsm_wf, seg_wf, [('outputnode.chimap', 'inputnode.chimap'),
-                                                ('outputnode.mask', 'inputnode.mask')])])
+    if segmentation:
+        seg_wf = init_segmentation_regions_wf(
+            segmentation=segmentation[0], lut=segmentation[1], output_dir=output_dir,
+            entities=acq.entities, erode=erode)
+        workflow.connect([(qsm_wf, seg_wf, [('outputnode.chimap', 'inputnode.chimap'),
+                                            ('outputnode.mask', 'inputnode.mask')])])
     reg_wf = None
     if regions_opts.get('template'):
         reg_wf = init_registration_wf(

@@ -10,14 +10,16 @@ from pathlib import Path
 DEFAULT_TEMPLATE = 'MNI152NLin2009cAsym'
 
 
-def template_files(template: str, resolution: int | None = 2) -> dict:
-    """T1w image and brain mask of a templateflow template (fetched through the API)."""
+def template_files(template: str, resolution: int | None = 2, *, home=None) -> dict:
+    """T1w image and brain mask of a templateflow template (fetched through the API from
+    the templateflow folder ``home``, default ``$TEMPLATEFLOW_HOME``)."""
     from qsmflow.atlases import templateflow as templates
 
     res = {'resolution': resolution} if resolution else {}
-    out = {'image': str(templates.get(template, suffix='T1w', extension='.nii.gz', **res))}
+    out = {'image': str(templates.get(template, home=home, suffix='T1w', extension='.nii.gz',
+                                      **res))}
     try:
-        out['mask'] = str(templates.get(template, suffix='mask', desc='brain',
+        out['mask'] = str(templates.get(template, home=home, suffix='mask', desc='brain',
                                         extension='.nii.gz', **res))
     except templates.TemplateError:
         out['mask'] = None
@@ -25,7 +27,7 @@ def template_files(template: str, resolution: int | None = 2) -> dict:
 
 
 def resolve_atlases(template: str, names, *, custom: dict | None = None,
-                    resolution: int | None = 2) -> list[dict]:
+                    resolution: int | None = 2, home=None) -> list[dict]:
     """Atlas files (templateflow queries of ``bids_specs/atlases.json``) and how to reach them.
 
     Parameters
@@ -39,6 +41,8 @@ def resolve_atlases(template: str, names, *, custom: dict | None = None,
     resolution : int, optional
         Template resolution used as registration target when an atlas lives in another
         template (SUIT → ``template``).
+    home : str or Path, optional
+        templateflow folder (default: ``$TEMPLATEFLOW_HOME``).
 
     Returns
     -------
@@ -51,13 +55,14 @@ def resolve_atlases(template: str, names, *, custom: dict | None = None,
     qsmflow.atlases.templateflow.TemplateError
         When a file cannot be found or downloaded.
     """
-    out = [resolve_atlas(template, name, resolution=resolution) for name in names]
+    out = [resolve_atlas(template, name, resolution=resolution, home=home) for name in names]
     if custom:
         out.append(custom_atlas(custom))
     return out
 
 
-def resolve_atlas(template: str, name: str, *, resolution: int | None = 2) -> dict:
+def resolve_atlas(template: str, name: str, *, resolution: int | None = 2,
+                  home=None) -> dict:
     """Files of one atlas of ``bids_specs/atlases.json`` and the way to the native grid.
 
     Returns
@@ -72,14 +77,15 @@ def resolve_atlas(template: str, name: str, *, resolution: int | None = 2) -> di
     from qsmflow.atlases import templateflow as templates
 
     spec = bids_specs.load('atlases')['atlases'][name]
-    entry = {'name': name, 'image': str(templates.get(spec['template'], **spec['query'])),
-             'lut': str(templates.get(spec['template'], **spec['lut_query'])),
+    entry = {'name': name,
+             'image': str(templates.get(spec['template'], home=home, **spec['query'])),
+             'lut': str(templates.get(spec['template'], home=home, **spec['lut_query'])),
              'source': {'TemplateflowQuery': spec['query']}, 'via': None}
     if spec['template'] != template:
-        moving = templates.get(spec['template'], **spec.get('template_query', {
+        moving = templates.get(spec['template'], home=home, **spec.get('template_query', {
             'suffix': 'T1w', 'extension': '.nii.gz'}))
         entry['via'] = {'name': spec['template'], 'moving': str(moving), 'to': template,
-                        'fixed': template_files(template, resolution)['image']}
+                        'fixed': template_files(template, resolution, home=home)['image']}
         entry['source']['TemplateToTemplate'] = (
             f'{spec["template"]} T1w registered to {template} T1w with antspyx (identity '
             'start, rigid, affine, SyN), computed once and cached')

@@ -2,10 +2,12 @@
 """Template and atlas retrieval through the templateflow API.
 
 Every template (the real ``MNI152NLin2009cAsym``/``SUIT`` and the demo phantom's
-``QSMPhantom``) is found with the same templateflow queries. The client is rooted at
-``$TEMPLATEFLOW_HOME`` as it is when the query runs (so a test or the demo can point it
-at a folder it filled itself). Offline machines need a prefilled ``TEMPLATEFLOW_HOME``:
-templateflow's PyPI package ships 0-byte placeholders that are downloaded on first use.
+``QSMPhantom``) is found with the same templateflow queries. The client is rooted at the
+folder a query is given (``home``: the run configuration's
+:attr:`qsmflow.config.RegionsConfig.templateflow_home`, e.g. the demo's own folder), else
+at ``$TEMPLATEFLOW_HOME`` as it is when the query runs. Offline machines need a prefilled
+``TEMPLATEFLOW_HOME``: templateflow's PyPI package ships 0-byte placeholders that are
+downloaded on first use.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ class TemplateError(RuntimeError):
     """A template or atlas file cannot be found or downloaded."""
 
 
-def client():
-    """A templateflow client rooted at the current ``$TEMPLATEFLOW_HOME`` (one per folder)."""
-    return _client(os.environ.get('TEMPLATEFLOW_HOME') or '')
+def client(home=None):
+    """A templateflow client rooted at ``home``, else at the current ``$TEMPLATEFLOW_HOME``
+    (else templateflow's default); one client per folder."""
+    return _client(str(home) if home else os.environ.get('TEMPLATEFLOW_HOME') or '')
 
 
 @lru_cache(maxsize=8)
@@ -30,13 +33,15 @@ def _client(root: str):
     return TemplateFlowClient(root=root) if root else TemplateFlowClient()
 
 
-def query(template: str, **entities) -> list[Path]:
+def query(template: str, *, home=None, **entities) -> list[Path]:
     """Paths a templateflow query resolves to, without downloading anything.
 
     Parameters
     ----------
     template : str
         Template identifier, e.g. ``'MNI152NLin2009cAsym'``.
+    home : str or Path, optional
+        templateflow folder (default: ``$TEMPLATEFLOW_HOME``).
     **entities
         templateflow query (``resolution``, ``atlas``, ``suffix``, ``desc``, ``extension``).
 
@@ -46,12 +51,13 @@ def query(template: str, **entities) -> list[Path]:
         Matching files (possibly 0-byte placeholders).
     """
     entities.setdefault('desc', entities.get('desc'))
-    found = client().ls(template, **entities)
+    found = client(home).ls(template, **entities)
     return [Path(p) for p in (found if isinstance(found, list) else [found] if found else [])]
 
 
-def get(template: str, **entities) -> Path:
-    """Fetch exactly one template file through the templateflow API.
+def get(template: str, *, home=None, **entities) -> Path:
+    """Fetch exactly one template file through the templateflow API (client rooted at
+    ``home``, default ``$TEMPLATEFLOW_HOME``).
 
     Raises
     ------
@@ -61,21 +67,21 @@ def get(template: str, **entities) -> Path:
     """
     entities.setdefault('desc', entities.get('desc'))
     try:
-        found = client().get(template, **entities)
+        found = client(home).get(template, **entities)
     except Exception as exc:  # network errors of the download surface here
-        raise TemplateError(_offline_hint(template, entities, exc)) from None
+        raise TemplateError(_offline_hint(template, entities, exc, home)) from None
     paths = found if isinstance(found, list) else [found] if found else []
     if len(paths) != 1:
         raise TemplateError(f'templateflow query {template} {entities} matched {len(paths)} '
                             'files (expected one)')
     path = Path(paths[0])
     if not path.exists() or path.stat().st_size == 0:
-        raise TemplateError(_offline_hint(template, entities, 'file not downloaded'))
+        raise TemplateError(_offline_hint(template, entities, 'file not downloaded', home))
     return path
 
 
-def _offline_hint(template, entities, exc) -> str:
-    home = os.environ.get('TEMPLATEFLOW_HOME', '~/.cache/templateflow')
+def _offline_hint(template, entities, exc, home=None) -> str:
+    home = home or os.environ.get('TEMPLATEFLOW_HOME', '~/.cache/templateflow')
     return (f'cannot get templateflow {template} {entities}: {exc}. On an offline machine, '
             f'prefill TEMPLATEFLOW_HOME ({home}): run qsmflow fetch-templates '
             f'--template {template} where there is internet and copy the folder')

@@ -10,11 +10,13 @@ from qsmflow.atlases.specs import DEFAULT_TEMPLATE, resolve_atlases
 
 
 def precompute_template_transforms(template: str = DEFAULT_TEMPLATE, names=None, *,
-                                   resolution: int | None = 2, nthreads: int = 1) -> list:
+                                   resolution: int | None = 2, nthreads: int = 1,
+                                   home=None) -> list:
     """Fill the transform cache for the atlases that live in another template (SUIT).
 
     For containers and offline machines: run once after prefilling ``TEMPLATEFLOW_HOME``
-    so that participant runs read the template-to-template transforms from the cache.
+    so that participant runs read the template-to-template transforms from the cache
+    (``home``: that templateflow folder, default ``$TEMPLATEFLOW_HOME``).
 
     Returns
     -------
@@ -25,7 +27,7 @@ def precompute_template_transforms(template: str = DEFAULT_TEMPLATE, names=None,
 
     names = names or bids_specs.load('atlases')['default_atlases']
     out = []
-    for atlas in resolve_atlases(template, names, resolution=resolution):
+    for atlas in resolve_atlases(template, names, resolution=resolution, home=home):
         if atlas['via']:
             via = atlas['via']
             out.append(cached_template_transform(via['moving'], via['fixed'], via['name'],
@@ -99,9 +101,9 @@ def cached_template_transform(moving, fixed, name, nthreads=1, *, to=None):
         ``fixed`` as the reference (they map ``moving`` onto ``fixed``).
     """
     import json
-    import os
-    import shutil
     import tempfile
+
+    from qsmflow.bids.atomic import copy_file
 
     cache = transform_cache()
     key = template_transform_key(moving, fixed, name, to)
@@ -124,9 +126,7 @@ def cached_template_transform(moving, fixed, name, nthreads=1, *, to=None):
             rec.write_text(json.dumps(record, indent=2, default=str) + '\n')
             for src, dest in ((out['affine'], affine), (out['warp'], warp),
                               (rec, cache / f'{key}.json')):
-                part = dest.with_name(f'.{dest.name}.tmp{os.getpid()}')
-                shutil.copyfile(src, part)
-                os.replace(part, dest)
+                copy_file(src, dest)
     return str(warp), str(affine)
 
 

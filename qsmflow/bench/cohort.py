@@ -2,8 +2,9 @@
 """``qsmflow bench --cohort N [N ...]``: whole participant-level runs of growing cohorts.
 
 For each cohort size, writes that many demo phantom participants (2 mm by default, each at
-its own pose, SNR 100) plus the phantom template, runs ``qsmflow BIDS OUT participant`` in a
-fresh process with the demo's registration and atlas tables (MultiProc, ``--nprocs``), and
+its own pose, SNR 100) plus the phantom template, runs the participant level of the demo's
+configuration (:func:`qsmflow.cli.demo.demo_config`: registration and atlas tables,
+MultiProc with ``--nprocs``), written to a file and read back in a fresh process, and
 reports the wall time, the time per participant and the peak of the summed resident memory
 of the whole process tree (the qsmflow process and every Nipype worker and ANTs
 subprocess, sampled from ``/proc`` every 0.2 s), next to the MultiProc memory budget.
@@ -18,6 +19,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+
+#: Participant level of a configuration file, in a fresh process (``sys.argv[1]``).
+_RUN_CONFIG = ('import sys; from qsmflow.config import RunConfig; '
+               'from qsmflow.cli.participant import run_participants; '
+               'sys.exit(run_participants(RunConfig.from_file(sys.argv[1])))')
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -67,9 +74,8 @@ def cohort(n: int) -> list[dict]:
 
 def main(sizes, *, nprocs: int = 2, size: str = 'small', keep: str | None = None) -> int:
     """Benchmark each cohort size in ``sizes``; print a table; 0 if every run succeeded."""
-    from qsmflow.cli.demo import DEMO_POSE
-    from qsmflow.phantom.head import SIZES
-    from qsmflow.phantom.template import ATLAS, TEMPLATE, write_template
+    from qsmflow.cli.demo import DEMO_POSE, demo_config
+    from qsmflow.phantom.template import ATLAS, write_template
 
     total_gb = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1e9
     print(f'qsmflow bench --cohort: phantom {size}, --nprocs {nprocs}, registration + '
@@ -84,12 +90,12 @@ def main(sizes, *, nprocs: int = 2, size: str = 'small', keep: str | None = None
             root = Path(tmp) / f'cohort-{n}'
             write_dataset(root / 'rawdata', root / 'truth', cohort(n), size=size, **DEMO_POSE)
             write_template(root / 'templateflow', size=size)
-            env = dict(os.environ, TEMPLATEFLOW_HOME=str(root / 'templateflow'),
-                       QSMFLOW_CACHE=str(root / 'cache'))
-            cmd = [sys.executable, '-m', 'qsmflow', str(root / 'rawdata'), str(root / 'out'),
-                   'participant', '--nprocs', str(nprocs), '-w', str(root / 'work'),
-                   '--skip-bids-validation', '--template', TEMPLATE,
-                   '--template-resolution', str(int(SIZES[size])), '--atlases', ATLAS]
+            config = demo_config(root / 'rawdata', root / 'out', size=size, nprocs=nprocs,
+                                 templateflow_home=root / 'templateflow',
+                                 work_dir=root / 'work', skip_bids_validation=True)
+            config_file = config.to_file(root / 'config.json')
+            env = dict(os.environ, QSMFLOW_CACHE=str(root / 'cache'), NIPYPE_NO_ET='1')
+            cmd = [sys.executable, '-c', _RUN_CONFIG, str(config_file)]
             code, wall, peak, tail = run_and_sample(cmd, env)
             if code:
                 failed += 1

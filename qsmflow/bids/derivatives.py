@@ -28,6 +28,15 @@ class DerivativeLookupError(ValueError):
     """No file, or more than one equally good file, for an acquisition."""
 
 
+class MissingLookupTableError(FileNotFoundError):
+    """A segmentation image without its lookup table (``image``; looked for at ``beside``
+    and at the shared ``shared``)."""
+
+    def __init__(self, image, beside, shared):
+        self.image, self.beside, self.shared = Path(image), Path(beside), Path(shared)
+        super().__init__(f'{image} has no dseg.tsv beside it nor at {self.shared.parent}')
+
+
 def parse_entities(name: str) -> tuple[dict, str]:
     """BIDS entities and suffix of a file name (extension removed).
 
@@ -243,8 +252,8 @@ def find_segmentation(deriv_dir, entities: dict) -> tuple[str, str] | None:
 
     Raises
     ------
-    FileNotFoundError
-        When an image exists but no lookup table does.
+    MissingLookupTableError
+        (a ``FileNotFoundError``) When an image exists but no lookup table does.
     """
     root = Path(deriv_dir)
     folder = root / f'sub-{entities["subject"]}'
@@ -264,7 +273,31 @@ def find_segmentation(deriv_dir, entities: dict) -> tuple[str, str] | None:
     for lut in (beside, root / 'dseg.tsv'):
         if lut.exists():
             return str(image), str(lut)
-    raise FileNotFoundError(f'{image} has no dseg.tsv beside it nor at {root}')
+    raise MissingLookupTableError(image, beside, root / 'dseg.tsv')
+
+
+def check_segmentation(deriv_dir, acq) -> tuple[str, str] | None:
+    """Pre-flight lookup of the user's segmentation of ``acq`` and its lookup table.
+
+    Returns
+    -------
+    (str, str) or None
+        :func:`find_segmentation`'s image and lookup table; None when the participant has
+        no segmentation (its regional tables then come from atlases only).
+
+    Raises
+    ------
+    qsmflow.errors.InputError
+        One line naming the image and the fix when its lookup table is missing.
+    """
+    from qsmflow.errors import InputError
+
+    try:
+        return find_segmentation(deriv_dir, acq.entities)
+    except MissingLookupTableError as exc:
+        raise InputError(f'{exc.image}: segmentation (--segmentations) without a lookup '
+                         f'table; add {exc.beside.name} beside it or {exc.shared} (TSV with '
+                         'columns index, name)') from None
 
 
 def _label(entities: dict) -> str:
@@ -272,5 +305,6 @@ def _label(entities: dict) -> str:
     return '_'.join(f'{k}-{entities[e]}' for k, e in keys if entities.get(e) not in (None, ''))
 
 
-__all__ = ['DerivativeLookupError', 'check_brain_mask', 'expected_pattern', 'find_brain_mask',
-           'find_derivative', 'parse_entities']
+__all__ = ['DerivativeLookupError', 'MissingLookupTableError', 'check_brain_mask', 'check_segmentation',
+           'expected_pattern', 'find_brain_mask', 'find_derivative', 'find_segmentation',
+           'parse_entities']

@@ -23,7 +23,12 @@ _LABEL_RE = re.compile(r'^[A-Za-z0-9]+$')
 
 @dataclass
 class Acquisition:
-    """One multi-echo GRE acquisition (a subject/session/acq/rec/run)."""
+    """One multi-echo GRE acquisition (a subject/session/acq/rec/run).
+
+    :func:`find_acquisitions` fills the files and metadata; pre-flight
+    (:func:`qsmflow.bids.preflight.preflight`) resolves the phase scaling and every other
+    input file, so that workflow builders only build graphs.
+    """
 
     entities: dict
     mag_files: list = field(default_factory=list)
@@ -38,6 +43,15 @@ class Acquisition:
     layout: str = 'echo'
     #: Pre-flight warnings (one line each), filled by :func:`qsmflow.bids.preflight.check_images`.
     warnings: list = field(default_factory=list)
+    #: Voxels of one volume (for memory estimates); set by pre-flight, 0 before.
+    n_voxels: int = 0
+    #: The user's brain mask (``--brain-masks``), found and checked by pre-flight; None
+    #: for the automatic mask.
+    brain_mask: str | None = None
+    #: The user's segmentation (``--segmentations``) and its lookup table, found by
+    #: pre-flight; None when not asked for or when the participant has none.
+    segmentation: str | None = None
+    segmentation_lut: str | None = None
 
     @property
     def name(self) -> str:

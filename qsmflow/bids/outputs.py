@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qsmflow import __version__, bids_specs
-from qsmflow.interfaces.base import write_json
+from qsmflow.bids.atomic import write_json, write_text
 
 
 def expected_outputs(acq, out_dir) -> list[Path]:
@@ -41,8 +41,5 @@ def init_output_dataset(out_dir: Path, bids_dir: Path) -> None:
         'DatasetLinks': {'raw': bids_dir.absolute().as_uri()},
     }
     write_json(out_dir / 'dataset_description.json', desc)
-    ignore = out_dir / '.bidsignore'
-    lines = bids_specs.load('outputs')['bidsignore']
-    tmp = ignore.with_name('.bidsignore.tmp')
-    tmp.write_text('\n'.join(lines) + '\n')
-    tmp.replace(ignore)
+    ignore = bids_specs.load('outputs')['bidsignore']
+    write_text(out_dir / '.bidsignore', '\n'.join(ignore) + '\n')

@@ -14,6 +14,7 @@ import numpy as np
 
 from qsmflow import bids_specs
 from qsmflow.errors import InputError
+from qsmflow.bids.derivatives import check_brain_mask, check_segmentation
 from qsmflow.bids.inputs import Acquisition
 from qsmflow.qsm.phase import infer_phase_units, phase_range
 
@@ -170,8 +171,14 @@ def describe(acq: Acquisition, summary: dict) -> str:
     return line + ''.join(f'; WARNING: {w}' for w in acq.warnings)
 
 
-def preflight(acquisitions: dict, failures: dict, log=print, brain_masks=None) -> dict:
+def preflight(acquisitions: dict, failures: dict, log=print, brain_masks=None,
+              segmentations=None) -> dict:
     """Check the images of every participant; move failing ones into ``failures``.
+
+    Also resolves each acquisition's other input files into its record: the voxel count
+    (``n_voxels``), the user's brain mask (``brain_mask``) and segmentation with its lookup
+    table (``segmentation``, ``segmentation_lut``), so that a missing or unusable file
+    fails its participant here, with one line, and the others run.
 
     Parameters
     ----------
@@ -181,8 +188,11 @@ def preflight(acquisitions: dict, failures: dict, log=print, brain_masks=None) -
         ``{subject: one-line reason}``; updated in place.
     log : callable
         Receives the report, one line per acquisition.
-    brain_masks : str, optional
+    brain_masks : str or Path, optional
         ``--brain-masks`` folder: each acquisition must have a usable mask there.
+    segmentations : str or Path, optional
+        ``--segmentations`` folder: a participant's segmentation there (optional) must
+        have its lookup table.
 
     Returns
     -------
@@ -196,9 +206,10 @@ def preflight(acquisitions: dict, failures: dict, log=print, brain_masks=None) -
             for acq in acqs:
                 summary = check_images(acq)
                 if brain_masks:
-                    from qsmflow.bids.derivatives import check_brain_mask
-
-                    check_brain_mask(brain_masks, acq)
+                    acq.brain_mask = str(check_brain_mask(brain_masks, acq))
+                if segmentations:
+                    found = check_segmentation(segmentations, acq)
+                    acq.segmentation, acq.segmentation_lut = found or (None, None)
                 shape = summary['shape']
                 acq.n_voxels = int(shape[0] * shape[1] * shape[2])
                 lines.append(describe(acq, summary))

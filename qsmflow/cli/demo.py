@@ -2,8 +2,7 @@
 """``qsmflow demo``: build the phantom dataset, process it, compare with the truth."""
 from __future__ import annotations
 
-import argparse
-import os
+import dataclasses
 import time
 from pathlib import Path
 
@@ -24,15 +23,14 @@ def run_demo(directory, *, size='small', nprocs=1, oblique_deg=0.0) -> int:
     """Write the phantom dataset under ``directory``, run qsmflow on it, print a summary.
 
     The phantom's template (image, brain mask, atlas) is written in templateflow layout
-    into ``directory/templateflow``, which serves as ``TEMPLATEFLOW_HOME`` during the run,
-    so registration and atlas tables go through the same templateflow code path as with
-    the real templates; the group level follows.
+    into ``directory/templateflow``, which the run configuration names as its templateflow
+    folder, so registration and atlas tables go through the same templateflow code path
+    as with the real templates; the group level follows.
     """
+    from qsmflow.cli.participant import run_participants
     from qsmflow.group.run import run_group
     from qsmflow.phantom.bids import write_dataset
-    from qsmflow.phantom.head import SIZES
-    from qsmflow.phantom.template import ATLAS, TEMPLATE, write_template
-    from qsmflow.cli.participant import run_participants
+    from qsmflow.phantom.template import write_template
 
     root = Path(directory).expanduser().absolute()
     bids_dir, truth_dir, out_dir = root / 'rawdata', root / 'truth', root / 'qsmflow'
@@ -43,26 +41,42 @@ def run_demo(directory, *, size='small', nprocs=1, oblique_deg=0.0) -> int:
     print(f'qsmflow demo: phantom dataset ({size}) written to {bids_dir} '
           f'(ground truth: {truth_dir}; template: {root / "templateflow"}) '
           f'in {time.time() - t0:.1f} s')
-    opts = argparse.Namespace(
-        bids_dir=bids_dir, output_dir=out_dir, analysis_level='participant',
-        participant_label=None, session_label=None, skip_bids_validation=False,
-        field_strength=None, preset='default', unwrapping=None, bf_removal=None,
-        inversion=None, reference=None, nprocs=nprocs, omp_nthreads=None, work_dir=None,
-        template=TEMPLATE, template_resolution=int(SIZES[size]), atlases=[ATLAS])
-    previous = os.environ.get('TEMPLATEFLOW_HOME')
-    os.environ['TEMPLATEFLOW_HOME'] = str(root / 'templateflow')
-    try:
-        code = run_participants(opts)
-    finally:
-        if previous is None:
-            os.environ.pop('TEMPLATEFLOW_HOME', None)
-        else:
-            os.environ['TEMPLATEFLOW_HOME'] = previous
-    group_opts = argparse.Namespace(bids_dir=bids_dir, output_dir=out_dir,
-                                    analysis_level='group', template=TEMPLATE)
-    code = max(code, run_group(group_opts))
+    config = demo_config(bids_dir, out_dir, size=size, nprocs=nprocs,
+                         templateflow_home=root / 'templateflow')
+    code = run_participants(config)
+    code = max(code, run_group(dataclasses.replace(config, analysis_level='group')))
     print(summarize(out_dir, truth_dir))
     return code
+
+
+def demo_config(bids_dir, out_dir, *, size='small', nprocs=1, templateflow_home,
+                work_dir=None, skip_bids_validation=False):
+    """The run configuration of the demo (and of ``qsmflow bench --cohort``): the default
+    preset, registration to the phantom template (``templateflow_home``, written by
+    :func:`qsmflow.phantom.template.write_template`) at the phantom's resolution and its
+    atlas's tables; ``nprocs`` processes and as many threads per process (the defaults
+    of ``--omp-nthreads`` and ``--plugin``).
+    """
+    from qsmflow.bids.inputs import check_dirs
+    from qsmflow.config import (
+        EngineConfig, MasksConfig, PathsConfig, PipelineConfig, RegionsConfig, RunConfig,
+        SelectionConfig)
+    from qsmflow.config.presets import load_preset
+    from qsmflow.phantom.head import SIZES
+    from qsmflow.phantom.template import ATLAS, TEMPLATE
+
+    bids_dir, out_dir = check_dirs(bids_dir, out_dir)
+    steps = load_preset('default')
+    return RunConfig(
+        paths=PathsConfig(bids_dir, out_dir,
+                          Path(work_dir or out_dir.parent / 'work').expanduser().absolute()),
+        selection=SelectionConfig(skip_bids_validation=skip_bids_validation),
+        pipeline=PipelineConfig(preset='default', steps=steps),
+        masks=MasksConfig(two_pass=bool(steps['masking'].get('two_pass', False))),
+        regions=RegionsConfig(template=TEMPLATE, template_resolution=int(SIZES[size]),
+                              atlases=(ATLAS,), templateflow_home=Path(templateflow_home)),
+        engine=EngineConfig(nprocs=nprocs, omp_nthreads=nprocs,
+                            plugin='linear' if nprocs == 1 else 'multiproc'))
 
 
 def summarize(out_dir, truth_dir) -> str:

@@ -2,9 +2,11 @@
 """The ``qsmflow`` entry point: the BIDS App (``qsmflow BIDS_DIR OUT_DIR participant|group``)
 and the tool commands (``demo``, ``bench``, ``fetch-templates``).
 
-Every anticipated failure ends in one line on stderr (``qsmflow: error: ...``) and a
-non-zero exit code, never a traceback. Exit codes: 0 all done, 1 some participant failed,
-2 bad invocation or input.
+The command line is parsed (:mod:`qsmflow.cli.parser`) and turned into one validated
+:class:`qsmflow.config.RunConfig` (:func:`qsmflow.cli.config.config_from_args`), which the
+participant or group level then runs. Every anticipated failure ends in one line on
+stderr (``qsmflow: error: ...``) and a non-zero exit code, never a traceback. Exit codes:
+0 all done, 1 some participant failed, 2 bad invocation or input.
 """
 from __future__ import annotations
 
@@ -24,14 +26,16 @@ def main(argv=None) -> int:
     try:
         if parser.is_tool_call(argv):
             return _run_tool(parser.build_tools_parser().parse_args(argv))
-        opts = parser.build_parser().parse_args(argv)
-        if opts.analysis_level == 'group':
+        from qsmflow.cli.config import config_from_args
+
+        config = config_from_args(parser.build_parser().parse_args(argv))
+        if config.analysis_level == 'group':
             from qsmflow.group.run import run_group
 
-            return run_group(opts)
+            return run_group(config)
         from qsmflow.cli.participant import run_participants
 
-        return run_participants(opts)
+        return run_participants(config)
     except InputError as exc:
         print(f'qsmflow: error: {exc}', file=sys.stderr)
         return EXIT_USAGE

@@ -1,2 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The run configuration and the pipeline presets (``presets``)."""
+"""The run configuration (``settings``: :class:`RunConfig` and its sections, built once by
+:func:`qsmflow.cli.config.config_from_args`) and the pipeline presets (``presets``)."""
+from qsmflow.config.settings import (
+    CustomAtlas, EngineConfig, MasksConfig, PathsConfig, PipelineConfig, RegionsConfig,
+    RunConfig, SelectionConfig)
+
+__all__ = ['CustomAtlas', 'EngineConfig', 'MasksConfig', 'PathsConfig', 'PipelineConfig',
+           'RegionsConfig', 'RunConfig', 'SelectionConfig']

@@ -48,19 +48,21 @@ def load_plugin_args(value: str | None) -> dict:
     return args
 
 
-def select_plugin(opts) -> tuple[str, str, dict]:
-    """``(choice, nipype_name, plugin_args)`` from the command-line options."""
-    choice = getattr(opts, 'plugin', None) or ('linear' if opts.nprocs == 1 else 'multiproc')
-    user = load_plugin_args(getattr(opts, 'plugin_args', None))
+def select_plugin(engine) -> tuple[str, str, dict]:
+    """``(choice, nipype_name, plugin_args)`` of a :class:`qsmflow.config.EngineConfig`.
+
+    qsmflow's own plugin arguments come first, the user's ``--plugin-args`` last.
+    """
+    choice = engine.plugin
     args = {}
     if choice == 'multiproc':
-        args['n_procs'] = opts.nprocs
+        args['n_procs'] = engine.nprocs
         # workers forked from a clean single-threaded server: a plain fork of the running
         # qsmflow process copies locks held by its threads (pool feeder, numba/OpenMP), and
         # a worker can then wait on one forever (seen as a silent hang)
         args['mp_context'] = 'forkserver'
-        if getattr(opts, 'mem_gb', None):
-            args['memory_gb'] = float(opts.mem_gb)
+        if engine.mem_gb:
+            args['memory_gb'] = float(engine.mem_gb)
     elif choice.startswith('slurm'):
         args['sbatch_args'] = ''
         os.environ.setdefault('LOGNAME', getpass.getuser())  # Nipype's SLURM needs it
@@ -73,7 +75,7 @@ def select_plugin(opts) -> tuple[str, str, dict]:
         if shutil.which(exe) is None:
             raise InputError(f'--plugin {choice} needs {exe} on PATH; run qsmflow on a '
                              'submit host of the cluster, or choose --plugin multiproc')
-    args.update(user)
+    args.update(engine.plugin_args)
     return choice, NIPYPE_PLUGINS[choice], args
 
 

@@ -5,7 +5,8 @@ The terminal shows steps and participants done out of the total with the elapsed
 line updated in place on a terminal; a line per finished participant and per tenth of the
 steps otherwise, e.g. in a SLURM log). Each participant's log,
 ``OUT_DIR/logs/sub-<label>.log``, gets the pre-flight report, every step's start and end
-with times, and the full crash report of a failed step; runs append to it.
+with times, and the full crash report of a failed step; runs append to it. Each run also
+writes its configuration there (:func:`write_config`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ from qsmflow import __version__
 def log_path(out_dir, subject) -> Path:
     """Per-participant log file."""
     return Path(out_dir) / 'logs' / f'sub-{subject}.log'
+
+
+def write_config(config, out_dir) -> Path:
+    """Write the run configuration into ``OUT_DIR/logs/<level>-<time>_config.json``.
+
+    One file per run (what was run, reproducibly: :meth:`qsmflow.config.RunConfig.from_file`
+    reads it back); returns its path.
+    """
+    stamp = datetime.now().strftime('%Y%m%d-%H%M%S-%f')
+    folder = Path(out_dir) / 'logs'
+    folder.mkdir(parents=True, exist_ok=True)
+    return config.to_file(folder / f'{config.analysis_level}-{stamp}_config.json')
 
 
 def _clock(seconds: float) -> str:

@@ -8,13 +8,23 @@ from qsmflow.bids.outputs import expected_outputs, remove_partial_outputs
 from qsmflow.execution.crashes import crash_reason
 
 
-def execute(todo, out_dir, bids_dir, work_dir, pipeline, opts, reports=None) -> dict:
+def execute(todo, config, reports=None) -> dict:
     """Build and run the workflow; return ``{subject: reason}`` for failed acquisitions.
 
+    Parameters
+    ----------
+    todo : list of :class:`qsmflow.bids.inputs.Acquisition`
+        The acquisitions that passed pre-flight (their input files resolved).
+    config : :class:`qsmflow.config.RunConfig`
+        The run configuration; the workflow builders get plain arguments taken from it.
+    reports : dict, optional
+        ``{subject: [pre-flight line, ...]}``, copied into each participant's log.
+
     Derivatives are written into the staging folder and each acquisition's set is moved
-    into ``out_dir`` as soon as all its steps have finished (:mod:`qsmflow.execution.staging`).
+    into ``OUT_DIR`` as soon as all its steps have finished (:mod:`qsmflow.execution.staging`).
     """
-    from nipype import config, logging
+    from nipype import config as nipype_config
+    from nipype import logging
 
     from qsmflow.execution import staging
     from qsmflow.execution.engines import (
@@ -23,10 +33,11 @@ def execute(todo, out_dir, bids_dir, work_dir, pipeline, opts, reports=None) -> 
     from qsmflow.atlases.options import regions_options
     from qsmflow.workflows.base import init_qsmflow_wf
 
-    choice, plugin, plugin_args = select_plugin(opts)
+    out_dir, work_dir = config.paths.output_dir, config.paths.work_dir
+    choice, plugin, plugin_args = select_plugin(config.engine)
     log_dir = work_dir / 'logs'
     log_dir.mkdir(parents=True, exist_ok=True)
-    config.update_config({
+    nipype_config.update_config({
         'execution': {'crashdump_dir': str(log_dir), 'crashfile_format': 'txt',
                       'hash_method': 'content', 'stop_on_first_crash': False,
                       'remove_unnecessary_outputs': False, 'check_version': False,
@@ -38,13 +49,14 @@ def execute(todo, out_dir, bids_dir, work_dir, pipeline, opts, reports=None) -> 
                     'utils_level': 'WARNING'},
         'monitoring': {'enabled': False},
     })
-    logging.update_logging(config)
-    nthreads = opts.omp_nthreads or opts.nprocs
+    logging.update_logging(nipype_config)
     workflow = init_qsmflow_wf(acquisitions=todo, output_dir=str(staging.staging_root(out_dir)),
-                               bids_dir=str(bids_dir), pipeline=pipeline,
-                               omp_nthreads=nthreads, regions_opts=regions_options(opts))
+                               bids_dir=str(config.paths.bids_dir),
+                               pipeline=config.pipeline.steps,
+                               omp_nthreads=config.engine.omp_nthreads,
+                               regions_opts=regions_options(config.regions))
     workflow.base_dir = str(work_dir)
-    apply_resources(workflow, choice, plugin_args, opts.nprocs)
+    apply_resources(workflow, choice, plugin_args, config.engine.nprocs)
     steps = {acq.name: sum(1 for n in iter_nodes(workflow.get_node(f'{acq.name}_wf'))
                            if is_step(n)) for acq in todo}
     published = set()

@@ -6,6 +6,8 @@ import html
 import os
 from pathlib import Path
 
+from qsmflow.bids.atomic import write_text
+
 
 def write_report(path, *, n_participants: int, atlases: list, figures: list, notes: list,
                  tables: list, models_table) -> str:
@@ -34,9 +36,7 @@ def write_report(path, *, n_participants: int, atlases: list, figures: list, not
         f'<h2>Age models</h2><table><tr>{head}</tr>{rows}</table>',
         '</body></html>',
     ]
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text('\n'.join(body) + '\n')
-    tmp.replace(path)
+    write_text(path, '\n'.join(body) + '\n')
     return str(path)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from qsmflow import __version__
 from qsmflow.group import cohort, normative
 from qsmflow.errors import InputError
-from qsmflow.interfaces.base import write_json
+from qsmflow.bids.atomic import replace_into, write_json, write_nifti, write_text
 
 
 def add_zscores(long: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -75,7 +75,7 @@ def group_maps(out_dir: Path, group_dir: Path) -> list[Path]:
         sd = stack.std(axis=-1, ddof=1) if stack.shape[-1] > 1 else np.zeros(stack.shape[:3])
         for desc, data in (('mean', stack.mean(axis=-1)), ('sd', sd)):
             dest = group_dir / f'tpl-{space}_desc-{desc}_Chimap.nii.gz'
-            nb.Nifti1Image(data.astype(np.float32), imgs[0].affine).to_filename(dest)
+            write_nifti(nb.Nifti1Image(data.astype(np.float32), imgs[0].affine), dest)
             write_json(str(dest).replace('.nii.gz', '.json'), {
                 'Units': 'ppm', 'Description': f'Cohort {desc} of space-{space} chi maps',
                 'Sources': [str(p.relative_to(out_dir)) for p in paths]})
@@ -83,14 +83,19 @@ def group_maps(out_dir: Path, group_dir: Path) -> list[Path]:
     return written
 
 
-def run_group(opts) -> int:
-    """Run the group level on a qsmflow derivatives folder; return the exit code."""
+def run_group(config) -> int:
+    """Run the group level on a qsmflow derivatives folder; return the exit code.
+
+    Reads the paths of the :class:`qsmflow.config.RunConfig` (``OUT_DIR`` with the
+    participant tables, ``BIDS_DIR`` with ``participants.tsv``) and writes the
+    configuration into ``OUT_DIR/logs/``.
+    """
+    from qsmflow.execution.progress import write_config
     from qsmflow.group import plots
     from qsmflow.group.report import write_report
 
     t0 = time.time()
-    out_dir = Path(opts.output_dir).expanduser().absolute()
-    bids_dir = Path(opts.bids_dir).expanduser().absolute()
+    out_dir, bids_dir = config.paths.output_dir, config.paths.bids_dir
     tables = cohort.find_tables(out_dir)
     if not tables:
         raise InputError(f'no participant tables (*_stats.tsv) under {out_dir}: run the '
@@ -99,6 +104,7 @@ def run_group(opts) -> int:
     long, models = add_zscores(cohort.long_table(tables, participants))
     group_dir = out_dir / 'group'
     (group_dir / 'figures').mkdir(parents=True, exist_ok=True)
+    write_config(config, out_dir)
     _ensure_bidsignore(out_dir, '/group')
     wide = cohort.wide_table(long)
     mtab = models_table(models)
@@ -167,9 +173,8 @@ def _long_sidecar(notes: list[str]) -> dict:
 
 
 def _write_tsv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    frame.to_csv(tmp, sep='\t', index=False, na_rep='n/a', float_format='%.6g')
-    tmp.replace(path)
+    replace_into(path, lambda tmp: frame.to_csv(tmp, sep='\t', index=False, na_rep='n/a',
+                                                float_format='%.6g'))
 
 
 def _ensure_bidsignore(out_dir: Path, pattern: str) -> None:
@@ -177,6 +182,4 @@ def _ensure_bidsignore(out_dir: Path, pattern: str) -> None:
     path = out_dir / '.bidsignore'
     lines = path.read_text().splitlines() if path.exists() else []
     if pattern not in lines:
-        tmp = path.with_name('.bidsignore.tmp')
-        tmp.write_text('\n'.join([*lines, pattern]) + '\n')
-        tmp.replace(path)
+        write_text(path, '\n'.join([*lines, pattern]) + '\n')

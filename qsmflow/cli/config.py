@@ -1,0 +1,163 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Parsed command line → :class:`qsmflow.config.RunConfig`, validated once.
+
+Every check of the invocation that needs no input data happens here (a bad preset, a
+folder that is not one, an unknown atlas, a custom atlas with a missing part, invalid
+``--plugin-args``) and raises :class:`qsmflow.errors.InputError` (one line; the command
+line exits with code 2). The parser (:mod:`qsmflow.cli.parser`) is the only other place
+that knows the flags.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from qsmflow.config import (
+    CustomAtlas, EngineConfig, MasksConfig, PathsConfig, PipelineConfig, RegionsConfig,
+    RunConfig, SelectionConfig)
+from qsmflow.errors import InputError
+
+
+def config_from_args(opts) -> RunConfig:
+    """The run configuration of ``qsmflow BIDS_DIR OUT_DIR participant|group`` options.
+
+    The group level reads only the paths; its other sections keep their defaults.
+    """
+    if opts.analysis_level == 'group':
+        out_dir = Path(opts.output_dir).expanduser().absolute()
+        bids_dir = Path(opts.bids_dir).expanduser().absolute()
+        work_dir = _work_dir(opts.work_dir, out_dir)
+        return RunConfig(paths=PathsConfig(bids_dir, out_dir, work_dir),
+                         analysis_level='group')
+    from qsmflow.bids.inputs import check_dirs
+
+    bids_dir, out_dir = check_dirs(opts.bids_dir, opts.output_dir)
+    pipeline = pipeline_from_args(opts, masks_from_args(opts))
+    masking = pipeline.steps['masking']
+    masks = MasksConfig(brain_masks=_path(masking.get('brain_masks')),
+                        two_pass=bool(masking.get('two_pass', False)))
+    return RunConfig(
+        paths=PathsConfig(bids_dir, out_dir, _work_dir(opts.work_dir, out_dir)),
+        analysis_level='participant',
+        selection=selection_from_args(opts),
+        pipeline=pipeline,
+        masks=masks,
+        regions=regions_from_args(opts),
+        engine=engine_from_args(opts))
+
+
+def _path(value) -> Path | None:
+    return Path(value) if value else None
+
+
+def _work_dir(work_dir, out_dir: Path) -> Path:
+    return (Path(work_dir) if work_dir else out_dir.parent / 'work').expanduser().absolute()
+
+
+def selection_from_args(opts) -> SelectionConfig:
+    """``--participant-label``, ``--session-label``, ``--bids-filter-file``,
+    ``--field-strength`` and ``--skip-bids-validation``."""
+    from qsmflow.bids.inputs import clean_labels, load_bids_filters
+
+    filter_file = opts.bids_filter_file
+    return SelectionConfig(
+        participant_labels=tuple(clean_labels(opts.participant_label, 'sub-')),
+        session_labels=tuple(clean_labels(opts.session_label, 'ses-')),
+        bids_filter_file=Path(filter_file).expanduser().absolute() if filter_file else None,
+        bids_filters=load_bids_filters(filter_file) if filter_file else None,
+        field_strength=opts.field_strength,
+        skip_bids_validation=bool(opts.skip_bids_validation))
+
+
+def masks_from_args(opts) -> MasksConfig:
+    """``--brain-masks`` (must be a folder) and ``--two-pass``/``--no-two-pass`` as given
+    (None: not given; :func:`config_from_args` then stores what the preset says)."""
+    masks = opts.brain_masks
+    if masks is not None:
+        if not Path(masks).expanduser().is_dir():
+            raise InputError(f'--brain-masks {masks} is not a folder; give a BIDS '
+                             'derivatives folder with sub-<label>/anat/*_desc-brain_mask.nii.gz')
+        masks = Path(masks).expanduser().absolute()
+    return MasksConfig(brain_masks=masks, two_pass=opts.two_pass)
+
+
+def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
+    """``--preset`` resolved with the step overrides and the masking options."""
+    from qsmflow.config.presets import load_preset, with_masking_options, with_overrides
+
+    try:
+        steps = with_overrides(
+            load_preset(opts.preset), unwrapping=opts.unwrapping, bf_removal=opts.bf_removal,
+            inversion=opts.inversion, reference=opts.reference, masking=opts.masking,
+            echo_combination=opts.echo_combination)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    steps = with_masking_options(steps, two_pass=masks.two_pass,
+                                 brain_masks=masks.brain_masks)
+    return PipelineConfig(preset=str(opts.preset), steps=steps)
+
+
+_CUSTOM_FLAGS = {'image': '--atlas', 'lut': '--atlas-labels',
+                 'template_image': '--atlas-template', 'template_mask': '--atlas-template-mask'}
+
+
+def regions_from_args(opts, *, templateflow_home=None) -> RegionsConfig:
+    """Registration, atlas and table options; ``templateflow_home`` defaults to
+    ``$TEMPLATEFLOW_HOME`` (None when unset: templateflow's own default).
+
+    Checks what needs no download: the segmentations folder, the custom atlas's files and
+    that atlas names are known; whether templates and atlases can be fetched is decided
+    when the run resolves them (:func:`qsmflow.atlases.options.regions_options`).
+    """
+    from qsmflow.bids_specs import load
+
+    seg = opts.segmentations
+    if seg is not None:
+        if not Path(seg).is_dir():
+            raise InputError(f'--segmentations {seg} is not a folder')
+        seg = Path(seg).absolute()
+    custom = _custom_atlas(opts)
+    names = tuple(opts.atlases) if opts.atlases is not None else None
+    if opts.skip_registration and (custom is not None or names is not None):
+        raise InputError('--atlas/--atlases need registration: drop --skip-registration '
+                         '(or use --segmentations)')
+    if names is not None:
+        known = load('atlases')['atlases']
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise InputError(f'unknown atlas {unknown[0]!r}; known: '
+                             f'{", ".join(sorted(known))} (or use --atlas)')
+    if templateflow_home is None:
+        templateflow_home = os.environ.get('TEMPLATEFLOW_HOME') or None
+    return RegionsConfig(
+        template=opts.template or 'MNI152NLin2009cAsym',
+        template_resolution=opts.template_resolution, atlases=names, custom_atlas=custom,
+        segmentations=seg, erode=bool(opts.erode_rois),
+        skip_registration=bool(opts.skip_registration),
+        templateflow_home=Path(templateflow_home) if templateflow_home else None)
+
+
+def _custom_atlas(opts) -> CustomAtlas | None:
+    parts = {'image': opts.atlas, 'lut': opts.atlas_labels,
+             'template_image': opts.atlas_template, 'template_mask': opts.atlas_template_mask}
+    given = [k for k, v in parts.items() if v is not None]
+    if not given:
+        return None
+    if not {'image', 'lut', 'template_image'} <= set(given):
+        raise InputError('--atlas, --atlas-labels and --atlas-template go together '
+                         '(--atlas-template-mask is optional)')
+    for key in given:
+        if not Path(parts[key]).is_file():
+            raise InputError(f'{parts[key]} ({_CUSTOM_FLAGS[key]}) not found')
+    return CustomAtlas(**{k: Path(parts[k]).absolute() for k in given})
+
+
+def engine_from_args(opts) -> EngineConfig:
+    """``--nprocs``, ``--omp-nthreads``, ``--mem-gb``, ``--plugin`` and ``--plugin-args``."""
+    from qsmflow.execution.engines import load_plugin_args
+
+    return EngineConfig(
+        nprocs=opts.nprocs, omp_nthreads=opts.omp_nthreads or opts.nprocs,
+        mem_gb=opts.mem_gb,
+        plugin=opts.plugin or ('linear' if opts.nprocs == 1 else 'multiproc'),
+        plugin_args=load_plugin_args(opts.plugin_args))
