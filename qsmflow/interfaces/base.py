@@ -18,6 +18,7 @@ import nibabel as nb
 import numpy as np
 
 from qsmflow import __version__
+from qsmflow.bids.atomic import write_json  # noqa: F401 - the sidecar writer of interfaces
 
 
 def load(path):
@@ -95,12 +96,3 @@ def _jsonable(obj):
     if isinstance(obj, (np.ndarray, tuple)):
         return list(np.asarray(obj).tolist())
     return str(obj)
-
-
-def write_json(path, obj) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as fobj:
-        json.dump(obj, fobj, indent=2, default=_jsonable)
-        fobj.write('\n')
-    os.replace(tmp, path)

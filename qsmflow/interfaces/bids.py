@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits)
 
 from qsmflow import bids_specs
+from qsmflow.bids.atomic import copy_file as atomic_copy
 from qsmflow.interfaces import base
 
 
@@ -47,13 +47,6 @@ class DerivativesSink(SimpleInterface):
         base.write_json(base.sidecar_of(dest), _ordered(meta))
         self._results['out_file'] = str(dest)
         return runtime
-
-
-def atomic_copy(src, dest) -> None:
-    """Copy ``src`` to ``dest`` through a temporary file in the same folder, then rename."""
-    tmp = Path(dest).with_name(f'.{Path(dest).name}.tmp{os.getpid()}')
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
 
 
 def _read(path) -> dict:

@@ -19,6 +19,8 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
+from qsmflow.bids.atomic import write_nifti
+
 from .head import LABELS, make_head
 from .tissues import BRAIN_LABELS, DEEP_GM, LABEL_INDEX
 
@@ -178,10 +180,4 @@ def _write(data, affine, path: Path) -> None:
     img.set_qform(affine, code=4)
     img.set_sform(affine, code=4)
     img.header.set_xyzt_units('mm')
-    _atomic_nifti(img, path)
-
-
-def _atomic_nifti(img, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp.nii.gz')
-    img.to_filename(tmp)
-    tmp.replace(path)
+    write_nifti(img, path)
