@@ -65,8 +65,8 @@ def extract_brain(
 
     Steps:
 
-    1. Working grid: the magnitude is block-averaged to voxels of about
-       ``working_voxel_mm`` (per axis; never finer than the input).
+    1. Working grid: the magnitude is block-averaged to voxels of at most
+       ``working_voxel_mm`` per axis (whole blocks; the input's voxels where coarser).
     2. Brain intensity ``I_b``: the median magnitude of the head voxels (above a tenth of
        the 2-98 % range) within half the head's equivalent radius of its intensity-weighted
        centre.
@@ -217,8 +217,11 @@ def _separate(tissue, head, vox, radii, max_voxels, margin_mm, max_share):
         if not core.any():
             break
         core = _largest_component(core)
-        rec = _ball_dilate(core, vox, radius + float(vox.max())) & tissue
-        rec = _fill_holes(_largest_component(rec), slicewise=False)
+        grow = radius + float(vox.max())
+        box = bounding_box(core, int(np.ceil(grow / vox.min())) + 1)
+        rec = np.zeros_like(tissue)
+        rec[box] = _fill_holes(_largest_component(_ball_dilate(core[box], vox, grow)
+                                                  & tissue[box]), slicewise=False)
         best = rec
         n = int(rec.sum())
         share = 0.0 if shallow is None else np.count_nonzero(rec & shallow) / max(n, 1)
@@ -232,7 +235,7 @@ def _separate(tissue, head, vox, radii, max_voxels, margin_mm, max_share):
 
 def _extract_brain(mag, vox, q, lo, hi, qthr, max_volume_ml, margin_mm, max_surface_share,
                    radii, work_mm):
-    factors = tuple(max(1, int(work_mm / h + 0.5)) for h in vox)
+    factors = tuple(max(1, int(work_mm / h + 1e-6)) for h in vox)
     wvox = vox * np.asarray(factors)
     level = _brain_intensity(_block_mean(mag, factors), wvox)
     # work on the box around everything above the tissue window's lower end (whole blocks)
