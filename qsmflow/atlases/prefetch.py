@@ -6,7 +6,7 @@ The file list is not written down here a second time; it follows from what a run
 templateflow for:
 
 - the registration template and resolution the command line defaults to (``--template``,
-  ``--template-resolution`` of :func:`qsmflow.atlases.options.add_arguments`), plus any
+  ``--template-resolution`` of :func:`qsmflow.cli.parser.build_parser`), plus any
   resolution an atlas of that template is defined at (so ``--template-resolution`` can
   match the atlas grid offline), plus templates and resolutions given here;
 - for each, the T1w image and brain mask :func:`qsmflow.atlases.specs.template_files`

@@ -199,7 +199,7 @@ def check_brain_mask(deriv_dir, acq) -> Path:
 
     Raises
     ------
-    qsmflow.bids.inputs.InputError
+    qsmflow.errors.InputError
         One line: no or ambiguous mask (with the expected pattern), unreadable file,
         several volumes, or no brain voxel on the GRE grid.
     """

@@ -4,7 +4,7 @@
 Reads every file once and catches what would otherwise fail (or silently mislead) deep in
 the pipeline: unreadable or truncated NIfTIs, 2D data, grids that differ between echoes,
 volume counts that do not match the echo times, NaN/Inf voxels, an all-zero magnitude and
-phase whose scaling cannot be told. Problems raise :class:`qsmflow.bids.inputs.InputError`
+phase whose scaling cannot be told. Problems raise :class:`qsmflow.errors.InputError`
 (one line naming the file and the fix); tolerable oddities become warnings on the
 acquisition. :func:`preflight` runs the checks for every participant and reports.
 """
