@@ -31,7 +31,7 @@ from qsmflow.qsm.mask import (
 #: Brain-tissue intensity window, as fractions of the median magnitude at the head centre.
 DEFAULT_TISSUE_RANGE = (0.5, 2.0)
 #: Largest plausible brain volume (mL): cerebrum, cerebellum, brainstem and ventricles.
-DEFAULT_MAX_VOLUME_ML = 1900.0
+DEFAULT_MAX_VOLUME_ML = 2000.0
 #: Depth (mm) below the head surface that brain does not reach (scalp + skull + CSF).
 DEFAULT_SURFACE_MARGIN_MM = 5.0
 #: Largest share (0-1) of an accepted reconstruction within the surface margin.
