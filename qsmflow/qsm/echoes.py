@@ -16,13 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from qsmflow.qsm.kernels import GAMMA_HZ_PER_T, bounding_box
-from qsmflow.qsm.mask import (
-    _as_echo_times,
-    _as_image,
-    _as_mask,
-    _as_voxel_size,
-    _check_finite_in_mask,
-)
+from qsmflow.qsm._validation import as_echo_times as _as_echo_times
+from qsmflow.qsm._validation import as_image as _as_image
+from qsmflow.qsm._validation import as_mask as _as_mask
+from qsmflow.qsm._validation import as_voxel_size as _as_voxel_size
+from qsmflow.qsm._validation import check_finite_in_mask as _check_finite_in_mask
 from qsmflow.qsm.unwrap import (
     DEFAULT_LAPLACIAN_MAX_ITER,
     DEFAULT_LAPLACIAN_TOL,

@@ -114,7 +114,7 @@ def test_brain_mask_validation(head):
         brain_mask(mag[..., None], VOX)
     with pytest.raises(ValueError, match='threshold'):
         brain_mask(mag, VOX, threshold=1.5)
-    with pytest.raises(ValueError, match='voxel_size_mm'):
+    with pytest.raises(ValueError, match='voxel_size'):
         brain_mask(mag, (1, 0, 1))
     with pytest.raises(ValueError, match='erode_mm'):
         brain_mask(mag, VOX, erode_mm=-1)
