@@ -221,3 +221,4 @@ def test_segmentation_without_lut_leaves_the_others_running(tmp_path):
     (written,) = (out / 'logs').glob('participant-*_config.json')
     config = RunConfig.from_file(written)
     assert config.regions.segmentations == seg and config.engine.nprocs == 1
+    assert f'configuration: {written}' in (out / 'logs' / 'sub-02.log').read_text()

@@ -37,8 +37,8 @@ def run_participants(config) -> int:
 
     if todo:
         init_output_dataset(out_dir, bids_dir)
-        write_config(config, out_dir)
-        failures.update(execute(todo, config, reports))
+        config_file = write_config(config, out_dir)
+        failures.update(execute(todo, config, reports, config_file))
 
     done = sorted(set(acquisitions) - set(failures))
     print(f'qsmflow: finished in {time.time() - t0:.0f} s: {len(done)} participant(s) done, '

@@ -8,7 +8,7 @@ from qsmflow.bids.outputs import expected_outputs, remove_partial_outputs
 from qsmflow.execution.crashes import crash_reason
 
 
-def execute(todo, config, reports=None) -> dict:
+def execute(todo, config, reports=None, config_file=None) -> dict:
     """Build and run the workflow; return ``{subject: reason}`` for failed acquisitions.
 
     Parameters
@@ -19,6 +19,9 @@ def execute(todo, config, reports=None) -> dict:
         The run configuration; the workflow builders get plain arguments taken from it.
     reports : dict, optional
         ``{subject: [pre-flight line, ...]}``, copied into each participant's log.
+    config_file : Path, optional
+        Where the configuration was written (:func:`qsmflow.execution.progress.write_config`),
+        named in each participant's log.
 
     Derivatives are written into the staging folder and each acquisition's set is moved
     into ``OUT_DIR`` as soon as all its steps have finished (:mod:`qsmflow.execution.staging`).
@@ -68,6 +71,8 @@ def execute(todo, config, reports=None) -> dict:
 
     monitor = RunMonitor(todo, steps, out_dir, complete)
     for subject in {acq.subject for acq in todo}:
+        if config_file is not None:
+            monitor.log(subject, f'configuration: {config_file}')
         for line in (reports or {}).get(subject, []):
             monitor.log(subject, f'pre-flight {line}')
     if choice not in GRAPH_PLUGINS:
