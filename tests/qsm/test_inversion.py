@@ -108,8 +108,11 @@ def test_tv_keeps_outside_fields_outside(brain, simulate_field, centre_mm):
     residual = (simulate_field(source.astype(float), vs) * m).astype(np.float32)
 
     def closed_form(field):
-        prob = inversion._Problem(field, m, np.asarray(vs), np.array([0.0, 0.0, 1.0]))
-        return prob.finish(inversion._tv_closed_form(prob, 1e-3, 0.1, 100, 1e-3), np.float32)
+        from qsmflow.qsm.inversion._common import _Problem
+        from qsmflow.qsm.inversion.total_variation import _tv_closed_form
+
+        prob = _Problem(field, m, np.asarray(vs), np.array([0.0, 0.0, 1.0]))
+        return prob.finish(_tv_closed_form(prob, 1e-3, 0.1, 100, 1e-3), np.float32)
 
     leaks = {}
     for name, func in (('tv', lambda f: inversion.tv(f, m, vs)), ('closed', closed_form)):
@@ -154,6 +157,7 @@ def test_tv_regularisation_strength(brain_noisy):
 def test_rts_lsmr_filter_matches_full_lsmr():
     from scipy.sparse.linalg import LinearOperator, lsmr
 
+    from qsmflow.qsm.inversion.two_step import _lsmr_filter
     from qsmflow.qsm.kernels import dipole_kernel
 
     rng = np.random.default_rng(0)
@@ -162,7 +166,7 @@ def test_rts_lsmr_filter_matches_full_lsmr():
     B = (rng.standard_normal(D.shape) + 1j * rng.standard_normal(D.shape)).astype(np.complex64)
     B *= D  # data look like D·X
     for n_iter in (4, 15):
-        H = inversion._lsmr_filter(D, B, n_iter)
+        H = _lsmr_filter(D, B, n_iter)
         d2 = np.repeat(D.reshape(-1).astype(float), 2)
         op = LinearOperator((d2.size,) * 2, matvec=lambda x, d=d2: d * x.ravel(),
                             rmatvec=lambda x, d=d2: d * x.ravel(), dtype=float)
@@ -256,6 +260,8 @@ def test_medi_edge_prior_and_options(brain):
 
 
 def test_ilsqr_removes_lsqr_streaks(brain_noisy, monkeypatch):
+    from qsmflow.qsm.inversion import least_squares
+
     """The streak estimate of iLSQR lowers the RMSE of plain LSQR; without it, it does not."""
     b = brain_noisy
     m, vs = b['mask'], b['voxel_size']
@@ -263,7 +269,7 @@ def test_ilsqr_removes_lsqr_streaks(brain_noisy, monkeypatch):
     err_ilsqr = metrics.rmse(inversion.ilsqr(b['local_noisy'], m, vs), b['chi'], m)
     assert err_ilsqr < 0.75 * err_lsqr
     # with the streak removal disabled iLSQR is just LSQR
-    monkeypatch.setattr(inversion, '_ilsqr_streaks', lambda prob, chi, *a: np.zeros_like(chi))
+    monkeypatch.setattr(least_squares, '_ilsqr_streaks', lambda prob, chi, *a: np.zeros_like(chi))
     off = inversion.ilsqr(b['local_noisy'], m, vs)
     assert metrics.rmse(off, b['chi'], m) > 0.95 * err_lsqr
     with pytest.raises(ValueError, match='edge_percentile'):
@@ -276,7 +282,7 @@ def test_tv_admm_norms_do_not_depend_on_the_thread_count():
     """The fused ADMM step's norms steer TV's stopping and ρ updates: same for any threads."""
     import numba
 
-    from qsmflow.qsm.inversion import _shrink_update
+    from qsmflow.qsm.inversion._admm import _shrink_update
 
     rng = np.random.default_rng(0)
     chi = rng.standard_normal((40, 50, 60)).astype(np.float32)

@@ -1,0 +1,159 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Total-variation regularised dipole inversion (ADMM, linear FANSI scheme)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qsmflow.qsm.inversion._admm import _admm_tv, _data_update, _shrink_update
+from qsmflow.qsm.inversion._common import _iterations, _positive, _Problem, _validate
+from qsmflow.qsm.kernels import gradient_adjoint, irfft, laplacian_kernel, rfft
+
+#: ADMM over-relaxation factor of :func:`tv` (Boyd et al. 2011, §3.4.3; 1 = plain ADMM).
+#: 1.8 reaches the default tolerance in about a third fewer iterations, closer to the optimum.
+TV_RELAXATION = 1.8
+
+
+def tv(
+    local_field: np.ndarray,
+    mask: np.ndarray,
+    voxel_size,
+    b0_dir=(0, 0, 1),
+    *,
+    lam: float = 5e-4,
+    rho: float | None = None,
+    rho_data: float = 0.3,
+    max_iter: int = 100,
+    tol: float = 5e-3,
+) -> np.ndarray:
+    """Total-variation regularised dipole inversion with the data term inside the mask.
+
+    Solves ``min_χ ½‖M (F⁻¹ D F χ − f)‖² + lam ‖∇χ‖₂,₁`` (isotropic TV on periodic
+    forward differences) by ADMM with the splits ``z = ∇χ`` and ``y = F⁻¹ D F χ`` [1]_ [2]_
+    (linear, weighted FANSI): the χ update is exact in k-space,
+    ``F χ = (ρ Eᴴ F(z − u) + ρ_d D F(y − u_y)) / (ρ Σ|E_a|² + ρ_d D²)``, the z update is
+    isotropic soft-thresholding with ``lam/ρ`` and the y update is pointwise. Both splits are
+    over-relaxed with :data:`TV_RELAXATION` [3]_.
+
+    The field is fitted only inside the mask ``M``, and χ is free on the whole padded grid
+    (only its values inside the mask are returned). χ just outside the mask can then carry
+    the part of the field that background removal attributed to outside sources although
+    it came from inside (the smooth error PDF and SHARP leave in the local field), instead of
+    forcing a smooth bias onto χ inside. Solving with the field taken as 0 outside the mask
+    (the closed-form variant of [1]_) biased deep-grey-matter means by about 0.01 ppm on
+    forward-simulated heads; this formulation cut that error by 40 % at 2 mm and by more
+    than half at 1 mm.
+
+    Parameters
+    ----------
+    local_field : (nx, ny, nz) ndarray
+        Local field in ppm of B0; values outside ``mask`` are ignored.
+    mask : (nx, ny, nz) ndarray of bool
+        Region where ``local_field`` is valid (non-empty).
+    voxel_size : sequence of 3 float
+        Voxel spacing (mm).
+    b0_dir : sequence of 3 float, optional
+        B0 direction in voxel index axes (dimensionless).
+    lam : float, optional
+        TV weight in ppm·mm (fields in ppm, ``∇χ`` in ppm/mm). Default 5e-4: on simulated
+        heads it kept more deep-grey-matter contrast than 1e-3 (slope against the truth
+        0.94–0.96 against 0.89–0.91 at 1 mm, 0.90 against 0.86 at 2 mm).
+    rho : float, optional
+        ADMM penalty of the gradient split in mm² (weights ``‖∇χ − z‖²``); default None
+        means ``100 · lam``, the choice of [1]_ [2]_.
+    rho_data : float, optional
+        ADMM penalty of the data split (dimensionless, the data weight inside the mask is
+        1). Default 0.3.
+    max_iter : int, optional
+        Maximum ADMM iterations (default 100; 30–50 are needed at the default ``tol``).
+    tol : float, optional
+        Stop when ``‖χₖ − χₖ₋₁‖ ≤ tol ‖χₖ‖`` inside the mask (default 5e-3: the mean
+        deep-grey-matter error then differed by at most 0.0003 ppm from that at 1e-3,
+        which took about twice as many iterations).
+
+    Returns
+    -------
+    chi : (nx, ny, nz) ndarray
+        Susceptibility in ppm (unreferenced), 0 outside ``mask``; float dtype of the input.
+
+    Raises
+    ------
+    ValueError
+        For invalid inputs or non-positive ``lam``/``rho``/``rho_data``/``max_iter``,
+        negative ``tol``.
+
+    References
+    ----------
+    .. [1] Bilgic B, Fan AP, Polimeni JR, Cauley SF, Bianciardi M, Adalsteinsson E, Wald LL,
+       Setsompop K. Fast quantitative susceptibility mapping with L1-regularization and
+       automatic parameter selection. Magn Reson Med 2014;72:1444-1459.
+       doi:10.1002/mrm.25029
+    .. [2] Milovic C, Bilgic B, Zhao B, Acosta-Cabronero J, Tejos C. Fast nonlinear
+       susceptibility inversion with variational regularization. Magn Reson Med
+       2018;80:814-821. doi:10.1002/mrm.27073
+    .. [3] Boyd S, Parikh N, Chu E, Peleato B, Eckstein J. Distributed optimization and
+       statistical learning via the alternating direction method of multipliers. Found
+       Trends Mach Learn 2011;3:1-122. doi:10.1561/2200000016
+
+    Examples
+    --------
+    >>> m = np.ones((16, 16, 16), bool)
+    >>> chi = tv(np.zeros((16, 16, 16), np.float32), m, (1, 1, 1), max_iter=3)
+    >>> chi.shape == m.shape and bool(np.all(chi == 0))
+    True
+    """
+    field, mask, vsz, b0 = _validate(local_field, mask, voxel_size, b0_dir)
+    lam = _positive('lam', lam)
+    rho = 100.0 * lam if rho is None else _positive('rho', rho)
+    rho_data = _positive('rho_data', rho_data)
+    max_iter, tol = _iterations(max_iter, tol)
+    prob = _Problem(field, mask, vsz, b0)
+    return prob.finish(_tv_masked_core(prob, lam, rho, rho_data, max_iter, tol), field.dtype)
+
+
+def _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol):
+    D, shape, vsz = prob.D, prob.shape, prob.vsz
+    ih = (1.0 / vsz).astype(np.float32)
+    w2 = prob.mask.astype(np.float32)
+    wf = prob.field * w2
+    den = np.float32(rho) * laplacian_kernel(shape, vsz) + np.float32(rho_data) * D * D
+    iden = np.zeros_like(den)
+    np.divide(1, den, out=iden, where=den > 0)
+    grad_gain = iden * np.float32(rho)
+    data_gain = iden * D * np.float32(rho_data)
+    v = np.zeros((3,) + shape, np.float32)  # z − u of the gradient split
+    u = np.zeros_like(v)
+    q = wf.copy()  # y − u_y of the data split: start from the field inside the mask
+    uy = np.zeros(shape, np.float32)
+    thr = np.float32(lam / rho)
+    alpha = np.float32(TV_RELAXATION)
+    chi_prev = None
+    for it in range(max_iter):
+        X = rfft(gradient_adjoint(v, vsz))
+        X *= grad_gain
+        X += data_gain * rfft(q)
+        chi = irfft(X, shape)
+        if it == max_iter - 1:
+            break
+        X *= D
+        # the stopping norms cover χ inside the mask, what is returned (χ outside, which
+        # only carries field into the mask, settles much more slowly and does not matter)
+        dnorm, cnorm = _data_update(irfft(X, shape), wf, w2, q, uy, np.float32(rho_data),
+                                    alpha, chi, chi if chi_prev is None else chi_prev)
+        _shrink_update(chi, chi, u, v, ih[0], ih[1], ih[2], thr, alpha)
+        if chi_prev is not None and dnorm <= tol * cnorm:
+            break
+        chi_prev = chi
+    return chi
+
+
+def _tv_closed_form(prob, lam, rho, max_iter, tol):
+    """TV-ADMM with the field taken as 0 outside the mask (closed-form χ update, [1]_ of
+    :func:`tv`): the fast start of :func:`medi`."""
+    D = prob.D
+    L = laplacian_kernel(prob.shape, prob.vsz)
+    numerator = rfft(prob.field)
+    numerator *= D
+    v = np.zeros((3,) + prob.shape, np.float32)
+    return _admm_tv(numerator, D * D, L, rho, lam, v, prob.vsz, max_iter, tol,
+                    relaxation=TV_RELAXATION)
