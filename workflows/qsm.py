@@ -103,16 +103,19 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         name='outputnode')
 
     load_megre = pe.Node(LoadMEGRE(), name='load_megre', mem_gb=gb_img * n_echoes * 4)
-    brain_mask = pe.Node(BrainMask(params=masking.get('params', {})),
-                         name='brain_mask', mem_gb=gb_img * n_echoes * 2)
+    brain_mask = pe.Node(BrainMask(params=masking.get('params', {}), num_threads=omp_nthreads),
+                         name='brain_mask', mem_gb=gb_img * n_echoes * 2, n_procs=omp_nthreads)
     field_fit = pe.Node(EstimateField(unwrapping=pipeline['unwrapping']['method'],
-                                      combination=pipeline['echo_combination']['method']),
+                                      combination=pipeline['echo_combination']['method'],
+                                      num_threads=omp_nthreads),
                         name='field_fit', mem_gb=gb_img * n_echoes * 6, n_procs=omp_nthreads)
     if user_mask:
         workflow.connect(inputnode, 'brain_mask', brain_mask, 'in_mask')
     if masking['method'] == 'quality' and not user_mask:
-        final_mask = pe.Node(QualityMask(params=masking.get('quality_params', {})),
-                             name='quality_mask', mem_gb=gb_img * n_echoes * 4)
+        final_mask = pe.Node(QualityMask(params=masking.get('quality_params', {}),
+                                         num_threads=omp_nthreads),
+                             name='quality_mask', mem_gb=gb_img * n_echoes * 4,
+                             n_procs=omp_nthreads)
         workflow.connect([
             (load_megre, final_mask, [('magnitude', 'in_magnitude'), ('phase', 'in_phase'),
                                       ('echo_times', 'echo_times')]),
@@ -123,8 +126,9 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
 
     passes = [('filled', final_mask)] if two_pass else [(None, final_mask)]
     if two_pass:
-        strict = pe.Node(StrictMask(params=masking.get('strict_params', {})),
-                         name='strict_mask', mem_gb=gb_img * n_echoes * 4)
+        strict = pe.Node(StrictMask(params=masking.get('strict_params', {}),
+                                    num_threads=omp_nthreads),
+                         name='strict_mask', mem_gb=gb_img * n_echoes * 4, n_procs=omp_nthreads)
         workflow.connect([
             (load_megre, strict, [('magnitude', 'in_magnitude'), ('phase', 'in_phase'),
                                   ('echo_times', 'echo_times')]),
@@ -135,11 +139,13 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     for pass_name, mask_node in passes:
         suffix = '' if pass_name in (None, 'filled') else f'_{pass_name}'
         bg_removal = pe.Node(RemoveBackground(method=pipeline['bf_removal']['method'],
-                                              params=pipeline['bf_removal'].get('params', {})),
+                                              params=pipeline['bf_removal'].get('params', {}),
+                                              num_threads=omp_nthreads),
                              name=f'bg_removal{suffix}', mem_gb=gb_img * 30,
                              n_procs=omp_nthreads)
         inversion = pe.Node(InvertDipole(method=pipeline['inversion']['method'],
-                                         params=pipeline['inversion'].get('params', {})),
+                                         params=pipeline['inversion'].get('params', {}),
+                                         num_threads=omp_nthreads),
                             name=f'inversion{suffix}', mem_gb=gb_img * 40, n_procs=omp_nthreads)
         if pass_name:
             bg_removal.inputs.pass_name = inversion.inputs.pass_name = pass_name
@@ -159,7 +165,8 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     chi_node = inversion
     if two_pass:
         bg_strict, inv_strict = branches['strict']
-        chi_node = pe.Node(CombineTwoPass(), name='combine_two_pass', mem_gb=gb_img * 6)
+        chi_node = pe.Node(CombineTwoPass(num_threads=omp_nthreads), name='combine_two_pass',
+                           mem_gb=gb_img * 6, n_procs=omp_nthreads)
         workflow.connect([
             (inv_strict, chi_node, [('out_file', 'in_strict')]),
             (bg_strict, chi_node, [('out_mask', 'strict_mask')]),
@@ -167,8 +174,9 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
             (bg_removal, chi_node, [('out_mask', 'filled_mask')]),
         ])  # fmt:skip
 
-    reference = pe.Node(ReferenceChi(method=pipeline['reference']['method']),
-                        name='reference', mem_gb=gb_img * 4)
+    reference = pe.Node(ReferenceChi(method=pipeline['reference']['method'],
+                                     num_threads=omp_nthreads),
+                        name='reference', mem_gb=gb_img * 4, n_procs=omp_nthreads)
     if pipeline['reference']['method'] == 'csf':
         workflow.connect([
             (load_megre, reference, [('magnitude', 'in_magnitude'),

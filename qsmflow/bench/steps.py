@@ -38,10 +38,21 @@ def _timed(label, func, repeat, rows):
 
 
 def run_steps(opts) -> int:
-    """Time every reconstruction step (``qsmflow bench`` options ``opts``); returns 0."""
+    """Time every reconstruction step (``qsmflow bench`` options ``opts``) on every core
+    (:func:`qsmflow.qsm.threads.limit`); returns 0."""
+    from qsmflow.qsm import threads
+
+    with threads.limit(None):
+        return _run_steps(opts)
+
+
+def _run_steps(opts) -> int:
     from qsmflow.phantom.bids import DEFAULT_B0_TESLA, DEFAULT_ECHO_TIMES_S, oblique_affine
     from qsmflow.phantom.forward import simulate_megre
     from qsmflow.phantom.head import DEEP_GM, make_head
+    import numba
+    from scipy import fft as sfft
+
     from qsmflow.qsm import bgremove, echoes, inversion, kernels, mask, metrics, reference
 
     size = opts.size or 'full'
@@ -55,7 +66,8 @@ def run_steps(opts) -> int:
     print(f'qsmflow bench: phantom {size} {head.labels.shape} at {vox} mm, '
           f'{len(tes)} echoes, B0 tilt {opts.oblique} deg')
     print(f'  machine: {platform.machine()}, {os.cpu_count()} CPUs, '
-          f'python {platform.python_version()}, FFT workers {kernels.FFT_WORKERS}')
+          f'python {platform.python_version()}, threads {sfft.get_workers()} '
+          f'(FFT workers; numba {numba.get_num_threads()})')
     print(f'  {"step":<34}{"time":>10} {"peak alloc":>11}')
     rows = []
     brain = _timed('brain mask (magnitude)', lambda: mask.brain_mask(mag[..., 0], vox),

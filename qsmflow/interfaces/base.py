@@ -16,9 +16,19 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
+from nipype.interfaces.base import BaseInterfaceInputSpec, traits
 
 from qsmflow import __version__
 from qsmflow.bids.atomic import write_json  # noqa: F401 - the sidecar writer of interfaces
+
+
+class StepInputSpec(BaseInterfaceInputSpec):
+    """Inputs of every reconstruction step: the threads its qsm/ call may use."""
+
+    num_threads = traits.Int(1, usedefault=True, nohash=True,
+                             desc='threads (FFT workers, numba) of the qsm/ call, run inside '
+                                  'qsmflow.qsm.threads.limit; results do not depend on it, so '
+                                  'it is not hashed')
 
 
 def load(path):

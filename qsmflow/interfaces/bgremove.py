@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits)
+    File, SimpleInterface, TraitedSpec, isdefined, traits)
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
-from qsmflow.qsm import bgremove
+from qsmflow.qsm import bgremove, threads
 from qsmflow.qsm.kernels import b0_dir_from_affine
 
 
-class _BgInputSpec(BaseInterfaceInputSpec):
+class _BgInputSpec(base.StepInputSpec):
     in_file = File(exists=True, mandatory=True, desc='total field in ppm of B0')
     in_mask = File(exists=True, mandatory=True, desc='brain mask')
     method = traits.Str('vsharp', usedefault=True, desc='function name in qsmflow.qsm.bgremove')
@@ -36,7 +36,9 @@ class RemoveBackground(SimpleInterface):
         mask = base.load(self.inputs.in_mask)[0] > 0
         func = getattr(bgremove, self.inputs.method)
         b0_dir = b0_dir_from_affine(img.affine)
-        local, new_mask = func(field, mask, base.voxel_size(img), b0_dir, **self.inputs.params)
+        with threads.limit(self.inputs.num_threads):
+            local, new_mask = func(field, mask, base.voxel_size(img), b0_dir,
+                                   **self.inputs.params)
         steps = base.read_steps(self.inputs.in_file, self.inputs.in_mask)
         extra = {'Pass': self.inputs.pass_name} if isdefined(self.inputs.pass_name) else {}
         steps.append(base.step('background-removal', func, self.inputs.params,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits)
+    File, SimpleInterface, TraitedSpec, traits)
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
-from qsmflow.qsm import echoes
+from qsmflow.qsm import echoes, threads
 
 
-class _FieldInputSpec(BaseInterfaceInputSpec):
+class _FieldInputSpec(base.StepInputSpec):
     in_magnitude = File(exists=True, mandatory=True, desc='4D magnitude (x, y, z, echo), a.u.')
     in_phase = File(exists=True, mandatory=True, desc='4D phase (x, y, z, echo) in rad')
     in_mask = File(exists=True, mandatory=True, desc='brain mask')
@@ -40,7 +40,8 @@ class EstimateField(SimpleInterface):
         mask_data, mimg = base.load(self.inputs.in_mask)
         opts = dict(echo_times_s=list(self.inputs.echo_times), b0_tesla=self.inputs.b0_tesla,
                     unwrapping=self.inputs.unwrapping, combination=self.inputs.combination)
-        res = echoes.estimate_field(mag, phase, mask_data > 0, base.voxel_size(img), **opts)
+        with threads.limit(self.inputs.num_threads):
+            res = echoes.estimate_field(mag, phase, mask_data > 0, base.voxel_size(img), **opts)
         steps = base.read_steps(self.inputs.in_phase, self.inputs.in_mask)
         steps.append(base.step('unwrapping+echo-fit', echoes.estimate_field, opts))
         res['noise_ppm'] = echoes.hz_to_ppm(res['noise_hz'], self.inputs.b0_tesla)

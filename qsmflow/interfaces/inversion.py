@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits)
+    File, SimpleInterface, TraitedSpec, isdefined, traits)
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
-from qsmflow.qsm import echoes, inversion
+from qsmflow.qsm import echoes, inversion, threads
 from qsmflow.qsm.kernels import b0_dir_from_affine
 
 
-class _InvInputSpec(BaseInterfaceInputSpec):
+class _InvInputSpec(base.StepInputSpec):
     in_file = File(exists=True, mandatory=True, desc='local field in ppm of B0')
     in_mask = File(exists=True, mandatory=True, desc='mask of valid local field')
     method = traits.Either(None, traits.Str, default=None, usedefault=True,
@@ -51,7 +51,8 @@ class InvertDipole(SimpleInterface):
                 # the fit's standard error is 0 only where it was not computed: least weight
                 worst = float(noise.max()) if noise.max() > 0 else 1.0
                 extra['noise'] = np.where(noise > 0, noise, worst).astype(np.float32)
-        chi = func(field, mask, base.voxel_size(img), b0_dir, **extra, **self.inputs.params)
+        with threads.limit(self.inputs.num_threads):
+            chi = func(field, mask, base.voxel_size(img), b0_dir, **extra, **self.inputs.params)
         steps = base.read_steps(self.inputs.in_file, self.inputs.in_mask)
         steps.append(base.step('dipole-inversion', func, self.inputs.params,
                                B0Direction=b0_dir.tolist(),
@@ -63,7 +64,7 @@ class InvertDipole(SimpleInterface):
         return runtime
 
 
-class _CombineInputSpec(BaseInterfaceInputSpec):
+class _CombineInputSpec(base.StepInputSpec):
     in_strict = File(exists=True, mandatory=True, desc='χ (ppm) reconstructed on the strict mask')
     in_filled = File(exists=True, mandatory=True, desc='χ (ppm) reconstructed on the filled mask')
     strict_mask = File(exists=True, mandatory=True, desc='mask of in_strict')
@@ -87,7 +88,8 @@ class CombineTwoPass(SimpleInterface):
         ms = base.load(self.inputs.strict_mask)[0] > 0
         mf = base.load(self.inputs.filled_mask)[0] > 0
         params = {'align': bool(self.inputs.align)}
-        chi, offset = inversion.combine_two_pass(strict, filled, ms, mf, **params)
+        with threads.limit(self.inputs.num_threads):
+            chi, offset = inversion.combine_two_pass(strict, filled, ms, mf, **params)
         rec = base.step('two-pass-combination', inversion.combine_two_pass, params,
                         VoxelsFromStrict=int((ms & mf).sum()),
                         VoxelsFromFilled=int((mf & ~ms).sum()), OffsetPPM=offset)

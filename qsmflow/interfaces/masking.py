@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits)
+    File, SimpleInterface, TraitedSpec, isdefined, traits)
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
 from qsmflow.qsm import mask as qmask
+from qsmflow.qsm import threads
 
 
-class _BrainMaskInputSpec(BaseInterfaceInputSpec):
+class _BrainMaskInputSpec(base.StepInputSpec):
     in_magnitude = File(exists=True, mandatory=True, desc='4D magnitude (x, y, z, echo), a.u.')
     in_mask = File(exists=True, desc='user-supplied mask (nonzero = brain), any grid in the '
                                      'same scanner space; skips estimation')
@@ -39,7 +40,8 @@ class BrainMask(SimpleInterface):
         if isdefined(self.inputs.in_mask) and self.inputs.in_mask:
             mask, rec = user_mask(self.inputs.in_mask, ref)
         else:
-            mask = qmask.brain_mask(first, base.voxel_size(img), **self.inputs.params)
+            with threads.limit(self.inputs.num_threads):
+                mask = qmask.brain_mask(first, base.voxel_size(img), **self.inputs.params)
             rec = base.step('masking', qmask.brain_mask, self.inputs.params, Input='echo-1 magnitude')
         out = fname_presuffix(self.inputs.in_magnitude, suffix='_mask', newpath=runtime.cwd)
         self._results['out_mask'] = base.save(mask, ref, out, dtype='uint8',
@@ -84,7 +86,7 @@ def user_mask(path, ref_img) -> tuple:
     return mask, rec
 
 
-class _QualityMaskInputSpec(BaseInterfaceInputSpec):
+class _QualityMaskInputSpec(base.StepInputSpec):
     in_magnitude = File(exists=True, mandatory=True, desc='4D magnitude (x, y, z, echo), a.u.')
     in_phase = File(exists=True, mandatory=True, desc='4D wrapped phase (x, y, z, echo) in rad')
     in_mask = File(exists=True, mandatory=True, desc='brain mask to restrict')
@@ -104,7 +106,8 @@ class QualityMask(SimpleInterface):
 
     def _run_interface(self, runtime):
         quality, brain, mimg, _ = _quality_map(self.inputs)
-        mask = qmask.quality_mask(quality, brain, **self.inputs.params)
+        with threads.limit(self.inputs.num_threads):
+            mask = qmask.quality_mask(quality, brain, **self.inputs.params)
         rec = base.step('phase-quality-masking', qmask.quality_mask, self.inputs.params,
                         QualityMap='qsmflow.qsm.mask.quality_map',
                         VoxelsRemoved=int(brain.sum() - mask.sum()))
@@ -123,11 +126,13 @@ def _quality_map(inputs):
     if mag.ndim == 3:
         mag, phase = mag[..., None], phase[..., None]
     vox = base.voxel_size(img)
-    quality = qmask.quality_map(phase, mag, mask, vox, echo_times_s=list(inputs.echo_times))
+    with threads.limit(inputs.num_threads):
+        quality = qmask.quality_map(phase, mag, mask, vox,
+                                    echo_times_s=list(inputs.echo_times))
     return quality, mask, mimg, vox
 
 
-class _StrictMaskInputSpec(BaseInterfaceInputSpec):
+class _StrictMaskInputSpec(base.StepInputSpec):
     in_magnitude = File(exists=True, mandatory=True, desc='4D magnitude (x, y, z, echo), a.u.')
     in_phase = File(exists=True, mandatory=True, desc='4D wrapped phase (x, y, z, echo) in rad')
     in_mask = File(exists=True, mandatory=True, desc='generous (filled) mask to restrict')
@@ -143,7 +148,8 @@ class StrictMask(SimpleInterface):
 
     def _run_interface(self, runtime):
         quality, filled, mimg, vox = _quality_map(self.inputs)
-        mask = qmask.strict_mask(quality, filled, vox, **self.inputs.params)
+        with threads.limit(self.inputs.num_threads):
+            mask = qmask.strict_mask(quality, filled, vox, **self.inputs.params)
         rec = base.step('strict-masking', qmask.strict_mask, self.inputs.params,
                         QualityMap='qsmflow.qsm.mask.quality_map',
                         VoxelsRemoved=int(filled.sum() - mask.sum()))

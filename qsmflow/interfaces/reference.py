@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits)
+    File, SimpleInterface, TraitedSpec, isdefined, traits)
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
 from qsmflow.qsm import mask as qmask
-from qsmflow.qsm import reference
+from qsmflow.qsm import reference, threads
 
 
-class _RefInputSpec(BaseInterfaceInputSpec):
+class _RefInputSpec(base.StepInputSpec):
     in_file = File(exists=True, mandatory=True, desc='susceptibility in ppm')
     in_mask = File(exists=True, mandatory=True, desc='brain mask')
     method = traits.Str('mean', usedefault=True, desc="'mean', 'region', 'csf' or 'none'")
@@ -40,14 +40,16 @@ class ReferenceChi(SimpleInterface):
             if not (isdefined(self.inputs.in_magnitude) and self.inputs.echo_times):
                 raise ValueError("reference 'csf' needs the multi-echo magnitude")
             mag = base.load(self.inputs.in_magnitude)[0]
-            csf = qmask.csf_mask(mag, mask, base.voxel_size(img),
-                                 echo_times_s=list(self.inputs.echo_times))
+            with threads.limit(self.inputs.num_threads):
+                csf = qmask.csf_mask(mag, mask, base.voxel_size(img),
+                                     echo_times_s=list(self.inputs.echo_times))
             opts['ref_mask'] = csf
             extra = {'ReferenceRegion': 'ventricular CSF (qsmflow.qsm.mask.csf_mask)',
                      'ReferenceVoxels': int((csf & mask).sum())}
         elif isdefined(self.inputs.ref_mask) and self.inputs.ref_mask:
             opts['ref_mask'] = base.load(self.inputs.ref_mask)[0] > 0
-        chi_ref, value = reference.reference(chi, mask, **opts)
+        with threads.limit(self.inputs.num_threads):
+            chi_ref, value = reference.reference(chi, mask, **opts)
         brain_mean = float(chi[mask].mean()) - float(value)
         rec = base.step('reference', reference.reference, {'method': self.inputs.method},
                         ReferenceValue=float(value), WholeBrainMeanAfterReference=brain_mean,

@@ -22,7 +22,6 @@ from scipy import fft as sfft
 
 from qsmflow.qsm.kernels import (
     conjugate_gradient,
-    FFT_WORKERS,
     PaddedBox,
     check_field_mask,
     dipole_kernel,
@@ -185,13 +184,13 @@ def _vsharp_core(field, mask, vsz, radii, threshold):
     packed = np.empty(shape, np.complex64)
     packed.real = f
     packed.imag = grid.to_grid(mask, np.float32)
-    spec = sfft.fftn(packed, workers=FFT_WORKERS, overwrite_x=True)
+    spec = sfft.fftn(packed, overwrite_x=True)
     inside_prev = np.zeros(shape, bool)
     assembled = np.zeros(shape, np.float32)
     work = np.empty(shape, np.complex64)
     for r in radii:
         np.multiply(spec, sphere_kernel(shape, vsz, r, full=True), out=work)
-        smv = sfft.ifftn(work, workers=FFT_WORKERS, overwrite_x=True)
+        smv = sfft.ifftn(work, overwrite_x=True)
         # the whole ball lies in the mask ⇔ SMV of the mask is 1 (tolerance: half a voxel)
         inside = smv.imag > 1.0 - 0.5 / _ball_count(vsz, r)
         new = inside & ~inside_prev

@@ -9,10 +9,10 @@ Conventions
   :func:`b0_dir_from_affine`).
 * Kernels are returned for real-to-complex transforms (:func:`scipy.fft.rfftn`), i.e. with
   shape ``(n0, n1, n2 // 2 + 1)``, as float32 unless asked otherwise.
+* FFTs use the worker count of the enclosing :func:`qsmflow.qsm.threads.limit` (scipy's
+  ``workers=None``), and the compiled loops numba's thread count.
 """
 from __future__ import annotations
-
-import os
 
 import numba
 import numpy as np
@@ -20,9 +20,6 @@ from scipy import fft as sfft
 
 #: Proton gyromagnetic ratio over 2π, in Hz/T.
 GAMMA_HZ_PER_T = 42.577478e6
-
-#: Threads used by every FFT in :mod:`qsmflow.qsm` (``QSMFLOW_FFT_WORKERS`` overrides).
-FFT_WORKERS = int(os.environ.get('QSMFLOW_FFT_WORKERS', os.cpu_count() or 1))
 
 
 def b0_dir_from_affine(affine) -> np.ndarray:
@@ -252,7 +249,7 @@ def _sphere_kernel_fft(shape, d, radius_mm, dtype):
     r2 = grids[0][:, None, None] ** 2 + grids[1][None, :, None] ** 2 + grids[2][None, None, :] ** 2
     ball = (r2 <= radius_mm**2 * (1 + 1e-12)).astype(np.float64)
     ball /= ball.sum()
-    return sfft.rfftn(ball, workers=FFT_WORKERS).real.astype(dtype)
+    return sfft.rfftn(ball).real.astype(dtype)
 
 
 def laplacian_kernel(shape, voxel_size_mm, dtype=np.float32) -> np.ndarray:
@@ -394,13 +391,14 @@ def check_field_mask(field, mask, voxel_size_mm, b0_dir=(0, 0, 1), *, name='fiel
 
 
 def rfft(x: np.ndarray) -> np.ndarray:
-    """Real-to-complex 3D FFT with the package's worker count (complex64 for float32 in)."""
-    return sfft.rfftn(x, workers=FFT_WORKERS)
+    """Real-to-complex 3D FFT (complex64 for float32 in); workers from
+    :func:`qsmflow.qsm.threads.limit`."""
+    return sfft.rfftn(x)
 
 
 def irfft(X: np.ndarray, shape) -> np.ndarray:
     """Inverse of :func:`rfft` onto a real grid of ``shape``."""
-    return sfft.irfftn(X, s=shape, workers=FFT_WORKERS)
+    return sfft.irfftn(X, s=shape)
 
 
 # --- finite differences (periodic, forward) --------------------------------------------------

@@ -1,0 +1,128 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Thread control of qsmflow.qsm (:func:`qsmflow.qsm.threads.limit`).
+
+* The context sets scipy.fft's workers and numba's thread count, and restores both.
+* Results are bitwise the same with one thread and with two (masks, unwrapping + echo fit,
+  PDF, TV), in one process.
+* Slow: a 1 mm phantom participant run with ``--omp-nthreads 1`` uses one core (CPU time /
+  wall time ≤ 1.05) and gives the same χ bits as a run with ``--omp-nthreads 2``.
+"""
+
+import hashlib
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numba
+import numpy as np
+import pytest
+from scipy import fft as sfft
+
+from qsmflow.qsm import threads
+
+
+def test_limit_sets_and_restores_fft_workers_and_numba_threads():
+    before = (sfft.get_workers(), numba.get_num_threads())
+    with threads.limit(1) as n:
+        assert n == 1
+        assert (sfft.get_workers(), numba.get_num_threads()) == (1, 1)
+        with threads.limit(2):
+            assert sfft.get_workers() == 2
+            assert numba.get_num_threads() == min(2, threads.available())
+        assert (sfft.get_workers(), numba.get_num_threads()) == (1, 1)
+    assert (sfft.get_workers(), numba.get_num_threads()) == before
+
+
+def test_limit_restores_on_error_and_rejects_bad_counts():
+    before = (sfft.get_workers(), numba.get_num_threads())
+    with pytest.raises(RuntimeError), threads.limit(1):
+        raise RuntimeError('inside')
+    assert (sfft.get_workers(), numba.get_num_threads()) == before
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match='thread count'), threads.limit(bad):
+            pass
+    with threads.limit(None) as n:
+        assert n == (os.cpu_count() or 1)
+        assert numba.get_num_threads() == min(n, threads.available())
+
+
+def test_interfaces_take_num_threads_outside_the_hash():
+    from qsmflow.interfaces.bgremove import RemoveBackground
+    from qsmflow.interfaces.inversion import InvertDipole
+
+    for interface in (RemoveBackground, InvertDipole):
+        hashes = {n: interface(num_threads=n).inputs.get_hashval()[1] for n in (1, 4)}
+        assert hashes[1] == hashes[4]
+
+
+def _digest(x):
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+def _chain():
+    from qsmflow.phantom.forward import simulate_megre
+    from qsmflow.phantom.head import make_head
+    from qsmflow.qsm import bgremove, echoes, inversion, mask
+
+    head = make_head(size='tiny')
+    vox, tes = head.voxel_size_mm, [0.004, 0.012, 0.020, 0.028]
+    mag, phase, _ = simulate_megre(head, tes, 3.0, (0.1, 0.2, 1.0), snr=60.0,
+                                   rng=np.random.default_rng(0))
+    out = {}
+    brain = mask.brain_mask(mag[..., 0], vox)
+    fit = echoes.estimate_field(mag, phase, brain, vox, echo_times_s=tes, b0_tesla=3.0)
+    quality = mask.quality_map(phase, mag, brain, vox, echo_times_s=tes)
+    reliable = mask.quality_mask(quality, brain)
+    local, used = bgremove.pdf(fit['field_ppm'], reliable, vox, (0.1, 0.2, 1.0))
+    out.update(brain=brain, unwrapped=fit['unwrapped'], field=fit['field_ppm'],
+               quality=quality, reliable=reliable, pdf=local, pdf_mask=used,
+               strict=mask.strict_mask(quality, reliable, vox),
+               tv=inversion.tv(local, used, vox, (0.1, 0.2, 1.0), max_iter=20))
+    return {k: _digest(v) for k, v in out.items()}
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    with threads.limit(1):
+        one = _chain()
+    with threads.limit(2):
+        two = _chain()
+    assert one == two, sorted(k for k in one if one[k] != two[k])
+
+
+def _run(cmd, env, log):
+    """Run ``cmd``; return (exit code, CPU time of the child and its children / wall time)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    with open(log, 'wb') as fobj:
+        code = subprocess.run(cmd, env=env, stdout=fobj, stderr=subprocess.STDOUT,
+                              timeout=3600).returncode
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return code, cpu / wall
+
+
+@pytest.mark.slow  # two 1 mm participant runs (minutes each)
+def test_one_thread_uses_one_core_and_gives_the_same_chimap(tmp_path):
+    import nibabel as nb
+
+    from qsmflow.phantom.bids import write_dataset
+
+    write_dataset(tmp_path / 'rawdata', tmp_path / 'truth',
+                  [{'participant_id': '01', 'age': 50, 'sex': 'F'}], size='full')
+    env = {**os.environ, 'TEMPLATEFLOW_HOME': str(tmp_path / 'templateflow')}
+    chis, ratios = {}, {}
+    for n in (1, 2):
+        out, work = tmp_path / f'out{n}', tmp_path / f'work{n}'
+        cmd = [sys.executable, '-m', 'qsmflow', str(tmp_path / 'rawdata'), str(out),
+               'participant', '-w', str(work), '--nprocs', '1', '--omp-nthreads', str(n),
+               '--skip-registration', '--skip-bids-validation']
+        code, ratios[n] = _run(cmd, env, tmp_path / f'run{n}.log')
+        assert code == 0, (tmp_path / f'run{n}.log').read_text()[-3000:]
+        (chi_file,) = out.glob('**/sub-01*_Chimap.nii.gz')
+        chis[n] = np.asarray(nb.load(chi_file).dataobj)
+    print(f'CPU time / wall time: {ratios}')
+    assert ratios[1] <= 1.05, ratios
+    assert chis[1].tobytes() == chis[2].tobytes()
