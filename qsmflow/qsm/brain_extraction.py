@@ -19,14 +19,12 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from qsmflow.qsm._morphology import fill_holes as _fill_holes
+from qsmflow.qsm._morphology import largest_component as _largest_component
+from qsmflow.qsm._morphology import otsu as _otsu
+from qsmflow.qsm._validation import as_image as _as_image
+from qsmflow.qsm._validation import as_voxel_size as _as_voxel_size
 from qsmflow.qsm.kernels import bounding_box
-from qsmflow.qsm.mask import (
-    _as_image,
-    _as_voxel_size,
-    _fill_holes,
-    _largest_component,
-    _otsu,
-)
 
 #: Brain-tissue intensity window, as fractions of the median magnitude at the head centre.
 DEFAULT_TISSUE_RANGE = (0.5, 2.0)
@@ -34,10 +32,11 @@ DEFAULT_TISSUE_RANGE = (0.5, 2.0)
 DEFAULT_MAX_VOLUME_ML = 2000.0
 #: Depth (mm) below the head surface that brain does not reach (scalp + skull + CSF).
 DEFAULT_SURFACE_MARGIN_MM = 5.0
-#: Largest share (0-1) of an accepted reconstruction within the surface margin.
-DEFAULT_MAX_MARGIN_SHARE = 0.01
+#: Largest share (0-1) of an accepted reconstruction within the surface margin: on real
+#: heads and phantoms the share drops from 1-20 % to exactly 0 when the brain detaches.
+DEFAULT_MAX_MARGIN_SHARE = 0.002
 #: Erosion radii (mm) tried in turn, smallest first.
-DEFAULT_RADII_MM = (3.0, 4.5, 6.0, 7.5, 9.0, 10.5, 12.0)
+DEFAULT_RADII_MM = (3.0, 4.5, 6.0, 7.5, 9.0, 10.5, 12.0, 13.5, 15.0)
 #: Voxel size (mm) of the grid the separation runs on (the input's when coarser).
 DEFAULT_WORKING_VOXEL_MM = 2.0
 #: Least phase quality (dimensionless, 0-1) of brain tissue when a quality map is given.
@@ -46,11 +45,17 @@ DEFAULT_QUALITY_THRESHOLD = 0.5
 DEFAULT_SURFACE_BAND_MM = 10.0
 #: :func:`mask_qc` flags a mask with more than this share of voxels near the head surface.
 DEFAULT_MAX_SURFACE_SHARE = 0.08
+#: :func:`mask_qc` flags a mask larger than this (mL): far beyond any brain.
+DEFAULT_QC_MAX_VOLUME_ML = 2200.0
+#: Partial-volume rim: voxels within this distance (mm) of the mask ...
+DEFAULT_RIM_MM = 2.0
+#: ... and brighter than this fraction of the brain intensity are added.
+DEFAULT_RIM_FRACTION = 0.3
 
 
 def extract_brain(
     magnitude: np.ndarray,
-    voxel_size_mm: Sequence[float],
+    voxel_size: Sequence[float],
     *,
     quality: np.ndarray | None = None,
     tissue_range: Sequence[float] = DEFAULT_TISSUE_RANGE,
@@ -60,6 +65,8 @@ def extract_brain(
     max_surface_share: float = DEFAULT_MAX_MARGIN_SHARE,
     radii_mm: Sequence[float] = DEFAULT_RADII_MM,
     working_voxel_mm: float = DEFAULT_WORKING_VOXEL_MM,
+    rim_mm: float = DEFAULT_RIM_MM,
+    rim_fraction: float = DEFAULT_RIM_FRACTION,
 ) -> np.ndarray:
     """Brain mask of a GRE magnitude image of a head (scalp, skull, face and neck removed).
 
@@ -80,16 +87,18 @@ def extract_brain(
        reconstruction that looks like a brain is taken: at most ``max_volume_ml``, and at
        most ``max_surface_share`` of it within ``surface_margin_mm`` of the head surface
        (:func:`head_mask`), where scalp lies and brain does not. This is the radius at
-       which the brain detaches from the scalp, face and neck bridges (the last radius's
-       reconstruction if none qualifies).
+       which the brain detaches from the scalp, face and neck bridges (if none
+       qualifies, the reconstruction with the least share near the surface).
     5. Back on the input grid: the mask, grown by one working voxel, intersected with the
-       input-resolution tissue; largest component; holes filled (3D, then slice-wise).
+       input-resolution tissue; largest component; a partial-volume rim added (voxels
+       within ``rim_mm`` of the mask whose magnitude is above ``rim_fraction·I_b``);
+       holes filled (3D, then slice-wise).
 
     Parameters
     ----------
     magnitude : (X, Y, Z) ndarray of float
         Magnitude (arbitrary units, ≥ 0), e.g. the root sum of squares over echoes.
-    voxel_size_mm : sequence of 3 float
+    voxel_size : sequence of 3 float
         Voxel spacing (mm); anisotropic (2D-acquisition) voxels are fine.
     quality : (X, Y, Z) ndarray of float, optional
         Phase quality in [0, 1] (dimensionless) over the whole head, e.g.
@@ -108,6 +117,10 @@ def extract_brain(
         Erosion radii (mm), tried in increasing order.
     working_voxel_mm : float
         Voxel size (mm) of the working grid.
+    rim_mm : float
+        Width (mm) of the partial-volume rim; 0 for none.
+    rim_fraction : float
+        Least magnitude of the rim, as a fraction of ``I_b`` (dimensionless).
 
     Returns
     -------
@@ -135,7 +148,7 @@ def extract_brain(
     (True, False)
     """
     mag = _as_image(magnitude, 'magnitude', 3)
-    vox = _as_voxel_size(voxel_size_mm)
+    vox = _as_voxel_size(voxel_size)
     if not np.isfinite(mag).all():
         raise ValueError('magnitude has non-finite values')
     q = None
@@ -152,9 +165,12 @@ def extract_brain(
         raise ValueError('radii_mm, max_volume_ml and working_voxel_mm must be positive')
     if not (surface_margin_mm >= 0 and 0 <= max_surface_share <= 1):
         raise ValueError('surface_margin_mm must be ≥ 0 (mm) and max_surface_share in [0, 1]')
+    if not (0 <= rim_fraction <= lo and rim_mm >= 0):
+        raise ValueError(f'rim_fraction must lie in [0, {lo}] (the tissue window floor) '
+                         'and rim_mm must be ≥ 0 (mm)')
     return _extract_brain(mag, vox, q, lo, hi, float(quality_threshold), float(max_volume_ml),
                           float(surface_margin_mm), float(max_surface_share), radii,
-                          float(working_voxel_mm))
+                          float(working_voxel_mm), float(rim_mm), float(rim_fraction))
 
 
 def _block_mean(img, factors):
@@ -204,14 +220,15 @@ def _ball_dilate(mask, vox, radius_mm):
 
 
 def _separate(tissue, head, vox, radii, max_voxels, margin_mm, max_share):
-    """Adaptive opening (step 4): the first brain-like reconstruction, else the last one."""
+    """Adaptive opening (step 4): the first brain-like reconstruction, else the one with
+    the least share near the head surface."""
     dist = ndi.distance_transform_edt(np.pad(tissue, 1), sampling=vox)[1:-1, 1:-1, 1:-1]
     shallow = None
     if head is not None and not head.all():
         # near the head surface; the grid's faces are not a surface (neck or crop cut by the
         # field of view)
         shallow = ndi.distance_transform_edt(head, sampling=vox) <= margin_mm
-    best = None
+    best, best_share = None, np.inf
     for radius in radii:
         core = dist > radius
         if not core.any():
@@ -222,11 +239,12 @@ def _separate(tissue, head, vox, radii, max_voxels, margin_mm, max_share):
         rec = np.zeros_like(tissue)
         rec[box] = _fill_holes(_largest_component(_ball_dilate(core[box], vox, grow)
                                                   & tissue[box]), slicewise=False)
-        best = rec
         n = int(rec.sum())
         share = 0.0 if shallow is None else np.count_nonzero(rec & shallow) / max(n, 1)
+        if share < best_share:
+            best, best_share = rec, share
         if n <= max_voxels and share <= max_share:
-            break
+            return rec
     if best is None:
         raise ValueError('no brain tissue left after the smallest erosion: the image has no '
                          f'region thicker than {2 * radii[0]:g} mm in the tissue window')
@@ -234,7 +252,7 @@ def _separate(tissue, head, vox, radii, max_voxels, margin_mm, max_share):
 
 
 def _extract_brain(mag, vox, q, lo, hi, qthr, max_volume_ml, margin_mm, max_surface_share,
-                   radii, work_mm):
+                   radii, work_mm, rim_mm, rim):
     factors = tuple(max(1, int(work_mm / h + 1e-6)) for h in vox)
     wvox = vox * np.asarray(factors)
     level = _brain_intensity(_block_mean(mag, factors), wvox)
@@ -263,23 +281,26 @@ def _extract_brain(mag, vox, q, lo, hi, qthr, max_volume_ml, margin_mm, max_surf
         inner = bounding_box(brain, 1)
         brain[inner] = _largest_component(
             brain[inner] & tissue_of(sub[inner], None if subq is None else subq[inner]))
-    inner = bounding_box(brain, 1)
+    inner = bounding_box(brain, int(np.ceil(rim_mm / vox.min())) + 1)
+    brain = brain[inner]
+    if rim_mm > 0:
+        brain = brain | (_ball_dilate(brain, vox, rim_mm) & (sub[inner] > rim * level))
     out = np.zeros(mag.shape, bool)
-    out[box][inner] = _fill_holes(brain[inner])
+    out[box][inner] = _fill_holes(brain)
     return out
 
 
 # --------------------------------------------------------------------------------------
 # quality checks
 # --------------------------------------------------------------------------------------
-def head_mask(magnitude: np.ndarray, voxel_size_mm: Sequence[float]) -> np.ndarray:
+def head_mask(magnitude: np.ndarray, voxel_size: Sequence[float]) -> np.ndarray:
     """Generous head mask: half Otsu's magnitude threshold, closed, holes filled, one piece.
 
     Parameters
     ----------
     magnitude : (X, Y, Z) ndarray of float
         Magnitude (arbitrary units, ≥ 0).
-    voxel_size_mm : sequence of 3 float
+    voxel_size : sequence of 3 float
         Voxel spacing (mm).
 
     Returns
@@ -297,7 +318,7 @@ def head_mask(magnitude: np.ndarray, voxel_size_mm: Sequence[float]) -> np.ndarr
     (True, True)
     """
     mag = _as_image(magnitude, 'magnitude', 3)
-    vox = _as_voxel_size(voxel_size_mm)
+    vox = _as_voxel_size(voxel_size)
     sample = mag[mag > 0]
     if sample.size == 0:
         raise ValueError('magnitude has no positive voxels')
@@ -313,11 +334,11 @@ def head_mask(magnitude: np.ndarray, voxel_size_mm: Sequence[float]) -> np.ndarr
 def mask_qc(
     mask: np.ndarray,
     magnitude: np.ndarray,
-    voxel_size_mm: Sequence[float],
+    voxel_size: Sequence[float],
     *,
     band_mm: float = DEFAULT_SURFACE_BAND_MM,
     max_surface_share: float = DEFAULT_MAX_SURFACE_SHARE,
-    max_volume_ml: float = DEFAULT_MAX_VOLUME_ML,
+    max_volume_ml: float = DEFAULT_QC_MAX_VOLUME_ML,
 ) -> dict:
     """Does a brain mask still look like a head? Volume and share near the head surface.
 
@@ -331,7 +352,7 @@ def mask_qc(
         Brain mask to check.
     magnitude : (X, Y, Z) ndarray of float
         Magnitude (arbitrary units) the head mask is drawn from.
-    voxel_size_mm : sequence of 3 float
+    voxel_size : sequence of 3 float
         Voxel spacing (mm).
     band_mm : float
         Depth (mm) counted as near the head surface.
@@ -359,7 +380,7 @@ def mask_qc(
     True
     """
     mag = _as_image(magnitude, 'magnitude', 3)
-    vox = _as_voxel_size(voxel_size_mm)
+    vox = _as_voxel_size(voxel_size)
     m = np.asarray(mask) != 0
     if m.shape != mag.shape:
         raise ValueError(f'mask has shape {m.shape}, expected {mag.shape}')
@@ -375,7 +396,7 @@ def mask_qc(
     warning = None
     if head_like:
         warning = (f'the brain mask looks like a head: {volume:.0f} mL, {100 * share:.1f} % of '
-                   f'it within {band_mm:g} mm of the head surface (a brain is ≤ '
+                   f'it within {band_mm:g} mm of the head surface (expected for a brain: ≤ '
                    f'{max_volume_ml:.0f} mL, ≤ {100 * max_surface_share:.0f} %); it probably '
                    'holds scalp, skull, face or neck. Check it, or give --brain-masks.')
     return {'VolumeML': round(volume, 1), 'HeadVolumeML': round(float(head.sum()) * voxel_ml, 1),
