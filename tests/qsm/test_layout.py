@@ -10,6 +10,7 @@ from qsmflow.interfaces.base import step
 PUBLIC = {
     'qsmflow.qsm.inversion': ('tkd', 'tikhonov', 'tv', 'rts', 'medi', 'lsqr', 'ilsqr', 'ndi',
                               'combine_two_pass', 'invert'),
+    'qsmflow.qsm.bgremove': ('vsharp', 'pdf', 'resharp', 'ismv', 'lbv'),
     'qsmflow.qsm.mask': ('brain_mask', 'quality_map', 'quality_mask', 'strict_mask',
                          'r2star_map', 'csf_mask'),
 }
@@ -30,3 +31,11 @@ def test_inversion_methods_are_the_package_functions():
     for name in inversion.METHODS:
         assert getattr(inversion, name).__module__ == 'qsmflow.qsm.inversion'
         assert f':func:`{name}`' in inversion.__doc__
+
+
+def test_bgremove_methods_are_documented():
+    from qsmflow.qsm import bgremove
+
+    assert len(bgremove.METHODS) == 5
+    for name in bgremove.METHODS:
+        assert f':func:`{name}`' in bgremove.__doc__

@@ -1,0 +1,126 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Projection onto dipole fields (PDF): the background field as the field of dipole
+sources outside the mask."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qsmflow.qsm._validation import check_field_mask, iterations
+from qsmflow.qsm.kernels import PaddedBox, conjugate_gradient, dipole_kernel, irfft, rfft
+
+#: Padding (voxels, each side) around the mask's bounding box for the PDF source region.
+PDF_PAD_VOXELS = 4
+
+
+def pdf(
+    total_field: np.ndarray,
+    mask: np.ndarray,
+    voxel_size,
+    b0_dir=(0, 0, 1),
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 30,
+    pad_voxels: int = PDF_PAD_VOXELS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the background field by projection onto dipole fields (PDF).
+
+    The background field is modelled as the field of susceptibility sources ``χ_b`` lying
+    outside the mask (in the bounding box grown by ``pad_voxels``). ``χ_b`` minimises
+    ``‖M (d ∗ (M̄ χ_b)) − M f‖²`` (``M`` the mask, ``M̄`` its complement, ``d`` the unit
+    dipole), solved by conjugate gradients on the normal equations (CGNR); the local field
+    is ``M (f − d ∗ χ_b)`` [1]_. Uniform weights are used (no magnitude/noise weighting).
+
+    Parameters
+    ----------
+    total_field : (nx, ny, nz) ndarray
+        Total field in ppm of B0. Values outside ``mask`` are ignored.
+    mask : (nx, ny, nz) ndarray of bool
+        Brain mask (non-empty).
+    voxel_size : sequence of 3 float
+        Voxel spacing (mm).
+    b0_dir : sequence of 3 float, optional
+        B0 direction in voxel index axes (dimensionless unit vector).
+    tol : float, optional
+        Stop when the normal-equation residual falls below ``tol`` times its initial value
+        (dimensionless, default 1e-3: about 20 iterations on brain data; the local field
+        near the mask edge is still improving at 1e-2). As in [1]_, the iteration count
+        also regularises the projection: running to much tighter tolerances mostly fits
+        noise with sources just outside the mask.
+    max_iter : int, optional
+        Maximum number of CG iterations (default 30).
+    pad_voxels : int, optional
+        Zero padding (voxels) added around the mask's bounding box, where background sources
+        may also lie (default 4; sources between the mask and its bounding box are always
+        allowed).
+
+    Returns
+    -------
+    local_field : (nx, ny, nz) ndarray
+        Local field in ppm of B0 (dtype of ``total_field`` if floating, else float32); 0
+        outside ``mask``.
+    mask_used : (nx, ny, nz) ndarray of bool
+        A copy of ``mask`` (PDF does not erode).
+
+    Raises
+    ------
+    ValueError
+        For mismatched or non-3D inputs, an empty mask, non-finite field values in the mask
+        or invalid solver options.
+
+    References
+    ----------
+    .. [1] Liu T, Khalidov I, de Rochefort L, Spincemaille P, Liu J, Tsiouris AJ, Wang Y.
+       A novel background field removal method for MRI using projection onto dipole fields
+       (PDF). NMR Biomed 2011;24:1129-1136. doi:10.1002/nbm.1670
+
+    Examples
+    --------
+    The field of a source outside the mask is removed; the mask is kept:
+
+    >>> from qsmflow.qsm.kernels import dipole_kernel, rfft, irfft
+    >>> chi = np.zeros((48, 48, 48), np.float32); chi[4:8, 20:28, 20:28] = 1.0
+    >>> bg = irfft(rfft(chi) * dipole_kernel(chi.shape, (1, 1, 1)), chi.shape)
+    >>> m = np.zeros(chi.shape, bool); m[16:36, 14:34, 14:34] = True
+    >>> local, m2 = pdf(bg, m, (1, 1, 1))
+    >>> bool(np.abs(local[m]).max() < 0.1 * np.abs(bg[m]).max()) and bool((m2 == m).all())
+    True
+    """
+    field, mask, vsz, b0 = check_field_mask(total_field, mask, voxel_size, b0_dir,
+                                            name='total_field')
+    iterations(max_iter, tol, tol_positive=True)
+    if int(pad_voxels) < 0:
+        raise ValueError(f'pad_voxels must be ≥ 0, got {pad_voxels}')
+    local = _pdf_core(field, mask, vsz, b0, float(tol), int(max_iter), int(pad_voxels))
+    return local.astype(field.dtype, copy=False), mask.copy()
+
+
+def _pdf_core(field, mask, vsz, b0, tol, max_iter, pad):
+    """PDF by CGNR on the padded box (float32 arrays, float64 scalars)."""
+    grid = PaddedBox(mask, margin_voxels=0, pad_voxels=pad)
+    shape = grid.shape
+    m = grid.to_grid(mask, bool)
+    out = ~m
+    d = dipole_kernel(shape, vsz, b0)
+    f = grid.to_grid(np.where(mask, field, 0), np.float32)
+
+    def dipole_conv(x):
+        spec = rfft(x)
+        spec *= d
+        return irfft(spec, shape).astype(np.float32, copy=False)
+
+    def normal_op(x):
+        """``M̄ · d ∗ (M · d ∗ (M̄ x))`` (``x`` is already zero in the mask)."""
+        y = dipole_conv(x)
+        y *= m
+        y = dipole_conv(y)
+        y *= out
+        return y
+
+    # CG on the normal equations  Aᵀ A x = Aᵀ f
+    rhs = dipole_conv(f)
+    rhs *= out
+    x = conjugate_gradient(normal_op, rhs, tol=tol, max_iter=max_iter)
+    local = f - dipole_conv(x)
+    local *= m
+    return grid.to_full(local)
