@@ -107,3 +107,34 @@ def test_in_vivo_crop_is_kept():
         m = extract_brain(img, vox)
         assert m.mean() >= 0.95
         assert not mask_qc(m, img, vox)['LooksLikeHead']
+
+
+@pytest.mark.parametrize('algorithm', ['adaptive', 'threshold'])
+def test_brain_mask_interface_records_qc(philips, tmp_path, monkeypatch, algorithm, caplog):
+    """The BrainMask step: algorithm and QC in the sidecar; a head-like mask is logged."""
+    import json
+    import logging
+
+    from qsmflow.interfaces.masking import BrainMask
+
+    mag, _, affine, vox = philips
+    mag_file = tmp_path / 'mag.nii.gz'
+    nib.Nifti1Image(mag, affine).to_filename(mag_file)
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger='nipype.interface'):
+        res = BrainMask(in_magnitude=str(mag_file), algorithm=algorithm).run()
+    out = res.outputs.out_mask
+    rec = json.loads(open(out.replace('.nii.gz', '.json')).read())['QSMProcessing'][-1]
+    assert rec['Step'] == 'masking'
+    qc = rec['QC']
+    if algorithm == 'adaptive':
+        assert rec['Algorithm'] == 'qsmflow.qsm.brain_extraction.extract_brain'
+        assert rec['Parameters']['max_volume_ml'] == 2000.0
+        assert not qc['LooksLikeHead'] and qc['NearSurfaceShare'] <= 0.05
+        assert 'looks like a head' not in caplog.text
+    else:
+        assert rec['Algorithm'] == 'qsmflow.qsm.mask.brain_mask'
+        assert qc['LooksLikeHead'] and qc['VolumeML'] > 2500
+        assert 'looks like a head' in caplog.text
+    mask = np.asarray(nib.load(out).dataobj) > 0
+    assert abs(qc['VolumeML'] - mask.sum() * np.prod(vox) / 1000) < 0.1

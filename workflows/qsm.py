@@ -5,18 +5,27 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-#: Masking methods: ``'magnitude'`` (brain extraction on the first-echo magnitude) and
+#: Masking methods: ``'magnitude'`` (brain extraction from the magnitude) and
 #: ``'quality'`` (that mask minus voxels of unreliable phase, as the 2024 consensus
 #: recommends).
 MASKING_METHODS = ('magnitude', 'quality')
+#: Brain-extraction algorithms (``pipeline['masking']['brain']``), the first the default:
+#: ``'adaptive'`` (:func:`qsmflow.qsm.brain_extraction.extract_brain` on the echoes' root
+#: sum of squares: scalp, skull, face and neck removed) and ``'threshold'``
+#: (:func:`qsmflow.qsm.mask.brain_mask` on the first echo: threshold + morphology, which
+#: keeps scalp and neck on real heads).
+BRAIN_ALGORITHMS = ('adaptive', 'threshold')
 
 
 def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
                 omp_nthreads: int = 1, name: str = 'qsm_wf') -> pe.Workflow:
     """Build the QSM reconstruction of one multi-echo GRE acquisition.
 
-    Magnitude and phase of every echo are read and the phase rescaled to radians; a brain
-    mask is estimated from the first-echo magnitude and, with masking method ``'quality'``
+    Magnitude and phase of every echo are read and the phase rescaled to radians; the
+    brain is extracted from the magnitude (``pipeline['masking']['brain']``, see
+    :data:`BRAIN_ALGORITHMS`; the mask's sidecar records its QC: volume, share near the
+    head surface, and a warning when it looks like a head) and, with masking method
+    ``'quality'``
     (the default preset), voxels of unreliable phase (spatial/temporal phase coherence, see
     :func:`qsmflow.qsm.mask.quality_map`) are removed from it before background removal;
     the phase of every echo is unwrapped
@@ -39,8 +48,11 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
       mask holds and the generous one in its holes
       (:func:`qsmflow.qsm.inversion.combine_two_pass`). The output mask and local field
       are those of the generous pass.
-    * ``params`` and ``quality_params``: options of :func:`qsmflow.qsm.mask.brain_mask`
-      and :func:`qsmflow.qsm.mask.quality_mask`.
+    * ``brain``: the brain-extraction algorithm, one of :data:`BRAIN_ALGORITHMS`
+      (default ``'adaptive'``).
+    * ``params`` and ``quality_params``: options of the brain-extraction function
+      (:func:`qsmflow.qsm.brain_extraction.extract_brain` or
+      :func:`qsmflow.qsm.mask.brain_mask`) and of :func:`qsmflow.qsm.mask.quality_mask`.
 
     Parameters
     ----------
@@ -103,7 +115,8 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         name='outputnode')
 
     load_megre = pe.Node(LoadMEGRE(), name='load_megre', mem_gb=gb_img * n_echoes * 4)
-    brain_mask = pe.Node(BrainMask(params=masking.get('params', {}), num_threads=omp_nthreads),
+    brain_mask = pe.Node(BrainMask(params=masking.get('params', {}), num_threads=omp_nthreads,
+                                   **_brain_algorithm(masking)),
                          name='brain_mask', mem_gb=gb_img * n_echoes * 2, n_procs=omp_nthreads)
     field_fit = pe.Node(EstimateField(unwrapping=pipeline['unwrapping']['method'],
                                       combination=pipeline['echo_combination']['method'],
@@ -197,3 +210,20 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         (field_fit, outputnode, [('out_field', 'total_field'), ('out_noise_ppm', 'field_noise')]),
     ])  # fmt:skip
     return workflow
+
+
+def _brain_algorithm(masking: dict) -> dict:
+    """``BrainMask`` input naming the brain-extraction algorithm, if the pipeline sets one.
+
+    >>> _brain_algorithm({'method': 'quality'}), _brain_algorithm({'brain': 'threshold'})
+    ({}, {'algorithm': 'threshold'})
+    >>> _brain_algorithm({'brain': 'bet'})
+    Traceback (most recent call last):
+    ValueError: unknown brain-extraction algorithm 'bet'; choose one of ('adaptive', 'threshold')
+    """
+    if 'brain' not in masking:
+        return {}
+    if masking['brain'] not in BRAIN_ALGORITHMS:
+        raise ValueError(f"unknown brain-extraction algorithm {masking['brain']!r}; choose one "
+                         f'of {BRAIN_ALGORITHMS}')
+    return {'algorithm': masking['brain']}

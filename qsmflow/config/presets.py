@@ -8,6 +8,10 @@ flags override single steps. Algorithm defaults themselves live in the signature
 Each step is ``{"method": ..., "params": {...}}``. The ``masking`` step also takes
 (see :func:`qsmflow.workflows.qsm.init_qsm_wf`):
 
+* ``brain``: the brain-extraction algorithm, ``'adaptive'`` (default:
+  :func:`qsmflow.qsm.brain_extraction.extract_brain`, removes scalp, skull, face and neck)
+  or ``'threshold'`` (:func:`qsmflow.qsm.mask.brain_mask`, the magnitude threshold);
+  ``params`` are that function's options;
 * ``quality_params``: options of :func:`qsmflow.qsm.mask.quality_mask` (method
   ``'quality'``);
 * ``two_pass`` (bool, default false): two-pass reconstruction, strict phase-quality mask
@@ -28,7 +32,7 @@ from pathlib import Path
 STEPS = ('masking', 'unwrapping', 'echo_combination', 'bf_removal', 'inversion', 'reference')
 
 #: Options of a step that do not depend on its method (kept by :func:`with_overrides`).
-STEP_OPTIONS = {'masking': ('two_pass', 'strict_params', 'brain_masks')}
+STEP_OPTIONS = {'masking': ('brain', 'two_pass', 'strict_params', 'brain_masks')}
 
 
 def available_presets() -> list[str]:

@@ -2,20 +2,36 @@
 """Brain masking interface."""
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 from nipype.interfaces.base import (
     File, SimpleInterface, TraitedSpec, isdefined, traits)
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
+from qsmflow.qsm import brain_extraction
 from qsmflow.qsm import mask as qmask
 from qsmflow.qsm import threads
+
+LOGGER = logging.getLogger('nipype.interface')
+
+#: Brain-mask algorithms: name -> (qsm function, the magnitude it is given).
+BRAIN_MASK_ALGORITHMS = {
+    'adaptive': (brain_extraction.extract_brain, 'root sum of squares of the echo magnitudes'),
+    'threshold': (qmask.brain_mask, 'echo-1 magnitude'),
+}
 
 
 class _BrainMaskInputSpec(base.StepInputSpec):
     in_magnitude = File(exists=True, mandatory=True, desc='4D magnitude (x, y, z, echo), a.u.')
     in_mask = File(exists=True, desc='user-supplied mask (nonzero = brain), any grid in the '
                                      'same scanner space; skips estimation')
-    params = traits.Dict(usedefault=True, desc='keyword options of qsm.mask.brain_mask')
+    algorithm = traits.Enum(*BRAIN_MASK_ALGORITHMS, usedefault=True,
+                            desc="'adaptive': qsm.brain_extraction.extract_brain (scalp, skull, "
+                                 "face and neck removed); 'threshold': qsm.mask.brain_mask "
+                                 '(magnitude threshold + morphology)')
+    params = traits.Dict(usedefault=True, desc='keyword options of the algorithm function')
 
 
 class _BrainMaskOutputSpec(TraitedSpec):
@@ -23,11 +39,13 @@ class _BrainMaskOutputSpec(TraitedSpec):
 
 
 class BrainMask(SimpleInterface):
-    """Brain mask from the first-echo magnitude (threshold + morphology), or a given mask.
+    """Brain mask from the magnitude (see ``algorithm``), or a given mask; with its QC.
 
     A given mask (``in_mask``) is used as it is, brought onto the magnitude's grid by
     nearest neighbour through the two image affines when the grids differ (same scanner
-    space assumed; no registration).
+    space assumed; no registration). The step record carries ``QC``
+    (:func:`mask_check`: volume in mL, share within 10 mm of the head surface, and a
+    warning, also logged, when the mask looks like a head).
     """
 
     input_spec = _BrainMaskInputSpec
@@ -40,13 +58,31 @@ class BrainMask(SimpleInterface):
         if isdefined(self.inputs.in_mask) and self.inputs.in_mask:
             mask, rec = user_mask(self.inputs.in_mask, ref)
         else:
+            func, source = BRAIN_MASK_ALGORITHMS[self.inputs.algorithm]
+            image = first if func is qmask.brain_mask else _root_sum_of_squares(mag)
             with threads.limit(self.inputs.num_threads):
-                mask = qmask.brain_mask(first, base.voxel_size(img), **self.inputs.params)
-            rec = base.step('masking', qmask.brain_mask, self.inputs.params, Input='echo-1 magnitude')
+                mask = func(image, base.voxel_size(img), **self.inputs.params)
+            rec = base.step('masking', func, self.inputs.params, Input=source)
+        rec['QC'] = mask_check(mask, first, base.voxel_size(img), self.inputs.in_magnitude)
         out = fname_presuffix(self.inputs.in_magnitude, suffix='_mask', newpath=runtime.cwd)
         self._results['out_mask'] = base.save(mask, ref, out, dtype='uint8',
                                               steps=base.read_steps(self.inputs.in_magnitude) + [rec])
         return runtime
+
+
+def _root_sum_of_squares(mag):
+    """Root sum of squares over the echoes (4D) as float32; a 3D magnitude as it is."""
+    if mag.ndim == 3:
+        return mag
+    return np.sqrt(np.sum(np.square(mag, dtype=np.float64), axis=-1)).astype(np.float32)
+
+
+def mask_check(mask, magnitude, voxel_size, source='') -> dict:
+    """:func:`qsmflow.qsm.brain_extraction.mask_qc` of a brain mask; logs its warning."""
+    qc = brain_extraction.mask_qc(mask, magnitude, voxel_size)
+    if qc['Warning']:
+        LOGGER.warning('qsmflow: %s: %s', source or 'brain mask', qc['Warning'])
+    return qc
 
 
 def user_mask(path, ref_img) -> tuple:
