@@ -1,0 +1,100 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Data-driven TV weight: noise estimate of the local field, weight choice, reporting."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qsmflow.qsm import inversion
+from qsmflow.qsm.inversion import regularisation as reg
+
+
+@pytest.fixture(scope='module')
+def brains(brain_factory):
+    """Noise-free 2 mm and (cropped) 1 mm phantom local fields."""
+    coarse = brain_factory()
+    fine = brain_factory(shape=(96, 112, 80), voxel_size=(1.0, 1.0, 1.0), texture=False)
+    return {2.0: coarse, 1.0: fine}
+
+
+@pytest.mark.parametrize('vox', [1.0, 2.0])
+@pytest.mark.parametrize('sigma', [0.004, 0.01])
+def test_noise_estimate_recovers_known_sigma(brains, vox, sigma):
+    b = brains[vox]
+    rng = np.random.default_rng(7)
+    field = (b['local'] + sigma * rng.standard_normal(b['mask'].shape)) * b['mask']
+    est = reg.estimate_noise(field.astype(np.float32), b['mask'])
+    for key in ('sigma_ppm', 'sigma_voxel_ppm', 'sigma_2voxel_ppm'):
+        assert abs(est[key] / sigma - 1) < 0.2, (key, est)
+
+
+def test_noise_estimate_sees_correlated_noise():
+    """Noise averaged over neighbours hides from the finest scale, not from 2 voxels."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    white = rng.standard_normal((48, 48, 48))
+    smooth = ndi.uniform_filter(white, 2, mode='wrap')
+    smooth *= 0.01 / smooth.std()
+    est = reg.estimate_noise(smooth, np.ones(smooth.shape, bool))
+    assert est['sigma_2voxel_ppm'] > 1.5 * est['sigma_voxel_ppm']
+    assert est['sigma_ppm'] == est['sigma_2voxel_ppm']
+
+
+def test_weight_grows_with_noise_and_stays_in_range(brains):
+    b = brains[2.0]
+    rng = np.random.default_rng(1)
+    lams = []
+    for sigma in (0.0, 0.002, 0.004, 0.008):
+        field = (b['local'] + sigma * rng.standard_normal(b['mask'].shape)) * b['mask']
+        info = reg.choose_tv_weight(field.astype(np.float32), b['mask'])
+        lo, hi = reg.TV_LAM_RANGE
+        assert lo <= info['lam'] <= hi
+        lams.append(info['lam'])
+    assert lams[0] == reg.TV_LAM_RANGE[0]  # a clean field keeps the SNR-100 weight
+    assert lams == sorted(lams) and lams[-1] > 2 * lams[0], lams
+
+
+def test_noise_map_can_only_raise_sigma(brains):
+    b = brains[2.0]
+    m = b['mask']
+    quiet = reg.choose_tv_weight(b['local'], m, noise_ppm=np.full(m.shape, 1e-5))
+    alone = reg.choose_tv_weight(b['local'], m)
+    assert quiet['lam'] == alone['lam'] and quiet['criterion'] == alone['criterion']
+    loud = reg.choose_tv_weight(b['local'], m, noise_ppm=np.full(m.shape, 0.006))
+    assert loud['criterion'].startswith('map') and loud['sigma_ppm'] == pytest.approx(0.006)
+    assert loud['lam'] > alone['lam']
+    with pytest.raises(ValueError, match='noise_ppm shape'):
+        reg.choose_tv_weight(b['local'], m, noise_ppm=np.ones((3, 3, 3)))
+
+
+def test_explicit_lam_is_the_old_behaviour_bitwise(brain_noisy):
+    """An explicit lam bypasses the selection: same result as before, no info attached."""
+    b = brain_noisy
+    m, vs = b['mask'], b['voxel_size']
+    chi = inversion.tv(b['local_noisy'], m, vs, lam=5e-4, max_iter=20)
+    again, info = inversion.tv(b['local_noisy'], m, vs, lam=5e-4, max_iter=20,
+                               return_info=True)
+    np.testing.assert_array_equal(chi, again)
+    assert info['criterion'] == 'given' and info['lam'] == 5e-4
+    # the default chooses from the data and says how
+    auto, info = inversion.tv(b['local_noisy'], m, vs, max_iter=20, return_info=True)
+    assert info['criterion'].endswith('noise-squared-over-gradient-scale')
+    chosen = inversion.tv(b['local_noisy'], m, vs, lam=info['lam'], max_iter=20)
+    np.testing.assert_array_equal(auto, chosen)
+    assert info['lam'] > 5e-4  # 0.01 ppm of noise at 2 mm: heavier than the clean weight
+
+
+def test_invert_default_chooses_from_the_field_alone(brain_noisy):
+    b = brain_noisy
+    m, vs = b['mask'], b['voxel_size']
+    chi = inversion.invert(b['local_noisy'], m, vs)
+    info = reg.choose_tv_weight(b['local_noisy'], m)
+    np.testing.assert_array_equal(chi, inversion.tv(b['local_noisy'], m, vs, lam=info['lam']))
+
+
+def test_invalid_inputs():
+    with pytest.raises(ValueError, match='same 3D shape'):
+        reg.estimate_noise(np.zeros((4, 4)), np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match='too small'):
+        reg.estimate_noise(np.zeros((5, 5, 5)), np.ones((5, 5, 5), bool))
