@@ -3,6 +3,7 @@
 pre-flight resolves every input file into the acquisition record."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -63,6 +64,26 @@ def test_every_flag_reaches_its_section(tmp_path, monkeypatch):
     eng = config.engine
     assert (eng.nprocs, eng.omp_nthreads, eng.mem_gb, eng.plugin) == (3, 2, 4.0, 'multiproc')
     assert eng.plugin_args == {'maxtasksperchild': 1}
+
+
+class _Recording(argparse.Namespace):
+    """Parsed options that note which ones are read."""
+
+    def __getattribute__(self, name):
+        if not name.startswith('_'):
+            object.__getattribute__(self, '__dict__').setdefault('_read', set()).add(name)
+        return object.__getattribute__(self, name)
+
+
+def test_every_flag_of_the_parser_is_read_into_the_config(tmp_path):
+    """A flag added to the parser must reach the configuration (cli/config.py)."""
+    parser = build_parser()
+    opts = parser.parse_args([str(_bids(tmp_path)), str(tmp_path / 'out'), 'participant'],
+                             namespace=_Recording())
+    opts.__dict__['_read'] = set()  # argparse itself looks at every option while parsing
+    config_from_args(opts)
+    dests = {a.dest for a in parser._actions if a.dest not in ('help', 'version')}
+    assert dests - opts.__dict__['_read'] == set()
 
 
 def test_defaults_resolve_like_the_command_line(tmp_path, monkeypatch):
