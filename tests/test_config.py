@@ -92,7 +92,8 @@ def test_defaults_resolve_like_the_command_line(tmp_path, monkeypatch):
     assert config.paths.work_dir == tmp_path / 'work'
     assert config.engine.plugin == 'linear' and config.engine.omp_nthreads == 1
     assert config.regions.atlases is None and config.regions.templateflow_home is None
-    assert config.masks.brain_masks is None and 'brain_masks' not in config.pipeline.steps['masking']
+    assert config.masks.brain_masks is None
+    assert 'brain_masks' not in config.pipeline.steps['masking']
 
 
 def test_config_is_frozen_and_round_trips_through_json(tmp_path):

@@ -305,6 +305,6 @@ def _label(entities: dict) -> str:
     return '_'.join(f'{k}-{entities[e]}' for k, e in keys if entities.get(e) not in (None, ''))
 
 
-__all__ = ['DerivativeLookupError', 'MissingLookupTableError', 'check_brain_mask', 'check_segmentation',
-           'expected_pattern', 'find_brain_mask', 'find_derivative', 'find_segmentation',
+__all__ = ['DerivativeLookupError', 'MissingLookupTableError', 'check_brain_mask',
+           'check_segmentation', 'expected_pattern', 'find_brain_mask', 'find_derivative', 'find_segmentation',
            'parse_entities']
