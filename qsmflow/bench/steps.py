@@ -73,7 +73,7 @@ def _run_steps(opts) -> int:
     brain = _timed('brain mask (magnitude)', lambda: mask.brain_mask(mag[..., 0], vox),
                    opts.repeat, rows)
     fit = _timed('unwrap (romeo) + echo fit (wls)', lambda: echoes.estimate_field(
-        mag, phase, brain, vox, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA), opts.repeat, rows)
+        phase, brain, vox, mag, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA), opts.repeat, rows)
     reliable = _timed('phase-quality mask', lambda: mask.quality_mask(mask.quality_map(
         phase, mag, brain, vox, echo_times_s=tes), brain), opts.repeat, rows)
     local, used = _timed('PDF', lambda: bgremove.pdf(fit['field_ppm'], reliable, vox, b0_dir),
@@ -93,14 +93,14 @@ def _run_steps(opts) -> int:
             _timed(name, lambda func=func: func(fit['field_ppm'], reliable, vox, b0_dir),
                    opts.repeat, rows)
     _timed('unwrap (romeo) + echo fit (nlcomplex)', lambda: echoes.estimate_field(
-        mag, phase, brain, vox, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA,
+        phase, brain, vox, mag, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA,
         combination='nlcomplex'), opts.repeat, rows)
     csf = _timed('CSF mask (reference csf)', lambda: mask.csf_mask(
         mag, used, vox, echo_times_s=tes), opts.repeat, rows)
     _timed('reference (csf)', lambda: reference.reference(chi, used, method='csf', ref_mask=csf),
            opts.repeat, rows)
     _timed('unwrap (laplacian) + echo fit', lambda: echoes.estimate_field(
-        mag, phase, brain, vox, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA,
+        phase, brain, vox, mag, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA,
         unwrapping='laplacian'), opts.repeat, rows)
     eroded = used
     methods = opts.methods or [m for m in ('tkd', 'tikhonov', 'tv', 'rts', 'ilsqr', 'medi', 'ndi')

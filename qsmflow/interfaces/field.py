@@ -41,7 +41,8 @@ class EstimateField(SimpleInterface):
         opts = dict(echo_times_s=list(self.inputs.echo_times), b0_tesla=self.inputs.b0_tesla,
                     unwrapping=self.inputs.unwrapping, combination=self.inputs.combination)
         with threads.limit(self.inputs.num_threads):
-            res = echoes.estimate_field(mag, phase, mask_data > 0, base.voxel_size(img), **opts)
+            res = echoes.estimate_field(phase, mask_data > 0, base.voxel_size(img),
+                                        magnitude=mag, **opts)
         steps = base.read_steps(self.inputs.in_phase, self.inputs.in_mask)
         steps.append(base.step('unwrapping+echo-fit', echoes.estimate_field, opts))
         res['noise_ppm'] = echoes.hz_to_ppm(res['noise_hz'], self.inputs.b0_tesla)

@@ -34,7 +34,7 @@ def _reconstruct(head, angle_deg):
     mag, phase, _ = simulate_megre(head, TES, DEFAULT_B0_TESLA, b0_dir, snr=100.0,
                                    rng=np.random.default_rng(1))
     brain = qmask.brain_mask(mag[..., 0], vox)
-    fit = echoes.estimate_field(mag, phase, brain, vox, echo_times_s=TES,
+    fit = echoes.estimate_field(phase, brain, vox, magnitude=mag, echo_times_s=TES,
                                 b0_tesla=DEFAULT_B0_TESLA)
     quality = qmask.quality_map(phase, mag, brain, vox, echo_times_s=TES)
     brain = qmask.quality_mask(quality, brain)

@@ -11,6 +11,8 @@ PUBLIC = {
     'qsmflow.qsm.inversion': ('tkd', 'tikhonov', 'tv', 'rts', 'medi', 'lsqr', 'ilsqr', 'ndi',
                               'combine_two_pass', 'invert'),
     'qsmflow.qsm.bgremove': ('vsharp', 'pdf', 'resharp', 'ismv', 'lbv'),
+    'qsmflow.qsm.echoes': ('unwrap_echoes', 'fit_field', 'fit_field_complex', 'estimate_field',
+                           'hz_to_ppm', 'ppm_to_hz'),
     'qsmflow.qsm.mask': ('brain_mask', 'quality_map', 'quality_mask', 'strict_mask',
                          'r2star_map', 'csf_mask'),
 }
@@ -39,3 +41,17 @@ def test_bgremove_methods_are_documented():
     assert len(bgremove.METHODS) == 5
     for name in bgremove.METHODS:
         assert f':func:`{name}`' in bgremove.__doc__
+
+
+def test_phase_comes_before_magnitude():
+    """Every public function of qsm/ that takes both takes the phase first."""
+    import inspect
+
+    from qsmflow.qsm import echoes, inversion, mask
+
+    funcs = [mask.quality_map, echoes.unwrap_echoes, echoes.fit_field, echoes.fit_field_complex,
+             echoes.estimate_field, inversion.ndi]
+    for func in funcs:
+        names = list(inspect.signature(func).parameters)
+        first = next(n for n in names if n in ('phase', 'phase_unwrapped', 'local_field'))
+        assert names.index(first) < names.index('magnitude'), func.__name__

@@ -72,7 +72,8 @@ def _chain():
                                    rng=np.random.default_rng(0))
     out = {}
     brain = mask.brain_mask(mag[..., 0], vox)
-    fit = echoes.estimate_field(mag, phase, brain, vox, echo_times_s=tes, b0_tesla=3.0)
+    fit = echoes.estimate_field(phase, brain, vox, echo_times_s=tes, b0_tesla=3.0,
+                                magnitude=mag)
     quality = mask.quality_map(phase, mag, brain, vox, echo_times_s=tes)
     reliable = mask.quality_mask(quality, brain)
     local, used = bgremove.pdf(fit['field_ppm'], reliable, vox, (0.1, 0.2, 1.0))

@@ -182,7 +182,7 @@ def test_unwrap_echoes_pieces_finite_and_congruent(method):
         for n in range(TES_S.size):
             k = _offsets(u[..., n], truth[..., n], mask)
             assert np.all(k == 0), n
-    r = estimate_field(mag, wrapped, mask, (1, 1, 1), echo_times_s=TES_S, b0_tesla=3.0,
+    r = estimate_field(wrapped, mask, (1, 1, 1), mag, echo_times_s=TES_S, b0_tesla=3.0,
                        unwrapping=method)
     for key in ('field_hz', 'phase_offset_rad', 'noise_hz'):
         assert np.all(np.isfinite(r[key][mask])), key

@@ -1,0 +1,203 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Multi-echo phase unwrapping: spatial unwrapping (ROMEO or Laplacian), then temporal
+unwrapping of the later echoes and a common 2π shift."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from qsmflow.qsm._validation import as_voxel_size
+from qsmflow.qsm.echoes._common import _check_inputs, _echo_weight, _LineSums, _magnitude_ref
+from qsmflow.qsm.kernels import bounding_box
+from qsmflow.qsm.unwrap import (
+    DEFAULT_LAPLACIAN_MAX_ITER,
+    DEFAULT_LAPLACIAN_TOL,
+    TWO_PI,
+    _crop_pad,
+    _inverse_laplacian_symbol,
+    _laplacian_box,
+    _romeo_box,
+    wrap_phase,
+)
+
+#: Spatial unwrapping methods of :func:`unwrap_echoes`.
+UNWRAPPING_METHODS = ('romeo', 'laplacian')
+
+
+def unwrap_echoes(
+    phase: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: Sequence[float],
+    *,
+    echo_times_s: Sequence[float],
+    magnitude: np.ndarray | None = None,
+    method: str = 'romeo',
+) -> np.ndarray:
+    """Unwrap multi-echo phase in space and time.
+
+    ``method='romeo'`` (exact; every output differs from its input by 2π·k per voxel):
+
+    1. The echo difference ``Δ = wrap(φ₂ − φ₁) = 2π·f·(TE₂ − TE₁)`` is free of φ₀ and has
+       the fewest wraps; it is unwrapped exactly by the region growing of
+       :func:`~qsmflow.qsm.unwrap.unwrap_romeo`, weighted by the magnitude
+       ``m₁m₂/√(m₁² + m₂²)`` (the noise level of a phase difference) and, with ≥ 3 echoes,
+       by gradient coherence with ``wrap(φ₃ − φ₁)``. Its global 2π·k is
+       chosen so that the median over the mask lies in [−π, π), i.e. the median field is
+       within ±1/(2(TE₂ − TE₁)) Hz of 0 — true when the scanner frequency was set on
+       water.
+    2. The offset ``φ₀ = wrap(φ₁ − Δ·TE₁/(TE₂ − TE₁))`` is unwrapped the same way
+       (median in [−π, π)), so that each echo's phase comes out spatially continuous. The
+       field alone would not need this step: a 2π jump of φ₀ shifts all echoes of a voxel
+       alike and leaves the slope unchanged.
+    3. Temporal unwrapping, vectorised over voxels: echo 1 is
+       ``φ₁ + 2π·round((φ₀ + Δ·TE₁/(TE₂ − TE₁) − φ₁) / 2π)``, echo 2 adds Δ, and each later
+       echo ``n`` is unwrapped against the prediction of a weighted line fit
+       (weights ``m²``) of the echoes already unwrapped, so that noise in Δ is not
+       extrapolated to late echoes and the result is temporally consistent.
+
+    With one echo (3D ``phase`` is taken as one echo), that echo is unwrapped spatially
+    (magnitude-weighted) and its global 2π·k set so that its median lies in [−π, π).
+
+    ``method='laplacian'`` (fast, not exact): each echo is unwrapped by
+    :func:`~qsmflow.qsm.unwrap.unwrap_laplacian`; echo-to-echo 2π jumps are then removed
+    by shifting each echo ``n ≥ 2`` by the global 2π·k that brings its median closest to
+    the prediction from the earlier echoes (echo 2: echo 1 plus ``wrap(φ₂ − φ₁)``; later
+    echoes: the weighted line fit as above).
+
+    Parameters
+    ----------
+    phase : (X, Y, Z, N) or (X, Y, Z) ndarray of float
+        Wrapped phase of each echo (rad).
+    mask : (X, Y, Z) ndarray of bool
+        Voxels to unwrap.
+    voxel_size : sequence of 3 float
+        Voxel spacing (mm).
+    echo_times_s : sequence of N float
+        Echo times (s), strictly increasing.
+    magnitude : same shape as ``phase``, ndarray of float, optional
+        Magnitude of each echo (arbitrary units, ≥ 0); used for weights.
+    method : {'romeo', 'laplacian'}
+        Spatial unwrapping method.
+
+    Returns
+    -------
+    unwrapped : (X, Y, Z, N) ndarray of float32
+        Unwrapped phase of each echo (rad); 0 outside the mask.
+
+    Raises
+    ------
+    ValueError
+        On wrong dimensions or shapes, non-finite values in the mask, bad echo times or an
+        unknown method.
+
+    Examples
+    --------
+    >>> from qsmflow.qsm.unwrap import wrap_phase
+    >>> te = np.array([0.004, 0.008, 0.012])
+    >>> x = np.linspace(-1, 1, 16)[:, None, None, None]
+    >>> truth = 1.0 + 2 * np.pi * (200 * x) * te + 0 * np.zeros((16, 16, 16, 1))
+    >>> u = unwrap_echoes(wrap_phase(truth), np.ones((16, 16, 16), bool), (1, 1, 1),
+    ...                   echo_times_s=te)
+    >>> bool(np.allclose(u, truth, atol=1e-4))
+    True
+    """
+    ph, msk, te, mag = _check_inputs(phase, mask, echo_times_s, magnitude)
+    vox = as_voxel_size(voxel_size)
+    if method not in UNWRAPPING_METHODS:
+        raise ValueError(f'unknown unwrapping method {method!r}; use one of {UNWRAPPING_METHODS}')
+    box = bounding_box(msk)
+    # echo-first, cropped, padded by one voxel: (N, X', Y', Z'), contiguous per echo
+    phb = _crop_pad(np.moveaxis(ph, -1, 0), box).astype(np.float32, copy=False)
+    magb = None
+    if mag is not None:
+        magb = _crop_pad(np.moveaxis(mag, -1, 0), box).astype(np.float32, copy=False)
+    mb = _crop_pad(msk, box, False)
+    if method == 'romeo':
+        outb = _unwrap_echoes_romeo(phb, mb, vox, te, magb)
+    else:
+        outb = _unwrap_echoes_laplacian(phb, mb, vox, te, magb)
+    out = np.zeros(ph.shape, np.float32)
+    out[box] = np.moveaxis(outb[:, 1:-1, 1:-1, 1:-1], 0, -1)  # outb is 0 outside the mask
+    return out
+
+
+def _global_shift(values):
+    """2π·k bringing the median of ``values`` (rad) into [−π, π)."""
+    return TWO_PI * np.floor(np.median(values) / TWO_PI + 0.5)
+
+
+def _temporal_unwrap(phi, pred):
+    """``phi + 2π·round((pred − phi) / 2π)`` (rad)."""
+    return phi + np.float32(TWO_PI) * np.round((pred - phi) / np.float32(TWO_PI))
+
+
+def _unwrap_echoes_romeo(phb, mb, vox, te, magb):
+    n_echo = phb.shape[0]
+    sel = mb
+    if n_echo == 1:
+        u = _romeo_box(phb[0], mb, vox, None if magb is None else magb[0], None, None, None, True)
+        u[sel] -= _global_shift(u[sel])
+        return u[None]
+    dte = te[1] - te[0]
+    delta = wrap_phase(phb[1] - phb[0])
+    mag_d = None
+    if magb is not None:
+        m1, m2 = magb[0], magb[1]
+        with np.errstate(invalid='ignore', divide='ignore'):
+            mag_d = np.nan_to_num(m1 * m2 / np.sqrt(m1 * m1 + m2 * m2))
+    phase2 = ratio = None
+    if n_echo >= 3:
+        phase2 = wrap_phase(phb[2] - phb[0])
+        ratio = (te[2] - te[0]) / dte
+    delta_u = _romeo_box(delta, mb, vox, mag_d, phase2, ratio, None, True)
+    delta_u[sel] -= _global_shift(delta_u[sel])
+    scale1 = np.float32(te[0] / dte)
+    offset = wrap_phase(phb[0] - delta_u * scale1)
+    offset_u = _romeo_box(
+        offset, mb, vox, None if magb is None else magb[0], None, None, None, True
+    )
+    offset_u[sel] -= _global_shift(offset_u[sel])
+    # temporal unwrapping of the masked voxels, vectorised
+    out = np.zeros(phb.shape, np.float32)
+    d = delta_u[sel]
+    y0 = _temporal_unwrap(phb[0][sel], offset_u[sel] + d * scale1)
+    out[0][sel] = y0
+    out[1][sel] = y0 + d
+    if n_echo > 2:
+        _unwrap_later_echoes(out, phb, sel, te, magb)
+    return out
+
+
+def _unwrap_later_echoes(out, phb, sel, te, magb):
+    """Unwrap echoes 3…N in place against the weighted line through the earlier ones."""
+    ref = None if magb is None else _magnitude_ref(magb[0][sel])
+    sums = _LineSums(te.mean())
+    for n in range(out.shape[0]):
+        if n >= 2:
+            out[n][sel] = _temporal_unwrap(phb[n][sel], sums.predict(te[n]))
+        if n < out.shape[0] - 1:
+            sums.add(out[n][sel], _echo_weight(None if magb is None else magb[n][sel], ref), te[n])
+
+
+def _unwrap_echoes_laplacian(phb, mb, vox, te, magb):
+    n_echo = phb.shape[0]
+    sel = mb
+    inv_lap = _inverse_laplacian_symbol(mb.shape, vox)
+    ref = None if magb is None else _magnitude_ref(magb[0][sel])
+    sums = _LineSums(te.mean())
+    out = np.zeros(phb.shape, np.float32)
+    for n in range(n_echo):
+        u = _laplacian_box(
+            phb[n], mb, vox, inv_lap, DEFAULT_LAPLACIAN_MAX_ITER, DEFAULT_LAPLACIAN_TOL
+        )[sel]
+        if n == 0:
+            u -= _global_shift(u)
+        elif n == 1:
+            u -= _global_shift(u - (out[0][sel] + wrap_phase(phb[1][sel] - phb[0][sel])))
+        else:
+            u -= _global_shift(u - sums.predict(te[n]))
+        out[n][sel] = u
+        sums.add(u, _echo_weight(None if magb is None else magb[n][sel], ref), te[n])
+    return out
