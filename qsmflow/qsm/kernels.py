@@ -3,7 +3,7 @@
 
 Conventions
 -----------
-* Arrays are indexed ``[i, j, k]`` in voxel index space; ``voxel_size_mm`` gives the
+* Arrays are indexed ``[i, j, k]`` in voxel index space; ``voxel_size`` gives the
   spacing along those axes in mm.
 * ``b0_dir`` is the unit B0 direction expressed in voxel index axes (see
   :func:`b0_dir_from_affine`).
@@ -17,6 +17,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 from scipy import fft as sfft
+
+from qsmflow.qsm._validation import check_field_mask  # noqa: F401 - public name, kept
 
 #: Proton gyromagnetic ratio over 2π, in Hz/T.
 GAMMA_HZ_PER_T = 42.577478e6
@@ -115,27 +117,27 @@ def bounding_box(mask: np.ndarray, margin=0) -> tuple[slice, ...]:
     )
 
 
-def kspace_grid(shape, voxel_size_mm, dtype=np.float32):
+def kspace_grid(shape, voxel_size, dtype=np.float32):
     """Spatial-frequency coordinates (cycles/mm) of an ``rfftn`` grid of ``shape``.
 
     Returns three broadcastable arrays ``(k0, k1, k2)``; the last axis holds the
     non-negative frequencies only (``rfftfreq``).
     """
-    d = np.asarray(voxel_size_mm, dtype=np.float64)
+    d = np.asarray(voxel_size, dtype=np.float64)
     k0 = sfft.fftfreq(shape[0], d=d[0]).astype(dtype)[:, None, None]
     k1 = sfft.fftfreq(shape[1], d=d[1]).astype(dtype)[None, :, None]
     k2 = sfft.rfftfreq(shape[2], d=d[2]).astype(dtype)[None, None, :]
     return k0, k1, k2
 
 
-def dipole_kernel(shape, voxel_size_mm, b0_dir=(0, 0, 1), dtype=np.float32) -> np.ndarray:
+def dipole_kernel(shape, voxel_size, b0_dir=(0, 0, 1), dtype=np.float32) -> np.ndarray:
     """Unit dipole kernel ``D(k) = 1/3 − (k·b)² / |k|²`` on an ``rfftn`` grid.
 
     Parameters
     ----------
     shape : tuple of 3 int
         Real-space grid shape (voxels), normally already padded.
-    voxel_size_mm : sequence of 3 float
+    voxel_size : sequence of 3 float
         Voxel spacing (mm).
     b0_dir : sequence of 3 float
         B0 direction in voxel index axes (normalised here).
@@ -155,7 +157,7 @@ def dipole_kernel(shape, voxel_size_mm, b0_dir=(0, 0, 1), dtype=np.float32) -> n
     """
     b = np.asarray(b0_dir, dtype=np.float64)
     b = b / np.linalg.norm(b)
-    k = kspace_grid(shape, voxel_size_mm, dtype=np.float64)
+    k = kspace_grid(shape, voxel_size, dtype=np.float64)
     # On an even axis the Nyquist frequency stands for both +k_N and −k_N. For an oblique b0,
     # D differs between the two, so D is averaged over both signs there (the cross terms of
     # (k·b)² with a Nyquist component cancel): this keeps the kernel Hermitian, i.e. the
@@ -176,7 +178,7 @@ def dipole_kernel(shape, voxel_size_mm, b0_dir=(0, 0, 1), dtype=np.float32) -> n
     return D.astype(dtype)
 
 
-def sphere_kernel(shape, voxel_size_mm, radius_mm, dtype=np.float32, *, full=False) -> np.ndarray:
+def sphere_kernel(shape, voxel_size, radius_mm, dtype=np.float32, *, full=False) -> np.ndarray:
     """Spherical-mean-value (SMV) kernel: FFT of a normalised sphere of ``radius_mm``.
 
     The sphere is centred on voxel ``(0, 0, 0)`` with periodic wrap, so that multiplying a
@@ -191,7 +193,7 @@ def sphere_kernel(shape, voxel_size_mm, radius_mm, dtype=np.float32, *, full=Fal
     ----------
     shape : tuple of 3 int
         Real-space grid shape (voxels).
-    voxel_size_mm : sequence of 3 float
+    voxel_size : sequence of 3 float
         Voxel spacing (mm).
     radius_mm : float
         Sphere radius (mm); voxels whose centre is within it belong to the ball.
@@ -206,7 +208,7 @@ def sphere_kernel(shape, voxel_size_mm, radius_mm, dtype=np.float32, *, full=Fal
         Real kernel with ``S(0) = 1`` (dimensionless).
     """
     shape = tuple(int(n) for n in shape)
-    d = np.asarray(voxel_size_mm, dtype=np.float64)
+    d = np.asarray(voxel_size, dtype=np.float64)
     nfreq = (shape[0], shape[1], shape[2] if full else shape[2] // 2 + 1)
     reach = np.floor(radius_mm / d + 1e-9).astype(int)
     if np.any(2 * reach + 1 > np.asarray(shape)):
@@ -252,7 +254,7 @@ def _sphere_kernel_fft(shape, d, radius_mm, dtype):
     return sfft.rfftn(ball).real.astype(dtype)
 
 
-def laplacian_kernel(shape, voxel_size_mm, dtype=np.float32) -> np.ndarray:
+def laplacian_kernel(shape, voxel_size, dtype=np.float32) -> np.ndarray:
     """k-space kernel of ``∇ᵀ∇`` for periodic forward differences, on an ``rfftn`` grid.
 
     With the forward difference ``(∇_a x)[i] = (x[i + 1] − x[i]) / h_a`` (periodic), the
@@ -263,7 +265,7 @@ def laplacian_kernel(shape, voxel_size_mm, dtype=np.float32) -> np.ndarray:
     ----------
     shape : tuple of 3 int
         Real-space grid shape (voxels).
-    voxel_size_mm : sequence of 3 float
+    voxel_size : sequence of 3 float
         Voxel spacing (mm).
     dtype : numpy dtype
         Output float type.
@@ -279,7 +281,7 @@ def laplacian_kernel(shape, voxel_size_mm, dtype=np.float32) -> np.ndarray:
     >>> float(L[0, 0, 0]), float(L[4, 0, 0]), float(L[0, 0, 4])
     (0.0, 4.0, 1.0)
     """
-    d = np.asarray(voxel_size_mm, dtype=np.float64)
+    d = np.asarray(voxel_size, dtype=np.float64)
     k = kspace_grid(shape, d, dtype=np.float64)
     L = sum((2.0 - 2.0 * np.cos(2 * np.pi * ka * h)) / h**2 for ka, h in zip(k, d))
     return L.astype(dtype)
@@ -334,62 +336,6 @@ class PaddedBox:
         return out
 
 
-def check_field_mask(field, mask, voxel_size_mm, b0_dir=(0, 0, 1), *, name='field'):
-    """Validate the common ``(image, mask, voxel_size_mm, b0_dir)`` arguments.
-
-    Parameters
-    ----------
-    field : (nx, ny, nz) array_like
-        Real image (e.g. a field in ppm); must be finite inside ``mask``.
-    mask : (nx, ny, nz) array_like
-        Region of interest (non-zero = inside); must not be empty.
-    voxel_size_mm : sequence of 3 float
-        Positive voxel spacing (mm).
-    b0_dir : sequence of 3 float
-        Non-zero B0 direction in voxel index axes.
-    name : str
-        Name of ``field`` used in error messages.
-
-    Returns
-    -------
-    field : ndarray, float32 or float64
-        The image (float dtype kept, other types converted to float32).
-    mask : ndarray of bool
-    voxel_size_mm : (3,) ndarray of float64
-    b0_dir : (3,) ndarray of float64
-        Unit vector.
-
-    Raises
-    ------
-    ValueError
-        On wrong dimensionality, mismatched shapes, non-finite values in the mask, an empty
-        mask, non-positive voxel sizes or a zero/non-finite ``b0_dir``.
-    """
-    field = np.asarray(field)
-    if not np.issubdtype(field.dtype, np.floating):
-        if np.iscomplexobj(field):
-            raise ValueError(f'{name} must be real-valued, got dtype {field.dtype}')
-        field = field.astype(np.float32)
-    mask = np.asarray(mask)
-    if field.ndim != 3:
-        raise ValueError(f'{name} must be a 3D array, got shape {field.shape}')
-    if mask.shape != field.shape:
-        raise ValueError(f'mask shape {mask.shape} does not match {name} shape {field.shape}')
-    mask = mask.astype(bool)
-    if not mask.any():
-        raise ValueError('mask is empty')
-    if not np.all(np.isfinite(field[mask])):
-        raise ValueError(f'{name} has non-finite values (NaN/inf) inside the mask')
-    vsz = np.asarray(voxel_size_mm, dtype=np.float64).reshape(-1)
-    if vsz.shape != (3,) or not np.all(np.isfinite(vsz)) or np.any(vsz <= 0):
-        raise ValueError(f'voxel_size_mm must be 3 positive numbers, got {voxel_size_mm!r}')
-    b0 = np.asarray(b0_dir, dtype=np.float64).reshape(-1)
-    norm = np.linalg.norm(b0) if b0.shape == (3,) else 0.0
-    if b0.shape != (3,) or not np.isfinite(norm) or norm == 0:
-        raise ValueError(f'b0_dir must be a non-zero 3-vector, got {b0_dir!r}')
-    return field, mask, vsz, b0 / norm
-
-
 def rfft(x: np.ndarray) -> np.ndarray:
     """Real-to-complex 3D FFT (complex64 for float32 in); workers from
     :func:`qsmflow.qsm.threads.limit`."""
@@ -437,14 +383,14 @@ def _gradient_adjoint_nb(gx, gy, gz, ih0, ih1, ih2, out):  # pragma: no cover - 
                 )
 
 
-def gradient(x: np.ndarray, voxel_size_mm) -> np.ndarray:
+def gradient(x: np.ndarray, voxel_size) -> np.ndarray:
     """Periodic forward-difference gradient ``(x[i + 1] − x[i]) / h`` along each axis.
 
     Parameters
     ----------
     x : (n0, n1, n2) ndarray of float32 or float64
         Image (any unit ``u``).
-    voxel_size_mm : sequence of 3 float
+    voxel_size : sequence of 3 float
         Voxel spacing (mm).
 
     Returns
@@ -460,20 +406,20 @@ def gradient(x: np.ndarray, voxel_size_mm) -> np.ndarray:
     [0.5, 0.5, 0.5, -1.5]
     """
     x = np.ascontiguousarray(x)
-    ih = 1.0 / np.asarray(voxel_size_mm, dtype=np.float64)
+    ih = 1.0 / np.asarray(voxel_size, dtype=np.float64)
     g = np.empty((3,) + x.shape, dtype=x.dtype)
     _gradient_nb(x, x.dtype.type(ih[0]), x.dtype.type(ih[1]), x.dtype.type(ih[2]), *g)
     return g
 
 
-def gradient_adjoint(g: np.ndarray, voxel_size_mm) -> np.ndarray:
+def gradient_adjoint(g: np.ndarray, voxel_size) -> np.ndarray:
     """Adjoint of :func:`gradient` (a negative divergence with backward differences).
 
     Parameters
     ----------
     g : (3, n0, n1, n2) ndarray of float32 or float64
         Vector field (unit ``u``/mm).
-    voxel_size_mm : sequence of 3 float
+    voxel_size : sequence of 3 float
         Voxel spacing (mm).
 
     Returns
@@ -490,7 +436,7 @@ def gradient_adjoint(g: np.ndarray, voxel_size_mm) -> np.ndarray:
     True
     """
     g = np.ascontiguousarray(g)
-    ih = 1.0 / np.asarray(voxel_size_mm, dtype=np.float64)
+    ih = 1.0 / np.asarray(voxel_size, dtype=np.float64)
     out = np.empty(g.shape[1:], dtype=g.dtype)
     t = g.dtype.type
     _gradient_adjoint_nb(g[0], g[1], g[2], t(ih[0]), t(ih[1]), t(ih[2]), out)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsmflow.qsm.kernels import check_field_mask
+from qsmflow.qsm._validation import check_field_mask
 
 #: Referencing methods accepted by :func:`reference`.
 METHODS = ('mean', 'region', 'csf', 'none')

@@ -179,7 +179,7 @@ def roi_stats(values_ppm: np.ndarray, voxel_volume_mm3: float) -> dict:
 
 
 def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-                 voxel_size_mm, regions: list[dict], *, erode: bool = False,
+                 voxel_size, regions: list[dict], *, erode: bool = False,
                  reference_mask: np.ndarray | None = None) -> list[dict]:
     """One row of χ statistics per region and hemisphere, plus whole brain and reference.
 
@@ -191,7 +191,7 @@ def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
         Segmentation on the χ grid (0 = unlabelled).
     mask : (nx, ny, nz) ndarray of bool
         Brain mask of χ; regions are restricted to it.
-    voxel_size_mm : sequence of 3 float
+    voxel_size : sequence of 3 float
         Voxel spacing (mm).
     regions : list of dict
         ``{'region', 'hemisphere', 'labels'}`` entries (:func:`regions_from_lut`,
@@ -221,7 +221,7 @@ def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     if not chi.shape == labels.shape == mask.shape or chi.ndim != 3:
         raise ValueError(f'chi {chi.shape}, labels {labels.shape} and mask {mask.shape} must '
                          'be 3D arrays of one shape')
-    vol = float(np.prod(np.asarray(voxel_size_mm, dtype=float)))
+    vol = float(np.prod(np.asarray(voxel_size, dtype=float)))
     rows = []
     for reg in regions:
         roi = np.isin(labels, reg['labels']) & mask
