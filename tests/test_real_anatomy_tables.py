@@ -1,0 +1,178 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Regional tables on real anatomy: qsmflow end to end on the MNI152NLin2009cAsym/CIT168
+anatomy phantom (:mod:`qsmflow.phantom.anatomy`), against its known truth.
+
+Two participants, each the template head moved by its own seeded smooth deformation
+(rigid pose ±6°/±5 mm, scale ±4 %, a non-linear displacement of up to 3 mm), simulated at
+2 mm (to keep the test short), 3 T, 5 echoes, SNR 100. qsmflow registers each to the
+template with the custom atlas triple the phantom writes (CIT168 + an approximate
+dentate; ``--atlas-template-mask``: the template brain mask) and tabulates χ. Measured per
+nucleus and side: Dice of the native atlas labels against the true labels, and the table
+mean minus the true mean (true χ over the true labels inside qsmflow's χ mask, minus the
+true χ mean over that mask: the whole-brain reference the table uses, as
+``qsmflow demo``'s ``table_errors``).
+
+The issue "Deep nuclei on real anatomy" asks for Dice ≥ 0.80 for every nucleus, a table
+mean absolute error ≤ 0.012 ppm and no nucleus more than 15 % off. Those targets are
+``test_issue_targets`` (strict xfail: it flips when they are met); the other tests hold
+today's level with a margin.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.realdata import CIT168, TEMPLATEFLOW_HOME
+
+pytestmark = pytest.mark.slow
+
+TEMPLATE = (TEMPLATEFLOW_HOME / 'tpl-MNI152NLin2009cAsym'
+            / 'tpl-MNI152NLin2009cAsym_res-02_T1w.nii.gz')
+
+#: Nuclei evaluated: table region name -> (left, right) label indices of the truth.
+NUCLEI = {
+    'putamen': (1, 2), 'caudate': (3, 4), 'globus_pallidus_externa': (9, 10),
+    'globus_pallidus_interna': (11, 12), 'substantia_nigra_pars_compacta': (13, 14),
+    'red_nucleus': (15, 16), 'substantia_nigra_pars_reticulata': (17, 18),
+    'subthalamic_nucleus': (31, 32), 'dentate': (33, 34),
+}
+
+# Measured on 2026-12-04 (2 mm, seed 0, 2 participants; default brain extraction and
+# inversion; qsmflow at commit b5f67d5's tree). Dice / table mean minus truth (ppm) / %:
+#
+#   nucleus                 side   sub-01                    sub-02
+#   putamen                 L      0.97  +0.0010   +2 %      0.92  -0.0089  -19 %
+#                           R      0.94  +0.0025   +5 %      0.92  -0.0027   -5 %
+#   caudate                 L      0.95  +0.0040   +9 %      0.91  +0.0028   +5 %
+#                           R      0.89  +0.0026   +5 %      0.92  -0.0007   -1 %
+#   globus pallidus ext.    L      0.83  -0.0082   -7 %      0.88  -0.0160  -14 %
+#                           R      0.91  -0.0095   -7 %      0.84  -0.0198  -15 %
+#   globus pallidus int.    L      0.94  -0.0120   -9 %      0.90  -0.0139  -12 %
+#                           R      0.81  -0.0014   -1 %      0.85  -0.0084   -7 %
+#   substantia nigra (pc)   L      0.91  -0.0297  -30 %      0.63  -0.0344  -34 %
+#                           R      0.97  -0.0226  -21 %      0.88  -0.0104  -10 %
+#   red nucleus             L      0.99  -0.0241  -29 %      0.83  -0.0274  -27 %
+#                           R      0.93  -0.0195  -23 %      0.96  -0.0082  -10 %
+#   substantia nigra (pr)   L      0.79  -0.0413  -40 %      0.74  -0.0203  -22 %
+#                           R      0.92  -0.0291  -29 %      0.82  -0.0106  -11 %
+#   subthalamic nucleus     L      1.00  -0.0343  -39 %      0.71  -0.0170  -23 %
+#                           R      0.95  -0.0209  -26 %      0.74  -0.0055   -8 %
+#   dentate (approx.)       L      0.94  +0.0022   +3 %      0.73  -0.0133  -18 %
+#                           R      0.93  +0.0041   +6 %      0.78  -0.0033   -5 %
+#   mean |error|                   0.0149 ppm                0.0124 ppm
+#   least Dice                     0.79 (SNr L)              0.63 (SNc L)
+#
+# Registration is not the main gap: the nuclei are found (Dice 0.63-1.00; this phantom's
+# anatomy is the template's own, deformed). The small, iron-rich midbrain nuclei (SN, RN,
+# STN) come out 0.02-0.04 ppm (20-40 %) low at 2 mm: partial volume of the 2 mm grid and
+# the TV inversion's loss of contrast in 0.1-0.4 mL structures next to white matter.
+
+#: Today's level with a margin (the measurements above).
+LEAST_DICE = 0.5                 # measured 0.63
+LEAST_DICE_LARGE = 0.72          # putamen, caudate, GPe, GPi: measured 0.81
+MEAN_ABS_ERROR_PPM = 0.022       # measured 0.0149 / 0.0124
+MAX_ABS_ERROR_PPM = 0.06         # measured 0.0413
+MAX_ABS_ERROR_LARGE_PPM = 0.03   # putamen, caudate, GPe, GPi: measured 0.0198
+LARGE = ('putamen', 'caudate', 'globus_pallidus_externa', 'globus_pallidus_interna')
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    from qsmflow.cli import main
+    from qsmflow.phantom.anatomy import write_anatomy_dataset
+
+    root = tmp_path_factory.mktemp('real-anatomy')
+    data = write_anatomy_dataset(
+        root / 'rawdata', root / 'truth', template_t1w=TEMPLATE,
+        cit168_dseg=CIT168 / 'atlas-CIT168_desc-th50_dseg.nii.gz',
+        cit168_tsv=CIT168 / 'atlas-CIT168_dseg.tsv', n_subjects=2, voxel_size_mm=2.0,
+        seed=0, snr=100.0)
+    atlas = data['atlas']
+    tf_home = root / 'templateflow'
+    shutil.copytree(TEMPLATEFLOW_HOME, tf_home)
+    saved = {k: os.environ.get(k) for k in ('TEMPLATEFLOW_HOME', 'TEMPLATEFLOW_AUTOUPDATE')}
+    os.environ.update(TEMPLATEFLOW_HOME=str(tf_home), TEMPLATEFLOW_AUTOUPDATE='0')
+    try:
+        code = main([str(root / 'rawdata'), str(root / 'out'), 'participant', '--nprocs', '1',
+                     '-w', str(root / 'work'), '--skip-bids-validation',
+                     '--atlas', str(atlas['atlas']), '--atlas-labels', str(atlas['labels']),
+                     '--atlas-template', str(atlas['template']),
+                     '--atlas-template-mask', str(atlas['template_mask'])])
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return {'code': code, 'out': root / 'out', 'truth': root / 'truth',
+            'subjects': sorted(data['participants'])}
+
+
+def measure(out_dir, truth_dir, sub) -> dict:
+    """``{(region, side): (dice, error_ppm, true_ppm)}`` for one participant."""
+    anat, tanat = out_dir / sub / 'anat', truth_dir / sub / 'anat'
+    est = np.asarray(nb.load(next(anat.glob(f'{sub}*_atlas-custom_dseg.nii.gz'))).dataobj)
+    labels = np.asarray(nb.load(tanat / f'{sub}_desc-phantom_dseg.nii.gz').dataobj)
+    chi = np.asarray(nb.load(tanat / f'{sub}_Chimap.nii.gz').dataobj, dtype=np.float64)
+    mask = np.asarray(nb.load(anat / f'{sub}_desc-brain_mask.nii.gz').dataobj) > 0
+    table = pd.read_csv(next(anat.glob(f'{sub}*_atlas-custom_stats.tsv')), sep='\t',
+                        na_values=['n/a'])
+    out = {}
+    for region, pair in NUCLEI.items():
+        for side, index in zip(('left', 'right'), pair):
+            true, found = labels == index, est == index
+            dice = 2 * (true & found).sum() / max(true.sum() + found.sum(), 1)
+            truth = chi[true & mask].mean() - chi[mask].mean()
+            row = table[(table['region'] == region) & (table['hemisphere'] == side)]
+            out[region, side] = (float(dice), float(row['mean'].iloc[0]) - truth, truth)
+    return out
+
+
+@pytest.fixture(scope='module')
+def results(run):
+    assert run['code'] == 0
+    return {sub: measure(run['out'], run['truth'], sub) for sub in run['subjects']}
+
+
+def _report(results):
+    for sub, res in results.items():
+        for (region, side), (dice, err, truth) in res.items():
+            print(f'{sub} {region:34s} {side:5s} Dice {dice:.2f} error {err:+.4f} ppm '
+                  f'(truth {truth:+.4f}, {100 * err / truth:+.0f} %)')
+
+
+def test_tables_today(results):
+    _report(results)
+    for sub, res in results.items():
+        dice = {k: v[0] for k, v in res.items()}
+        errors = {k: v[1] for k, v in res.items()}
+        assert min(dice.values()) >= LEAST_DICE, (sub, dice)
+        assert min(dice[k] for k in dice if k[0] in LARGE) >= LEAST_DICE_LARGE, (sub, dice)
+        assert np.mean(np.abs(list(errors.values()))) <= MEAN_ABS_ERROR_PPM, (sub, errors)
+        assert max(np.abs(list(errors.values()))) <= MAX_ABS_ERROR_PPM, (sub, errors)
+        assert max(abs(errors[k]) for k in errors if k[0] in LARGE) <= MAX_ABS_ERROR_LARGE_PPM
+
+
+def test_contrast_order(results):
+    """Iron-rich pallidum above putamen and caudate, every nucleus above the brain mean."""
+    for sub, res in results.items():
+        table = {k: v[1] + v[2] for k, v in res.items()}
+        for side in ('left', 'right'):
+            assert table['globus_pallidus_externa', side] > table['putamen', side] + 0.03
+            assert table['globus_pallidus_interna', side] > table['caudate', side] + 0.03
+        assert min(table.values()) > 0.02, sub
+
+
+@pytest.mark.xfail(strict=True, reason='issue "Deep nuclei on real anatomy": Dice >= 0.80 for '
+                   'every nucleus, mean |table error| <= 0.012 ppm, none > 15 % off; not met '
+                   'at 2 mm yet (see the numbers measured above)')
+def test_issue_targets(results):
+    for sub, res in results.items():
+        assert min(v[0] for v in res.values()) >= 0.80, sub
+        assert np.mean([abs(v[1]) for v in res.values()]) <= 0.012, sub
+        assert max(abs(v[1] / v[2]) for v in res.values()) <= 0.15, sub
