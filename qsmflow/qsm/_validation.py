@@ -143,10 +143,16 @@ def fraction(name, value, *, closed=False) -> float:
     return float(value)
 
 
+def count(name, value) -> int:
+    """``value`` as an int; ValueError unless it is a whole number ≥ 1."""
+    if int(value) != value or value < 1:
+        raise ValueError(f'{name} must be a positive integer, got {value!r}')
+    return int(value)
+
+
 def iterations(max_iter, tol, *, tol_positive=False) -> tuple[int, float]:
     """``(max_iter, tol)`` as ``(int ≥ 1, float ≥ 0)`` (``tol_positive``: tol > 0)."""
-    if int(max_iter) != max_iter or max_iter < 1:
-        raise ValueError(f'max_iter must be a positive integer, got {max_iter!r}')
+    count('max_iter', max_iter)
     if not (np.isscalar(tol) and np.isfinite(tol) and (tol > 0 if tol_positive else tol >= 0)):
         kind = 'positive' if tol_positive else 'non-negative'
         raise ValueError(f'tol must be a {kind} number, got {tol!r}')

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsmflow.qsm._validation import count
 from qsmflow.qsm.inversion._common import _iterations, _Problem, _validate
 from qsmflow.qsm.inversion.direct import _tkd_core
 from qsmflow.qsm.kernels import conjugate_gradient, gradient, gradient_adjoint, irfft, rfft
@@ -204,8 +205,7 @@ def ilsqr(
         raise ValueError(f'threshold must be in (0, 1/3], got {threshold!r}')
     if not (np.isscalar(edge_percentile) and 0 < edge_percentile <= 100):
         raise ValueError(f'edge_percentile must be in (0, 100], got {edge_percentile!r}')
-    if int(streak_iter) != streak_iter or streak_iter < 1:
-        raise ValueError(f'streak_iter must be a positive integer, got {streak_iter!r}')
+    count('streak_iter', streak_iter)
     prob = _Problem(field, mask, vsz, b0)
     chi_l = _lsqr_core(prob, max_iter, tol) * prob.mask
     streaks = _ilsqr_streaks(prob, chi_l, float(threshold), float(edge_percentile),

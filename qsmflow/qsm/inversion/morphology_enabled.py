@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsmflow.qsm._validation import count
 from qsmflow.qsm.inversion._common import _iterations, _positive, _Problem, _validate
 from qsmflow.qsm.inversion.total_variation import _tv_closed_form
 from qsmflow.qsm.kernels import conjugate_gradient, gradient, gradient_adjoint, irfft, rfft
@@ -108,8 +109,7 @@ def medi(
     lam = _positive('lam', lam)
     rho = 100.0 * lam if rho is None else _positive('rho', rho)
     max_iter, tol = _iterations(max_iter, tol)
-    if int(cg_iter) != cg_iter or cg_iter < 1:
-        raise ValueError(f'cg_iter must be a positive integer, got {cg_iter!r}')
+    count('cg_iter', cg_iter)
     if not (np.isscalar(edge_percentage) and 0 < edge_percentage <= 1):
         raise ValueError(f'edge_percentage must be in (0, 1], got {edge_percentage!r}')
     extra = {}

@@ -8,6 +8,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, lsmr
 
 from qsmflow.qsm.inversion._admm import _admm_tv
+from qsmflow.qsm._validation import count
 from qsmflow.qsm.inversion._common import _iterations, _positive, _Problem, _validate
 from qsmflow.qsm.kernels import gradient, irfft, laplacian_kernel, rfft
 
@@ -91,8 +92,7 @@ def rts(
     mu = _positive('mu', mu)
     rho = _positive('rho', rho)
     max_iter, tol = _iterations(max_iter, tol)
-    if int(lsmr_iter) != lsmr_iter or lsmr_iter < 1:
-        raise ValueError(f'lsmr_iter must be a positive integer, got {lsmr_iter!r}')
+    count('lsmr_iter', lsmr_iter)
     prob = _Problem(field, mask, vsz, b0)
     chi = _rts_core(prob, float(delta), mu, rho, max_iter, tol, int(lsmr_iter))
     return prob.finish(chi, field.dtype)

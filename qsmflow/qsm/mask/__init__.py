@@ -12,10 +12,6 @@ Every public name is importable from here (``qsmflow.qsm.mask.brain_mask``); tha
 name provenance sidecars record. Binary morphology is in :mod:`qsmflow.qsm._morphology`.
 """
 
-from qsmflow.qsm._morphology import fill_holes as _fill_holes  # noqa: F401
-from qsmflow.qsm._morphology import largest_component as _largest_component  # noqa: F401
-from qsmflow.qsm._morphology import otsu as _otsu  # noqa: F401
-from qsmflow.qsm._validation import as_echo_times as _as_echo_times  # noqa: F401
 from qsmflow.qsm._validation import as_image as _as_image  # noqa: F401
 from qsmflow.qsm._validation import as_mask as _as_mask  # noqa: F401
 from qsmflow.qsm._validation import as_voxel_size
@@ -56,8 +52,7 @@ del _func
 
 def _as_voxel_size(voxel_size_mm):
     """Former private helper of this module, still imported by :mod:`qsmflow.qsm.unwrap`
-    and :mod:`qsmflow.qsm.brain_extraction` (with ``_as_image``, ``_as_mask``,
-    ``_check_finite_in_mask``, ``_fill_holes``, ``_largest_component``, ``_otsu``): use
-    :mod:`qsmflow.qsm._validation` and :mod:`qsmflow.qsm._morphology` instead."""
+    (with ``_as_image``, ``_as_mask`` and ``_check_finite_in_mask``), whose error message
+    names ``voxel_size_mm``: use :mod:`qsmflow.qsm._validation` instead."""
     return as_voxel_size(voxel_size_mm, 'voxel_size_mm')
 

@@ -22,6 +22,7 @@ from qsmflow.qsm._validation import (
     as_mask,
     as_voxel_size,
     check_finite_in_mask,
+    fraction,
 )
 from qsmflow.qsm.kernels import bounding_box
 
@@ -208,8 +209,7 @@ def quality_mask(
     q = as_image(quality, 'quality', 3)
     msk = as_mask(mask, q.shape)
     check_finite_in_mask(q, msk, 'quality')
-    if not 0 <= threshold <= 1:
-        raise ValueError(f'threshold must lie in [0, 1], got {threshold}')
+    fraction('threshold', threshold, closed=True)
     keep = msk & (q >= threshold)
     if not keep.any():
         raise ValueError(f'no mask voxel reaches the quality threshold {threshold}')
@@ -293,8 +293,7 @@ def strict_mask(
     msk = as_mask(mask, q.shape)
     vox = as_voxel_size(voxel_size)
     check_finite_in_mask(q, msk, 'quality')
-    if not 0 <= threshold <= 1:
-        raise ValueError(f'threshold must lie in [0, 1], got {threshold}')
+    fraction('threshold', threshold, closed=True)
     if not (np.isfinite(margin_mm) and margin_mm >= 0):
         raise ValueError(f'margin_mm must be ≥ 0 (mm), got {margin_mm}')
     box = bounding_box(msk, 1)
