@@ -51,12 +51,16 @@ class InvertDipole(SimpleInterface):
                 # the fit's standard error is 0 only where it was not computed: least weight
                 worst = float(noise.max()) if noise.max() > 0 else 1.0
                 extra['noise'] = np.where(noise > 0, noise, worst).astype(np.float32)
+        report = func is inversion.tv  # the TV weight it used: chosen from the data by default
         with threads.limit(self.inputs.num_threads):
-            chi = func(field, mask, base.voxel_size(img), b0_dir, **extra, **self.inputs.params)
+            chi = func(field, mask, base.voxel_size(img), b0_dir, **extra, **self.inputs.params,
+                       **({'return_info': True} if report else {}))
+        chi, info = chi if report else (chi, None)
         steps = base.read_steps(self.inputs.in_file, self.inputs.in_mask)
         steps.append(base.step('dipole-inversion', func, self.inputs.params,
                                B0Direction=b0_dir.tolist(),
                                Weighting=sorted(extra) or None,
+                               **({'Regularisation': info} if info else {}),
                                **({'Pass': self.inputs.pass_name}
                                   if isdefined(self.inputs.pass_name) else {})))
         out = fname_presuffix('chi.nii.gz', suffix='_ppm', newpath=runtime.cwd)

@@ -98,3 +98,29 @@ def test_invalid_inputs():
         reg.estimate_noise(np.zeros((4, 4)), np.ones((4, 4), bool))
     with pytest.raises(ValueError, match='too small'):
         reg.estimate_noise(np.zeros((5, 5, 5)), np.ones((5, 5, 5), bool))
+
+
+def test_interface_records_the_chosen_weight(tmp_path):
+    """The dipole-inversion step of the sidecar carries the weight and its criterion."""
+    import json
+
+    import nibabel as nb
+
+    from qsmflow.interfaces.inversion import InvertDipole
+
+    rng = np.random.default_rng(3)
+    field = (0.005 * rng.standard_normal((20, 20, 20))).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    nb.save(nb.Nifti1Image(field, affine), tmp_path / 'field.nii.gz')
+    nb.save(nb.Nifti1Image(np.ones(field.shape, np.uint8), affine), tmp_path / 'mask.nii.gz')
+    for params, criterion in (({}, 'field-noise-squared-over-gradient-scale'),
+                              ({'lam': 1e-3}, 'given')):
+        res = InvertDipole(in_file=str(tmp_path / 'field.nii.gz'),
+                           in_mask=str(tmp_path / 'mask.nii.gz'),
+                           params={'max_iter': 3, **params}).run(cwd=str(tmp_path))
+        side = res.outputs.out_file.replace('.nii.gz', '.json')
+        steps = json.load(open(side))['QSMProcessing']
+        rec = [s for s in steps if s['Step'] == 'dipole-inversion'][-1]
+        assert rec['Regularisation']['criterion'] == criterion
+        assert rec['Regularisation']['lam'] == pytest.approx(params.get('lam', 0.005**2 / 0.011),
+                                                             rel=0.3)
