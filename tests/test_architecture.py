@@ -26,10 +26,6 @@ PACKAGE_DIRS = {'qsmflow': ROOT / 'qsmflow', 'qsmflow.workflows': ROOT / 'workfl
                 'qsmflow.bids_specs': ROOT / 'bids_specs'}
 #: The longest a module may be (lines).
 MAX_LINES = 600
-#: Modules over :data:`MAX_LINES` today, owned by the algorithm work (to be split there);
-#: a module not listed here that grows past the limit fails the test.
-TOO_LONG_TODAY = {'qsmflow/qsm/inversion.py', 'qsmflow/qsm/mask.py', 'qsmflow/qsm/echoes.py',
-                  'qsmflow/qsm/bgremove.py'}
 #: The only modules allowed directly in ``qsmflow/``.
 TOP_LEVEL = {'__init__', '__main__', 'errors'}
 #: Environment of the fresh interpreters: the installed package only (no PYTHONPATH; the
@@ -183,8 +179,7 @@ def test_each_module_imports_first(name):
 def test_no_module_is_too_long():
     long = {str(p.relative_to(ROOT)): n for p in MODULES.values()
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
-    assert set(long) <= TOO_LONG_TODAY, {k: v for k, v in long.items()
-                                         if k not in TOO_LONG_TODAY}
+    assert long == {}, f'split these modules (lines): {long}'
 
 
 def test_top_level_of_the_package_holds_only_entry_points_and_errors():
