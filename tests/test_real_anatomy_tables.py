@@ -84,7 +84,7 @@ LARGE = ('putamen', 'caudate', 'globus_pallidus_externa', 'globus_pallidus_inter
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     from qsmflow.cli import main
-    from qsmflow.phantom.anatomy import write_anatomy_dataset
+    from qsmflow.phantom.anatomy_bids import write_anatomy_dataset
 
     root = tmp_path_factory.mktemp('real-anatomy')
     data = write_anatomy_dataset(

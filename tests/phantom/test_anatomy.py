@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from qsmflow.phantom import anatomy as A
+from qsmflow.phantom import anatomy_bids
 from qsmflow.qsm.echoes import ppm_to_hz
 from tests.realdata import CIT168, TEMPLATEFLOW_HOME
 
@@ -42,7 +43,7 @@ def _centroid_mm(mask, affine):
 
 def test_template_anatomy_truth(anatomy):
     vox_ml = anatomy.voxel_size_mm**3 / 1000
-    assert 1.8 < anatomy.brain_mask.sum() * vox_ml / 1000 < 2.1  # 1.98 L; the template brain ~1.9 L
+    assert 1.8 < anatomy.brain_mask.sum() * vox_ml / 1000 < 2.1  # L; measured 1.98
     cit = np.asarray(nb.load(CIT_DSEG).dataobj)
     for index in range(1, 33):
         ours, theirs = (anatomy.labels == index).sum(), (cit == index).sum()
@@ -156,14 +157,16 @@ def test_noise_matches_snr(subject):
 
 
 def test_write_dataset(tmp_path, anatomy):
-    out = A.write_anatomy_dataset(tmp_path / 'bids', tmp_path / 'truth', template_t1w=TEMPLATE,
-                                  cit168_dseg=CIT_DSEG, cit168_tsv=CIT_TSV, n_subjects=1,
-                                  voxel_size_mm=2.0, seed=5, ages=[42])
+    out = anatomy_bids.write_anatomy_dataset(tmp_path / 'bids', tmp_path / 'truth',
+                                             template_t1w=TEMPLATE,
+                                             cit168_dseg=CIT_DSEG, cit168_tsv=CIT_TSV,
+                                             n_subjects=1, voxel_size_mm=2.0, seed=5,
+                                             ages=[42])
     anat = tmp_path / 'bids' / 'sub-01' / 'anat'
     for n in range(1, 6):
         for part in ('mag', 'phase'):
             meta = json.loads((anat / f'sub-01_echo-{n}_part-{part}_MEGRE.json').read_text())
-            assert meta['EchoTime'] == A.DEFAULT_ECHO_TIMES_S[n - 1]
+            assert meta['EchoTime'] == anatomy_bids.DEFAULT_ECHO_TIMES_S[n - 1]
             assert meta['MagneticFieldStrength'] == 3.0
     assert (tmp_path / 'bids' / 'participants.tsv').read_text().splitlines()[1] == 'sub-01\t42\tF'
     paths = out['participants']['sub-01']
