@@ -344,7 +344,9 @@ def mask_qc(
 
     The head is :func:`head_mask` of ``magnitude`` (joined with ``mask``). A voxel's depth
     is its Euclidean distance (mm) to the nearest voxel outside the head; the faces of the
-    grid are not a surface (a neck or a crop cut by the field of view is not scalp).
+    grid are not a surface (a neck or a crop cut by the field of view is not scalp). Depth
+    and share are computed on blocks of about ``DEFAULT_WORKING_VOXEL_MM`` (the mask as
+    the fraction of each block it covers); the volume on the input grid.
 
     Parameters
     ----------
@@ -384,13 +386,18 @@ def mask_qc(
     m = np.asarray(mask) != 0
     if m.shape != mag.shape:
         raise ValueError(f'mask has shape {m.shape}, expected {mag.shape}')
-    head = head_mask(mag, vox) | m
+    # on a grid of about DEFAULT_WORKING_VOXEL_MM (whole blocks): the mask as the fraction
+    # of each block it covers
+    factors = tuple(max(1, int(DEFAULT_WORKING_VOXEL_MM / h + 1e-6)) for h in vox)
+    cvox = vox * np.asarray(factors)
+    frac = _block_mean(m.astype(np.float32), factors)
+    head = head_mask(_block_mean(mag, factors), cvox) | (frac >= 0.5)
     n = int(m.sum())
     voxel_ml = float(vox.prod()) / 1000.0
     share = 0.0
-    if n:
-        depth = ndi.distance_transform_edt(head, sampling=vox)
-        share = float(np.count_nonzero(depth[m] <= band_mm)) / n
+    if frac.sum() > 0:
+        depth = ndi.distance_transform_edt(head, sampling=cvox)
+        share = float(frac[depth <= band_mm].sum() / frac.sum())
     volume = n * voxel_ml
     head_like = bool(share > max_surface_share or volume > max_volume_ml)
     warning = None
@@ -399,6 +406,7 @@ def mask_qc(
                    f'it within {band_mm:g} mm of the head surface (expected for a brain: ≤ '
                    f'{max_volume_ml:.0f} mL, ≤ {100 * max_surface_share:.0f} %); it probably '
                    'holds scalp, skull, face or neck. Check it, or give --brain-masks.')
-    return {'VolumeML': round(volume, 1), 'HeadVolumeML': round(float(head.sum()) * voxel_ml, 1),
+    head_ml = float(head.sum()) * float(cvox.prod()) / 1000.0
+    return {'VolumeML': round(volume, 1), 'HeadVolumeML': round(head_ml, 1),
             'NearSurfaceShare': round(share, 4), 'SurfaceBandMM': float(band_mm),
             'LooksLikeHead': head_like, 'Warning': warning}
