@@ -28,12 +28,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-#: Scale ``b`` of the Laplace prior on ``|∇χ|`` (ppm/mm) in ``λ = σ² / b``, measured on
-#: forward-simulated heads and one in-vivo field, not fitted to one of them: the 1 mm and
-#: 2 mm phantoms (σ 0.001–0.003 ppm) then get λ ≤ 8e-4, which keeps their deep-grey-matter
-#: contrast errors at or below 0.007 ppm, and the in-vivo 2016 challenge field (σ at two
-#: voxels 0.0047 ppm) gets λ ≈ 2e-3, where its RMSE against the χ₃₃ reference falls from 97 %
-#: (λ = 5e-4) to 75 % with the slope of ROI means still 0.86.
+#: Scale ``b`` of the Laplace prior on ``|∇χ|`` (ppm/mm) in ``λ = σ² / b``. Set between two
+#: measured limits. Forward-simulated heads (1 mm at SNR 30: σ 0.0030 ppm; 2 mm slab: 0.0023)
+#: lose deep-grey-matter contrast above λ ≈ 1.5e-3 and 1e-3 (error > 0.012 ppm); with this
+#: ``b`` they get 8e-4 and 5e-4 (errors 0.0049 and 0.0069 ppm). The in-vivo 2016 challenge
+#: field (σ at two voxels 0.0047 ppm, at one voxel 0.0028: correlated noise and model error)
+#: gets λ = 2.0e-3, where its RMSE against the χ₃₃ reference falls from 97 % (λ = 5e-4) to
+#: 75 % with the slope of ROI means 0.86 (≥ 2.5e-3 lowers RMSE by < 0.5 % but the slope
+#: below 0.82).
 TV_GRADIENT_SCALE_PPM_PER_MM = 0.011
 
 #: Range of the chosen TV weight (ppm·mm). The floor is the weight tuned on the SNR-100
@@ -156,8 +158,9 @@ def choose_tv_weight(local_field: np.ndarray, mask: np.ndarray, *,
     -------
     dict
         ``lam`` (float, ppm·mm), ``criterion`` (str, see below), ``sigma_ppm`` (float, ppm:
-        the σ used), ``gradient_scale_ppm_per_mm`` (float), ``lam_range`` (list of 2 float) and the field estimates of :func:`estimate_noise`
-        (plus ``sigma_map_ppm`` when ``noise_ppm`` is given). ``criterion`` is
+        the σ used), ``gradient_scale_ppm_per_mm`` (float), ``lam_range`` (list of 2
+        float) and the field estimates of :func:`estimate_noise` (plus ``sigma_map_ppm``
+        when ``noise_ppm`` is given). ``criterion`` is
         ``'map-noise-squared-over-gradient-scale'`` when the noise map set σ, else
         ``'field-noise-squared-over-gradient-scale'``.
 
