@@ -199,3 +199,29 @@ def test_bad_inputs():
         extract_brain(np.ones((8, 8, 8)), (1, 1, 1), quality=np.ones((4, 4, 4)))
     with pytest.raises(ValueError):
         extract_brain(np.zeros((8, 8, 8)), (1, 1, 1))
+
+
+def test_anatomy_phantom():
+    """MNI152-anatomy phantom (bright CSF, template skull): better than the threshold mask.
+
+    A hard case: where the template's skull gap is blurred (temporal fossae) the brain stays
+    joined to the temporal muscle at every radius, and the mask takes some of it in
+    (measured: Dice 0.91, 2.19 L for a 1.83 L brain; the threshold mask 0.75).
+    """
+    from qsmflow.phantom import anatomy as A
+    from qsmflow.phantom.deformation import random_deformation
+    from qsmflow.qsm.mask import brain_mask
+    from tests.realdata import CIT168, TEMPLATEFLOW_HOME
+
+    template = (TEMPLATEFLOW_HOME / 'tpl-MNI152NLin2009cAsym'
+                / 'tpl-MNI152NLin2009cAsym_res-02_T1w.nii.gz')
+    anatomy = A.template_anatomy(str(template), str(CIT168 / 'atlas-CIT168_desc-th50_dseg.nii.gz'),
+                                 str(CIT168 / 'atlas-CIT168_dseg.tsv'))
+    head = A.subject_phantom(anatomy, random_deformation(1), voxel_size_mm=2.0, tilt_deg=10)
+    mag, _, _ = A.simulate_anatomy_megre(head, [0.004, 0.012, 0.020], snr=50, rng=1)
+    rss = np.sqrt((mag ** 2).sum(-1))
+    m = extract_brain(rss, head.voxel_size_mm)
+    old = brain_mask(mag[..., 0], head.voxel_size_mm)
+    assert dice(m, head.brain_mask) >= 0.88
+    assert dice(m, head.brain_mask) >= dice(old, head.brain_mask) + 0.1
+    assert mask_qc(m, mag[..., 0], head.voxel_size_mm)['NearSurfaceShare'] <= 0.05
