@@ -138,3 +138,26 @@ def test_brain_mask_interface_records_qc(philips, tmp_path, monkeypatch, algorit
         assert 'looks like a head' in caplog.text
     mask = np.asarray(nib.load(out).dataobj) > 0
     assert abs(qc['VolumeML'] - mask.sum() * np.prod(vox) / 1000) < 0.1
+
+
+@pytest.mark.slow
+def test_philips_head_end_to_end(tmp_path, run_cli):
+    """qsmflow on the Philips head: the published mask is a brain, its sidecar says so."""
+    import json
+
+    if not realdata.PHILIPS_HEAD.is_dir():
+        pytest.skip('tests/data/philips_3t_head is not there')
+    bids = realdata.philips_head_bids(tmp_path / 'bids')
+    out = tmp_path / 'out'
+    res = run_cli(bids, out, 'participant', '--skip-bids-validation', '--skip-registration',
+                  '--nprocs', '1', '-w', tmp_path / 'work')
+    assert res.returncode == 0, res.stderr
+    anat = out / 'sub-philips' / 'anat'
+    steps = json.loads((anat / 'sub-philips_desc-brain_mask.json').read_text())['QSMProcessing']
+    masking = next(s for s in steps if s.get('Step') == 'masking')
+    assert masking['Algorithm'] == 'qsmflow.qsm.brain_extraction.extract_brain'
+    assert not masking['QC']['LooksLikeHead'] and masking['QC']['NearSurfaceShare'] <= 0.05
+    img = nib.load(anat / 'sub-philips_desc-brain_mask.nii.gz')
+    mask = np.asarray(img.dataobj) > 0
+    assert 900 <= mask.sum() * 27 / 1000 <= 1800
+    assert _ml_below_centroid(mask, img.affine) <= 100
