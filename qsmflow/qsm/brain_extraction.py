@@ -157,7 +157,8 @@ def extract_brain(
         q = np.nan_to_num(q, nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = (float(x) for x in tissue_range)
     if not 0 <= lo < hi:
-        raise ValueError(f'tissue_range must be (low, high) with 0 ≤ low < high, got {tissue_range}')
+        raise ValueError('tissue_range must be (low, high) with 0 ≤ low < high, got '
+                         f'{tissue_range}')
     if not 0 <= quality_threshold <= 1:
         raise ValueError(f'quality_threshold must lie in [0, 1], got {quality_threshold}')
     radii = sorted(float(x) for x in radii_mm)
