@@ -107,3 +107,20 @@ def tiny_phantom(tmp_path_factory):
     write_dataset(root / 'raw', root / 'truth', [{'participant_id': '01', 'age': 50,
                                                   'sex': 'F'}], size='tiny')
     return root / 'raw', read_phantom(root / 'raw')
+
+
+@pytest.fixture(scope='session')
+def tiny_linear_run(tmp_path_factory):
+    """The tiny kill/resume inputs (``tests/test_resume.py``: one turned participant, the
+    phantom template, an atlas and a segmentation table) and one uninterrupted Linear run
+    (``--nprocs 1``) of them in its own interpreter, written once for the session: the
+    reference of the resumed run (``test_resume``) and the Linear side of the Linear vs
+    MultiProc comparison (``test_determinism``). Other runs use the same inputs, with their
+    own output and work folders."""
+    from tests.test_resume import qsmflow_command, qsmflow_env, run_to_end, write_inputs
+
+    inputs = write_inputs(tmp_path_factory.mktemp('tiny_runs'))
+    root, env = inputs['root'], qsmflow_env(inputs)
+    out, work, log = root / 'linear' / 'out', root / 'linear' / 'work', root / 'linear.log'
+    code = run_to_end(qsmflow_command(inputs, out, work, 1), env, log)
+    return {'inputs': inputs, 'env': env, 'code': code, 'out': out, 'log': log}

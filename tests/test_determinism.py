@@ -19,8 +19,7 @@ import sys
 import pytest
 
 from tests.test_resume import (
-    RUN_TIMEOUT_S, assert_same_outputs, derivative_files, qsmflow_command, qsmflow_env,
-    run_to_end, write_inputs)
+    RUN_TIMEOUT_S, assert_same_outputs, derivative_files, qsmflow_command, run_to_end)
 
 #: Every reconstruction function of ``qsmflow.qsm`` on the tiny oblique phantom; prints
 #: ``{step: sha256 of the result}`` as JSON, with the thread counts actually in force.
@@ -121,18 +120,19 @@ def test_thread_counts_are_not_part_of_the_node_hashes(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def two_runs(tmp_path_factory):
-    """The same input through the Linear plugin (1 thread) and MultiProc (2 processes,
-    2 threads per node), in separate work directories."""
-    inputs = write_inputs(tmp_path_factory.mktemp('determinism'))
-    root, env = inputs['root'], qsmflow_env(inputs)
-    codes = {}
-    for nprocs in (1, 2):
-        codes[nprocs] = run_to_end(
-            qsmflow_command(inputs, root / f'nprocs{nprocs}' / 'out',
-                            root / f'nprocs{nprocs}' / 'work', nprocs),
-            env, root / f'nprocs{nprocs}.log')
-    return {'root': root, 'codes': codes, 'linear': root / 'nprocs1' / 'out',
+def two_runs(tiny_linear_run):
+    """The same input through the Linear plugin (1 thread; the run shared with test_resume,
+    see conftest.py) and MultiProc (2 processes, 2 threads per node), in separate work
+    directories."""
+    inputs, env = tiny_linear_run['inputs'], tiny_linear_run['env']
+    root = inputs['root'] / 'determinism'
+    root.mkdir()
+    (root / 'nprocs1.log').symlink_to(tiny_linear_run['log'])
+    codes = {1: tiny_linear_run['code']}
+    codes[2] = run_to_end(qsmflow_command(inputs, root / 'nprocs2' / 'out',
+                                          root / 'nprocs2' / 'work', 2),
+                          env, root / 'nprocs2.log')
+    return {'root': root, 'codes': codes, 'linear': tiny_linear_run['out'],
             'multiproc': root / 'nprocs2' / 'out'}
 
 

@@ -272,16 +272,16 @@ def stats_tables(out: Path) -> dict:
 
 
 @pytest.fixture(scope='module')
-def resumed(tmp_path_factory):
-    """An uninterrupted run (Linear), and a run (MultiProc, 2 processes) killed twice and
-    resumed, then run once more with ``--nprocs 1`` (the thread counts are not part of the
-    node hashes, so this rerun must reuse everything too; Linear also spares MultiProc's
-    2 s polling per step)."""
-    inputs = write_inputs(tmp_path_factory.mktemp('resume'))
-    root, env = inputs['root'], qsmflow_env(inputs)
-    ref_out, out, work = root / 'reference' / 'out', root / 'killed' / 'out', root / 'work'
-    ref_code = run_to_end(qsmflow_command(inputs, ref_out, root / 'reference' / 'work', 1),
-                          env, root / 'reference.log')
+def resumed(tiny_linear_run):
+    """An uninterrupted run (Linear; shared with test_determinism, see conftest.py), and a
+    run (MultiProc, 2 processes) killed twice and resumed, then run once more with
+    ``--nprocs 1`` (the thread counts are not part of the node hashes, so this rerun must
+    reuse everything too; Linear also spares MultiProc's 2 s polling per step)."""
+    inputs, env = tiny_linear_run['inputs'], tiny_linear_run['env']
+    root = inputs['root'] / 'resume'
+    root.mkdir()
+    ref_out, out, work = tiny_linear_run['out'], root / 'killed' / 'out', root / 'work'
+    ref_code = tiny_linear_run['code']
     cmd, log = qsmflow_command(inputs, out, work, 2), root / 'killed.log'
     # first kill: during the registration (its spawned ANTs process running)
     first, cut_first = run_and_kill(
