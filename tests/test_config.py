@@ -7,8 +7,6 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -199,16 +197,15 @@ def test_preflight_resolves_segmentation_and_voxel_count(tiny_phantom, tmp_path)
     assert acq.n_voxels > 0 and acq.brain_mask is None
 
 
-def test_segmentation_without_lut_fails_its_participant_at_preflight(tiny_phantom, tmp_path):
+def test_segmentation_without_lut_fails_its_participant_at_preflight(tiny_phantom, tmp_path,
+                                                                     run_cli):
     """Before, the missing dseg.tsv surfaced while the workflow was built: 'internal error'
     and no participant ran. Now it is one pre-flight line for that participant."""
     bids_dir, _ = tiny_phantom
     seg = _segmentation_without_lut(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, '-m', 'qsmflow', str(bids_dir), str(tmp_path / 'out'), 'participant',
-         '--skip-bids-validation', '--skip-registration', '--segmentations', str(seg),
-         '-w', str(tmp_path / 'work')], capture_output=True, text=True, timeout=300,
-        env={**os.environ, 'NIPYPE_NO_ET': '1'})
+    proc = run_cli(bids_dir, tmp_path / 'out', 'participant',  # in-process (conftest.py)
+                   '--skip-bids-validation', '--skip-registration', '--segmentations', seg,
+                   '-w', tmp_path / 'work')
     assert proc.returncode == 1, proc.stderr
     assert 'internal error' not in proc.stderr and 'Traceback' not in proc.stderr
     assert 'FAILED pre-flight' in proc.stdout
@@ -218,7 +215,7 @@ def test_segmentation_without_lut_fails_its_participant_at_preflight(tiny_phanto
 
 
 @pytest.mark.slow
-def test_segmentation_without_lut_leaves_the_others_running(tmp_path):
+def test_segmentation_without_lut_leaves_the_others_running(tmp_path, run_cli):
     """Two participants, the first one's segmentation lacks its lookup table: it fails at
     pre-flight, the second is reconstructed; the run's configuration is in the logs."""
     from qsmflow.phantom.bids import write_dataset
@@ -229,11 +226,9 @@ def test_segmentation_without_lut_leaves_the_others_running(tmp_path):
         {'participant_id': '02', 'age': 60, 'sex': 'M'}], size='tiny')
     seg = _segmentation_without_lut(tmp_path)
     out = tmp_path / 'out'
-    proc = subprocess.run(
-        [sys.executable, '-m', 'qsmflow', str(bids_dir), str(out), 'participant',
-         '--skip-bids-validation', '--skip-registration', '--segmentations', str(seg),
-         '--nprocs', '1', '-w', str(tmp_path / 'work')], capture_output=True, text=True,
-        timeout=900, env={**os.environ, 'NIPYPE_NO_ET': '1'})
+    proc = run_cli(bids_dir, out, 'participant',  # in-process (Linear; conftest.py)
+                   '--skip-bids-validation', '--skip-registration', '--segmentations', seg,
+                   '--nprocs', '1', '-w', tmp_path / 'work')
     assert proc.returncode == 1, proc.stderr
     assert 'internal error' not in proc.stderr
     assert [ln for ln in proc.stderr.splitlines() if 'FAILED sub-' in ln][0].strip() \
