@@ -185,3 +185,17 @@ def test_no_module_is_too_long():
 def test_top_level_of_the_package_holds_only_entry_points_and_errors():
     top = {p.stem for p in (ROOT / 'qsmflow').glob('*.py')}
     assert top <= TOP_LEVEL, sorted(top - TOP_LEVEL)
+
+
+def test_setup_cfg_lists_every_package():
+    """A wheel (``pip install .``, the README's demo command) holds only the packages
+    ``setup.cfg`` lists: every folder with an ``__init__.py`` must be there."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / 'setup.cfg')
+    listed = set(cfg['options']['packages'].split())
+    found = {'qsmflow.workflows', 'qsmflow.bids_specs'} | {
+        '.'.join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / 'qsmflow').rglob('__init__.py')}
+    assert found <= listed, sorted(found - listed)
