@@ -239,3 +239,13 @@ def test_segmentation_without_lut_leaves_the_others_running(tmp_path, run_cli):
     config = RunConfig.from_file(written)
     assert config.regions.segmentations == seg and config.engine.nprocs == 1
     assert f'configuration: {written}' in (out / 'logs' / 'sub-02.log').read_text()
+
+
+def test_brain_extraction_flag_selects_the_algorithm(tmp_path):
+    (tmp_path / 'a').mkdir()
+    (tmp_path / 'b').mkdir()
+    default = _config(tmp_path / 'a', '--nprocs', '1').pipeline.steps['masking']
+    assert default.get('brain', 'adaptive') == 'adaptive'
+    chosen = _config(tmp_path / 'b', '--nprocs', '1', '--brain-extraction', 'threshold',
+                     '--masking', 'magnitude').pipeline.steps['masking']
+    assert chosen['brain'] == 'threshold' and chosen['method'] == 'magnitude'

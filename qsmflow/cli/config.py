@@ -93,7 +93,7 @@ def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
     except ValueError as exc:
         raise InputError(str(exc)) from None
     steps = with_masking_options(steps, two_pass=masks.two_pass,
-                                 brain_masks=masks.brain_masks)
+                                 brain_masks=masks.brain_masks, brain=opts.brain_extraction)
     return PipelineConfig(preset=str(opts.preset), steps=steps)
 
 

@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     g_pipe.add_argument('--masking', choices=['magnitude', 'quality'],
                         help='brain mask: magnitude only, or minus unreliable phase '
                              '(overrides the preset)')
+    g_pipe.add_argument('--brain-extraction', choices=['adaptive', 'threshold'],
+                        help='brain extraction on the magnitude: adaptive (removes scalp, '
+                             'skull, face and neck; the default) or threshold (magnitude '
+                             'threshold and morphology; keeps the scalp on real heads) '
+                             '(overrides the preset)')
     g_pipe.add_argument('--brain-masks', type=Path, metavar='DERIV_DIR',
                         help='use your own brain masks: a BIDS derivatives folder with '
                              'sub-<label>[/ses-<label>]/anat/*_desc-brain_mask.nii[.gz] in the '

@@ -87,11 +87,12 @@ def with_overrides(preset: dict, **methods) -> dict:
 
 
 def with_masking_options(pipeline: dict, *, two_pass: bool | None = None,
-                         brain_masks=None) -> dict:
-    """Copy of ``pipeline`` with masking's ``two_pass`` and ``brain_masks`` set.
+                         brain_masks=None, brain: str | None = None) -> dict:
+    """Copy of ``pipeline`` with masking's ``two_pass``, ``brain_masks`` and ``brain`` set.
 
-    ``None`` keeps what the preset says (``--two-pass``/``--no-two-pass`` and
-    ``--brain-masks``); ``brain_masks`` is stored as an absolute path.
+    ``None`` keeps what the preset says (``--two-pass``/``--no-two-pass``,
+    ``--brain-masks``, ``--brain-extraction``); ``brain_masks`` is stored as an absolute
+    path.
 
     Examples
     --------
@@ -104,4 +105,6 @@ def with_masking_options(pipeline: dict, *, two_pass: bool | None = None,
         out['masking']['two_pass'] = bool(two_pass)
     if brain_masks is not None:
         out['masking']['brain_masks'] = str(Path(brain_masks).expanduser().absolute())
+    if brain is not None:
+        out['masking']['brain'] = brain
     return out
