@@ -92,6 +92,35 @@ def test_results_do_not_depend_on_the_thread_count():
     assert one == two, sorted(k for k in one if one[k] != two[k])
 
 
+def _thread_cpu_s() -> dict:
+    """CPU time (s) of each thread of this process, by native thread id (Linux /proc)."""
+    tick = os.sysconf('SC_CLK_TCK')
+    out = {}
+    for tid in os.listdir('/proc/self/task'):
+        with open(f'/proc/self/task/{tid}/stat') as fobj:
+            fields = fobj.read().rsplit(')', 1)[1].split()
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/task'), reason='needs Linux /proc')
+def test_one_thread_keeps_the_work_on_the_calling_thread():
+    """Under limit(1) the FFT workers and numba's pool stay idle: whatever the machine's
+    load, threads other than the caller get under 5 % of the CPU time of the chain (or
+    0.1 s: clock ticks of 10 ms, stray BLAS helpers)."""
+    import threading
+
+    _chain()  # compile and warm up first
+    main = threading.get_native_id()
+    with threads.limit(1):
+        before = _thread_cpu_s()
+        _chain()
+        after = _thread_cpu_s()
+    used = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    others = sum(v for tid, v in used.items() if tid != main)
+    assert others <= max(0.05 * sum(used.values()), 0.1), used
+
+
 def _run(cmd, env, log):
     """Run ``cmd``; return (exit code, CPU time of the child and its children / wall time)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
