@@ -19,6 +19,10 @@ TEMPLATE = (TEMPLATEFLOW_HOME / 'tpl-MNI152NLin2009cAsym'
 CIT_DSEG = CIT168 / 'atlas-CIT168_desc-th50_dseg.nii.gz'
 CIT_TSV = CIT168 / 'atlas-CIT168_dseg.tsv'
 
+#: A 2 mm real-anatomy phantom built from the MNI template and CIT168 for the module, and a
+#: forward simulation of it: about half a minute on 2 cores (``pytest tests/phantom`` runs it).
+pytestmark = pytest.mark.slow
+
 #: Nuclei (CIT168 left/right label pairs and the dentate) of at least 0.1 mL per side.
 NUCLEI = {'putamen': (1, 2), 'caudate': (3, 4), 'gpe': (9, 10), 'gpi': (11, 12),
           'snc': (13, 14), 'red_nucleus': (15, 16), 'snr': (17, 18), 'stn': (31, 32),

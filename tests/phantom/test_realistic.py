@@ -182,6 +182,7 @@ def test_noise_level_matches_snr(snr):
 # --- 1 mm, BIDS ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the 1 mm realistic head and its MEGRE simulation
 def test_full_resolution_fast_and_hard():
     t0 = time.perf_counter()
     ph, mag, _, truth = _simulate('full')
