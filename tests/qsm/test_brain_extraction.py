@@ -201,6 +201,7 @@ def test_bad_inputs():
         extract_brain(np.zeros((8, 8, 8)), (1, 1, 1))
 
 
+@pytest.mark.slow  # builds the 2 mm real-anatomy phantom (MNI template, CIT168)
 def test_anatomy_phantom():
     """MNI152-anatomy phantom (bright CSF, template skull): better than the threshold mask.
 

@@ -66,7 +66,9 @@ def test_oblique_b0(oblique, deep_gm_ids, method):
     assert metrics.rmse(wrong, truth, m) > 1.5 * metrics.rmse(right, truth, m)
 
 
-@pytest.mark.parametrize('method', METHODS)
+# MEDI twice at float32 and float64 (about 15 s): in the full run only
+@pytest.mark.parametrize('method', [pytest.param(m, marks=pytest.mark.slow) if m == 'medi' else m
+                                    for m in METHODS])
 def test_dtype_preserved_and_consistent(brain, method):
     m, vs = brain['mask'], brain['voxel_size']
     func = getattr(inversion, method)
@@ -94,7 +96,10 @@ def test_tikhonov_regulariser_and_lambda(brain):
     assert np.std(strong[m]) < 0.5 * np.std(grad[m])
 
 
-@pytest.mark.parametrize('centre_mm', [(0, 0, 66), (0, 86, 0), (70, 0, 0)])
+# the first slab position in the developer loop, all three in the full run (about 10 s each)
+@pytest.mark.parametrize('centre_mm', [(0, 0, 66),
+                                       pytest.param((0, 86, 0), marks=pytest.mark.slow),
+                                       pytest.param((70, 0, 0), marks=pytest.mark.slow)])
 def test_tv_keeps_outside_fields_outside(brain, simulate_field, centre_mm):
     """A field left over from a source outside the mask (what imperfect background removal
     leaves: harmonic inside the mask) goes to χ outside the mask, not into the brain: TV
