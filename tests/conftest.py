@@ -124,3 +124,12 @@ def tiny_linear_run(tmp_path_factory):
     out, work, log = root / 'linear' / 'out', root / 'linear' / 'work', root / 'linear.log'
     code = run_to_end(qsmflow_command(inputs, out, work, 1), env, log)
     return {'inputs': inputs, 'env': env, 'code': code, 'out': out, 'log': log}
+
+
+@pytest.fixture(scope='session')
+def templateflow_skeleton_home(tmp_path_factory):
+    """An empty TEMPLATEFLOW_HOME that templateflow fills from its bundled skeleton (0-byte
+    image placeholders, real lookup tables) on first use; indexed once per session (the
+    client is cached per folder), shared by test_templates and test_prefetch. Tests that
+    write into it (test_prefetch's simulated downloads) put its placeholders back."""
+    return tmp_path_factory.mktemp('tf_skeleton')

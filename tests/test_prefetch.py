@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
-def tf_home(tmp_path_factory):
+def tf_home(templateflow_skeleton_home):
     """An empty TEMPLATEFLOW_HOME: templateflow fills it from its bundled skeleton (0-byte
-    image placeholders, real lookup tables); indexed once for the module."""
-    return tmp_path_factory.mktemp('tf_empty')
+    image placeholders, real lookup tables); indexed once for the session (conftest.py)."""
+    return templateflow_skeleton_home
 
 
 @pytest.fixture

@@ -23,9 +23,10 @@ def phantom_tf_home(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def skeleton_tf_home(tmp_path_factory):
-    """An empty TEMPLATEFLOW_HOME: templateflow fills it from its bundled skeleton."""
-    return tmp_path_factory.mktemp('tf_skeleton')
+def skeleton_tf_home(templateflow_skeleton_home):
+    """An empty TEMPLATEFLOW_HOME: templateflow fills it from its bundled skeleton (shared
+    with test_prefetch, indexed once per session: conftest.py)."""
+    return templateflow_skeleton_home
 
 
 def test_phantom_template_resolves_through_templateflow(phantom_tf_home, monkeypatch):
