@@ -214,9 +214,6 @@ def test_unwrap_echoes_single_echo_pieces():
     assert np.all(k == k[0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'qsmflow.qsm.echoes._LineSums.fit: float32 cancellation in s*stt - st**2 when one '
-    "echo's weight dominates (m1 << m2), giving inf/NaN in echoes >= 3; fix in echoes.py"))
 def test_unwrap_echoes_dominant_weight_stays_finite():
     """A voxel nearly void at echo 1 but bright at echo 2 (noise, flow, fat): the weighted
     line through echoes 1-2 that predicts echo 3 is ill-conditioned in float32."""

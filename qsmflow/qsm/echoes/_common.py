@@ -41,15 +41,23 @@ class _LineSums:
     the summed phases stay within the phase range covered by the echoes (≲ 10² rad).
     """
 
+    #: Smallest ``det / (s·stt)`` (the weighted variance of TE over its mean square) that
+    #: float32 resolves well; below it (one echo's weight dominating the others, e.g. a
+    #: void first echo) ``s·stt − st²`` cancels to noise or to 0 and the voxel is refitted
+    #: from the stored echoes, centred on its weighted mean TE, in float64.
+    COND_MIN = np.float32(1e-5)
+
     def __init__(self, t_c):
         self.t_c = float(t_c)
         self.y_ref = None
         self.s = self.st = self.stt = self.sy = self.sty = np.float32(0)
+        self.terms = []
 
     def add(self, y, w, t):
         """Add one echo: phase ``y`` (V,) rad, weight ``w`` (V,) or 1.0, TE ``t`` (s)."""
         if self.y_ref is None:
             self.y_ref = y.astype(np.float32, copy=True)
+        self.terms.append((y, w, float(t) - self.t_c))  # callers do not modify y
         dt = np.float32(float(t) - self.t_c)
         wy = y - self.y_ref
         if not (isinstance(w, float) and w == 1.0):
@@ -63,10 +71,46 @@ class _LineSums:
     def fit(self):
         """Intercept at ``t_c`` (rad) and slope (rad/s) of the weighted lines, (V,) each."""
         det = self.s * self.stt - self.st * self.st
-        slope = (self.s * self.sty - self.st * self.sy) / det
-        intercept = (self.sy - slope * self.st) / self.s
+        with np.errstate(divide='ignore', invalid='ignore'):
+            slope = (self.s * self.sty - self.st * self.sy) / det
+            intercept = (self.sy - slope * self.st) / self.s
         intercept += self.y_ref
+        bad = self._ill_conditioned(det)
+        if bad is not None:
+            a, b, _ = self._refit(bad)
+            intercept[bad], slope[bad] = a, b
         return intercept, slope
+
+    def centred_stt(self):
+        """``Σ w (t − t̄)²`` (s²) with ``t̄`` the weighted mean TE, (V,) float32."""
+        out = self.stt - self.st * self.st / self.s
+        bad = self._ill_conditioned(self.s * self.stt - self.st * self.st)
+        if bad is not None:
+            out[bad] = self._refit(bad)[2]
+        return out
+
+    def _ill_conditioned(self, det):
+        """Boolean (V,) of the voxels to refit, or None when there are none."""
+        if np.ndim(det) == 0:
+            return None  # uniform weights: well conditioned
+        bad = ~(det > self.COND_MIN * self.s * self.stt)  # also NaN
+        return bad if bad.any() else None
+
+    def _refit(self, bad):
+        """Two-pass float64 weighted line fit of the voxels ``bad``: intercept at ``t_c``
+        (rad), slope (rad/s) and ``Σ w (t − t̄)²`` (s²), as float32."""
+        ys = [np.asarray(y, np.float64)[bad] for y, _, _ in self.terms]
+        ws = [np.broadcast_to(np.asarray(w, np.float64), bad.shape)[bad]
+              for _, w, _ in self.terms]
+        ts = [dt for _, _, dt in self.terms]
+        s = sum(ws)
+        t_bar = sum(w * t for w, t in zip(ws, ts)) / s
+        y_bar = sum(w * y for w, y in zip(ws, ys)) / s
+        stt = sum(w * (t - t_bar) ** 2 for w, t in zip(ws, ts))
+        sty = sum(w * (t - t_bar) * (y - y_bar) for w, t, y in zip(ws, ts, ys))
+        slope = sty / stt
+        return ((y_bar - slope * t_bar).astype(np.float32), slope.astype(np.float32),
+                stt.astype(np.float32))
 
     def predict(self, t):
         """Value of the fitted lines at TE ``t`` (s), (V,) float32 (rad)."""

@@ -95,7 +95,7 @@ def _fit_field(ph, msk, te, mag):
         for n in range(n_echo):
             sums.add(y[n], weights[n], te[n])
         a_c, slope = sums.fit()
-        stt = sums.stt - sums.st * sums.st / sums.s  # Σ w (TE − T̄)²
+        stt = sums.centred_stt()  # Σ w (TE − T̄)²
         if n_echo > 2:
             rss = np.zeros_like(slope)
             for n in range(n_echo):
