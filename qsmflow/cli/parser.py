@@ -195,6 +195,12 @@ def build_tools_parser() -> argparse.ArgumentParser:
     bench.add_argument('--size', choices=['tiny', 'small', 'full'],
                        help='phantom grid (default: full, 1 mm 144×176×144; with --cohort: '
                             'small, 2 mm, as the demo)')
+    bench.add_argument('--phantom', choices=['realistic', 'default'], default='realistic',
+                       help='head phantom: realistic (bright fat scalp, skull, neck, air '
+                            'cavities, veins of several sizes; SNR 35) or default (the '
+                            "demo's ellipsoid head; SNR 100) (default: %(default)s)")
+    bench.add_argument('--snr', type=_positive_float, metavar='SNR',
+                       help="first-echo brain SNR (default: the phantom's, 35 or 100)")
     bench.add_argument('--repeat', type=_positive_int, default=1,
                        help='runs per step (best is kept)')
     bench.add_argument('--oblique', type=float, default=15.0, metavar='DEG',
