@@ -38,7 +38,7 @@ def realistic_run(tmp_path_factory):
         return np.asarray(nb.load(path).dataobj)
 
     lut = next((root / 'truth').rglob('*dseg.tsv'))
-    return {'code': code,
+    return {'code': code, 'root': root,
             'mask': image(anat / 'sub-01_desc-brain_mask.nii.gz') > 0,
             'chi': image(anat / 'sub-01_Chimap.nii.gz').astype(float),
             'mask_sidecar': json.loads((anat / 'sub-01_desc-brain_mask.json').read_text()),
@@ -89,3 +89,21 @@ def test_veins_bright_and_calcification_dark(realistic_run):
     (calc, calc_true), = _contrasts(run, [by_name['calcification']])
     assert vein > 0.1 and vein_true > 0.3  # measured 0.161 (partial volume at 2 mm)
     assert calc < -0.25 and calc_true < -0.4  # measured −0.423 against −0.457
+
+
+def test_a_head_shaped_mask_is_a_warning_in_the_log(realistic_run, capsys):
+    """The old magnitude threshold keeps the scalp here: the run still completes, but says
+    so in the terminal, the participant's log and the QC numbers of the sidecars."""
+    from qsmflow.cli import main
+
+    root = realistic_run['root']
+    capsys.readouterr()
+    code = main([str(root / 'raw'), str(root / 'out-threshold'), 'participant', '--nprocs',
+                 '1', '--skip-registration', '-w', str(root / 'work-threshold'),
+                 '--brain-extraction', 'threshold'])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert 'qsmflow: warning: sub-01: masking: the brain mask looks like a head' in err
+    log = (root / 'out-threshold' / 'logs' / 'sub-01.log').read_text()
+    assert 'WARNING: masking: the brain mask looks like a head' in log
+    assert 'looks like a head' not in (root / 'out' / 'logs' / 'sub-01.log').read_text()

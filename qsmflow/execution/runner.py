@@ -2,7 +2,9 @@
 """Run the participant-level workflow: engine, progress, staged publication, failures."""
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 from qsmflow.bids.outputs import expected_outputs, remove_partial_outputs
 from qsmflow.execution.crashes import crash_reason
@@ -98,6 +100,9 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
                 and acq.name not in monitor.failed:
             complete(acq)  # graph plugins report nothing while running
         if acq.name in published and not crash:
+            for line in qc_warnings(acq, out_dir):
+                print(f'qsmflow: warning: sub-{acq.subject}: {line}', file=sys.stderr)
+                monitor.log(acq.subject, f'{staging.name_prefix(acq)}: WARNING: {line}')
             continue
         reason = crash or (f'step {monitor.failed[acq.name]} failed'
                            if acq.name in monitor.failed else None) \
@@ -110,3 +115,19 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
         staging.discard(acq, out_dir)
         remove_partial_outputs(acq, out_dir)
     return failures
+
+
+def qc_warnings(acq, out_dir) -> list[str]:
+    """The QC warnings (``QC.Warning`` of any step) in the published χ sidecar of ``acq``:
+    a brain mask that looks like a head, χ implausible for tissue."""
+    import json
+
+    from qsmflow import bids_specs
+    from qsmflow.interfaces.base import sidecar_of
+
+    path = Path(sidecar_of(bids_specs.output_path(out_dir, 'chimap', acq.entities)))
+    if not path.exists():
+        return []
+    steps = json.loads(path.read_text()).get('QSMProcessing', [])
+    return [f'{s.get("Step", "step")}: {s["QC"]["Warning"]}' for s in steps
+            if isinstance(s.get('QC'), dict) and s['QC'].get('Warning')]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from nipype.interfaces.base import BaseInterfaceInputSpec, traits
 
 from qsmflow import __version__
 from qsmflow.bids.atomic import write_json  # noqa: F401 - the sidecar writer of interfaces
+
+#: Where interfaces log warnings about their results (Nipype's interface logger: the run's
+#: log file; qsmflow's runner also repeats every QC warning of a published acquisition).
+LOGGER = logging.getLogger('nipype.interface')
 
 
 class StepInputSpec(BaseInterfaceInputSpec):

@@ -2,7 +2,6 @@
 """Brain masking interface."""
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 from nipype.interfaces.base import (
@@ -14,7 +13,7 @@ from qsmflow.qsm import brain_extraction
 from qsmflow.qsm import mask as qmask
 from qsmflow.qsm import threads
 
-LOGGER = logging.getLogger('nipype.interface')
+LOGGER = base.LOGGER
 
 #: Brain-mask algorithms: name -> (qsm function, the magnitude it is given).
 BRAIN_MASK_ALGORITHMS = {

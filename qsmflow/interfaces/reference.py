@@ -8,7 +8,7 @@ from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
 from qsmflow.qsm import mask as qmask
-from qsmflow.qsm import reference, threads
+from qsmflow.qsm import metrics, reference, threads
 
 
 class _RefInputSpec(base.StepInputSpec):
@@ -51,9 +51,12 @@ class ReferenceChi(SimpleInterface):
         with threads.limit(self.inputs.num_threads):
             chi_ref, value = reference.reference(chi, mask, **opts)
         brain_mean = float(chi[mask].mean()) - float(value)
+        qc = metrics.chi_qc(chi_ref, mask)
+        if qc['Warning']:
+            base.LOGGER.warning('qsmflow: χ map: %s', qc['Warning'])
         rec = base.step('reference', reference.reference, {'method': self.inputs.method},
                         ReferenceValue=float(value), WholeBrainMeanAfterReference=brain_mean,
-                        WholeBrainMeanBeforeReference=float(chi[mask].mean()), **extra)
+                        WholeBrainMeanBeforeReference=float(chi[mask].mean()), QC=qc, **extra)
         steps = base.read_steps(self.inputs.in_file, self.inputs.in_mask) + [rec]
         out = fname_presuffix('chi.nii.gz', suffix='_ref', newpath=runtime.cwd)
         meta = {'Units': 'ppm', 'QSMReference': self.inputs.method, 'QSMReferenceValue': value}
