@@ -24,13 +24,15 @@ from tests.test_resume import (
 #: Every reconstruction function of ``qsmflow.qsm`` on the tiny oblique phantom; prints
 #: ``{step: sha256 of the result}`` as JSON, with the thread counts actually in force.
 STEPS_SCRIPT = r'''
-import hashlib, json
+import hashlib, json, os
 import numba
 import numpy as np
+from scipy import fft as sfft
 from qsmflow.phantom.bids import DEFAULT_B0_TESLA, DEFAULT_ECHO_TIMES_S, oblique_affine
 from qsmflow.phantom.forward import simulate_megre
 from qsmflow.phantom.head import make_head
-from qsmflow.qsm import bgremove, echoes, inversion, kernels, mask, reference
+from qsmflow.qsm import bgremove, echoes, inversion, kernels, mask, reference, threads
+from qsmflow.qsm.brain_extraction import extract_brain
 
 def digest(x):
     if isinstance(x, dict):
@@ -45,17 +47,20 @@ b0 = kernels.b0_dir_from_affine(oblique_affine(head.labels.shape, vox, 15.0))
 tes = list(DEFAULT_ECHO_TIMES_S)
 mag, phase, _ = simulate_megre(head, tes, DEFAULT_B0_TESLA, b0, snr=100.0,
                                rng=np.random.default_rng(0))
-out = {'threads': {'numba': numba.get_num_threads(), 'fft': kernels.FFT_WORKERS}}
+limit = threads.limit(int(os.environ['QSMFLOW_TEST_THREADS']))
+limit.__enter__()
+out = {'threads': {'numba': numba.get_num_threads(), 'fft': sfft.get_workers()}}
+out['brain_extraction'] = digest(extract_brain(np.sqrt((mag ** 2).sum(-1)), vox))
 brain = mask.brain_mask(mag[..., 0], vox)
 out['brain_mask'] = digest(brain)
-fit = echoes.estimate_field(mag, phase, brain, vox, echo_times_s=tes,
+fit = echoes.estimate_field(phase, brain, vox, mag, echo_times_s=tes,
                             b0_tesla=DEFAULT_B0_TESLA)
 out['romeo+wls'] = digest(fit)
 out['romeo+nlcomplex'] = digest(echoes.estimate_field(
-    mag, phase, brain, vox, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA,
+    phase, brain, vox, mag, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA,
     combination='nlcomplex'))
 out['laplacian+wls'] = digest(echoes.estimate_field(
-    mag, phase, brain, vox, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA,
+    phase, brain, vox, mag, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA,
     unwrapping='laplacian'))
 quality = mask.quality_map(phase, mag, brain, vox, echo_times_s=tes)
 reliable = mask.quality_mask(quality, brain)
@@ -79,7 +84,7 @@ print(json.dumps(out))
 
 
 def _steps_with_threads(n: int) -> dict:
-    env = {'NUMBA_NUM_THREADS': str(n), 'QSMFLOW_FFT_WORKERS': str(n),
+    env = {'NUMBA_NUM_THREADS': str(n), 'QSMFLOW_TEST_THREADS': str(n),
            'OPENBLAS_NUM_THREADS': str(n), 'OMP_NUM_THREADS': str(n),
            'MKL_NUM_THREADS': str(n)}
     proc = subprocess.run([sys.executable, '-c', STEPS_SCRIPT], env={**os.environ, **env},
