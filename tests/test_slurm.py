@@ -189,10 +189,17 @@ def _subject(rel: str) -> str | None:
     return found.group(1) if found else None
 
 
+def _run_record_key(rel: str) -> str:
+    """``logs/participant-<time>_config.json`` (the run configuration, named by the time the
+    run started) with the time left out, so two runs' records pair up."""
+    return re.sub(r'^(logs/[a-z]+)-[0-9-]+(_config\.json)$', r'\1-<time>\2', rel)
+
+
 def compare_derivatives(reference: Path, other: Path, subjects=None) -> list[str]:
     """Every difference between two qsmflow output folders, one line each (only the
     dataset-level files and the ``sub-<label>`` folders of ``subjects`` when given)."""
-    ref, oth = _files(reference), _files(other)
+    ref = {_run_record_key(k): v for k, v in _files(reference).items()}
+    oth = {_run_record_key(k): v for k, v in _files(other).items()}
     if subjects is not None:
         ref = {k: v for k, v in ref.items() if _subject(k) in (None, *subjects)}
     problems = [f'only in {reference.name}: {k}' for k in sorted(set(ref) - set(oth))]

@@ -130,10 +130,25 @@ def test_preflight_report_lists_each_acquisition(variants_run):
     assert 'WARNING: 3 NaN/Inf voxel(s)' in text
 
 
-@pytest.mark.parametrize('key, tol_ppm', [('ri', 1e-3), ('4d', 0.005), ('u12', 0.005)])
+@pytest.mark.parametrize('key, tol_ppm', [('ri', 0.005), ('4d', 0.005), ('u12', 0.005)])
 def test_variants_of_the_same_data_give_the_same_chi(variants_run, key, tol_ppm):
     diffs = _diffs(variants_run, key)
     assert max(abs(d) for d in diffs.values()) <= tol_ppm, diffs
+
+
+def test_real_imaginary_parts_give_the_same_total_field(variants_run):
+    """Real/imaginary parts converted to magnitude/phase give the field of the mag/phase
+    export to float rounding (measured: 5e-7 ppm at most). χ is compared at the looser
+    bound above: PDF's conjugate gradients stop at a relative tolerance, and a rounding-
+    level change of the field can move that stop by one iteration (measured: up to 0.007 ppm
+    in the local field, 0.0016 ppm in a deep-GM contrast)."""
+    a = _img(variants_run, 'ri', 'desc-total_fieldmap')
+    b = _img(variants_run, 'base', 'desc-total_fieldmap')
+    mask = (_img(variants_run, 'ri', 'desc-brain_mask') > 0) & (
+        _img(variants_run, 'base', 'desc-brain_mask') > 0)
+    assert np.array_equal(_img(variants_run, 'ri', 'desc-brain_mask'),
+                          _img(variants_run, 'base', 'desc-brain_mask'))
+    assert np.max(np.abs(a - b)[mask]) <= 1e-5
 
 
 def test_single_echo_sidecar_and_field_strength_override(variants_run):
