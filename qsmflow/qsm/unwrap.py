@@ -41,7 +41,10 @@ from qsmflow.qsm.kernels import (
     padded_shape,
     rfft,
 )
-from qsmflow.qsm.mask import _as_image, _as_mask, _as_voxel_size, _check_finite_in_mask
+from qsmflow.qsm._validation import as_image as _as_image
+from qsmflow.qsm._validation import as_mask as _as_mask
+from qsmflow.qsm._validation import as_voxel_size
+from qsmflow.qsm._validation import check_finite_in_mask as _check_finite_in_mask
 
 TWO_PI = 2.0 * np.pi
 
@@ -207,7 +210,7 @@ def unwrap_romeo(
     ph = _as_image(phase, 'phase', 3)
     shape = ph.shape
     msk = _as_mask(mask, shape)
-    vox = _as_voxel_size(voxel_size_mm)
+    vox = as_voxel_size(voxel_size_mm, 'voxel_size_mm')
     _check_finite_in_mask(ph, msk, 'phase')
     mag = None
     if magnitude is not None:
@@ -504,7 +507,7 @@ def unwrap_laplacian(
     """
     ph = _as_image(phase, 'phase', 3)
     msk = _as_mask(mask, ph.shape)
-    vox = _as_voxel_size(voxel_size_mm)
+    vox = as_voxel_size(voxel_size_mm, 'voxel_size_mm')
     _check_finite_in_mask(ph, msk, 'phase')
     if int(max_iter) < 1 or not tol > 0:
         raise ValueError('max_iter must be ≥ 1 and tol > 0')

@@ -12,10 +12,6 @@ Every public name is importable from here (``qsmflow.qsm.mask.brain_mask``); tha
 name provenance sidecars record. Binary morphology is in :mod:`qsmflow.qsm._morphology`.
 """
 
-from qsmflow.qsm._validation import as_image as _as_image  # noqa: F401
-from qsmflow.qsm._validation import as_mask as _as_mask  # noqa: F401
-from qsmflow.qsm._validation import as_voxel_size
-from qsmflow.qsm._validation import check_finite_in_mask as _check_finite_in_mask  # noqa: F401
 from qsmflow.qsm.mask.brain import (
     DEFAULT_CSF_MAX_R2STAR_HZ,
     DEFAULT_CSF_MIN_DEPTH_MM,
@@ -48,11 +44,4 @@ __all__ = [
 for _func in (brain_mask, csf_mask, r2star_map, quality_map, quality_mask, strict_mask):
     _func.__module__ = __name__
 del _func
-
-
-def _as_voxel_size(voxel_size_mm):
-    """Former private helper of this module, still imported by :mod:`qsmflow.qsm.unwrap`
-    (with ``_as_image``, ``_as_mask`` and ``_check_finite_in_mask``), whose error message
-    names ``voxel_size_mm``: use :mod:`qsmflow.qsm._validation` instead."""
-    return as_voxel_size(voxel_size_mm, 'voxel_size_mm')
 
