@@ -68,8 +68,9 @@ def test_noise_map_can_only_raise_sigma(brains):
         reg.choose_tv_weight(b['local'], m, noise_ppm=np.ones((3, 3, 3)))
 
 
-def test_explicit_lam_is_the_old_behaviour_bitwise(brain_noisy):
-    """An explicit lam bypasses the selection: same result as before, no info attached."""
+def test_explicit_lam_bypasses_the_selection(brain_noisy):
+    """An explicit lam bypasses the weight selection: the default run equals a run with the
+    weight it chose, given explicitly."""
     b = brain_noisy
     m, vs = b['mask'], b['voxel_size']
     chi = inversion.tv(b['local_noisy'], m, vs, lam=5e-4, max_iter=20)
@@ -124,3 +125,31 @@ def test_interface_records_the_chosen_weight(tmp_path):
         assert rec['Regularisation']['criterion'] == criterion
         assert rec['Regularisation']['lam'] == pytest.approx(params.get('lam', 0.005**2 / 0.011),
                                                              rel=0.3)
+        # the shell prior's weight comes from the field's noise either way
+        assert rec['Regularisation']['shell_weight'] == pytest.approx(
+            (0.005 / reg.TV_OUTSIDE_FIELD_PPM) ** 2, rel=0.3)
+        assert rec['Regularisation']['shell_mm'] == reg.TV_SHELL_MM
+
+
+def test_shell_weight_follows_the_noise_and_can_be_set_or_switched_off(brain_noisy):
+    """σ²/τ² capped at 1; a given weight is used as it is; shell_mm=0 or weight 0 is the
+    free outside of before (bitwise the same run), and the prior changes χ when on."""
+    assert reg.choose_shell_weight(0.0) == 0.0
+    assert reg.choose_shell_weight(0.5 * reg.TV_OUTSIDE_FIELD_PPM) == pytest.approx(0.25)
+    assert reg.choose_shell_weight(1.0) == 1.0
+    for bad in (-1e-3, float('nan')):
+        with pytest.raises(ValueError, match='sigma_ppm'):
+            reg.choose_shell_weight(bad)
+    b = brain_noisy
+    m, vs = b['mask'], b['voxel_size']
+    kw = dict(lam=1e-3, max_iter=15)
+    off, info = inversion.tv(b['local_noisy'], m, vs, shell_mm=0, return_info=True, **kw)
+    assert info['shell_criterion'] == 'off' and info['shell_weight'] == 0
+    np.testing.assert_array_equal(off, inversion.tv(b['local_noisy'], m, vs, shell_weight=0,
+                                                    **kw))
+    on, info = inversion.tv(b['local_noisy'], m, vs, shell_weight=0.5, return_info=True, **kw)
+    assert info['shell_criterion'] == 'given' and info['shell_weight'] == 0.5
+    assert np.abs(on - off)[m].max() > 1e-3
+    with pytest.raises(ValueError, match='shell_mm'):
+        inversion.tv(b['local_noisy'], m, vs, shell_mm=-1)
+

@@ -132,13 +132,13 @@ def _admm_tv(numerator, precision, L, rho, weight, v, vsz, max_iter, tol, *, rel
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _data_update(dchi, wf, w2, q, u, rho, alpha, chi, chi_prev):  # pragma: no cover
+def _data_update(dchi, wf, w2, inside, q, u, rho, alpha, chi, chi_prev):  # pragma: no cover
     """One ADMM y/u step for ``y ≈ Dχ`` under the weighted data term ``½‖W(y − f)‖²``.
 
     With ``y_old = q + u``: ``p = α Dχ + (1 − α) y_old + u``;
-    ``y = (W²f + ρp) / (W² + ρ)``; ``u ← p − y``; ``q ← y − u``. Pointwise, in place.
-    Returns ``(‖χ − χ_prev‖, ‖χ‖)`` over the voxels where ``W² > 0`` (per-slab partial sums
-    added in order: independent of the number of threads).
+    ``y = (W²f + ρp) / (W² + ρ)`` (``wf`` holds ``W²f``); ``u ← p − y``; ``q ← y − u``.
+    Pointwise, in place. Returns ``(‖χ − χ_prev‖, ‖χ‖)`` over the voxels of ``inside``
+    (per-slab partial sums added in order: independent of the number of threads).
     """
     n0, n1, n2 = dchi.shape
     dnorm_i = np.zeros(n0)
@@ -155,7 +155,7 @@ def _data_update(dchi, wf, w2, q, u, rho, alpha, chi, chi_prev):  # pragma: no c
                 uu = p - y
                 u[i, j, k] = uu
                 q[i, j, k] = y - uu
-                if w > 0:
+                if inside[i, j, k]:
                     c = chi[i, j, k]
                     dc = c - chi_prev[i, j, k]
                     dnorm += dc * dc
