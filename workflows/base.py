@@ -52,7 +52,7 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
         ``atlases`` (list of atlas dicts from :func:`qsmflow.atlases.specs.resolve_atlases`),
         ``erode`` (bool): :func:`qsmflow.atlases.options.regions_options`.
     """
-    from qsmflow.workflows.outputs import QSM_OUTPUTS, init_qsm_derivatives_wf
+    from qsmflow.workflows.outputs import init_qsm_derivatives_wf, qsm_outputs
     from qsmflow.workflows.qsm import init_qsm_wf
 
     n_voxels = int(acq.n_voxels or 2_000_000)
@@ -65,11 +65,13 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
         setattr(qsm_wf.inputs.inputnode, field, value)
     if pipeline['masking'].get('brain_masks'):
         qsm_wf.inputs.inputnode.brain_mask = acq.brain_mask
+    outputs = qsm_outputs(pipeline, len(acq.echo_times_s))
     ds_wf = init_qsm_derivatives_wf(output_dir=output_dir, bids_dir=bids_dir,
                                     entities=acq.entities,
-                                    source_files=acq.mag_files + acq.phase_files)
+                                    source_files=acq.mag_files + acq.phase_files,
+                                    outputs=outputs)
     workflow.connect([
-        (qsm_wf, ds_wf, [(f'outputnode.{k}', f'inputnode.{k}') for k in QSM_OUTPUTS]),
+        (qsm_wf, ds_wf, [(f'outputnode.{k}', f'inputnode.{k}') for k in outputs]),
     ])  # fmt:skip
     if regions_opts:
         from qsmflow.workflows.registration import connect_regions

@@ -54,6 +54,11 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
       (:func:`qsmflow.qsm.brain_extraction.extract_brain` or
       :func:`qsmflow.qsm.mask.brain_mask`) and of :func:`qsmflow.qsm.mask.quality_mask`.
 
+    The same acquisition also gives R2* and T2* (fitted in the brain mask, ≥ 2 echoes), an
+    SWI from the local field and its minIP (:func:`qsmflow.workflows.maps.init_gre_maps_wf`,
+    options ``pipeline['r2star']`` and ``pipeline['swi']``; ``pipeline['swi']['enabled']``
+    false leaves SWI and minIP out).
+
     Parameters
     ----------
     pipeline : dict
@@ -89,6 +94,10 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     field_noise : str
         Standard error of the total field fit in ppm of B0 (inside the brain mask of the
         fit).
+    r2starmap, t2starmap : str
+        R2* in 1/s and T2* in s (acquisitions of ≥ 2 echoes).
+    swi, minip : str
+        SWI and its minimum-intensity projection, magnitude units (SWI enabled).
     """
     from qsmflow.interfaces.bgremove import RemoveBackground
     from qsmflow.interfaces.field import EstimateField
@@ -96,6 +105,7 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     from qsmflow.interfaces.masking import BrainMask, QualityMask, StrictMask
     from qsmflow.interfaces.megre import LoadMEGRE
     from qsmflow.interfaces.reference import ReferenceChi
+    from qsmflow.workflows.maps import init_gre_maps_wf
 
     masking = pipeline['masking']
     if masking['method'] not in MASKING_METHODS:
@@ -111,7 +121,8 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
                 'brain_mask']),
         name='inputnode')
     outputnode = pe.Node(niu.IdentityInterface(
-        fields=['chimap', 'mask', 'total_field', 'local_field', 'field_noise']),
+        fields=['chimap', 'mask', 'total_field', 'local_field', 'field_noise', 'r2starmap',
+                't2starmap', 'swi', 'minip']),
         name='outputnode')
 
     load_megre = pe.Node(LoadMEGRE(), name='load_megre', mem_gb=gb_img * n_echoes * 4)
@@ -186,6 +197,19 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
             (inversion, chi_node, [('out_file', 'in_filled')]),
             (bg_removal, chi_node, [('out_mask', 'filled_mask')]),
         ])  # fmt:skip
+
+    maps_wf = init_gre_maps_wf(r2star=pipeline.get('r2star'), swi=pipeline.get('swi'),
+                               n_echoes=n_echoes, n_voxels=n_voxels, omp_nthreads=omp_nthreads)
+    workflow.connect([
+        (load_megre, maps_wf, [('magnitude', 'inputnode.magnitude'),
+                               ('echo_times', 'inputnode.echo_times'),
+                               ('b0_tesla', 'inputnode.b0_tesla')]),
+        (brain_mask, maps_wf, [('out_mask', 'inputnode.brain_mask')]),
+        (bg_removal, maps_wf, [('out_file', 'inputnode.local_field'),
+                               ('out_mask', 'inputnode.field_mask')]),
+        (maps_wf, outputnode, [(f'outputnode.{k}', k)
+                               for k in ('r2starmap', 't2starmap', 'swi', 'minip')]),
+    ])  # fmt:skip
 
     reference = pe.Node(ReferenceChi(method=pipeline['reference']['method'],
                                      num_threads=omp_nthreads),

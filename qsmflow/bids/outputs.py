@@ -9,19 +9,23 @@ from qsmflow import __version__, bids_specs
 from qsmflow.bids.atomic import write_json, write_text
 
 
-def expected_outputs(acq, out_dir) -> list[Path]:
-    """Derivative paths one acquisition must produce."""
-    from qsmflow.workflows.outputs import QSM_OUTPUTS
+def expected_outputs(acq, out_dir, pipeline: dict | None = None) -> list[Path]:
+    """Derivative paths one acquisition must produce with ``pipeline`` (the resolved
+    steps; None: the defaults, SWI on)."""
+    from qsmflow.workflows.outputs import qsm_outputs
 
-    return [bids_specs.output_path(out_dir, k, acq.entities) for k in QSM_OUTPUTS]
+    kinds = qsm_outputs(pipeline, len(acq.echo_times_s))
+    return [bids_specs.output_path(out_dir, k, acq.entities) for k in kinds]
 
 
 def remove_partial_outputs(acq, out_dir) -> list[Path]:
     """Delete the derivatives (and sidecars) of a failed acquisition: no half-written set."""
     from qsmflow.interfaces.base import sidecar_of
 
+    from qsmflow.workflows.outputs import ALL_OUTPUTS
+
     removed = []
-    for path in expected_outputs(acq, out_dir):
+    for path in (bids_specs.output_path(out_dir, k, acq.entities) for k in ALL_OUTPUTS):
         for item in (path, Path(sidecar_of(path))):
             if item.exists():
                 item.unlink()

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 
 from qsmflow.config import (
-    CustomAtlas, EngineConfig, MasksConfig, PathsConfig, PipelineConfig, RegionsConfig,
-    RunConfig, SelectionConfig)
+    CustomAtlas, EngineConfig, MapsConfig, MasksConfig, PathsConfig, PipelineConfig,
+    RegionsConfig, RunConfig, SelectionConfig)
 from qsmflow.errors import InputError
 
 
@@ -36,12 +36,17 @@ def config_from_args(opts) -> RunConfig:
     masking = pipeline.steps['masking']
     masks = MasksConfig(brain_masks=_path(masking.get('brain_masks')),
                         two_pass=bool(masking.get('two_pass', False)))
+    slab = pipeline.steps['swi']['minip_params'].get('slab_mm')
+    maps = MapsConfig(r2star_method=pipeline.steps['r2star']['method'],
+                      swi=pipeline.steps['swi']['enabled'],
+                      minip_slab_mm=None if slab is None else float(slab))
     return RunConfig(
         paths=PathsConfig(bids_dir, out_dir, _work_dir(opts.work_dir, out_dir)),
         analysis_level='participant',
         selection=selection_from_args(opts),
         pipeline=pipeline,
         masks=masks,
+        maps=maps,
         regions=regions_from_args(opts),
         engine=engine_from_args(opts))
 
@@ -82,8 +87,10 @@ def masks_from_args(opts) -> MasksConfig:
 
 
 def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
-    """``--preset`` resolved with the step overrides and the masking options."""
-    from qsmflow.config.presets import load_preset, with_masking_options, with_overrides
+    """``--preset`` resolved with the step overrides, the masking options and the maps
+    options (``--r2star-method``, ``--swi``/``--no-swi``, ``--minip-slab-mm``)."""
+    from qsmflow.config.presets import (
+        load_preset, with_maps_options, with_masking_options, with_overrides)
 
     try:
         steps = with_overrides(
@@ -94,6 +101,12 @@ def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
         raise InputError(str(exc)) from None
     steps = with_masking_options(steps, two_pass=masks.two_pass,
                                  brain_masks=masks.brain_masks, brain=opts.brain_extraction)
+    try:
+        steps = with_maps_options(steps, r2star_method=opts.r2star_method,
+                                  swi=opts.swi,
+                                  minip_slab_mm=opts.minip_slab_mm)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     return PipelineConfig(preset=str(opts.preset), steps=steps)
 
 

@@ -21,6 +21,9 @@ DEFAULT_TEMPLATE = 'MNI152NLin2009cAsym'
 DEFAULT_TEMPLATE_RESOLUTION = 2
 
 #: Exit codes: 0 all done, 1 some participant failed, 2 bad invocation or input.
+#: R2* estimators (``--r2star-method``) and the default minIP slab (mm), from qsm/.
+R2STAR_METHODS = ('arlo', 'loglinear', 'nonlinear')
+DEFAULT_SLAB_MM = 8.0
 #: Nipype plugins selectable with ``--plugin``.
 PLUGINS = ('linear', 'multiproc', 'slurm', 'slurmgraph', 'sge', 'sgegraph', 'pbs', 'pbsgraph')
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -110,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help='dipole inversion (overrides the preset)')
     g_pipe.add_argument('--reference', choices=['mean', 'csf', 'none'],
                         help='susceptibility reference (overrides the preset)')
+
+    g_maps = parser.add_argument_group('Other maps (R2*, T2*, SWI, minIP)')
+    g_maps.add_argument('--r2star-method', choices=list(R2STAR_METHODS),
+                        help='R2*/T2* fit: arlo (closed form, equally spaced echoes; the '
+                             'default), loglinear (weighted log-linear) or nonlinear '
+                             '(magnitude least squares) (overrides the preset)')
+    g_maps.add_argument('--swi', action=argparse.BooleanOptionalAction, default=None,
+                        help='compute the SWI and its minIP (default: on, or as the preset '
+                             'says); --no-swi leaves them out')
+    g_maps.add_argument('--minip-slab-mm', type=_positive_float, metavar='MM',
+                        help='minIP slab thickness in mm along the slice axis '
+                             f'(default: {DEFAULT_SLAB_MM:g})')
 
     _add_regions_arguments(parser)
     g_perf = parser.add_argument_group('Performance')

@@ -21,6 +21,16 @@ Each step is ``{"method": ..., "params": {...}}``. The ``masking`` step also tak
   ``sub-<l>[_ses-<l>]…_desc-brain_mask.nii[.gz]``, used instead of the automatic mask.
 
 These options are kept when the masking method is overridden.
+
+Two optional steps make the other maps of the acquisition (a preset may leave them out;
+:func:`with_maps_options` fills them in):
+
+* ``r2star``: ``{"method": ..., "params": {...}}`` of
+  :func:`qsmflow.qsm.relaxometry.r2star` (``method`` one of
+  :data:`qsmflow.qsm.relaxometry.METHODS`);
+* ``swi``: ``{"enabled": true, "params": {...}, "minip_params": {...}}``, options of
+  :func:`qsmflow.qsm.swi.swi` and :func:`qsmflow.qsm.swi.minimum_intensity_projection`
+  (e.g. ``{"slab_mm": 8}``).
 """
 from __future__ import annotations
 
@@ -30,6 +40,8 @@ from importlib import resources
 from pathlib import Path
 
 STEPS = ('masking', 'unwrapping', 'echo_combination', 'bf_removal', 'inversion', 'reference')
+#: Steps a preset may leave out (their defaults come from the qsm/ function signatures).
+OPTIONAL_STEPS = ('r2star', 'swi')
 
 #: Options of a step that do not depend on its method (kept by :func:`with_overrides`).
 STEP_OPTIONS = {'masking': ('brain', 'two_pass', 'strict_params', 'brain_masks')}
@@ -107,4 +119,43 @@ def with_masking_options(pipeline: dict, *, two_pass: bool | None = None,
         out['masking']['brain_masks'] = str(Path(brain_masks).expanduser().absolute())
     if brain is not None:
         out['masking']['brain'] = brain
+    return out
+
+
+def with_maps_options(pipeline: dict, *, r2star_method: str | None = None,
+                      swi: bool | None = None, minip_slab_mm: float | None = None) -> dict:
+    """Copy of ``pipeline`` with the ``r2star`` and ``swi`` steps resolved.
+
+    ``None`` keeps what the preset says; what neither says takes the default of the qsm/
+    function (:func:`qsmflow.qsm.relaxometry.r2star`'s ``method``, SWI on). Used by
+    ``--r2star-method``, ``--swi``/``--no-swi`` and ``--minip-slab-mm``.
+
+    Examples
+    --------
+    >>> p = with_maps_options(load_preset('default'), minip_slab_mm=12.0)
+    >>> p['r2star']['method'], p['swi']['enabled'], p['swi']['minip_params']
+    ('arlo', True, {'slab_mm': 12.0})
+    >>> with_maps_options(p, swi=False)['swi']['enabled']
+    False
+    """
+    import inspect
+
+    from qsmflow.qsm.relaxometry import METHODS, r2star
+
+    out = copy.deepcopy(pipeline)
+    r2 = dict(out.get('r2star') or {})
+    default = inspect.signature(r2star).parameters['method'].default
+    r2['method'] = r2star_method or r2.get('method') or default
+    if r2['method'] not in METHODS:
+        raise ValueError(f"unknown R2* method {r2['method']!r}; choose one of {METHODS}")
+    r2.setdefault('params', {})
+    sw = dict(out.get('swi') or {})
+    sw['enabled'] = bool(sw.get('enabled', True) if swi is None else swi)
+    sw.setdefault('params', {})
+    sw['minip_params'] = dict(sw.get('minip_params') or {})
+    if minip_slab_mm is not None:
+        if not minip_slab_mm > 0:
+            raise ValueError(f'the minIP slab must be positive (mm), got {minip_slab_mm}')
+        sw['minip_params']['slab_mm'] = float(minip_slab_mm)
+    out['r2star'], out['swi'] = r2, sw
     return out

@@ -10,7 +10,7 @@ JSON into ``OUT_DIR/logs/`` by every run (:meth:`RunConfig.to_file`) and can be 
 
 Sections: :class:`PathsConfig` (where), :class:`SelectionConfig` (which inputs),
 :class:`PipelineConfig` (which algorithms), :class:`MasksConfig` (user brain masks,
-two-pass), :class:`RegionsConfig` (registration, atlases, segmentations, templateflow)
+two-pass), :class:`MapsConfig` (R2*, SWI, minIP), :class:`RegionsConfig` (registration, atlases, segmentations, templateflow)
 and :class:`EngineConfig` (processes, threads, memory, Nipype plugin).
 """
 from __future__ import annotations
@@ -84,6 +84,21 @@ class MasksConfig:
 
 
 @dataclass(frozen=True)
+class MapsConfig:
+    """The other maps of the acquisition, resolved: the flag, else the preset's ``r2star``
+    and ``swi`` steps, else the qsm/ defaults (the same values as in
+    :attr:`PipelineConfig.steps`)."""
+
+    #: R2* estimator (``--r2star-method``): one of :data:`qsmflow.qsm.relaxometry.METHODS`.
+    r2star_method: str = 'arlo'
+    #: Whether SWI and its minIP are computed (``--swi``/``--no-swi``).
+    swi: bool = True
+    #: minIP slab thickness in mm (``--minip-slab-mm``); None: the default of
+    #: :func:`qsmflow.qsm.swi.minimum_intensity_projection`.
+    minip_slab_mm: float | None = None
+
+
+@dataclass(frozen=True)
 class CustomAtlas:
     """A user atlas (``--atlas``, ``--atlas-labels``, ``--atlas-template[-mask]``)."""
 
@@ -141,7 +156,8 @@ class EngineConfig:
 
 
 _SECTIONS = {'paths': PathsConfig, 'selection': SelectionConfig,
-             'pipeline': PipelineConfig, 'masks': MasksConfig, 'regions': RegionsConfig,
+             'pipeline': PipelineConfig, 'masks': MasksConfig, 'maps': MapsConfig,
+             'regions': RegionsConfig,
              'engine': EngineConfig}
 
 
@@ -159,6 +175,8 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     #: User brain masks and two-pass.
     masks: MasksConfig = field(default_factory=MasksConfig)
+    #: R2*/T2*, SWI and minIP.
+    maps: MapsConfig = field(default_factory=MapsConfig)
     #: Registration, atlases and regional tables.
     regions: RegionsConfig = field(default_factory=RegionsConfig)
     #: Execution engine and resources.

@@ -67,7 +67,8 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
     published = set()
 
     def complete(acq):
-        if all(p.exists() for p in expected_outputs(acq, staging.staging_root(out_dir))):
+        if all(p.exists() for p in expected_outputs(
+                acq, staging.staging_root(out_dir), config.pipeline.steps)):
             staging.publish(acq, out_dir)
             published.add(acq.name)
 
@@ -94,7 +95,7 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
     for acq in todo:
         crash = crash_reason(acq, new_crashes)
         staged = staging.staging_root(out_dir)
-        missing = [k for k in expected_outputs(acq, staged)
+        missing = [k for k in expected_outputs(acq, staged, config.pipeline.steps)
                    if not k.exists() or k.stat().st_mtime < started]
         if acq.name not in published and not crash and not missing \
                 and acq.name not in monitor.failed:

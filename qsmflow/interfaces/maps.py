@@ -1,0 +1,158 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Other maps of the same multi-echo GRE: R2*/T2* (relaxometry), SWI and its minIP."""
+from __future__ import annotations
+
+import numpy as np
+from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined, traits
+from nipype.utils.filemanip import fname_presuffix
+
+from qsmflow.interfaces import base
+from qsmflow.qsm import relaxometry, swi, threads
+
+LOGGER = base.LOGGER
+
+
+class _R2StarInputSpec(base.StepInputSpec):
+    in_magnitude = File(exists=True, mandatory=True, desc='4D magnitude (x, y, z, echo), a.u.')
+    in_mask = File(exists=True, mandatory=True, desc='brain mask (voxels fitted)')
+    echo_times = traits.List(traits.Float, mandatory=True, desc='echo times in s')
+    method = traits.Either(None, traits.Enum(*relaxometry.METHODS), default=None,
+                           usedefault=True,
+                           desc='R2* estimator of qsmflow.qsm.relaxometry.r2star (None: its '
+                                'default); ARLO with unequally spaced echoes falls back to '
+                                "'loglinear', recorded")
+    params = traits.Dict(usedefault=True, desc='keyword options of relaxometry.r2star')
+
+
+class _R2StarOutputSpec(TraitedSpec):
+    out_r2star = File(exists=True, desc='R2* in 1/s (0 outside the mask)')
+    out_t2star = File(exists=True, desc='T2* in s (0 outside the mask)')
+    out_s0 = File(exists=True, desc='signal extrapolated to TE = 0, magnitude units')
+    out_reliable = File(exists=True, desc='voxels of the mask with a reliable fit (uint8)')
+
+
+class R2StarMap(SimpleInterface):
+    """Fit R2* (1/s), T2* (s) and S0 to the multi-echo magnitude inside the brain mask."""
+
+    input_spec = _R2StarInputSpec
+    output_spec = _R2StarOutputSpec
+
+    def _run_interface(self, runtime):
+        mag, img = base.load(self.inputs.in_magnitude)
+        mask_data, mimg = base.load(self.inputs.in_mask)
+        params = dict(self.inputs.params)
+        if self.inputs.method is not None:
+            params['method'] = self.inputs.method
+        extra = {}
+        tes = list(self.inputs.echo_times)
+        if params.get('method', 'arlo') == 'arlo' and len(tes) >= 3 \
+                and not relaxometry.equally_spaced(tes):
+            params['method'] = 'loglinear'
+            extra['Fallback'] = ('ARLO needs equally spaced echoes; the weighted log-linear '
+                                 'fit was used')
+            LOGGER.warning('R2*: echoes not equally spaced (%s s): log-linear fit instead of '
+                           'ARLO', tes)
+        with threads.limit(self.inputs.num_threads):
+            fit = relaxometry.r2star(mag, mask_data > 0, echo_times_s=tes, **params)
+        inside = mask_data > 0
+        qc = {'NoiseSigma': fit['noise_sigma'],
+              'UnreliableVoxels': int((inside & ~fit['reliable']).sum()),
+              'MaskVoxels': int(inside.sum()),
+              'MedianR2starHz': float(np.median(fit['r2star_hz'][inside]))}
+        steps = base.read_steps(self.inputs.in_magnitude, self.inputs.in_mask)
+        steps.append(base.step('r2star-fit', relaxometry.r2star, params, QC=qc, **extra))
+        for key, name, unit, dtype in (('out_r2star', 'r2star_hz', '1/s', np.float32),
+                                       ('out_t2star', 't2star_s', 's', np.float32),
+                                       ('out_s0', 's0', 'arbitrary', np.float32),
+                                       ('out_reliable', 'reliable', None, np.uint8)):
+            out = fname_presuffix('relaxometry.nii.gz', suffix=f'_{name}', newpath=runtime.cwd)
+            self._results[key] = base.save(fit[name], mimg, out, dtype=dtype, steps=steps,
+                                           meta={'Units': unit} if unit else {})
+        return runtime
+
+
+class _SWIInputSpec(base.StepInputSpec):
+    in_field = File(exists=True, mandatory=True, desc='local field in ppm of B0')
+    in_field_mask = File(exists=True, mandatory=True, desc='mask of the local field')
+    in_magnitude = File(exists=True, mandatory=True, desc='4D magnitude (x, y, z, echo), a.u.')
+    in_r2star = File(exists=True, desc='R2* map in 1/s (median in the mask weights the echoes)')
+    echo_times = traits.List(traits.Float, mandatory=True, desc='echo times in s')
+    b0_tesla = traits.Float(mandatory=True, desc='main field strength in T')
+    params = traits.Dict(usedefault=True, desc='keyword options of qsmflow.qsm.swi.swi')
+
+
+class _SWIOutputSpec(TraitedSpec):
+    out_swi = File(exists=True, desc='susceptibility-weighted image, magnitude units')
+    out_phase_mask = File(exists=True, desc='SWI phase mask in [0, 1]')
+
+
+class SWI(SimpleInterface):
+    """CLEAR-SWI-style SWI: T2*-weighted echo combination × phase mask of the local field."""
+
+    input_spec = _SWIInputSpec
+    output_spec = _SWIOutputSpec
+
+    def _run_interface(self, runtime):
+        field, _ = base.load(self.inputs.in_field)
+        mask = base.load(self.inputs.in_field_mask)[0] > 0
+        mag, img = base.load(self.inputs.in_magnitude)
+        params = dict(self.inputs.params)
+        r2 = None
+        if isdefined(self.inputs.in_r2star):
+            r2 = base.load(self.inputs.in_r2star)[0]
+        with threads.limit(self.inputs.num_threads):
+            res = swi.swi(field, mag, mask, echo_times_s=list(self.inputs.echo_times),
+                          b0_tesla=self.inputs.b0_tesla, r2star_hz=r2, **params)
+        paths = [self.inputs.in_field, self.inputs.in_magnitude] + (
+            [self.inputs.in_r2star] if r2 is not None else [])
+        steps = base.read_steps(*paths)
+        steps.append(base.step('swi', swi.swi, params, EchoWeights=res['echo_weights'],
+                               PhaseEchoTime=res['phase_te_s'],
+                               ReferenceR2starHz=res['r2star_ref_hz'],
+                               R2starSource='R2* map (median in the mask)' if r2 is not None
+                               else 'log-linear fit of the magnitude (median in the mask)'))
+        ref = img.slicer[..., 0] if mag.ndim == 4 else img
+        for key, name, unit in (('out_swi', 'swi', 'arbitrary'),
+                                ('out_phase_mask', 'phase_mask', 'dimensionless')):
+            out = fname_presuffix('swi.nii.gz', suffix=f'_{name}', newpath=runtime.cwd)
+            self._results[key] = base.save(res[name], ref, out, steps=steps,
+                                           meta={'Units': unit})
+        return runtime
+
+
+class _MinIPInputSpec(base.StepInputSpec):
+    in_file = File(exists=True, mandatory=True, desc='image to project (e.g. SWI)')
+    in_reference = File(exists=True, desc="image whose header's slice_dim names the "
+                                          "acquisition's slice axis (default: in_file's)")
+    params = traits.Dict(usedefault=True, desc='keyword options of '
+                                               'qsmflow.qsm.swi.minimum_intensity_projection')
+
+
+class _MinIPOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc='minimum-intensity projection on the grid of in_file')
+
+
+class MinIP(SimpleInterface):
+    """Minimum-intensity projection over slabs (mm) along the acquisition's slice axis."""
+
+    input_spec = _MinIPInputSpec
+    output_spec = _MinIPOutputSpec
+
+    def _run_interface(self, runtime):
+        data, img = base.load(self.inputs.in_file)
+        ref = img
+        if isdefined(self.inputs.in_reference):
+            import nibabel as nb
+
+            ref = nb.load(self.inputs.in_reference)
+        axis = swi.slice_axis_from_affine(img.affine, ref.header.get_dim_info()[2])
+        params = {'slice_axis': axis, **self.inputs.params}
+        with threads.limit(self.inputs.num_threads):
+            mip = swi.minimum_intensity_projection(data, base.voxel_size(img), **params)
+        steps = base.read_steps(self.inputs.in_file)
+        steps.append(base.step('minimum-intensity-projection',
+                               swi.minimum_intensity_projection, params))
+        out = fname_presuffix('swi.nii.gz', suffix='_minip', newpath=runtime.cwd)
+        self._results['out_file'] = base.save(mip, img, out, steps=steps,
+                                              meta={'Units': 'arbitrary'})
+        return runtime
