@@ -14,7 +14,7 @@ from qsmflow.bids.validator import find_validator, run_validator, validator_erro
 pytestmark = pytest.mark.slow
 
 OUTPUTS = ('Chimap', 'desc-brain_mask', 'desc-total_fieldmap', 'desc-local_fieldmap',
-           'desc-noise_fieldmap')
+           'desc-noise_fieldmap', 'R2starmap', 'T2starmap', 'desc-swi_swi', 'desc-minip_swi')
 
 
 def _anat(e2e, sub):
@@ -32,6 +32,7 @@ def test_run_succeeds_and_writes_every_output(e2e_run):
     assert desc['DatasetType'] == 'derivative'
     assert desc['GeneratedBy'][0]['Name'] == 'qsmflow'
     assert '_fieldmap' in (e2e_run['out'] / '.bidsignore').read_text()
+    assert '*_swi.nii.gz' in (e2e_run['out'] / '.bidsignore').read_text()
     assert not list(e2e_run['out'].rglob('*.tmp*')), 'temporary files left behind'
 
 
@@ -105,3 +106,61 @@ def test_input_dataset_untouched(e2e_run):
 def test_outputs_pass_bids_validator(e2e_run):
     report = run_validator(e2e_run['out'])
     assert validator_errors(report) == []
+
+
+def _labels(e2e, sub):
+    truth_anat = e2e['truth'] / f'sub-{sub}' / 'anat'
+    labels = np.asarray(nb.load(truth_anat / f'sub-{sub}_desc-phantom_dseg.nii.gz').dataobj)
+    lut = {}
+    for line in (truth_anat / f'sub-{sub}_desc-phantom_dseg.tsv').read_text().splitlines()[1:]:
+        idx, name = line.split('\t')[:2]
+        lut[name] = int(idx)
+    return labels, lut
+
+
+@pytest.mark.parametrize('sub', ['01', '02'])
+def test_r2star_matches_truth_end_to_end(e2e_run, sub):
+    """Issue 16 on the pipeline's own mask (2 mm, SNR 100): ROI-mean R2* within 5 % of the
+    truth in WM, putamen and GP; T2* = 1/R2*; units in the sidecars."""
+    anat = _anat(e2e_run, sub)
+    r2 = np.asarray(nb.load(anat / f'sub-{sub}_R2starmap.nii.gz').dataobj, dtype=float)
+    t2 = np.asarray(nb.load(anat / f'sub-{sub}_T2starmap.nii.gz').dataobj, dtype=float)
+    truth = np.asarray(nb.load(e2e_run['truth'] / f'sub-{sub}' / 'anat'
+                               / f'sub-{sub}_R2starmap.nii.gz').dataobj, dtype=float)
+    labels, lut = _labels(e2e_run, sub)
+    for region in ('white_matter', 'putamen', 'globus_pallidus'):
+        names = [region] if region in lut else [f'{region}_left', f'{region}_right']
+        roi = np.isin(labels, [lut[n] for n in names]) & (r2 > 0)
+        error = r2[roi].mean() / truth[roi].mean() - 1
+        assert abs(error) <= 0.05, (region, error)
+    inside = r2 > 0
+    np.testing.assert_allclose(t2[inside] * r2[inside], 1.0, rtol=1e-5)
+    for name, unit in (('R2starmap', '1/s'), ('T2starmap', 's')):
+        meta = json.loads((anat / f'sub-{sub}_{name}.json').read_text())
+        assert meta['Units'] == unit and meta['SkullStripped'] is True
+        assert meta['QSMProcessing'][-1]['Algorithm'] == 'qsmflow.qsm.relaxometry.r2star'
+
+
+def test_swi_and_minip_geometry_and_venous_contrast(e2e_run):
+    """SWI and minIP on the input's grid (shape, affine); the veins darker than the tissue
+    around them in the SWI by at least a third, and darker again in the minIP."""
+    from scipy import ndimage as ndi
+
+    raw = nb.load(e2e_run['root'] / 'rawdata/sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz')
+    anat = _anat(e2e_run, '01')
+    swi = nb.load(anat / 'sub-01_desc-swi_swi.nii.gz')
+    mip = nb.load(anat / 'sub-01_desc-minip_swi.nii.gz')
+    for img in (swi, mip):
+        assert img.shape == raw.shape and np.allclose(img.affine, raw.affine)
+        assert img.get_data_dtype() == np.float32
+    labels, lut = _labels(e2e_run, '01')
+    mask = np.asarray(nb.load(anat / 'sub-01_desc-brain_mask.nii.gz').dataobj) > 0
+    vein = (labels == lut['vein']) & mask
+    shell = ndi.binary_dilation(vein, iterations=3) & ~ndi.binary_dilation(vein) & mask
+    data, mdata = swi.get_fdata(), mip.get_fdata()
+    assert data[vein].mean() <= 0.67 * data[shell].mean()
+    assert np.all(mdata <= data + 1e-6)
+    meta = json.loads((anat / 'sub-01_desc-minip_swi.json').read_text())
+    assert meta['QSMProcessing'][-1]['Parameters']['slab_mm'] == 8.0
+    assert [s['Step'] for s in meta['QSMProcessing']][-3:] == [
+        'r2star-fit', 'swi', 'minimum-intensity-projection']

@@ -7,8 +7,10 @@ Every step runs on the same forward-simulated head phantom (default: the realist
 exactly as the pipeline calls it. The TV weight the default inversion chooses from the
 data is printed with the time the choice takes. Reported per
 step of the default chain (brain mask, unwrapping + echo fit, phase-quality mask, PDF,
-TV, reference) and of the alternatives: wall time (best of ``--repeat``), peak memory
-allocated by the step (numpy arrays, through :mod:`tracemalloc`), and accuracy against the phantom truth where it applies; then
+TV, reference), of the other maps (R2*/T2*, SWI, minIP; with their share of the default
+reconstruction and the R2* error per region) and of the alternatives: wall time (best of
+``--repeat``), peak memory allocated by the step (numpy arrays, through
+:mod:`tracemalloc`), and accuracy against the phantom truth where it applies; then
 the process's peak resident memory and the time of one rfftn/irfftn pair of the padded
 grid (the floor of any FFT-based step).
 """
@@ -93,6 +95,7 @@ def _run_steps(opts) -> int:
     _timed('reference (mean)', lambda: reference.reference(chi, used), opts.repeat, rows)
     total = sum(r[1] for r in rows)
     print(f'  {"whole reconstruction (default)":<34}{total:8.2f} s')
+    _time_maps(mag, local, used, brain, vox, tes, affine, head, opts.repeat, rows, total)
     t0 = time.perf_counter()
     weight = choose_tv_weight(local, used)
     print(f'  TV weight chosen from the data: lam {weight["lam"]:.2e} ppm·mm '
@@ -142,6 +145,32 @@ def _run_steps(opts) -> int:
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(f'  peak resident memory of the benchmark process: {peak_rss:.2f} GB')
     return 0
+
+
+def _time_maps(mag, local, used, brain, vox, tes, affine, head, repeat, rows, total):
+    """Time the default R2*/T2*, SWI and minIP steps; print their share of ``total`` and
+    the R2* error per region against the phantom's truth."""
+    from qsmflow.phantom.bids import DEFAULT_B0_TESLA
+    from qsmflow.qsm import relaxometry, swi
+
+    start = len(rows)
+    fit = _timed('R2*/T2* (arlo)', lambda: relaxometry.r2star(mag, brain, echo_times_s=tes),
+                 repeat, rows)
+    out = _timed('SWI', lambda: swi.swi(local, mag, used, echo_times_s=tes,
+                                        b0_tesla=DEFAULT_B0_TESLA,
+                                        r2star_hz=fit['r2star_hz']), repeat, rows)
+    axis = swi.slice_axis_from_affine(affine)
+    _timed('minIP (8 mm)', lambda: swi.minimum_intensity_projection(
+        out['swi'], vox, slice_axis=axis), repeat, rows)
+    maps = sum(r[1] for r in rows[start:])
+    print(f'  {"maps together (R2*, SWI, minIP)":<34}{maps:8.2f} s = {100 * maps / total:.0f} % '
+          'of the reconstruction')
+    errors = []
+    for region in ('white_matter', 'putamen', 'globus_pallidus'):
+        roi = head.roi(region)
+        error = fit['r2star_hz'][roi].mean() / head.r2star_hz[roi].mean() - 1
+        errors.append(f'{region} {100 * error:+.1f} %')
+    print(f'      R2* error: {", ".join(errors)}')
 
 
 def _extract_and_check(rss, first_echo, vox):

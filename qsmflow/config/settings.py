@@ -10,7 +10,8 @@ JSON into ``OUT_DIR/logs/`` by every run (:meth:`RunConfig.to_file`) and can be 
 
 Sections: :class:`PathsConfig` (where), :class:`SelectionConfig` (which inputs),
 :class:`PipelineConfig` (which algorithms), :class:`MasksConfig` (user brain masks,
-two-pass), :class:`MapsConfig` (R2*, SWI, minIP), :class:`RegionsConfig` (registration, atlases, segmentations, templateflow)
+two-pass), :class:`MapsConfig` (R2*, SWI, minIP),
+:class:`RegionsConfig` (registration, atlases, segmentations, templateflow)
 and :class:`EngineConfig` (processes, threads, memory, Nipype plugin).
 """
 from __future__ import annotations

@@ -151,6 +151,8 @@ def test_noise_sigma_from_a_background_shared_with_tissue():
     quantile_only = np.quantile(image[~brain], 0.25) / np.sqrt(-2 * np.log(0.75))
     assert quantile_only > 1.1 * 3.0  # what the refinement corrects
     assert estimate_noise_sigma(np.where(brain, image, 0), brain) == 0.0  # zero-filled
+    tissue_only = np.where(brain, image, 150.0) + rng.uniform(0, 1, shape)  # no air
+    assert estimate_noise_sigma(tissue_only, brain) == 0.0
 
 
 def test_unreliable_voxels_are_clipped_and_flagged():
