@@ -254,7 +254,7 @@ def fetch(resolved, *, echo=print) -> tuple[int, int]:
     for item in resolved:
         for path in item.files:
             if path.is_file() and path.stat().st_size and not _intact(path):
-                echo(f'  {_rel(path)} is incomplete (interrupted download?): fetching again')
+                echo(f'  {relative_to_home(path)} is incomplete (interrupted download?): fetching again')
                 _reset(path)
         todo = item.missing
         present += len(item.files) - len(todo)
@@ -277,7 +277,7 @@ def fetch(resolved, *, echo=print) -> tuple[int, int]:
         for path in todo:
             if not path.is_file() or not path.stat().st_size or not _intact(path):
                 _reset(path)
-                raise PrefetchError(f'the download of {_rel(path)} is incomplete: run '
+                raise PrefetchError(f'the download of {relative_to_home(path)} is incomplete: run '
                                     'qsmflow fetch-templates again')
         fetched += len(todo)
     return fetched, present
@@ -313,7 +313,7 @@ def precompute_transforms(template: str, resolution: int, names, *, nthreads: in
         raise PrefetchError(str(exc)) from None
     except OSError as exc:
         raise PrefetchError(f'cannot write the transform cache {transform_cache()} '
-                            f'({_cause(exc)}): set QSMFLOW_CACHE to a writable folder') from None
+                            f'({error_cause(exc)}): set QSMFLOW_CACHE to a writable folder') from None
     for warp, _ in pairs:
         echo(f'  {warp}')
     echo(f'  {len(pairs)} transforms ready ({time.monotonic() - t0:.0f} s)')
@@ -339,7 +339,8 @@ def _reset(path: Path) -> None:
     path.write_bytes(b'')
 
 
-def _rel(path: Path) -> str:
+def relative_to_home(path: Path) -> str:
+    """``path`` relative to TEMPLATEFLOW_HOME when inside it, else as given (for messages)."""
     try:
         return str(Path(path).relative_to(templateflow_home()))
     except ValueError:
@@ -350,18 +351,18 @@ def _download_hint(client, path: Path, exc: Exception) -> str:
     """One line: what failed and what to do, by kind of failure."""
     s3 = client.cache.config.s3_root
     if _is_network_error(exc):
-        return (f'cannot download {_rel(path)} from {s3} ({_cause(exc)}); no network? Run '
+        return (f'cannot download {relative_to_home(path)} from {s3} ({error_cause(exc)}); no network? Run '
                 'qsmflow fetch-templates on a machine with internet access and copy its '
                 f'TEMPLATEFLOW_HOME folder to {templateflow_home()} (or set TEMPLATEFLOW_HOME '
                 'to a prefilled copy)')
     if isinstance(exc, OSError):
-        return (f'cannot write {path} ({_cause(exc)}): make TEMPLATEFLOW_HOME '
+        return (f'cannot write {path} ({error_cause(exc)}): make TEMPLATEFLOW_HOME '
                 f'({templateflow_home()}) writable or point it at a writable folder')
-    return (f'cannot download {_rel(path)} from {s3} ({_cause(exc)}): retry later, or update '
+    return (f'cannot download {relative_to_home(path)} from {s3} ({error_cause(exc)}): retry later, or update '
             'templateflow (pip install -U templateflow) if the file has moved')
 
 
-def _cause(exc: Exception) -> str:
+def error_cause(exc: Exception) -> str:
     """``Type: message`` of the innermost cause of ``exc`` (urllib3's connection reason,
     not the retry wrapper), on one line of at most about 160 characters."""
     for _ in range(5):
@@ -384,7 +385,8 @@ def _is_network_error(exc: Exception) -> bool:
     return isinstance(exc, (requests.RequestException, ConnectionError, TimeoutError))
 
 
-def _size(files) -> str:
+def total_size(files) -> str:
+    """Summed size of the existing ``files`` as text (``'1.2 MB'``, ``'35.0 kB'``)."""
     total = sum(f.stat().st_size for f in files if f.is_file())
     return f'{total / 1e6:.1f} MB' if total >= 1e5 else f'{total / 1e3:.1f} kB'
 

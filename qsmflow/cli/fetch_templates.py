@@ -7,8 +7,8 @@ import os
 import sys
 
 from qsmflow.atlases.prefetch import (
-    PrefetchError, _cause, _rel, _size, atlas_specs, fetch, plan, precompute_transforms,
-    resolve, run_defaults, templateflow_home)
+    PrefetchError, atlas_specs, error_cause, fetch, plan, precompute_transforms,
+    relative_to_home, resolve, run_defaults, templateflow_home, total_size)
 from qsmflow.cli.main import EXIT_FAILED, EXIT_OK
 
 
@@ -21,7 +21,7 @@ def run_fetch_templates(opts) -> int:
         return EXIT_FAILED
     except OSError as exc:  # TEMPLATEFLOW_HOME cannot be created or indexed
         home = os.environ.get('TEMPLATEFLOW_HOME', '~/.cache/templateflow')
-        print(f'qsmflow: error: cannot use TEMPLATEFLOW_HOME {home} ({_cause(exc)}): set '
+        print(f'qsmflow: error: cannot use TEMPLATEFLOW_HOME {home} ({error_cause(exc)}): set '
               'TEMPLATEFLOW_HOME to a writable folder',
               file=sys.stderr)
         return EXIT_FAILED
@@ -36,9 +36,9 @@ def _run(opts) -> int:
         for item in resolved:
             print(f'{item.query}  [{item.query.purpose}]')
             for path in item.files:
-                state = ('present, ' + _size([path]) if path not in item.missing
+                state = ('present, ' + total_size([path]) if path not in item.missing
                          else 'to fetch')
-                print(f'    {_rel(path)}  ({state})')
+                print(f'    {relative_to_home(path)}  ({state})')
         for line in problems:
             print(f'qsmflow: error: {line}', file=sys.stderr)
         missing = sum(len(item.missing) for item in resolved)
@@ -50,7 +50,7 @@ def _run(opts) -> int:
                                            'see --dry-run)' if len(problems) > 1 else ''))
     fetched, present = fetch(resolved)
     files = [f for item in resolved for f in item.files]
-    print(f'{fetched} files fetched, {present} already present ({_size(files)} in {home}); '
+    print(f'{fetched} files fetched, {present} already present ({total_size(files)} in {home}); '
           f'offline runs: TEMPLATEFLOW_HOME={home} TEMPLATEFLOW_AUTOUPDATE=0')
     if opts.transforms:
         default_template, resolution = run_defaults()
