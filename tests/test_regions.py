@@ -41,7 +41,7 @@ def test_region_table_exact_values_and_rows():
     assert by[('x', 'bilateral')]['volume_mm3'] == pytest.approx(432.0)
     assert by[('whole_brain', 'bilateral')]['mean'] == pytest.approx(0.15)
     assert ('reference', 'bilateral') in by
-    assert list(rows[0]) == list(regions.COLUMNS)
+    assert list(rows[0]) == [*regions.COLUMNS, 'eroded']
 
 
 def test_erosion_removes_border_voxels():
@@ -50,6 +50,126 @@ def test_erosion_removes_border_voxels():
     full = regions.region_table(chi, labels, mask, (1, 1, 1), set_)[0]
     eroded = regions.region_table(chi, labels, mask, (1, 1, 1), set_, erode=True)[0]
     assert full['n_voxels'] == 108 and eroded['n_voxels'] == 1 * 4 * 4
+
+
+@pytest.mark.parametrize('n', [1, 7, 10, 37, 200])
+def test_trimmed_mean_is_scipys_and_robust(n):
+    from scipy import stats
+
+    rng = np.random.default_rng(n)
+    values = rng.normal(0.1, 0.02, n)
+    assert regions.trimmed_mean(values) == pytest.approx(stats.trim_mean(values, 0.1), abs=1e-12)
+    if n >= 10:  # an outlier in the cut tail moves the mean, not the trimmed mean
+        spiked = np.r_[values[:-1], 5.0]
+        assert abs(regions.trimmed_mean(spiked) - regions.trimmed_mean(values)) < 0.01
+        assert spiked.mean() - values.mean() > 4.0 / n
+    assert np.isnan(regions.trimmed_mean(np.array([])))
+    with pytest.raises(ValueError):
+        regions.trimmed_mean(values, proportion=0.5)
+
+
+def test_boundary_share_counts_face_neighbours_outside():
+    cube = np.zeros((9, 9, 9), bool)
+    cube[2:7, 2:7, 2:7] = True  # 5³: boundary = all but the 3³ core
+    assert regions.boundary_share(cube) == pytest.approx(1 - 27 / 125)
+    edge = np.ones((5, 5, 5), bool)  # the image border is outside too
+    assert regions.boundary_share(edge) == pytest.approx(1 - 27 / 125)
+    diagonal = cube.copy()
+    diagonal[1, 1, 1] = True  # touches the cube only at a corner: its own boundary voxel
+    assert regions.boundary_share(diagonal) == pytest.approx((98 + 1) / 126)
+    assert np.isnan(regions.boundary_share(np.zeros((3, 3, 3), bool)))
+
+
+def test_table_has_robust_statistics_and_boundary_share():
+    labels, chi, mask = _blocks()
+    chi = chi.copy()
+    chi[2, 3, 3] = 3.0  # one outlier voxel in the left block (108 voxels)
+    rows = regions.region_table(chi, labels, mask, (1, 1, 1),
+                                regions.regions_from_lut({1: 'x_left', 2: 'x_right'}))
+    left = rows[0]
+    assert left['mean'] == pytest.approx(0.10 + 2.9 / 108)
+    assert left['trimmed_mean'] == pytest.approx(0.10) and left['median'] == pytest.approx(0.10)
+    # 3x6x6 block: only the 1x4x4 core has all six neighbours inside
+    assert left['boundary_share'] == pytest.approx(1 - 16 / 108)
+    assert left['n_labelled'] == 108 and left['mask_coverage'] == 1.0
+    # left + right blocks touch: their shared face is not a boundary of the bilateral row
+    assert rows[2]['boundary_share'] == pytest.approx(1 - 4 * 4 * 4 / 216)
+
+
+def test_erosion_never_leaves_fewer_than_the_minimum():
+    labels = np.zeros((12, 12, 12), np.int16)
+    labels[1:7, 1:7, 1:7] = 1   # 216 voxels → 64 after erosion
+    labels[8:11, 8:11, 8:10] = 2  # 18 voxels → 0 after erosion: kept whole
+    chi = np.where(labels > 0, 0.1, 0.0)
+    set_ = regions.regions_from_lut({1: 'big', 2: 'small'})
+    rows = {r['region']: r for r in regions.region_table(chi, labels, labels > 0, (1, 1, 1),
+                                                          set_, erode=True)}
+    assert rows['big']['n_voxels'] == 64 and rows['big']['eroded'] is True
+    assert rows['small']['n_voxels'] == 18 and rows['small']['eroded'] is False
+    assert rows['big']['n_labelled'] == 216  # before erosion
+    fewer = regions.region_table(chi, labels, labels > 0, (1, 1, 1), set_, erode=True,
+                                 min_eroded_voxels=100)
+    assert fewer[0]['n_voxels'] == 216 and fewer[0]['eroded'] is False
+
+
+def _nuclei():
+    """Putamen and thalamus (left/right) and a skull label, with a brain mask of them."""
+    labels = np.zeros((16, 8, 8), np.int16)
+    labels[1:4, 1:7, 1:7] = 1    # putamen_left
+    labels[4:7, 1:7, 1:7] = 2    # putamen_right
+    labels[8:11, 1:7, 1:7] = 3   # thalamus_left
+    labels[11:14, 1:7, 1:7] = 4  # thalamus_right
+    labels[15, :, :] = 5         # skull
+    lut = {1: 'putamen_left', 2: 'putamen_right', 3: 'thalamus_left', 4: 'thalamus_right',
+           5: 'skull'}
+    return labels, lut, np.isin(labels, [1, 2, 3, 4])
+
+
+def _qc(labels, lut, mask, **kwargs):
+    rows = regions.region_table(np.zeros(labels.shape), labels, mask, (1, 1, 1),
+                                regions.regions_from_lut(lut))
+    return regions.coverage_qc(rows, **kwargs)
+
+
+def test_coverage_qc_passes_a_good_table_and_names_what_the_mask_empties():
+    labels, lut, mask = _nuclei()
+    assert _qc(labels, lut, mask, only_deep=True)['Warning'] is None
+    qc = _qc(labels, lut, mask)
+    assert qc['OutsideBrainMask'] == ['skull'] and qc['Failure'] is None
+    assert qc['DeepNuclei'] == qc['DeepNucleiInMask'] == 4
+    mask[1:3] = False  # two thirds of the left putamen leave the mask
+    mask[8:11] = False  # all of the left thalamus
+    qc = _qc(labels, lut, mask, only_deep=True)
+    assert qc['LowCoverage'] == {'putamen left': pytest.approx(1 / 3, abs=1e-3)}
+    assert qc['OutsideBrainMask'] == ['thalamus left'] and qc['DeepNucleiInMask'] == 3
+    assert 'putamen left (33%)' in qc['Warning'] and 'thalamus left' in qc['Warning']
+    assert qc['Failure'] is None
+
+
+def test_coverage_qc_fails_a_table_without_a_deep_nucleus_in_the_mask():
+    labels, lut, _ = _nuclei()
+    ring = np.zeros(labels.shape, bool)  # a scalp-ring mask: none of the nuclei
+    ring[:, 0, :] = ring[:, -1, :] = True
+    qc = _qc(labels, lut, ring)
+    assert qc['DeepNucleiInMask'] == 0 and '\n' not in qc['Failure']
+    assert 'no deep grey-matter nucleus' in qc['Failure']
+    assert '432 labelled voxels of 4 nuclei' in qc['Failure']  # 4 x 3x6x6
+    # labels off the field of view (a slab without them): a warning, not a failure
+    off = _qc(np.zeros_like(labels), lut, ring, only_deep=True)
+    assert off['Failure'] is None and off['OutsideFieldOfView'] == [
+        'putamen left', 'putamen right', 'thalamus left', 'thalamus right']
+    # a table without deep nuclei at all (a cortical atlas) never fails
+    assert _qc(labels, {1: 'cortex_left', 2: 'cortex_right'}, ring)['Failure'] is None
+
+
+def test_every_builtin_atlas_region_is_a_deep_nucleus():
+    from qsmflow.bids_specs import load
+
+    for name, spec in load('atlases')['atlases'].items():
+        for region in spec['regions']:
+            assert regions.is_deep_nucleus(region), (name, region)
+    for other in ('white_matter', 'cortex', 'csf', 'skull', 'scalp', 'vein', 'fornix'):
+        assert not regions.is_deep_nucleus(other)
 
 
 def test_region_set_merges_and_unknown_labels():
@@ -207,3 +327,83 @@ def test_connect_regions_custom_atlas_without_template(tmp_path):
     assert not names & {'registration_wf', 'atlas_massp20_wf', 'regions_massp20_wf'}
     stats = _node(workflow.get_node('regions_custom_wf'), 'stats')
     assert stats.inputs.erode is True and stats.inputs.atlas == 'custom'
+
+
+def _stats_inputs(tmp_path, mask):
+    labels, lut, _ = _nuclei()
+    chi = _save(np.full(labels.shape, 0.05, np.float32), tmp_path / 'chi.nii.gz')
+    (tmp_path / 'chi.json').write_text(json.dumps({'QSMReference': 'mean'}))
+    (tmp_path / 'lut.tsv').write_text('index\tname\n' + ''.join(
+        f'{i}\t{n}\n' for i, n in lut.items()))
+    return {'in_file': chi, 'in_mask': _save(mask.astype(np.uint8), tmp_path / 'mask.nii.gz'),
+            'in_dseg': _save(labels, tmp_path / 'dseg.nii.gz'),
+            'in_lut': str(tmp_path / 'lut.tsv')}
+
+
+def test_stats_sidecar_describes_every_column_and_records_qc(tmp_path):
+    labels, _, mask = _nuclei()
+    mask[8:11] = False  # the left thalamus leaves the brain mask
+    res = RegionalStats(atlas='custom', erode=True, **_stats_inputs(tmp_path, mask)).run(
+        cwd=tmp_path)
+    meta = json.loads(open(res.outputs.out_json).read())
+    for column in regions.COLUMNS:
+        assert meta[column]['Description'], column
+    assert meta['trimmed_mean']['Units'] == 'ppm' and '10%' in meta['trimmed_mean']['Description']
+    assert meta['QC']['OutsideBrainMask'] == ['thalamus left', 'skull']  # custom: every region
+    assert 'Failure' not in meta['QC'] and 'thalamus left' in meta['QC']['Warning']
+    assert meta['Erosion']['MinimumVoxels'] == regions.MIN_ERODED_VOXELS
+    assert 'skull bilateral' in meta['Erosion']['NotEroded']  # nothing of it in the mask
+    header = open(res.outputs.out_tsv).readline().rstrip('\n').split('\t')
+    assert header == list(regions.COLUMNS)
+    seg = RegionalStats(atlas='segmentations', **_stats_inputs(tmp_path / '..', mask)).run(
+        cwd=tmp_path)  # segmentations: deep nuclei only, skull left alone
+    assert json.loads(open(seg.outputs.out_json).read())['QC']['OutsideBrainMask'] == [
+        'thalamus left']
+
+
+def test_table_without_deep_nucleus_fails_its_step_with_one_line(tmp_path):
+    """A scalp-ring mask: the stats step raises, and the crash file gives the one-line
+    reason the participant fails with (:func:`qsmflow.execution.crashes.crash_reason`)."""
+    from types import SimpleNamespace
+
+    from nipype.pipeline import engine as pe
+
+    from qsmflow.execution.crashes import crash_reason
+
+    labels, _, _ = _nuclei()
+    ring = np.zeros(labels.shape, bool)
+    ring[:, 0, :] = ring[:, -1, :] = True
+    inputs = _stats_inputs(tmp_path, ring)
+    wf = pe.Workflow(name='sub_01_wf', base_dir=str(tmp_path / 'work'))
+    wf.add_nodes([pe.Node(RegionalStats(atlas='MyNuclei', **inputs), name='stats')])
+    crash_dir = tmp_path / 'crash'
+    wf.config['execution'] = {'crashdump_dir': str(crash_dir), 'crashfile_format': 'txt'}
+    with pytest.raises(RuntimeError):
+        wf.run(plugin='Linear')
+    reason = crash_reason(SimpleNamespace(name='sub_01'), sorted(crash_dir.glob('crash-*')))
+    assert reason.startswith('RegionCoverageError: atlas MyNuclei: no deep grey-matter '
+                             'nucleus of the table has a voxel inside the brain mask')
+    assert reason.endswith('(step stats)') and '\n' not in reason
+
+
+def test_qc_warnings_include_the_tables(tmp_path):
+    from types import SimpleNamespace
+
+    from qsmflow import bids_specs
+    from qsmflow.execution.runner import qc_warnings
+
+    acq = SimpleNamespace(entities={'subject': '01', 'run': 1})
+    chi = bids_specs.output_path(tmp_path, 'chimap', acq.entities)
+    chi.parent.mkdir(parents=True)
+    chi.with_name(chi.name.replace('.nii.gz', '.json')).write_text(json.dumps(
+        {'QSMProcessing': [{'Step': 'masking', 'QC': {'Warning': 'looks like a head'}}]}))
+    for atlas, warning in (('MASSP20', 'no voxel inside the brain mask: caudate left'),
+                           ('Phantom', None)):
+        path = bids_specs.output_path(tmp_path, 'stats_json', {**acq.entities, 'atlas': atlas})
+        path.write_text(json.dumps({'QC': {'Warning': warning}}))
+    other = bids_specs.output_path(tmp_path, 'stats_json',
+                                   {'subject': '01', 'run': 2, 'atlas': 'MASSP20'})
+    other.write_text(json.dumps({'QC': {'Warning': 'of another run'}}))
+    assert qc_warnings(acq, tmp_path) == [
+        'masking: looks like a head',
+        'atlas MASSP20 table: no voxel inside the brain mask: caudate left']

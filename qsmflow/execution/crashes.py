@@ -14,5 +14,8 @@ def crash_reason(acq, crash_files) -> str | None:
         errors = [ln for ln in lines if ln.split(':')[0].endswith(('Error', 'Exception'))]
         node = next((ln.split(':', 1)[1].strip() for ln in lines if ln.startswith('Node:')), '?')
         reason = errors[-1] if errors else lines[-1]
+        name, sep, text = reason.partition(':')
+        if errors and '.' in name:  # 'qsmflow.interfaces.regions.XError: ...' → 'XError: ...'
+            reason = name.rsplit('.', 1)[-1] + sep + text
         return f'{reason} (step {node.rsplit(".", 1)[-1]})'
     return None

@@ -119,16 +119,27 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
 
 
 def qc_warnings(acq, out_dir) -> list[str]:
-    """The QC warnings (``QC.Warning`` of any step) in the published χ sidecar of ``acq``:
-    a brain mask that looks like a head, χ implausible for tissue."""
+    """The QC warnings of ``acq``'s published outputs: ``QC.Warning`` of any step in the χ
+    sidecar (a brain mask that looks like a head, χ implausible for tissue), then the
+    ``QC.Warning`` of each regional table's sidecar (regions the brain mask empties)."""
     import json
+    import re
 
     from qsmflow import bids_specs
     from qsmflow.interfaces.base import sidecar_of
 
+    lines = []
     path = Path(sidecar_of(bids_specs.output_path(out_dir, 'chimap', acq.entities)))
-    if not path.exists():
-        return []
-    steps = json.loads(path.read_text()).get('QSMProcessing', [])
-    return [f'{s.get("Step", "step")}: {s["QC"]["Warning"]}' for s in steps
-            if isinstance(s.get('QC'), dict) and s['QC'].get('Warning')]
+    if path.exists():
+        steps = json.loads(path.read_text()).get('QSMProcessing', [])
+        lines += [f'{s.get("Step", "step")}: {s["QC"]["Warning"]}' for s in steps
+                  if isinstance(s.get('QC'), dict) and s['QC'].get('Warning')]
+    table = bids_specs.output_path(out_dir, 'stats_json', {**acq.entities, 'atlas': 'ATLAS'})
+    pattern = re.compile(re.escape(table.name).replace('ATLAS', '([0-9A-Za-z]+)'))
+    found = sorted(table.parent.glob('*_stats.json')) if table.parent.is_dir() else []
+    for item in found:
+        match = pattern.fullmatch(item.name)
+        qc = json.loads(item.read_text()).get('QC') if match else None
+        if isinstance(qc, dict) and qc.get('Warning'):
+            lines.append(f'atlas {match.group(1)} table: {qc["Warning"]}')
+    return lines

@@ -83,7 +83,9 @@ def long_table(tables: list[Path], participants: pd.DataFrame) -> pd.DataFrame:
             frame.insert(0, key, value)
         frames.append(frame)
     cols = [*KEYS, 'atlas', *COLUMNS]
-    data = pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+    # reindex: tables of earlier qsmflow versions lack the newer columns (left empty)
+    data = (pd.concat(frames, ignore_index=True).reindex(columns=cols) if frames
+            else pd.DataFrame(columns=cols))
     if len(participants.columns) > 1:
         data = data.merge(participants, on='participant_id', how='left')
     if 'age' not in data:

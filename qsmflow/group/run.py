@@ -160,6 +160,7 @@ def _long_sidecar(notes: list[str]) -> dict:
                        'participants.tsv and age-normative z-scores.',
         'mean': {'Units': 'ppm'}, 'median': {'Units': 'ppm'}, 'std': {'Units': 'ppm'},
         'p05': {'Units': 'ppm'}, 'p95': {'Units': 'ppm'}, 'volume_mm3': {'Units': 'mm^3'},
+        'trimmed_mean': {'Units': 'ppm'},
         'expected': {'Description': 'Mean chi expected at this age by the region model',
                      'Units': 'ppm'},
         'z': {'Description': '(mean - expected) / robust residual SD of the region model'},

@@ -141,14 +141,35 @@ class RegionalStats(SimpleInterface):
         rows = regions.region_table(chi, labels, mask, base.voxel_size(img), region_set,
                                     erode=self.inputs.erode,
                                     reference_mask=mask if ref_method == 'mean' else None)
+        qc = table_qc(rows, self.inputs.atlas)
         out_tsv = Path(runtime.cwd) / 'stats.tsv'
         write_table(rows, out_tsv)
         meta = stats_sidecar(atlas_metadata(self.inputs.atlas, self.inputs.source), ref_method,
-                             self.inputs.erode, base.read_steps(self.inputs.in_file))
+                             self.inputs.erode, base.read_steps(self.inputs.in_file),
+                             rows=rows, qc=qc)
         out_json = Path(runtime.cwd) / 'stats.json'
         base.write_json(out_json, meta)
         self._results.update(out_tsv=str(out_tsv), out_json=str(out_json))
         return runtime
+
+
+class RegionCoverageError(RuntimeError):
+    """A regional table without a single deep nucleus inside the brain mask."""
+
+
+def table_qc(rows: list[dict], atlas: str) -> dict:
+    """:func:`qsmflow.qsm.regions.coverage_qc` of a table; logs its warning and raises its
+    failure (a :class:`RegionCoverageError`: the participant fails with that one line).
+
+    User segmentations (``atlas == 'segmentations'``) are checked on their deep nuclei only:
+    they may label skull, scalp and air, which the brain mask rightly leaves out.
+    """
+    qc = regions.coverage_qc(rows, only_deep=atlas == 'segmentations')
+    if qc['Failure']:
+        raise RegionCoverageError(f'atlas {atlas}: {qc["Failure"]}')
+    if qc['Warning']:
+        base.LOGGER.warning('qsmflow: atlas %s table: %s', atlas, qc['Warning'])
+    return {k: v for k, v in qc.items() if k != 'Failure'}
 
 
 def write_table(rows: list[dict], path) -> None:
@@ -167,34 +188,65 @@ def _fmt(value, column: str = '') -> str:
     return str(value)
 
 
-def stats_sidecar(atlas: dict, ref_method: str, erode: bool, steps: list) -> dict:
+def stats_sidecar(atlas: dict, ref_method: str, erode: bool, steps: list,
+                  rows: list[dict] | None = None, qc: dict | None = None) -> dict:
     """JSON sidecar of a regional table: columns with units, reference, sources, pipeline.
 
     ``atlas`` is the label set's provenance (:func:`atlas_metadata`): name, template,
-    citation and licence.
+    citation and licence. ``rows`` (:func:`qsmflow.qsm.regions.region_table`) name the
+    regions ``--erode-rois`` left uneroded; ``qc`` is :func:`table_qc`'s record.
     """
     chi_desc = 'of susceptibility (ppm, SI) after the reference in QSMReference'
-    return {
+    trim = regions.TRIM_PROPORTION
+    meta = {
         'Description': 'Regional susceptibility statistics, one row per region and hemisphere '
                        '(plus whole brain and reference region), computed on the native '
                        'susceptibility grid (labels resampled to it; chi not interpolated).',
         'region': {'Description': 'Region name (from the atlas or segmentation lookup table)'},
         'hemisphere': {'Description': 'left, right or bilateral (left + right merged)'},
-        'n_voxels': {'Description': 'Voxels of the region inside the brain mask'},
+        'n_voxels': {'Description': 'Voxels of the region inside the brain mask (after '
+                                    'erosion with --erode-rois): the voxels of the statistics'},
         'volume_mm3': {'Description': 'Region volume', 'Units': 'mm^3'},
         'mean': {'Description': f'Mean {chi_desc}', 'Units': 'ppm'},
         'median': {'Description': f'Median {chi_desc}', 'Units': 'ppm'},
         'std': {'Description': f'Standard deviation {chi_desc}', 'Units': 'ppm'},
         'p05': {'Description': f'5th percentile {chi_desc}', 'Units': 'ppm'},
         'p95': {'Description': f'95th percentile {chi_desc}', 'Units': 'ppm'},
+        'trimmed_mean': {'Description': f'{trim:.0%}-trimmed mean {chi_desc}: the mean after '
+                                        f'the lowest and the highest {trim:.0%} of the '
+                                        'values are set aside', 'Units': 'ppm'},
+        'boundary_share': {'Description': 'Share of the voxels of the statistics that have a '
+                                          '6-neighbour (shared face) outside the region, i.e. '
+                                          'next to another tissue or outside the brain mask; '
+                                          'partial volume reaches these voxels',
+                           'Units': 'fraction (0-1)'},
+        'n_labelled': {'Description': 'Voxels carrying the region\'s labels on the '
+                                      'susceptibility grid, before the brain mask and erosion '
+                                      '(what the atlas predicts for this participant)'},
+        'mask_coverage': {'Description': 'Share of n_labelled inside the brain mask (before '
+                                         'erosion); below QC.MinMaskCoverage the region is '
+                                         'flagged in QC', 'Units': 'fraction (0-1)'},
         'QSMReference': ref_method,
         'ReferenceRegion': ('whole brain mask (row "reference")' if ref_method == 'mean'
                             else 'none' if ref_method == 'none' else ref_method),
         'Atlas': dict(atlas),
         'ErodedByOneVoxel': bool(erode),
-        'GeneratedBy': {'Name': 'qsmflow', 'Version': __version__},
-        'QSMProcessing': steps,
     }
+    if erode:
+        meta['Erosion'] = {
+            'Voxels': 1, 'Connectivity': 6, 'PerLabel': True,
+            'MinimumVoxels': regions.MIN_ERODED_VOXELS,
+            'NotEroded': [f'{r["region"]} {r["hemisphere"]}' for r in rows or []
+                          if r['region'] not in (regions.WHOLE_BRAIN, regions.REFERENCE)
+                          and not r.get('eroded')],
+            'Description': 'Each label eroded by one voxel (6-connectivity) before the '
+                           'statistics; a region erosion would leave with fewer than '
+                           'MinimumVoxels voxels is tabulated uneroded (listed in NotEroded)'}
+    if qc is not None:
+        meta['QC'] = dict(qc)
+    meta.update({'GeneratedBy': {'Name': 'qsmflow', 'Version': __version__},
+                 'QSMProcessing': steps})
+    return meta
 
 
 def _read_json(path) -> dict:

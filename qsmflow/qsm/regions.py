@@ -14,9 +14,25 @@ import re
 import numpy as np
 from scipy import ndimage
 
-#: Table columns, in order (χ statistics in ppm, volume in mm³).
+#: Table columns, in order (χ statistics in ppm, volume in mm³; shares in [0, 1]).
 COLUMNS = ('region', 'hemisphere', 'n_voxels', 'volume_mm3', 'mean', 'median', 'std',
-           'p05', 'p95')
+           'p05', 'p95', 'trimmed_mean', 'boundary_share', 'n_labelled', 'mask_coverage')
+
+#: Share of the values cut from *each* end for the ``trimmed_mean`` column (10 %).
+TRIM_PROPORTION = 0.1
+
+#: ``--erode-rois`` never leaves a region with fewer voxels than this: a region that
+#: erosion would shrink below it is tabulated uneroded (and the sidecar lists it).
+MIN_ERODED_VOXELS = 10
+
+#: A region with less than this share of its labelled voxels inside the brain mask is
+#: flagged by :func:`coverage_qc` (far fewer voxels than the labels predict).
+MIN_MASK_COVERAGE = 0.5
+
+#: Base names of deep grey-matter nuclei (:func:`is_deep_nucleus`).
+DEEP_NUCLEUS_PATTERN = re.compile(
+    r'caudate|putamen|pallid|striatum|accumbens|thalam|nigra|red_nucleus|ruber|'
+    r'subthalamic|dentate')
 
 #: Name of the whole-brain and reference rows.
 WHOLE_BRAIN, REFERENCE = 'whole_brain', 'reference'
@@ -146,6 +162,78 @@ def _expand(groups: dict) -> list[dict]:
     return rows
 
 
+def trimmed_mean(values_ppm: np.ndarray, *, proportion: float = TRIM_PROPORTION) -> float:
+    """Mean after cutting ``proportion`` of the sorted values from each end.
+
+    Parameters
+    ----------
+    values_ppm : (n,) ndarray
+        χ values (ppm).
+    proportion : float
+        Share cut from each end, in [0, 0.5) (0.1: the 10 %-trimmed mean, as
+        ``scipy.stats.trim_mean(values, 0.1)``).
+
+    Returns
+    -------
+    float
+        Trimmed mean (ppm); NaN for no values.
+
+    Examples
+    --------
+    >>> v = np.r_[np.zeros(9), 10.0]  # one outlier in ten
+    >>> float(v.mean()), trimmed_mean(v)  # the trimmed mean ignores it
+    (1.0, 0.0)
+    """
+    if not 0 <= proportion < 0.5:
+        raise ValueError(f'proportion must be in [0, 0.5), got {proportion}')
+    v = np.sort(np.asarray(values_ppm, dtype=np.float64).ravel())
+    if v.size == 0:
+        return float('nan')
+    cut = int(proportion * v.size)
+    return float(v[cut:v.size - cut].mean())
+
+
+def boundary_share(roi: np.ndarray) -> float:
+    """Share of a region's voxels that have a 6-neighbour outside the region.
+
+    These voxels share a face with another tissue (or with the outside of the brain mask,
+    or of the image), so partial volume mixes that tissue into them.
+
+    Parameters
+    ----------
+    roi : (nx, ny, nz) ndarray of bool
+        The region (voxels entering the statistics).
+
+    Returns
+    -------
+    float
+        Boundary voxels / region voxels, in [0, 1]; NaN for an empty region.
+
+    Examples
+    --------
+    >>> cube = np.zeros((7, 7, 7), bool); cube[1:6, 1:6, 1:6] = True
+    >>> boundary_share(cube) == 1 - 27 / 125  # all but the 3³ core
+    True
+    """
+    roi = np.asarray(roi, dtype=bool)
+    n = int(roi.sum())
+    if n == 0:
+        return float('nan')
+    inner = ndimage.binary_erosion(roi, border_value=0)  # 6-connectivity
+    return float((n - int(inner.sum())) / n)
+
+
+def is_deep_nucleus(region: str) -> bool:
+    """Whether a region's base name is a deep grey-matter nucleus (:data:`DEEP_NUCLEUS_PATTERN`).
+
+    Examples
+    --------
+    >>> [is_deep_nucleus(r) for r in ('globus_pallidus', 'dentate', 'white_matter', 'skull')]
+    [True, True, False, False]
+    """
+    return bool(DEEP_NUCLEUS_PATTERN.search(_norm(region)))
+
+
 def roi_stats(values_ppm: np.ndarray, voxel_volume_mm3: float) -> dict:
     """Summary statistics of χ values (ppm) in one region.
 
@@ -159,27 +247,31 @@ def roi_stats(values_ppm: np.ndarray, voxel_volume_mm3: float) -> dict:
     Returns
     -------
     dict
-        ``n_voxels``, ``volume_mm3`` and ``mean``, ``median``, ``std``, ``p05``, ``p95``
-        (ppm; NaN when the region is empty).
+        ``n_voxels``, ``volume_mm3`` and ``mean``, ``median``, ``std``, ``p05``, ``p95``,
+        ``trimmed_mean`` (:func:`trimmed_mean`; ppm; NaN when the region is empty).
 
     Examples
     --------
     >>> s = roi_stats(np.arange(101, dtype=float) / 100, 2.0)
     >>> s['n_voxels'], s['volume_mm3'], round(s['mean'], 6), round(s['p95'], 6)
     (101, 202.0, 0.5, 0.95)
+    >>> round(s['trimmed_mean'], 6) == round(s['median'], 6)  # symmetric values
+    True
     """
     v = np.asarray(values_ppm, dtype=np.float64).ravel()
     out = {'n_voxels': int(v.size), 'volume_mm3': float(v.size * voxel_volume_mm3)}
     if v.size == 0:
-        return {**out, **{k: float('nan') for k in ('mean', 'median', 'std', 'p05', 'p95')}}
+        return {**out, **{k: float('nan') for k in ('mean', 'median', 'std', 'p05', 'p95',
+                                                     'trimmed_mean')}}
     p05, p50, p95 = np.percentile(v, [5, 50, 95])
     return {**out, 'mean': float(v.mean()), 'median': float(p50),
             'std': float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            'p05': float(p05), 'p95': float(p95)}
+            'p05': float(p05), 'p95': float(p95), 'trimmed_mean': trimmed_mean(v)}
 
 
 def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
                  voxel_size, regions: list[dict], *, erode: bool = False,
+                 min_eroded_voxels: int = MIN_ERODED_VOXELS,
                  reference_mask: np.ndarray | None = None) -> list[dict]:
     """One row of χ statistics per region and hemisphere, plus whole brain and reference.
 
@@ -197,14 +289,21 @@ def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
         ``{'region', 'hemisphere', 'labels'}`` entries (:func:`regions_from_lut`,
         :func:`regions_from_set`).
     erode : bool
-        Erode every region by one voxel (6-connectivity) against partial volume.
+        Erode every label by one voxel (6-connectivity) against partial volume; a region
+        that erosion would leave with fewer than ``min_eroded_voxels`` voxels is kept
+        uneroded (its row's ``eroded`` is False).
+    min_eroded_voxels : int
+        Smallest region (voxels) erosion may leave.
     reference_mask : (nx, ny, nz) ndarray of bool, optional
         Region χ was referenced to; gives the ``reference`` row (omitted when None).
 
     Returns
     -------
     list of dict
-        Rows with the keys of :data:`COLUMNS`.
+        Rows with the keys of :data:`COLUMNS` and ``eroded`` (bool). ``n_labelled``: voxels
+        with the region's labels on the χ grid (before brain mask and erosion);
+        ``mask_coverage``: the share of them inside the brain mask; ``boundary_share``
+        (:func:`boundary_share`) and the χ statistics are those of the voxels tabulated.
 
     Examples
     --------
@@ -214,6 +313,8 @@ def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     >>> [(r['region'], r['hemisphere'], r['n_voxels'], round(r['mean'], 3)) for r in rows]
     [('a', 'left', 32, 0.1), ('a', 'right', 32, 0.0), ('a', 'bilateral', 64, 0.05), \
 ('whole_brain', 'bilateral', 64, 0.05)]
+    >>> rows[0]['boundary_share'], rows[0]['mask_coverage']  # 4x4x2 slab: all on the edge
+    (1.0, 1.0)
     """
     chi = np.asarray(chi_ppm)
     labels = np.asarray(labels)
@@ -224,16 +325,29 @@ def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     vol = float(np.prod(np.asarray(voxel_size, dtype=float)))
     rows = []
     for reg in regions:
-        roi = np.isin(labels, reg['labels']) & mask
+        labelled = np.isin(labels, reg['labels'])
+        roi = labelled & mask
+        eroded = False
         if erode:
-            roi = _erode_each(labels, reg['labels']) & mask
-        rows.append({'region': reg['region'], 'hemisphere': reg['hemisphere'],
-                     **roi_stats(chi[roi], vol)})
-    rows.append({'region': WHOLE_BRAIN, 'hemisphere': 'bilateral', **roi_stats(chi[mask], vol)})
+            small = _erode_each(labels, reg['labels']) & mask
+            if small.sum() >= min_eroded_voxels:
+                roi, eroded = small, True
+        rows.append(_row(reg['region'], reg['hemisphere'], chi, roi, labelled, mask, vol,
+                         eroded))
+    rows.append(_row(WHOLE_BRAIN, 'bilateral', chi, mask, mask, mask, vol, False))
     if reference_mask is not None:
-        ref = np.asarray(reference_mask, dtype=bool) & mask
-        rows.append({'region': REFERENCE, 'hemisphere': 'bilateral', **roi_stats(chi[ref], vol)})
+        ref = np.asarray(reference_mask, dtype=bool)
+        rows.append(_row(REFERENCE, 'bilateral', chi, ref & mask, ref, mask, vol, False))
     return rows
+
+
+def _row(region, hemisphere, chi, roi, labelled, mask, vol, eroded) -> dict:
+    n_labelled = int(labelled.sum())
+    in_mask = int((labelled & mask).sum())
+    return {'region': region, 'hemisphere': hemisphere, **roi_stats(chi[roi], vol),
+            'boundary_share': boundary_share(roi), 'n_labelled': n_labelled,
+            'mask_coverage': in_mask / n_labelled if n_labelled else float('nan'),
+            'eroded': eroded}
 
 
 def _erode_each(labels: np.ndarray, ids) -> np.ndarray:
@@ -242,6 +356,87 @@ def _erode_each(labels: np.ndarray, ids) -> np.ndarray:
     for i in ids:
         out |= ndimage.binary_erosion(labels == i)
     return out
+
+
+def coverage_qc(rows: list[dict], *, only_deep: bool = False,
+                min_coverage: float = MIN_MASK_COVERAGE) -> dict:
+    """Guard rails of a regional table: regions the brain mask empties, and deep nuclei.
+
+    The labels on the χ grid are the atlas's prediction for this participant (the
+    registration's volume change is in them already); ``mask_coverage`` is the share of
+    them inside the brain mask. A region with no voxel in the mask, or with less than
+    ``min_coverage`` of its labelled voxels there, is flagged. A table whose deep
+    grey-matter nuclei (:func:`is_deep_nucleus`) all lie outside the brain mask, although
+    their labels reach the field of view, fails. Left and right rows are checked (bilateral
+    rows only for regions without sides); whole-brain and reference rows never.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Rows of :func:`region_table` (``region``, ``hemisphere``, ``n_labelled``,
+        ``mask_coverage``).
+    only_deep : bool
+        Check deep nuclei only (for segmentations that also label skull, scalp, air).
+    min_coverage : float
+        Smallest share (in [0, 1]) of a region's labelled voxels inside the brain mask.
+
+    Returns
+    -------
+    dict
+        ``MinMaskCoverage``; ``OutsideBrainMask``, ``OutsideFieldOfView`` (region names with
+        no voxel in the mask, their labels lying elsewhere on the χ grid or off it),
+        ``LowCoverage`` (name → share); ``DeepNuclei``, ``DeepNucleiInMask`` (counts of
+        checked rows); ``Warning`` (one sentence, or None) and ``Failure`` (one sentence
+        when no deep nucleus has a voxel in the mask while some is labelled, else None).
+
+    Examples
+    --------
+    >>> rows = [{'region': 'putamen', 'hemisphere': 'left', 'n_labelled': 40,
+    ...          'mask_coverage': 0.3}, {'region': 'putamen', 'hemisphere': 'right',
+    ...          'n_labelled': 40, 'mask_coverage': 0.9}]
+    >>> qc = coverage_qc(rows)
+    >>> qc['LowCoverage'], qc['Failure'] is None, qc['Warning'] is not None
+    ({'putamen left': 0.3}, True, True)
+    >>> rows[0]['mask_coverage'] = rows[1]['mask_coverage'] = 0.0
+    >>> coverage_qc(rows)['Failure'] is not None  # no deep nucleus left in the mask
+    True
+    """
+    sided = {r['region'] for r in rows if r['hemisphere'] != 'bilateral'}
+    checked = [r for r in rows if r['region'] not in (WHOLE_BRAIN, REFERENCE)
+               and (r['hemisphere'] != 'bilateral' or r['region'] not in sided)
+               and (not only_deep or is_deep_nucleus(r['region']))]
+    outside, off_grid, low = [], [], {}
+    for r in checked:
+        name = r['region'] if r['hemisphere'] == 'bilateral' else \
+            f'{r["region"]} {r["hemisphere"]}'
+        cover = r['mask_coverage']
+        if not r['n_labelled']:
+            off_grid.append(name)
+        elif not cover > 0:
+            outside.append(name)
+        elif cover < min_coverage:
+            low[name] = round(float(cover), 3)
+    deep = [r for r in checked if is_deep_nucleus(r['region'])]
+    in_mask = [r for r in deep if r['n_labelled'] and r['mask_coverage'] > 0]
+    parts = []
+    if outside:
+        parts.append('no voxel inside the brain mask (labelled outside it): '
+                     + ', '.join(outside))
+    if off_grid:
+        parts.append('no voxel (labels not in the field of view): ' + ', '.join(off_grid))
+    if low:
+        parts.append(f'under {min_coverage:.0%} of the labelled voxels inside the brain '
+                     'mask: ' + ', '.join(f'{k} ({v:.0%})' for k, v in low.items()))
+    failure = None
+    if deep and not in_mask and any(r['n_labelled'] for r in deep):
+        failure = (f'no deep grey-matter nucleus of the table has a voxel inside the brain '
+                   f'mask ({sum(r["n_labelled"] for r in deep)} labelled voxels of '
+                   f'{len(deep)} nuclei lie outside it): check the brain mask and the '
+                   'registration')
+    return {'MinMaskCoverage': min_coverage, 'OutsideBrainMask': outside,
+            'OutsideFieldOfView': off_grid, 'LowCoverage': low, 'DeepNuclei': len(deep),
+            'DeepNucleiInMask': len(in_mask), 'Warning': '; '.join(parts) or None,
+            'Failure': failure}
 
 
 def resample_labels(labels: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray,
