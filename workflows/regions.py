@@ -16,8 +16,10 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
     The labels are on the native χ grid already (brought there by the inverse template
     transform or by nearest-neighbour resampling of a segmentation), so χ itself is never
     interpolated. Every region of the region set gets left, right and bilateral rows with
-    voxel count, volume (mm³) and mean, median, SD, 5th and 95th percentile of χ (ppm);
-    whole-brain and reference rows follow.
+    voxel count, volume (mm³) and mean, median, SD, 5th and 95th percentile and 10 %-trimmed
+    mean of χ (ppm), the share of boundary voxels, the labelled voxels and the share of them
+    inside the brain mask; whole-brain and reference rows follow. Regions the brain mask
+    empties are QC warnings; a table without a deep nucleus in the mask fails the step.
 
     Parameters
     ----------
@@ -29,7 +31,8 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
     entities : dict
         BIDS entities of the acquisition.
     erode : bool
-        Erode every region by one voxel against partial volume.
+        Erode every label by one voxel against partial volume (never below
+        :data:`qsmflow.qsm.regions.MIN_ERODED_VOXELS` voxels).
     source : dict, optional
         Provenance of the labels, copied to the table's JSON sidecar.
     store_dseg : bool
@@ -53,10 +56,13 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
     """
     from qsmflow.interfaces.bids import DerivativesSink
     from qsmflow.interfaces.regions import FileSink, RegionalStats
+    from qsmflow.qsm.regions import MIN_ERODED_VOXELS
 
     workflow = pe.Workflow(name=name)
     workflow.__desc__ = (f'Regional susceptibility statistics were computed in native space '
-                         f'for the labels of {atlas}' + (' eroded by one voxel' if erode else '')
+                         f'for the labels of {atlas}'
+                         + (' eroded by one voxel (regions that erosion would leave with fewer '
+                            f'than {MIN_ERODED_VOXELS} voxels were kept whole)' if erode else '')
                          + '.')
     inputnode = pe.Node(niu.IdentityInterface(fields=['chimap', 'mask', 'dseg', 'lut']),
                         name='inputnode')
