@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from qsmflow.cli.demo import DEMO_POSE
 from qsmflow.phantom.head import DEEP_GM
+from qsmflow.qsm import regions
 from qsmflow.qsm.regions import dice
 
 pytestmark = pytest.mark.slow
@@ -262,13 +263,22 @@ def test_erode_rois_end_to_end(chain):
     chi = np.asarray(nb.load(anat / 'sub-01_Chimap.nii.gz').dataobj, dtype=np.float64)
     mask = np.asarray(nb.load(anat / 'sub-01_desc-brain_mask.nii.gz').dataobj) > 0
     labels, _, names = _truth(chain, 'tiny')
+    kept = []
     for region in DEEP_GM:
         for side in ('left', 'right'):
-            roi = ndimage.binary_erosion(labels == names[f'{region}_{side}']) & mask
+            label = labels == names[f'{region}_{side}']
+            roi = ndimage.binary_erosion(label) & mask
+            if roi.sum() < regions.MIN_ERODED_VOXELS:  # too small to erode: kept whole
+                roi = label & mask
+                kept.append(f'{region} {side}')
             row = table[(table['region'] == region) & (table['hemisphere'] == side)]
-            assert row['n_voxels'].item() == roi.sum() < (labels == names[f'{region}_{side}']).sum()
-            if roi.any():
-                assert row['mean'].item() == pytest.approx(chi[roi].mean(), abs=1e-5)
+            assert row['n_voxels'].item() == roi.sum()
+            assert row['n_labelled'].item() == label.sum()
+            assert row['mean'].item() == pytest.approx(chi[roi].mean(), abs=1e-5)
+    assert 0 < len(kept) < 2 * len(DEEP_GM)  # at 3 mm the small nuclei are kept whole
     for atlas in ('segmentations', 'Diedrichsen2009'):
         meta = json.loads((anat / f'sub-01_atlas-{atlas}_stats.json').read_text())
         assert meta['ErodedByOneVoxel'] is True, atlas
+        assert meta['Erosion']['MinimumVoxels'] == regions.MIN_ERODED_VOXELS
+    seg = json.loads((anat / 'sub-01_atlas-segmentations_stats.json').read_text())
+    assert set(kept) <= set(seg['Erosion']['NotEroded'])
