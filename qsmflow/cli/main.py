@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """The ``qsmflow`` entry point: the BIDS App (``qsmflow BIDS_DIR OUT_DIR participant|group``)
-and the tool commands (``demo``, ``bench``, ``fetch-templates``).
+and the tool commands (``demo``, ``bench``, ``fetch-templates``, ``convert``).
 
 The command line is parsed (:mod:`qsmflow.cli.parser`) and turned into one validated
 :class:`qsmflow.config.RunConfig` (:func:`qsmflow.cli.config.config_from_args`), which the
@@ -52,7 +52,8 @@ def main(argv=None) -> int:
 
 
 def _run_tool(opts) -> int:
-    """Run the sub-command ``opts.command`` (``demo``, ``bench``, ``fetch-templates``)."""
+    """Run the sub-command ``opts.command`` (``demo``, ``bench``, ``fetch-templates``,
+    ``convert``)."""
     if opts.command == 'demo':
         from qsmflow.cli.demo import run_demo
 
@@ -62,6 +63,10 @@ def _run_tool(opts) -> int:
         from qsmflow.cli.bench import run_bench
 
         return run_bench(opts)
+    if opts.command == 'convert':
+        from qsmflow.cli.convert import run_convert
+
+        return run_convert(opts)
     from qsmflow.cli.fetch_templates import run_fetch_templates
 
     return run_fetch_templates(opts)

@@ -2,7 +2,7 @@
 """The ``qsmflow`` argument parsers: one place for every flag and its default.
 
 ``qsmflow BIDS_DIR OUT_DIR participant|group`` is the BIDS-App form; the tool commands
-(``demo``, ``bench``, ``fetch-templates``) are argparse sub-commands of
+(``demo``, ``bench``, ``fetch-templates``, ``convert``) are argparse sub-commands of
 :func:`build_tools_parser`. :func:`qsmflow.cli.main.main` tells the two apart by the
 BIDS-App analysis level in third position, so a BIDS folder named ``demo`` is still a
 BIDS folder. Building a parser has no side effects.
@@ -36,7 +36,8 @@ writes susceptibility maps (ppm), masks and field maps as a BIDS derivatives dat
 Every input is checked before any computation (pre-flight report per participant).
 Other commands: 'qsmflow demo DIR' builds a synthetic phantom dataset and processes it;
 'qsmflow bench' times every reconstruction step on the 1 mm phantom;
-'qsmflow fetch-templates' fills TEMPLATEFLOW_HOME for offline use (containers, clusters)."""
+'qsmflow fetch-templates' fills TEMPLATEFLOW_HOME for offline use (containers, clusters);
+'qsmflow convert DICOM_DIR BIDS_DIR' converts multi-echo GRE DICOM to BIDS."""
 
 
 def _positive_int(value):
@@ -178,11 +179,11 @@ def _add_regions_arguments(parser) -> None:
                        help='no template registration (tables only from --segmentations)')
 
 
-TOOLS = ('demo', 'bench', 'fetch-templates')
+TOOLS = ('demo', 'bench', 'fetch-templates', 'convert')
 
 
 def build_tools_parser() -> argparse.ArgumentParser:
-    """The parser of the tool commands ``qsmflow demo|bench|fetch-templates`` (sub-parsers)."""
+    """The parser of the tool commands ``qsmflow demo|bench|fetch-templates|convert``."""
     parser = argparse.ArgumentParser(prog='qsmflow', description=_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--version', action='version', version=f'qsmflow {__version__}')
@@ -250,6 +251,25 @@ def build_tools_parser() -> argparse.ArgumentParser:
                             '$QSMFLOW_CACHE, so that runs need not')
     fetch.add_argument('--omp-nthreads', type=_positive_int, default=os.cpu_count() or 1,
                        metavar='N', help='threads for --transforms (default: all CPUs)')
+
+    convert = sub.add_parser(
+        'convert', help='convert the multi-echo GRE series of a DICOM folder to BIDS',
+        description='Find the multi-echo GRE series (magnitude and phase, or real and '
+                    'imaginary, of every echo) in a folder tree of classic or enhanced DICOM '
+                    '(.dcm.gz too), convert them with dcm2niix and write them into BIDS_DIR as '
+                    'sub-<l>[/ses-<l>]/anat/*_echo-<n>_part-<mag|phase|real|imag>_MEGRE.nii.gz '
+                    'with the vendor phase conventions applied (Siemens integers and Philips '
+                    'scaling to rad, GE slice chopping and polarity). Other series (field '
+                    'maps, single echo, magnitude only) are skipped; what was converted and '
+                    'skipped, and why, is printed and written to '
+                    'BIDS_DIR/sourcedata/qsmflow_convert/. Re-running gives the same files.')
+    convert.add_argument('dicom_dir', type=Path, help='folder tree of one patient\'s DICOM files')
+    convert.add_argument('bids_dir', type=Path, help='BIDS dataset to create or add to')
+    convert.add_argument('--participant-label', metavar='LABEL',
+                         help='participant label (with or without "sub-"; default: the '
+                              'DICOM PatientID, letters and digits)')
+    convert.add_argument('--session-label', metavar='LABEL',
+                         help='session label (with or without "ses-"; default: none)')
     return parser
 
 

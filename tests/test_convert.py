@@ -1,0 +1,249 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``qsmflow convert``: real Philips and Siemens DICOM (tests/data), synthetic vendor-style
+DICOM of the phantom (tests/dicom_synth.py), and the vendor phase conventions."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from qsmflow.convert import series, vendor_phase
+from qsmflow.convert.run import convert_dicom
+from tests import realdata
+from tests.dicom_synth import write_series
+
+PHILIPS_DICOM = realdata.DATA / 'dicom_philips_gre'
+SIEMENS_FIELDMAP = realdata.DATA / 'dicom_siemens_fieldmap'
+PHILIPS_TES_S = (0.0023, 0.0046)
+PHILIPS_FILES = ('classic', 'enhanced')
+
+
+def _sidecar(path) -> dict:
+    return json.loads(Path(str(path).replace('.nii.gz', '.json')).read_text())
+
+
+def _tree(root) -> dict:
+    """``{relative path: sha256}`` of every file below ``root``."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob('*')) if p.is_file()}
+
+
+# --- real DICOM ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('kind', PHILIPS_FILES)
+def test_philips_dicom_converts_to_megre(tmp_path, run_cli, kind):
+    """Classic and enhanced Philips DICOM (.dcm.gz): 2 echoes, TE in s, phase in rad, the
+    same images as the dcm2niix reference, no identifying sidecar keys."""
+    bids = tmp_path / 'bids'
+    res = run_cli('convert', PHILIPS_DICOM / kind, bids, '--participant-label', 'philips')
+    assert res.returncode == 0, res.stderr
+    assert 'converted: 2 echoes (2.3,4.6 ms), mag/phase, phase: radians' in res.stdout
+    anat = bids / 'sub-philips' / 'anat'
+    names = sorted(p.name for p in anat.glob('*.nii.gz'))
+    assert names == [f'sub-philips_echo-{e}_part-{p}_MEGRE.nii.gz' for e in (1, 2)
+                     for p in ('mag', 'phase')]
+    ref = realdata.PHILIPS_HEAD / '2001_WIP_fcMRI_Field_Mapping_cl_'
+    for echo, te in zip((1, 2), PHILIPS_TES_S):
+        for part, suffix in (('mag', ''), ('phase', '_ph')):
+            path = anat / f'sub-philips_echo-{echo}_part-{part}_MEGRE.nii.gz'
+            meta = _sidecar(path)
+            assert meta['EchoTime'] == te and meta['EchoNumber'] == echo
+            assert meta['MagneticFieldStrength'] == 3 and meta['Manufacturer'] == 'Philips'
+            assert not {'PatientID', 'PatientName', 'PatientBirthDate'} & set(meta)
+            img = nb.load(path)
+            data = np.asarray(img.dataobj, dtype=np.float64)
+            expected = np.asarray(nb.load(f'{ref}e{echo}{suffix}.nii.gz').dataobj, float)
+            assert np.allclose(img.affine, nb.load(f'{ref}e{echo}.nii.gz').affine, atol=1e-3)
+            if part == 'phase':
+                assert meta['Units'] == 'rad'
+                assert -np.pi <= data.min() and data.max() < np.pi
+                assert np.abs(np.angle(np.exp(1j * (data - expected)))).max() < 1e-5
+            else:
+                assert np.array_equal(data, expected)
+    rows = (bids / 'sourcedata' / 'qsmflow_convert' / 'sub-philips_summary.tsv').read_text()
+    assert rows.splitlines()[1].split('\t')[:5] == ['2001', 'WIP fcMRI Field Mapping',
+                                                     'converted', '2', '2.3,4.6']
+
+
+@pytest.mark.slow
+def test_philips_dicom_end_to_end(tmp_path, run_cli):
+    """The converted real Philips DICOM runs through qsmflow participant."""
+    bids, out = tmp_path / 'bids', tmp_path / 'out'
+    assert run_cli('convert', PHILIPS_DICOM / 'classic', bids, '--participant-label',
+                   'philips').returncode == 0
+    res = run_cli(bids, out, 'participant', '--skip-bids-validation', '--skip-registration',
+                  '--nprocs', '1', '-w', tmp_path / 'work')
+    assert res.returncode == 0, res.stderr
+    assert '2 echoes (2.3, 4.6 ms), 3 T, 80x80x53 voxels of 3x3x3 mm, mag/phase, ' in res.stdout
+    anat = out / 'sub-philips' / 'anat'
+    mask = np.asarray(nb.load(anat / 'sub-philips_desc-brain_mask.nii.gz').dataobj) > 0
+    assert 900 <= mask.sum() * 27 / 1000 <= 1800
+    chi = np.asarray(nb.load(anat / 'sub-philips_Chimap.nii.gz').dataobj, dtype=float)
+    assert np.isfinite(chi).all() and np.abs(np.percentile(chi[mask], [1, 99])).max() < 1.0
+
+
+def test_siemens_fieldmap_is_skipped_not_megre(tmp_path, run_cli):
+    """The Siemens two-echo field map (magnitudes + phase difference) is reported as not
+    multi-echo GRE phase per echo; nothing is written as MEGRE."""
+    bids = tmp_path / 'bids'
+    res = run_cli('convert', SIEMENS_FIELDMAP, bids, '--participant-label', 'fm')
+    assert res.returncode == 1
+    assert res.stderr.count('\n') == 1 and 'no multi-echo GRE series' in res.stderr
+    assert 'Traceback' not in res.stderr
+    assert 'skipped: phase-difference field map' in res.stdout
+    assert 'not multi-echo GRE phase per echo' in res.stdout
+    assert not list(bids.rglob('*MEGRE*'))
+    table = (bids / 'sourcedata' / 'qsmflow_convert' / 'sub-fm_summary.tsv').read_text()
+    assert '9001,9002,10001\tgre_field_mapping\tskipped' in table
+    assert not list((bids / 'sourcedata' / 'qsmflow_convert').glob('.staging*'))
+
+
+# --- synthetic vendor DICOM of the phantom ------------------------------------------------
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """The tiny phantom's BIDS (one participant) and its arrays."""
+    from qsmflow.phantom.bids import write_dataset
+    from tests.variants import read_phantom
+
+    root = tmp_path_factory.mktemp('convert_tiny')
+    write_dataset(root / 'raw', root / 'truth', [{'participant_id': '01', 'age': 50,
+                                                  'sex': 'F'}], size='tiny')
+    return root, read_phantom(root / 'raw')
+
+
+@pytest.fixture(scope='module')
+def vendor_dicom(tiny, tmp_path_factory):
+    """``vendor -> DICOM folder`` of the tiny phantom in each vendor's style."""
+    _, (mag, phase, affine, meta) = tiny
+    root = tmp_path_factory.mktemp('vendor_dicom')
+    return {v: write_series(root / v, mag, phase, affine, meta['EchoTime'], v,
+                            compress=(v == 'siemens'))
+            for v in ('siemens', 'ge', 'philips')}
+
+
+@pytest.mark.parametrize('vendor', ['siemens', 'ge', 'philips'])
+def test_synthetic_vendor_dicom_converts(tiny, vendor_dicom, tmp_path, vendor):
+    """Echo count, TEs in s and the phase (or complex signal) of every echo come back."""
+    _, (mag, phase, affine, meta) = tiny
+    result = convert_dicom(vendor_dicom[vendor], tmp_path / 'bids', '01', log=lambda _: None)
+    anat = tmp_path / 'bids' / 'sub-01' / 'anat'
+    parts = ('real', 'imag') if vendor == 'ge' else ('mag', 'phase')
+    assert len(result['files']) == 10
+    for e, te in enumerate(meta['EchoTime'], start=1):
+        brain = mag[..., e - 1] > 0.2 * mag[..., e - 1].max()
+        files = [anat / f'sub-01_echo-{e}_part-{p}_MEGRE.nii.gz' for p in parts]
+        assert all(f.is_file() for f in files)
+        assert _sidecar(files[1])['EchoTime'] == pytest.approx(te, abs=1e-9)
+        assert _sidecar(files[1])['EchoNumber'] == e
+        first, second = (np.asarray(nb.load(f).dataobj, dtype=np.float64) for f in files)
+        assert np.allclose(nb.load(files[0]).affine, affine, atol=1e-4)
+        got = np.angle(first + 1j * second) if vendor == 'ge' else second
+        diff = np.angle(np.exp(1j * (got - phase[..., e - 1])))[brain]
+        assert np.abs(diff).max() < 0.01  # 12-bit / int16 quantisation only
+        if vendor != 'ge':
+            assert _sidecar(files[1])['Units'] == 'rad'
+    note = result['rows'][0]['phase']
+    assert {'siemens': 'scanner integers -4096..4094', 'philips': 'radians',
+            'ge': 'slice chopping undone'}[vendor] in note
+    assert ('polarity inverted' in note) == (vendor == 'ge')
+
+
+def test_convert_is_idempotent_and_stays_inside(vendor_dicom, tmp_path, run_cli):
+    """A second run writes the same bytes; nothing appears outside BIDS_DIR; no staging
+    folder is left behind."""
+    bids = tmp_path / 'out' / 'bids'
+    args = ('convert', vendor_dicom['siemens'], bids, '--participant-label', 'sub-01',
+            '--session-label', 'ses-a')
+    assert run_cli(*args).returncode == 0
+    first = _tree(bids)
+    assert run_cli(*args).returncode == 0
+    assert _tree(bids) == first
+    assert sorted(os.listdir(tmp_path)) == ['out'] and os.listdir(tmp_path / 'out') == ['bids']
+    assert 'sub-01/ses-a/anat/sub-01_ses-a_echo-5_part-phase_MEGRE.nii.gz' in first
+    assert not [k for k in first if '.staging' in k or '.tmp' in k]
+    assert (bids / 'participants.tsv').read_text() == 'participant_id\nsub-01\n'
+
+
+# --- errors: one line, the file and the fix -----------------------------------------------
+
+@pytest.mark.parametrize('case', ['missing', 'empty', 'label', 'inside'])
+def test_convert_errors_are_one_line(tmp_path, run_cli, case):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    (empty / 'notes.txt').write_text('not DICOM')
+    args = {'missing': (tmp_path / 'nope', tmp_path / 'bids'),
+            'empty': (empty, tmp_path / 'bids'),
+            'label': (empty, tmp_path / 'bids', '--participant-label', 'a_b'),
+            'inside': (empty, tmp_path)}[case]
+    res = run_cli('convert', *args)
+    assert res.returncode == 2
+    assert res.stderr.startswith('qsmflow: error: ') and res.stderr.count('\n') == 1
+    assert {'missing': 'not a folder', 'empty': 'no DICOM files found',
+            'label': 'letters and digits', 'inside': 'must not contain'}[case] in res.stderr
+
+
+def test_convert_usage_errors(run_cli):
+    assert run_cli('convert', '--help').returncode == 0
+    assert run_cli('convert').returncode == 2
+
+
+# --- vendor conventions and grouping on arrays / sidecars ---------------------------------
+
+def test_siemens_integers_to_rad_exact():
+    stored = np.arange(-4096, 4096, 2, dtype=float).reshape(16, 16, 16)
+    rad, note = vendor_phase.phase_to_rad(stored, 'SIEMENS')
+    assert np.allclose(rad, stored * np.pi / 4096, atol=1e-6) and 'integers' in note
+
+
+def test_ge_chopping_and_polarity_are_undone():
+    rng = np.random.default_rng(0)
+    z = np.exp(1j * np.cumsum(rng.normal(0, 0.05, (6, 5, 8, 2)), axis=2))
+    stored = np.conj(z) * np.where(np.arange(8) % 2, -1, 1)[None, None, :, None]
+    re_, im_, notes = vendor_phase.fix_complex(stored.real, stored.imag, 'GE MEDICAL SYSTEMS')
+    assert np.allclose(re_ + 1j * im_, z, atol=1e-6) and len(notes) == 2
+    re_, im_, notes = vendor_phase.fix_complex(z.real, z.imag, 'SIEMENS')
+    assert np.allclose(re_ + 1j * im_, z, atol=1e-6) and notes == []
+
+
+def _image(part, echo, te, series_number=10, protocol='gre', **meta):
+    return series.Image(Path(f'{series_number}_{echo}_{part}.nii.gz'),
+                        {'SeriesNumber': series_number, 'ProtocolName': protocol,
+                         'ScanningSequence': 'GR', **meta}, part, echo, te, (4, 4, 4), np.eye(4))
+
+
+def test_grouping_pairs_series_and_splits_runs():
+    """Siemens magnitude and phase series pair up; a repeated protocol gives two runs."""
+    images = [_image(p, e, 0.004 * e, s + (p == 'phase')) for s in (10, 20)
+              for p in ('mag', 'phase') for e in (1, 2, 3)]
+    found, skipped = series.find_acquisitions(images)
+    assert skipped == [] and [a.run for a in found] == [1, 2]
+    assert [a.series for a in found] == [[10, 11], [20, 21]]
+    assert found[0].echo_times_s == pytest.approx([0.004, 0.008, 0.012])
+
+
+@pytest.mark.parametrize('case, reason', [
+    ('mag_only', 'magnitude only'),
+    ('single', 'single echo'),
+    ('phase_diff', 'not multi-echo GRE phase per echo'),
+    ('missing_phase', 'mag echoes [1, 2, 3] but phase echoes [1, 2]'),
+    ('epi', 'not a gradient-echo acquisition'),
+])
+def test_non_megre_groups_are_skipped_with_a_reason(case, reason):
+    images = {
+        'mag_only': [_image('mag', e, 0.004 * e) for e in (1, 2)],
+        'single': [_image(p, 1, 0.004) for p in ('mag', 'phase')],
+        'phase_diff': [_image('mag', 1, 0.004), _image('mag', 2, 0.006),
+                       _image('phase', 2, 0.006, 11)],
+        'missing_phase': [_image('mag', e, 0.004 * e) for e in (1, 2, 3)]
+        + [_image('phase', e, 0.004 * e) for e in (1, 2)],
+        'epi': [_image(p, e, 0.004 * e, ScanningSequence='EP') for p in ('mag', 'phase')
+                for e in (1, 2)],
+    }[case]
+    found, skipped = series.find_acquisitions(images)
+    assert found == [] and len(skipped) == 1 and reason in skipped[0].reason
