@@ -32,6 +32,7 @@ from .tissues import (
     LABEL_NAMES,
     LABELS,
     tissue_chi_ppm,
+    tissue_chi_separation,
     tissue_m0,
     tissue_r2star_hz,
 )
@@ -173,6 +174,11 @@ class HeadPhantom:
     brain_chi_ppm : ndarray of float32
         χ of brain tissue only (ppm): inside ``brain_mask`` the brain part of each voxel
         (partial volume of air or bone counts as 0), exactly 0 outside ``brain_mask``.
+    chi_para_ppm, chi_dia_ppm, r2_hz : ndarray of float32 or None
+        Only with ``make_head(..., chi_separation=True)``: the paramagnetic (≥ 0) and
+        diamagnetic (≤ 0) parts of χ (ppm) and the R2 (1/s) with
+        ``R2* = R2 + Dr (χ⁺ − χ⁻)`` (:func:`~qsmflow.phantom.tissues.tissue_chi_separation`),
+        partial-volume averaged like χ, so ``chi_para_ppm + chi_dia_ppm == chi_ppm``.
     """
 
     labels: np.ndarray
@@ -184,6 +190,9 @@ class HeadPhantom:
     label_names: dict
     age_years: float
     brain_chi_ppm: np.ndarray | None = None
+    chi_para_ppm: np.ndarray | None = None
+    chi_dia_ppm: np.ndarray | None = None
+    r2_hz: np.ndarray | None = None
 
     def __post_init__(self):
         if self.brain_chi_ppm is None:
@@ -260,7 +269,8 @@ def _partial_volume_map(sampled, lut) -> np.ndarray:
 
 
 def make_head(voxel_size_mm=None, shape=None, age_years: float = 40.0, *,
-              size: str = 'full', oversample: int | None = None) -> HeadPhantom:
+              size: str = 'full', oversample: int | None = None,
+              chi_separation: bool = False) -> HeadPhantom:
     """Sample the head phantom on an RAS-oriented grid.
 
     Parameters
@@ -277,6 +287,9 @@ def make_head(voxel_size_mm=None, shape=None, age_years: float = 40.0, *,
     oversample : int, optional
         Odd number of sub-samples per voxel and axis used for partial-volume averaging.
         Default: the smallest odd number giving ≤ 1 mm sub-samples.
+    chi_separation : bool
+        Also fill the χ-separation truth (``chi_para_ppm``, ``chi_dia_ppm``, ``r2_hz``);
+        every other map is the same either way.
 
     Returns
     -------
@@ -301,6 +314,10 @@ def make_head(voxel_size_mm=None, shape=None, age_years: float = 40.0, *,
            for key, table in (('chi', chi), ('r2', r2), ('m0', m0))}
     lut['brain_chi'] = np.array([chi[n] if n in BRAIN_LABELS else 0.0 for n in names],
                                 dtype=np.float32)
+    if chi_separation:
+        split = tissue_chi_separation(age_years)
+        for i, key in enumerate(('chi_para', 'chi_dia', 'r2_spin')):
+            lut[key] = np.array([split[n][i] for n in names], dtype=np.float32)
     maps = {key: _partial_volume_map(sampled, table) for key, table in lut.items()}
     brain_mask = np.isin(labels, [LABEL_INDEX[n] for n in BRAIN_LABELS])
     maps['brain_chi'][~brain_mask] = 0.0
@@ -314,4 +331,7 @@ def make_head(voxel_size_mm=None, shape=None, age_years: float = 40.0, *,
         label_names=dict(LABEL_NAMES),
         age_years=float(age_years),
         brain_chi_ppm=maps['brain_chi'],
+        chi_para_ppm=maps.get('chi_para'),
+        chi_dia_ppm=maps.get('chi_dia'),
+        r2_hz=maps.get('r2_spin'),
     )

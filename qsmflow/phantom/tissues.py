@@ -83,6 +83,28 @@ _STATIC = {
 _M0_WM = 0.70
 _M0_DEEP_GM = 0.75
 
+#: Relaxometric constant ``Dr`` (Hz/ppm) of the χ-separation truth, at 3 T: the value of
+#: Shin et al., NeuroImage 2021;240:118371 (and of :mod:`qsmflow.qsm.chi_separation`).
+CHI_SEPARATION_DR_HZ_PER_PPM = 137.0
+
+# Diamagnetic part χ⁻ (ppm) of each deep-GM nucleus (myelinated fibres crossing it, age
+# independent); its paramagnetic part is χ⁺ = χ − χ⁻ (the iron). The values put the
+# nuclei's R2 = R2* − Dr (χ⁺ − χ⁻) at 40 years in 10.5–17 1/s (T2 60–95 ms at 3 T).
+_DEEP_GM_CHI_DIA = {
+    'caudate': -0.010,
+    'putamen': -0.020,
+    'globus_pallidus': -0.030,
+    'thalamus': -0.020,
+    'substantia_nigra': -0.025,
+    'red_nucleus': -0.025,
+    'subthalamic_nucleus': -0.020,
+    'dentate_nucleus': -0.020,
+}
+# χ⁻ (ppm) of the other brain tissues; white matter is all diamagnetic (no iron), blood
+# products all paramagnetic, the calcification all diamagnetic.
+_STATIC_CHI_DIA = {'cortex': -0.005, 'csf': 0.0, 'vein': 0.0, 'calcification': -0.50,
+                   'haemorrhage': 0.0}
+
 
 def _check_age(age_years: float) -> float:
     age = float(age_years)
@@ -206,3 +228,52 @@ def tissue_m0() -> dict[str, float]:
         out[f'{base}_left'] = _M0_DEEP_GM
         out[f'{base}_right'] = _M0_DEEP_GM
     return {name: out[name] for name in _NAMES}
+
+
+def tissue_chi_separation(age_years: float = 40.0, *,
+                          dr_hz_per_ppm: float = CHI_SEPARATION_DR_HZ_PER_PPM
+                          ) -> dict[str, tuple[float, float, float]]:
+    """Paramagnetic and diamagnetic χ and the R2 they imply, for every label (3 T).
+
+    The truth of the χ-separation model ``χ = χ⁺ + χ⁻``, ``R2* = R2 + Dr (χ⁺ − χ⁻)``
+    (χ⁺ ≥ 0, χ⁻ ≤ 0): χ and R2* are those of :func:`tissue_chi_ppm` and
+    :func:`tissue_r2star_hz`, unchanged; each brain tissue gets a diamagnetic part χ⁻
+    (white matter: all of its χ; deep-GM nuclei: a fixed myelin-like part, the rest iron;
+    the calcification: all; CSF, veins, haemorrhage: none), χ⁺ = χ − χ⁻, and R2 is what
+    is left of R2*. Non-brain labels are split by the sign of χ. Where R2* is below what χ
+    implies (veins, haemorrhage: 0.29 and 0.58 ppm of R2′ for 0.40 and 0.80 ppm of χ;
+    air, bone) R2 is floored at 0 and the model does not hold.
+
+    Parameters
+    ----------
+    age_years : float
+        Age (years), as for :func:`tissue_chi_ppm`.
+    dr_hz_per_ppm : float
+        Relaxometric constant ``Dr`` (Hz/ppm, i.e. 1/s per ppm).
+
+    Returns
+    -------
+    dict
+        Label name -> ``(chi_para_ppm, chi_dia_ppm, r2_hz)``.
+
+    Examples
+    --------
+    >>> split, chi = tissue_chi_separation(40.0), tissue_chi_ppm(40.0)
+    >>> p, d, r2 = split['globus_pallidus_left']
+    >>> p > 0 > d and abs(p + d - chi['globus_pallidus_left']) < 1e-12 and 10 < r2 < 17
+    True
+    >>> split['white_matter'][0], split['haemorrhage'][1]
+    (0.0, 0.0)
+    """
+    chi, r2star = tissue_chi_ppm(age_years), tissue_r2star_hz(age_years)
+    dia = dict(_STATIC_CHI_DIA)
+    dia['white_matter'] = chi['white_matter']
+    for base in DEEP_GM:
+        dia[f'{base}_left'] = dia[f'{base}_right'] = _DEEP_GM_CHI_DIA[base]
+    out = {}
+    for name in _NAMES:
+        chi_dia = dia[name] if name in dia else min(chi[name], 0.0)
+        chi_para = chi[name] - chi_dia
+        r2 = max(r2star[name] - dr_hz_per_ppm * (chi_para - chi_dia), 0.0)
+        out[name] = (chi_para, chi_dia, r2)
+    return out

@@ -30,13 +30,13 @@ _iterations = iterations
 class _Problem:
     """Cropped, padded float32 field and dipole kernel shared by all inversions."""
 
-    def __init__(self, field, mask, vsz, b0):
+    def __init__(self, field, mask, vsz, b0, *, kernel=True):
         self.grid = PaddedBox(mask, margin_voxels=0, pad_voxels=PAD_VOXELS)
         self.shape = self.grid.shape
         self.mask = self.grid.to_grid(mask, bool)
         self.field = self.grid.to_grid(np.where(mask, field, 0), np.float32)
         self.vsz = vsz
-        self.D = dipole_kernel(self.shape, vsz, b0)
+        self.D = dipole_kernel(self.shape, vsz, b0) if kernel else None
 
     def finish(self, chi, dtype):
         chi = np.asarray(chi, dtype=np.float32)

@@ -150,6 +150,18 @@ def tv(
     (True, {'lam': 0.001, 'criterion': 'given'})
     """
     field, mask, vsz, b0 = _validate(local_field, mask, voxel_size, b0_dir)
+    prob, chi, info = _tv_grid(field, mask, vsz, b0, lam=lam, rho=rho, rho_data=rho_data,
+                               max_iter=max_iter, tol=tol, noise_ppm=noise_ppm,
+                               shell_mm=shell_mm, shell_weight=shell_weight)
+    chi = prob.finish(chi, field.dtype)
+    return (chi, info) if return_info else chi
+
+
+def _tv_grid(field, mask, vsz, b0, *, lam=None, rho=None, rho_data=0.3, max_iter=100,
+             tol=5e-3, noise_ppm=None, shell_mm=TV_SHELL_MM, shell_weight=None):
+    """:func:`tv` on validated arguments, without the last step: returns the
+    :class:`~qsmflow.qsm.inversion._common._Problem`, χ on its whole padded grid (float32,
+    also outside the mask, where χ carries field into the mask) and the info dict."""
     shell_mm = _non_negative('shell_mm', shell_mm)
     if shell_weight is not None:
         shell_weight = _non_negative('shell_weight', shell_weight)
@@ -174,9 +186,8 @@ def tv(
         criterion = 'given'
     info.update(shell_mm=shell_mm, shell_weight=shell_weight, shell_criterion=criterion)
     prob = _Problem(field, mask, vsz, b0)
-    chi = prob.finish(_tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm,
-                                      shell_weight), field.dtype)
-    return (chi, info) if return_info else chi
+    chi = _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm, shell_weight)
+    return prob, chi, info
 
 
 def _non_negative(name, value):
