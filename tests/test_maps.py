@@ -41,8 +41,22 @@ def test_maps_are_on_by_default(tmp_path):
     steps = config.pipeline.steps
     assert steps['r2star'] == {'method': 'arlo', 'params': {}}
     assert steps['swi'] == {'enabled': True, 'params': {}, 'minip_params': {}}
+    assert steps['chi_separation'] == {'enabled': True, 'params': {}}
     assert (config.maps.r2star_method, config.maps.swi, config.maps.minip_slab_mm) == (
         'arlo', True, None)
+    assert (config.maps.chi_separation, config.maps.r2_hz) == (True, None)
+
+
+def test_chi_separation_flags_reach_the_config(tmp_path):
+    from qsmflow.config import RunConfig
+
+    config = _config(tmp_path, '--r2-hz', '12.5')
+    assert config.pipeline.steps['chi_separation'] == {'enabled': True,
+                                                       'params': {'r2_hz': 12.5}}
+    assert config.maps.r2_hz == 12.5 and RunConfig.from_dict(config.to_dict()) == config
+    off = _config(tmp_path, '--no-chi-separation')
+    assert off.pipeline.steps['chi_separation']['enabled'] is False
+    assert off.maps.chi_separation is False
 
 
 def test_maps_flags_reach_the_config(tmp_path):
@@ -72,7 +86,8 @@ def test_a_preset_file_sets_the_maps(tmp_path):
         _config(tmp_path, '--preset', str(bad))
 
 
-@pytest.mark.parametrize('argv', [['--r2star-method', 'fast'], ['--minip-slab-mm', '0']])
+@pytest.mark.parametrize('argv', [['--r2star-method', 'fast'], ['--minip-slab-mm', '0'],
+                                  ['--r2-hz', '-1'], ['--r2-hz', 'inf']])
 def test_bad_maps_flags_exit_2(tmp_path, argv):
     with pytest.raises(SystemExit) as exc:
         _config(tmp_path, *argv)
@@ -83,19 +98,25 @@ def _node_names(workflow) -> set:
     return {str(n) for n in workflow._create_flat_graph().nodes()}
 
 
-@pytest.mark.parametrize('swi_on, n_echoes', [(True, 5), (False, 5), (True, 1)])
-def test_workflow_graph_has_the_map_steps(swi_on, n_echoes):
+@pytest.mark.parametrize('swi_on, chisep_on, n_echoes',
+                         [(True, True, 5), (False, False, 5), (True, True, 1),
+                          (False, True, 4)])
+def test_workflow_graph_has_the_map_steps(swi_on, chisep_on, n_echoes):
     from qsmflow.config.presets import load_preset, with_maps_options
     from qsmflow.workflows.outputs import qsm_outputs
     from qsmflow.workflows.qsm import init_qsm_wf
 
-    pipeline = with_maps_options(load_preset('default'), swi=swi_on)
+    pipeline = with_maps_options(load_preset('default'), swi=swi_on,
+                                 chi_separation=chisep_on)
     names = {n.rsplit('.', 1)[-1] for n in _node_names(init_qsm_wf(pipeline=pipeline,
                                                                    n_echoes=n_echoes))}
     assert ('relaxometry' in names) == (n_echoes >= 2)
     assert ('swi' in names) == ('minip' in names) == swi_on
+    assert ('chi_separation' in names) == (chisep_on and n_echoes >= 2)
     kinds = qsm_outputs(pipeline, n_echoes)
     assert ('r2starmap' in kinds) == (n_echoes >= 2) and ('minip' in kinds) == swi_on
+    assert ('chimap_para' in kinds) == ('chimap_dia' in kinds) == (chisep_on
+                                                                  and n_echoes >= 2)
 
 
 def test_output_names_and_bidsignore():
@@ -106,9 +127,14 @@ def test_output_names_and_bidsignore():
     assert bids_specs.output_name('t2starmap', ents) == 'sub-01_run-2_T2starmap.nii.gz'
     assert bids_specs.output_name('swi', ents) == 'sub-01_run-2_desc-swi_swi.nii.gz'
     assert bids_specs.output_name('minip', ents) == 'sub-01_run-2_desc-minip_swi.nii.gz'
+    assert (bids_specs.output_name('chimap_para', ents)
+            == 'sub-01_run-2_desc-paramagnetic_Chimap.nii.gz')
+    assert (bids_specs.output_name('chimap_dia', ents)
+            == 'sub-01_run-2_desc-diamagnetic_Chimap.nii.gz')
     spec = bids_specs.load('outputs')
     assert spec['outputs']['r2starmap']['meta']['Units'] == '1/s'
     assert spec['outputs']['t2starmap']['meta']['Units'] == 's'
+    assert spec['outputs']['chimap_para']['meta']['Units'] == 'ppm'
     assert {'*_swi.nii.gz', '*_swi.json'} <= set(spec['bidsignore'])
 
 
@@ -203,3 +229,35 @@ def test_swi_and_minip_interfaces_keep_the_geometry(small_gre, tmp_path):
     # slice_dim of the magnitude's header (1: y, 2 mm) names the slab axis: 3 slices
     assert mstep['Parameters'] == {'slab_mm': 6.0, 'slice_axis': 1}
     np.testing.assert_allclose(mip_img.get_fdata()[:, 3], data[:, 2:5].min(axis=1), rtol=1e-6)
+
+
+def test_chi_separation_interface_units_values_and_provenance(small_gre, tmp_path):
+    """χ = 0, R2* 25 1/s, R2 11.3 1/s: the split is ±R2′/(2 Dr) = ±0.05 ppm; the vein
+    (R2* 45, one voxel wide) ±0.123 ppm before TV. Without ``r2_hz`` the default (white matter) is recorded."""
+    from qsmflow.interfaces.maps import ChiSeparation
+
+    zero = _write(tmp_path / 'zero.nii.gz', np.zeros((8, 8, 8)), small_gre['affine'])
+    r2s = _write(tmp_path / 'r2s.nii.gz', small_gre['r2'], small_gre['affine'])
+    res = ChiSeparation(in_field=zero, in_mask=small_gre['mask'], in_r2star=r2s, in_chi=zero,
+                        b0_tesla=3.0, params={'r2_hz': 11.3}).run(cwd=str(tmp_path))
+    para, dia = nb.load(res.outputs.out_para), nb.load(res.outputs.out_dia)
+    assert np.allclose(para.affine, small_gre['affine']) and para.get_data_dtype() == np.float32
+    inside = small_gre['inside']
+    p, d = para.get_fdata(), dia.get_fdata()
+    assert p[inside].min() >= 0 >= d[inside].max() and not p[~inside].any()
+    assert abs(np.median(p[inside]) - 13.7 / 274) < 2e-3
+    assert abs(np.median(d[inside]) + 13.7 / 274) < 2e-3
+    assert p[4, 4, 3] > 0.08 and d[4, 4, 3] < -0.08  # one voxel wide: TV on χ± lowers it
+    side = json.loads(Path(res.outputs.out_para.replace('.nii.gz', '.json')).read_text())
+    assert side['Units'] == 'ppm'
+    step = side['QSMProcessing'][-1]
+    assert step['Algorithm'] == 'qsmflow.qsm.chi_separation.chi_separation'
+    assert step['RelaxometricConstantHzPerPpm'] == 137.0 and step['R2Hz'] == 11.3
+    assert step['R2Source'] == 'given value' and step['ChiSource'] == 'given chi'
+    assert step['Parameters']['r2_hz'] == 11.3 and step['Parameters']['chi_ppm'] == 'in_chi'
+    (tmp_path / 'g').mkdir()
+    given = ChiSeparation(in_field=zero, in_mask=small_gre['mask'], in_r2star=r2s,
+                          in_chi=zero, b0_tesla=3.0).run(cwd=str(tmp_path / 'g'))
+    gstep = json.loads(Path(given.outputs.out_dia.replace('.nii.gz', '.json'))
+                       .read_text())['QSMProcessing'][-1]
+    assert gstep['R2Hz'] == pytest.approx(14.08) and 'default' in gstep['R2Source']

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The other maps of one multi-echo GRE: R2*/T2*, SWI and its minIP."""
+"""The other maps of one multi-echo GRE: R2*/T2*, SWI and its minIP, χ-separation."""
 from __future__ import annotations
 
 from nipype.interfaces import utility as niu
@@ -7,7 +7,7 @@ from nipype.pipeline import engine as pe
 
 
 def init_gre_maps_wf(*, r2star: dict | None = None, swi: dict | None = None,
-                     n_echoes: int = 5, n_voxels: int = 2_000_000, omp_nthreads: int = 1,
+                     chi_separation: dict | None = None, n_echoes: int = 5, n_voxels: int = 2_000_000, omp_nthreads: int = 1,
                      name: str = 'gre_maps_wf') -> pe.Workflow:
     """Build the R2*/T2*, SWI and minIP maps of one acquisition.
 
@@ -19,6 +19,9 @@ def init_gre_maps_wf(*, r2star: dict | None = None, swi: dict | None = None,
     positive-phase mask made from the local field (ppm; paramagnetic veins dark). The
     minIP (:func:`qsmflow.qsm.swi.minimum_intensity_projection`) is the minimum of the SWI
     over a sliding slab (mm) along the acquisition's slice axis, on the SWI's grid.
+    χ-separation (:func:`qsmflow.qsm.chi_separation.chi_separation`) splits the dipole
+    inversion's χ (ppm, before referencing) into paramagnetic χ⁺ ≥ 0 and diamagnetic
+    χ⁻ ≤ 0 with R2′ = R2* − R2 = Dr (χ⁺ − χ⁻) (needs the R2* map, so ≥ 2 echoes).
 
     Parameters
     ----------
@@ -27,6 +30,9 @@ def init_gre_maps_wf(*, r2star: dict | None = None, swi: dict | None = None,
     swi : dict, optional
         ``enabled`` (default True), ``params`` (options of :func:`qsmflow.qsm.swi.swi`)
         and ``minip_params`` (options of the projection, e.g. ``slab_mm``).
+    chi_separation : dict, optional
+        ``enabled`` (default True) and ``params`` (options of
+        :func:`qsmflow.qsm.chi_separation.chi_separation`, e.g. ``r2_hz`` in 1/s).
     n_echoes, n_voxels : int
         Size of the acquisition (memory estimates; R2* needs ≥ 2 echoes).
     omp_nthreads : int
@@ -46,6 +52,8 @@ def init_gre_maps_wf(*, r2star: dict | None = None, swi: dict | None = None,
         Brain mask the R2* is fitted in.
     local_field, field_mask : str
         Local field in ppm of B0 and its mask.
+    chi : str
+        χ in ppm from the dipole inversion, before referencing.
 
     Outputs
     -------
@@ -53,17 +61,20 @@ def init_gre_maps_wf(*, r2star: dict | None = None, swi: dict | None = None,
         R2* in 1/s and T2* in s (with ≥ 2 echoes).
     swi, minip : str
         SWI and its minIP, magnitude units (when ``swi['enabled']``).
+    chimap_para, chimap_dia : str
+        χ⁺ ≥ 0 and χ⁻ ≤ 0 in ppm (≥ 2 echoes and ``chi_separation['enabled']``).
     """
-    from qsmflow.interfaces.maps import SWI, MinIP, R2StarMap
+    from qsmflow.interfaces.maps import SWI, ChiSeparation, MinIP, R2StarMap
 
-    r2star, swi = r2star or {}, swi or {}
+    r2star, swi, chisep = r2star or {}, swi or {}, chi_separation or {}
     gb_img = n_voxels * 4 / 1e9
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(
         fields=['magnitude', 'echo_times', 'b0_tesla', 'brain_mask', 'local_field',
-                'field_mask']), name='inputnode')
+                'field_mask', 'chi']), name='inputnode')
     outputnode = pe.Node(niu.IdentityInterface(
-        fields=['r2starmap', 't2starmap', 'swi', 'minip']), name='outputnode')
+        fields=['r2starmap', 't2starmap', 'swi', 'minip', 'chimap_para', 'chimap_dia']),
+        name='outputnode')
     relaxometry = None
     if n_echoes >= 2:
         relaxometry = pe.Node(R2StarMap(method=r2star.get('method'),
@@ -77,6 +88,16 @@ def init_gre_maps_wf(*, r2star: dict | None = None, swi: dict | None = None,
                                       ('echo_times', 'echo_times')]),
             (relaxometry, outputnode, [('out_r2star', 'r2starmap'),
                                        ('out_t2star', 't2starmap')]),
+        ])  # fmt:skip
+    if relaxometry is not None and chisep.get('enabled', True):
+        chi_sep = pe.Node(ChiSeparation(params=chisep.get('params', {}),
+                                        num_threads=omp_nthreads),
+                          name='chi_separation', mem_gb=gb_img * 30, n_procs=omp_nthreads)
+        workflow.connect([
+            (inputnode, chi_sep, [('local_field', 'in_field'), ('field_mask', 'in_mask'),
+                                  ('chi', 'in_chi'), ('b0_tesla', 'b0_tesla')]),
+            (relaxometry, chi_sep, [('out_r2star', 'in_r2star')]),
+            (chi_sep, outputnode, [('out_para', 'chimap_para'), ('out_dia', 'chimap_dia')]),
         ])  # fmt:skip
     if swi.get('enabled', True):
         swi_node = pe.Node(SWI(params=swi.get('params', {}), num_threads=omp_nthreads),

@@ -12,8 +12,11 @@ QSM_OUTPUTS = ('chimap', 'mask', 'total_field', 'local_field', 'field_noise')
 RELAXOMETRY_OUTPUTS = ('r2starmap', 't2starmap')
 #: SWI and its minIP (magnitude units), stored unless the pipeline switches SWI off.
 SWI_OUTPUTS = ('swi', 'minip')
+#: Paramagnetic and diamagnetic χ (ppm), stored for acquisitions of ≥ 2 echoes unless the
+#: pipeline switches χ-separation off.
+CHI_SEPARATION_OUTPUTS = ('chimap_para', 'chimap_dia')
 #: Every output kind an acquisition can have.
-ALL_OUTPUTS = QSM_OUTPUTS + RELAXOMETRY_OUTPUTS + SWI_OUTPUTS
+ALL_OUTPUTS = QSM_OUTPUTS + RELAXOMETRY_OUTPUTS + SWI_OUTPUTS + CHI_SEPARATION_OUTPUTS
 
 
 def qsm_outputs(pipeline: dict | None = None, n_echoes: int = 2) -> tuple:
@@ -21,16 +24,20 @@ def qsm_outputs(pipeline: dict | None = None, n_echoes: int = 2) -> tuple:
 
     Examples
     --------
-    >>> qsm_outputs(None, 5)[-4:]
-    ('r2starmap', 't2starmap', 'swi', 'minip')
+    >>> qsm_outputs(None, 5)[-6:]
+    ('r2starmap', 't2starmap', 'swi', 'minip', 'chimap_para', 'chimap_dia')
     >>> qsm_outputs({'swi': {'enabled': False}}, 1) == QSM_OUTPUTS
     True
+    >>> qsm_outputs({'chi_separation': {'enabled': False}}, 5)[-2:]
+    ('swi', 'minip')
     """
     kinds = QSM_OUTPUTS
     if n_echoes >= 2:
         kinds += RELAXOMETRY_OUTPUTS
     if swi_enabled(pipeline):
         kinds += SWI_OUTPUTS
+    if n_echoes >= 2 and _enabled(pipeline, 'chi_separation'):
+        kinds += CHI_SEPARATION_OUTPUTS
     return kinds
 
 
@@ -40,7 +47,16 @@ def swi_enabled(pipeline: dict | None) -> bool:
     >>> swi_enabled({}), swi_enabled({'swi': {'enabled': False}})
     (True, False)
     """
-    return bool(((pipeline or {}).get('swi') or {}).get('enabled', True))
+    return _enabled(pipeline, 'swi')
+
+
+def _enabled(pipeline: dict | None, step: str) -> bool:
+    """Whether the optional ``step`` of ``pipeline`` is on (its ``enabled``; default: yes).
+
+    >>> _enabled(None, 'chi_separation'), _enabled({'swi': {'enabled': False}}, 'swi')
+    (True, False)
+    """
+    return bool(((pipeline or {}).get(step) or {}).get('enabled', True))
 
 
 def init_qsm_derivatives_wf(*, output_dir: str, bids_dir: str, entities: dict,
@@ -70,6 +86,8 @@ def init_qsm_derivatives_wf(*, output_dir: str, bids_dir: str, entities: dict,
         R2* (1/s) and T2* (s), when in ``outputs``.
     swi, minip : str
         SWI and its minimum-intensity projection (magnitude units), when in ``outputs``.
+    chimap_para, chimap_dia : str
+        Paramagnetic (≥ 0) and diamagnetic (≤ 0) χ in ppm, when in ``outputs``.
 
     Outputs
     -------

@@ -15,6 +15,8 @@ MASKING_METHODS = ('magnitude', 'quality')
 #: (:func:`qsmflow.qsm.mask.brain_mask` on the first echo: threshold + morphology, which
 #: keeps scalp and neck on real heads).
 BRAIN_ALGORITHMS = ('adaptive', 'threshold')
+#: Outputs of :func:`qsmflow.workflows.maps.init_gre_maps_wf` passed on.
+MAPS_OUTPUTS = ('r2starmap', 't2starmap', 'swi', 'minip', 'chimap_para', 'chimap_dia')
 
 
 def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
@@ -56,8 +58,9 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
 
     The same acquisition also gives R2* and T2* (fitted in the brain mask, ≥ 2 echoes), an
     SWI from the local field and its minIP (:func:`qsmflow.workflows.maps.init_gre_maps_wf`,
-    options ``pipeline['r2star']`` and ``pipeline['swi']``; ``pipeline['swi']['enabled']``
-    false leaves SWI and minIP out).
+    options ``pipeline['r2star']``, ``pipeline['swi']`` and ``pipeline['chi_separation']``;
+    ``enabled`` false in the last two leaves SWI and minIP, or χ⁺ and χ⁻, out), and the
+    paramagnetic and diamagnetic parts of the dipole inversion's χ (before referencing).
 
     Parameters
     ----------
@@ -98,6 +101,8 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         R2* in 1/s and T2* in s (acquisitions of ≥ 2 echoes).
     swi, minip : str
         SWI and its minimum-intensity projection, magnitude units (SWI enabled).
+    chimap_para, chimap_dia : str
+        χ⁺ ≥ 0 and χ⁻ ≤ 0 in ppm, χ before referencing (≥ 2 echoes, χ-separation enabled).
     """
     from qsmflow.interfaces.bgremove import RemoveBackground
     from qsmflow.interfaces.field import EstimateField
@@ -122,7 +127,7 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         name='inputnode')
     outputnode = pe.Node(niu.IdentityInterface(
         fields=['chimap', 'mask', 'total_field', 'local_field', 'field_noise', 'r2starmap',
-                't2starmap', 'swi', 'minip']),
+                't2starmap', 'swi', 'minip', 'chimap_para', 'chimap_dia']),
         name='outputnode')
 
     load_megre = pe.Node(LoadMEGRE(), name='load_megre', mem_gb=gb_img * n_echoes * 4)
@@ -199,6 +204,7 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         ])  # fmt:skip
 
     maps_wf = init_gre_maps_wf(r2star=pipeline.get('r2star'), swi=pipeline.get('swi'),
+                               chi_separation=pipeline.get('chi_separation'),
                                n_echoes=n_echoes, n_voxels=n_voxels, omp_nthreads=omp_nthreads)
     workflow.connect([
         (load_megre, maps_wf, [('magnitude', 'inputnode.magnitude'),
@@ -207,8 +213,8 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         (brain_mask, maps_wf, [('out_mask', 'inputnode.brain_mask')]),
         (bg_removal, maps_wf, [('out_file', 'inputnode.local_field'),
                                ('out_mask', 'inputnode.field_mask')]),
-        (maps_wf, outputnode, [(f'outputnode.{k}', k)
-                               for k in ('r2starmap', 't2starmap', 'swi', 'minip')]),
+        (chi_node, maps_wf, [('out_file', 'inputnode.chi')]),
+        (maps_wf, outputnode, [(f'outputnode.{k}', k) for k in MAPS_OUTPUTS]),
     ])  # fmt:skip
 
     reference = pe.Node(ReferenceChi(method=pipeline['reference']['method'],

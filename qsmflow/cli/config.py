@@ -37,9 +37,13 @@ def config_from_args(opts) -> RunConfig:
     masks = MasksConfig(brain_masks=_path(masking.get('brain_masks')),
                         two_pass=bool(masking.get('two_pass', False)))
     slab = pipeline.steps['swi']['minip_params'].get('slab_mm')
+    chisep = pipeline.steps['chi_separation']
+    r2_hz = chisep['params'].get('r2_hz')
     maps = MapsConfig(r2star_method=pipeline.steps['r2star']['method'],
                       swi=pipeline.steps['swi']['enabled'],
-                      minip_slab_mm=None if slab is None else float(slab))
+                      minip_slab_mm=None if slab is None else float(slab),
+                      chi_separation=chisep['enabled'],
+                      r2_hz=None if r2_hz is None else float(r2_hz))
     return RunConfig(
         paths=PathsConfig(bids_dir, out_dir, _work_dir(opts.work_dir, out_dir)),
         analysis_level='participant',
@@ -88,7 +92,8 @@ def masks_from_args(opts) -> MasksConfig:
 
 def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
     """``--preset`` resolved with the step overrides, the masking options and the maps
-    options (``--r2star-method``, ``--swi``/``--no-swi``, ``--minip-slab-mm``)."""
+    options (``--r2star-method``, ``--swi``/``--no-swi``, ``--minip-slab-mm``,
+    ``--chi-separation``/``--no-chi-separation``, ``--r2-hz``)."""
     from qsmflow.config.presets import (
         load_preset, with_maps_options, with_masking_options, with_overrides)
 
@@ -104,7 +109,8 @@ def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
     try:
         steps = with_maps_options(steps, r2star_method=opts.r2star_method,
                                   swi=opts.swi,
-                                  minip_slab_mm=opts.minip_slab_mm)
+                                  minip_slab_mm=opts.minip_slab_mm,
+                                  chi_separation=opts.chi_separation, r2_hz=opts.r2_hz)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     return PipelineConfig(preset=str(opts.preset), steps=steps)

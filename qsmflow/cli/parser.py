@@ -54,6 +54,13 @@ def _positive_float(value):
     return fvalue
 
 
+def _non_negative_float(value):
+    fvalue = float(value)
+    if not fvalue >= 0 or fvalue == float('inf'):
+        raise argparse.ArgumentTypeError(f'{value} is not a finite number >= 0')
+    return fvalue
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The BIDS-App argument parser (``qsmflow BIDS_DIR OUT_DIR participant|group``)."""
     from qsmflow.config.presets import available_presets
@@ -115,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     g_pipe.add_argument('--reference', choices=['mean', 'csf', 'none'],
                         help='susceptibility reference (overrides the preset)')
 
-    g_maps = parser.add_argument_group('Other maps (R2*, T2*, SWI, minIP)')
+    g_maps = parser.add_argument_group('Other maps (R2*, T2*, SWI, minIP, χ-separation)')
     g_maps.add_argument('--r2star-method', choices=list(R2STAR_METHODS),
                         help='R2*/T2* fit: arlo (closed form, equally spaced echoes; the '
                              'default), loglinear (weighted log-linear) or nonlinear '
@@ -126,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     g_maps.add_argument('--minip-slab-mm', type=_positive_float, metavar='MM',
                         help='minIP slab thickness in mm along the slice axis '
                              f'(default: {DEFAULT_SLAB_MM:g})')
+    g_maps.add_argument('--chi-separation', action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help='split χ into paramagnetic (desc-paramagnetic_Chimap) and '
+                             'diamagnetic (desc-diamagnetic_Chimap) parts with R2* '
+                             '(default: on with ≥ 2 echoes, or as the preset says)')
+    g_maps.add_argument('--r2-hz', type=_non_negative_float, metavar='HZ',
+                        help='spin-echo R2 (1/s) that χ-separation subtracts from R2* '
+                             '(default: white matter at the field strength, 14.1 at 3 T)')
 
     _add_regions_arguments(parser)
     g_perf = parser.add_argument_group('Performance')

@@ -30,7 +30,9 @@ Two optional steps make the other maps of the acquisition (a preset may leave th
   :data:`qsmflow.qsm.relaxometry.METHODS`);
 * ``swi``: ``{"enabled": true, "params": {...}, "minip_params": {...}}``, options of
   :func:`qsmflow.qsm.swi.swi` and :func:`qsmflow.qsm.swi.minimum_intensity_projection`
-  (e.g. ``{"slab_mm": 8}``).
+  (e.g. ``{"slab_mm": 8}``);
+* ``chi_separation``: ``{"enabled": true, "params": {...}}``, options of
+  :func:`qsmflow.qsm.chi_separation.chi_separation` (e.g. ``{"r2_hz": 14.1}``).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from pathlib import Path
 
 STEPS = ('masking', 'unwrapping', 'echo_combination', 'bf_removal', 'inversion', 'reference')
 #: Steps a preset may leave out (their defaults come from the qsm/ function signatures).
-OPTIONAL_STEPS = ('r2star', 'swi')
+OPTIONAL_STEPS = ('r2star', 'swi', 'chi_separation')
 
 #: Options of a step that do not depend on its method (kept by :func:`with_overrides`).
 STEP_OPTIONS = {'masking': ('brain', 'two_pass', 'strict_params', 'brain_masks')}
@@ -123,12 +125,14 @@ def with_masking_options(pipeline: dict, *, two_pass: bool | None = None,
 
 
 def with_maps_options(pipeline: dict, *, r2star_method: str | None = None,
-                      swi: bool | None = None, minip_slab_mm: float | None = None) -> dict:
-    """Copy of ``pipeline`` with the ``r2star`` and ``swi`` steps resolved.
+                      swi: bool | None = None, minip_slab_mm: float | None = None,
+                      chi_separation: bool | None = None, r2_hz: float | None = None) -> dict:
+    """Copy of ``pipeline`` with the ``r2star``, ``swi`` and ``chi_separation`` steps resolved.
 
     ``None`` keeps what the preset says; what neither says takes the default of the qsm/
-    function (:func:`qsmflow.qsm.relaxometry.r2star`'s ``method``, SWI on). Used by
-    ``--r2star-method``, ``--swi``/``--no-swi`` and ``--minip-slab-mm``.
+    function (:func:`qsmflow.qsm.relaxometry.r2star`'s ``method``, SWI and χ-separation
+    on). Used by ``--r2star-method``, ``--swi``/``--no-swi``, ``--minip-slab-mm``,
+    ``--chi-separation``/``--no-chi-separation`` and ``--r2-hz``.
 
     Examples
     --------
@@ -137,6 +141,8 @@ def with_maps_options(pipeline: dict, *, r2star_method: str | None = None,
     ('arlo', True, {'slab_mm': 12.0})
     >>> with_maps_options(p, swi=False)['swi']['enabled']
     False
+    >>> with_maps_options(p, r2_hz=15)['chi_separation']
+    {'enabled': True, 'params': {'r2_hz': 15.0}}
     """
     import inspect
 
@@ -157,5 +163,12 @@ def with_maps_options(pipeline: dict, *, r2star_method: str | None = None,
         if not minip_slab_mm > 0:
             raise ValueError(f'the minIP slab must be positive (mm), got {minip_slab_mm}')
         sw['minip_params']['slab_mm'] = float(minip_slab_mm)
-    out['r2star'], out['swi'] = r2, sw
+    cs = dict(out.get('chi_separation') or {})
+    cs['enabled'] = bool(cs.get('enabled', True) if chi_separation is None else chi_separation)
+    cs['params'] = dict(cs.get('params') or {})
+    if r2_hz is not None:
+        if not r2_hz >= 0:
+            raise ValueError(f'R2 must be >= 0 (1/s), got {r2_hz}')
+        cs['params']['r2_hz'] = float(r2_hz)
+    out['r2star'], out['swi'], out['chi_separation'] = r2, sw, cs
     return out

@@ -10,7 +10,7 @@ JSON into ``OUT_DIR/logs/`` by every run (:meth:`RunConfig.to_file`) and can be 
 
 Sections: :class:`PathsConfig` (where), :class:`SelectionConfig` (which inputs),
 :class:`PipelineConfig` (which algorithms), :class:`MasksConfig` (user brain masks,
-two-pass), :class:`MapsConfig` (R2*, SWI, minIP),
+two-pass), :class:`MapsConfig` (R2*, SWI, minIP, χ-separation),
 :class:`RegionsConfig` (registration, atlases, segmentations, templateflow)
 and :class:`EngineConfig` (processes, threads, memory, Nipype plugin).
 """
@@ -97,6 +97,12 @@ class MapsConfig:
     #: minIP slab thickness in mm (``--minip-slab-mm``); None: the default of
     #: :func:`qsmflow.qsm.swi.minimum_intensity_projection`.
     minip_slab_mm: float | None = None
+    #: Whether χ is split into paramagnetic and diamagnetic parts
+    #: (``--chi-separation``/``--no-chi-separation``; needs ≥ 2 echoes for R2*).
+    chi_separation: bool = True
+    #: Spin-echo R2 (1/s) assumed by χ-separation (``--r2-hz``); None: the default of
+    #: :func:`qsmflow.qsm.chi_separation.default_r2_hz` at the acquisition's field.
+    r2_hz: float | None = None
 
 
 @dataclass(frozen=True)

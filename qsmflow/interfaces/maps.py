@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Other maps of the same multi-echo GRE: R2*/T2* (relaxometry), SWI and its minIP."""
+"""Other maps of the same multi-echo GRE: R2*/T2* (relaxometry), SWI and its minIP,
+χ-separation."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,8 @@ from nipype.interfaces.base import File, SimpleInterface, TraitedSpec, isdefined
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
-from qsmflow.qsm import relaxometry, swi, threads
+from qsmflow.qsm import chi_separation, relaxometry, swi, threads
+from qsmflow.qsm.kernels import b0_dir_from_affine
 
 LOGGER = base.LOGGER
 
@@ -155,4 +157,55 @@ class MinIP(SimpleInterface):
         out = fname_presuffix('swi.nii.gz', suffix='_minip', newpath=runtime.cwd)
         self._results['out_file'] = base.save(mip, img, out, steps=steps,
                                               meta={'Units': 'arbitrary'})
+        return runtime
+
+
+class _ChiSeparationInputSpec(base.StepInputSpec):
+    in_field = File(exists=True, mandatory=True, desc='local field in ppm of B0')
+    in_mask = File(exists=True, mandatory=True, desc='mask of the local field (brain)')
+    in_chi = File(exists=True, desc='χ in ppm of the local field, before referencing (the '
+                                    "dipole inversion's output; default: a TV inversion)")
+    in_r2star = File(exists=True, mandatory=True, desc='R2* map in 1/s')
+    b0_tesla = traits.Float(mandatory=True, desc='main field strength in T')
+    params = traits.Dict(usedefault=True, desc='keyword options of '
+                                               'qsmflow.qsm.chi_separation.chi_separation '
+                                               '(e.g. r2_hz in 1/s)')
+
+
+class _ChiSeparationOutputSpec(TraitedSpec):
+    out_para = File(exists=True, desc='paramagnetic susceptibility χ⁺ ≥ 0 in ppm')
+    out_dia = File(exists=True, desc='diamagnetic susceptibility χ⁻ ≤ 0 in ppm')
+
+
+class ChiSeparation(SimpleInterface):
+    """χ-separation: paramagnetic and diamagnetic χ (ppm) from the local field and R2*."""
+
+    input_spec = _ChiSeparationInputSpec
+    output_spec = _ChiSeparationOutputSpec
+
+    def _run_interface(self, runtime):
+        field, img = base.load(self.inputs.in_field)
+        mask = base.load(self.inputs.in_mask)[0] > 0
+        r2star = base.load(self.inputs.in_r2star)[0]
+        chi = base.load(self.inputs.in_chi)[0] if isdefined(self.inputs.in_chi) else None
+        b0_dir = b0_dir_from_affine(img.affine)
+        params = dict(self.inputs.params)
+        with threads.limit(self.inputs.num_threads):
+            res = chi_separation.chi_separation(
+                field, r2star, mask, base.voxel_size(img), b0_dir,
+                b0_tesla=self.inputs.b0_tesla, chi_ppm=chi, **params)
+        info = res['info']
+        steps = base.read_steps(*[p for p in (self.inputs.in_field, self.inputs.in_r2star,
+                                              self.inputs.in_chi) if isdefined(p)])
+        steps.append(base.step(
+            'chi-separation', chi_separation.chi_separation,
+            {**params, 'chi_ppm': 'in_chi' if chi is not None else None},
+            B0Direction=b0_dir.tolist(), RelaxometricConstantHzPerPpm=info['dr_hz_per_ppm'],
+            R2Hz=info['r2_hz'], R2Source=info['r2_source'], ChiSource=info['chi_source'],
+            Iterations=info['iterations'], TVWeight=info['lam'],
+            QC={'UnreliableR2primeShare': info['unreliable_r2prime']}))
+        for key, name in (('out_para', 'chi_para_ppm'), ('out_dia', 'chi_dia_ppm')):
+            out = fname_presuffix('chisep.nii.gz', suffix=f'_{name}', newpath=runtime.cwd)
+            self._results[key] = base.save(res[name], img, out, steps=steps,
+                                           meta={'Units': 'ppm'})
         return runtime
