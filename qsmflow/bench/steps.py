@@ -61,11 +61,12 @@ def _run_steps(opts) -> int:
     from scipy import fft as sfft
 
     from qsmflow.qsm import bgremove, echoes, inversion, kernels, mask, metrics, reference
-    from qsmflow.qsm.inversion.regularisation import choose_tv_weight
+    from qsmflow.qsm.inversion.regularisation import choose_shell_weight, choose_tv_weight
 
     size = opts.size or 'full'
     realistic = opts.phantom == 'realistic'
-    head = realistic_head(size=size) if realistic else make_head(size=size)
+    head = (realistic_head(size=size) if realistic
+            else make_head(size=size, chi_separation=True))
     snr = opts.snr or (DEFAULT_REALISTIC_SNR if realistic else 100.0)
     vox = head.voxel_size_mm
     affine = oblique_affine(head.labels.shape, vox, opts.oblique)
@@ -95,12 +96,15 @@ def _run_steps(opts) -> int:
     _timed('reference (mean)', lambda: reference.reference(chi, used), opts.repeat, rows)
     total = sum(r[1] for r in rows)
     print(f'  {"whole reconstruction (default)":<34}{total:8.2f} s')
-    _time_maps(mag, local, used, brain, vox, tes, affine, head, opts.repeat, rows, total)
+    _time_maps(mag, local, used, brain, vox, tes, affine, head, opts.repeat, rows, total,
+               chi=chi, b0_dir=b0_dir)
     t0 = time.perf_counter()
     weight = choose_tv_weight(local, used)
+    shell = choose_shell_weight(weight['sigma_ppm'])
     print(f'  TV weight chosen from the data: lam {weight["lam"]:.2e} ppm·mm '
-          f'({weight["criterion"]}; field noise {weight["sigma_ppm"]:.4f} ppm), chosen in '
-          f'{time.perf_counter() - t0:.2f} s (part of the inversion time above)')
+          f'({weight["criterion"]}; field noise {weight["sigma_ppm"]:.4f} ppm), shell prior '
+          f'weight {shell:.2f}, chosen in {time.perf_counter() - t0:.2f} s (part of the '
+          'inversion time above)')
 
     print('  other methods:')
     _timed('V-SHARP', lambda: bgremove.vsharp(fit['field_ppm'], reliable, vox, b0_dir),
@@ -147,11 +151,13 @@ def _run_steps(opts) -> int:
     return 0
 
 
-def _time_maps(mag, local, used, brain, vox, tes, affine, head, repeat, rows, total):
-    """Time the default R2*/T2*, SWI and minIP steps; print their share of ``total`` and
-    the R2* error per region against the phantom's truth."""
+def _time_maps(mag, local, used, brain, vox, tes, affine, head, repeat, rows, total, *,
+               chi, b0_dir):
+    """Time the default R2*/T2*, SWI, minIP and χ-separation steps; print their share of
+    ``total``, the R2* error per region against the phantom's truth and, where the phantom
+    has the para/dia truth, the χ⁺/χ⁻ errors."""
     from qsmflow.phantom.bids import DEFAULT_B0_TESLA
-    from qsmflow.qsm import relaxometry, swi
+    from qsmflow.qsm import chi_separation, relaxometry, swi
 
     start = len(rows)
     fit = _timed('R2*/T2* (arlo)', lambda: relaxometry.r2star(mag, brain, echo_times_s=tes),
@@ -162,9 +168,20 @@ def _time_maps(mag, local, used, brain, vox, tes, affine, head, repeat, rows, to
     axis = swi.slice_axis_from_affine(affine)
     _timed('minIP (8 mm)', lambda: swi.minimum_intensity_projection(
         out['swi'], vox, slice_axis=axis), repeat, rows)
+    sep = _timed('chi-separation', lambda: chi_separation.chi_separation(
+        local, fit['r2star_hz'], used, vox, b0_dir, b0_tesla=DEFAULT_B0_TESLA, chi_ppm=chi),
+        repeat, rows)
     maps = sum(r[1] for r in rows[start:])
-    print(f'  {"maps together (R2*, SWI, minIP)":<34}{maps:8.2f} s = {100 * maps / total:.0f} % '
-          'of the reconstruction')
+    print(f'  {"maps together (R2*, SWI, minIP, chi-sep)":<34}{maps:8.2f} s = '
+          f'{100 * maps / total:.0f} % of the reconstruction')
+    if getattr(head, 'chi_para_ppm', None) is not None:
+        errs = []
+        for region in ('white_matter', 'putamen', 'globus_pallidus', 'substantia_nigra'):
+            roi = head.roi(region) & used
+            para = sep['chi_para_ppm'][roi].mean() - head.chi_para_ppm[roi].mean()
+            dia = sep['chi_dia_ppm'][roi].mean() - head.chi_dia_ppm[roi].mean()
+            errs.append(f'{region} {para:+.4f}/{dia:+.4f}')
+        print(f'      chi+/chi- error (ppm, default R2): {", ".join(errs)}')
     errors = []
     for region in ('white_matter', 'putamen', 'globus_pallidus'):
         roi = head.roi(region)

@@ -85,10 +85,10 @@ def test_sum_reproduces_chi_and_signs_hold(phantom, separated, r2):
 @pytest.mark.parametrize('r2', ['true', 'default'])
 def test_pure_sources_stay_pure(phantom, separated, r2):
     """No χ⁺ in the calcification or iron-free white matter, no χ⁻ in the haemorrhage
-    (measured: 0.000, 0.002/0.012 and 0.000 ppm)."""
+    (measured with the true/default R2: 0.004/0.003, 0.002/0.012 and 0.000 ppm)."""
     head = phantom[0]
     out = separated[r2]
-    assert _mean(head, out['chi_para_ppm'], 'calcification') <= 0.005
+    assert _mean(head, out['chi_para_ppm'], 'calcification') <= 0.01  # of its −0.5 ppm
     assert _mean(head, out['chi_para_ppm'], 'white_matter') <= (0.005 if r2 == 'true' else 0.015)
     assert _mean(head, out['chi_dia_ppm'], 'haemorrhage') >= -0.005
     assert _mean(head, out['chi_dia_ppm'], 'calcification') <= -0.4
