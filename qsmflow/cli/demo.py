@@ -89,7 +89,7 @@ def summarize(out_dir, truth_dir) -> str:
              f'  {"participant":<12}{"region":<22}{"qsmflow":>9}{"truth":>9}{"error":>9}']
     errors = []
     for chimap in sorted(Path(out_dir).glob('sub-*/anat/*_Chimap.nii.gz')):
-        if '_space-' in chimap.name:
+        if '_space-' in chimap.name or '_desc-' in chimap.name:  # the native χ map only
             continue
         sub = chimap.name.split('_')[0]
         truth_anat = Path(truth_dir) / sub / 'anat'
