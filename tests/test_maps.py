@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """R2*/T2*, SWI and minIP in the BIDS App: the flags, the configuration, the workflow graph,
-the interfaces on small synthetic NIfTIs (units, provenance, geometry) and the names."""
+the interfaces on small synthetic NIfTIs (units, provenance, geometry), the names and the
+maps' way into the regional tables."""
 from __future__ import annotations
 
 import inspect
@@ -261,3 +262,68 @@ def test_chi_separation_interface_units_values_and_provenance(small_gre, tmp_pat
     gstep = json.loads(Path(given.outputs.out_dia.replace('.nii.gz', '.json'))
                        .read_text())['QSMProcessing'][-1]
     assert gstep['R2Hz'] == pytest.approx(14.08) and 'default' in gstep['R2Source']
+
+
+# -- the maps in the regional tables ---------------------------------------------------------
+
+def _feeding(graph, node, field):
+    """``(node name, output)`` that feeds input ``field`` of ``node``, through the identity
+    nodes of the flat graph; None when nothing does."""
+    from nipype.interfaces.utility import IdentityInterface
+
+    for upstream, _, data in graph.in_edges(node, data=True):
+        for out, inp in data['connect']:
+            if inp == field:
+                if isinstance(upstream.interface, IdentityInterface):
+                    return _feeding(graph, upstream, out)
+                return str(upstream).rsplit('.', 1)[-1], out
+    return None
+
+
+@pytest.mark.parametrize('n_echoes, chisep_on', [(4, True), (4, False), (1, True)])
+def test_regional_tables_are_fed_the_maps_the_acquisition_has(tmp_path, n_echoes, chisep_on):
+    """Both table routes (segmentation, atlas) get R2* from the fit and χ⁺/χ⁻ from
+    χ-separation when these run; a map that does not run feeds nothing (no column)."""
+    from qsmflow.atlases.specs import custom_atlas
+    from qsmflow.bids.inputs import Acquisition
+    from qsmflow.config.presets import load_preset, with_maps_options
+    from qsmflow.interfaces.regions import RegionalStats
+    from qsmflow.workflows.base import init_single_acquisition_wf
+
+    files = {}
+    for key in ('seg', 'lut', 'image', 'template_image'):
+        files[key] = tmp_path / f'{key}.nii.gz'
+        files[key].write_bytes(b'x')
+    acq = Acquisition(entities={'subject': '01'}, mag_files=['m'] * n_echoes,
+                      phase_files=['p'] * n_echoes,
+                      echo_times_s=[0.004 * (i + 1) for i in range(n_echoes)], b0_tesla=3.0,
+                      n_voxels=1000, segmentation=str(files['seg']),
+                      segmentation_lut=str(files['lut']))
+    pipeline = with_maps_options(load_preset('default'), chi_separation=chisep_on)
+    atlas = custom_atlas({k: files[k] for k in ('image', 'lut', 'template_image')})
+    wf = init_single_acquisition_wf(acq=acq, output_dir=str(tmp_path / 'out'),
+                                    bids_dir=str(tmp_path), pipeline=pipeline,
+                                    regions_opts={'template': None, 'erode': False,
+                                                  'atlases': [atlas]})
+    graph = wf._create_flat_graph()
+    tables = {str(n).split('.')[-2]: n for n in graph.nodes()
+              if isinstance(n.interface, RegionalStats)}
+    assert set(tables) == {'regions_wf', 'regions_custom_wf'}  # segmentation, custom atlas
+    for stats in tables.values():
+        assert _feeding(graph, stats, 'in_file') == ('reference', 'out_file')
+        assert _feeding(graph, stats, 'in_mask') == ('bg_removal', 'out_mask')
+        assert _feeding(graph, stats, 'in_r2star') == (
+            ('relaxometry', 'out_r2star') if n_echoes >= 2 else None)
+        separated = chisep_on and n_echoes >= 2
+        assert _feeding(graph, stats, 'in_chi_para') == (
+            ('chi_separation', 'out_para') if separated else None)
+        assert _feeding(graph, stats, 'in_chi_dia') == (
+            ('chi_separation', 'out_dia') if separated else None)
+
+
+def test_regions_workflow_rejects_maps_it_cannot_average():
+    from qsmflow.workflows.regions import init_regions_wf
+
+    with pytest.raises(ValueError, match="cannot average: \\['swi'\\]"):
+        init_regions_wf(atlas='custom', output_dir='/tmp/out', entities={'subject': '01'},
+                        maps=('r2starmap', 'swi'))

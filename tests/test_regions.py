@@ -7,6 +7,7 @@ import json
 import nibabel as nb
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from qsmflow.qsm import regions
 from qsmflow.interfaces.regions import RegionalStats, ResampleSegmentation, read_lut
@@ -50,6 +51,43 @@ def test_erosion_removes_border_voxels():
     full = regions.region_table(chi, labels, mask, (1, 1, 1), set_)[0]
     eroded = regions.region_table(chi, labels, mask, (1, 1, 1), set_, erode=True)[0]
     assert full['n_voxels'] == 108 and eroded['n_voxels'] == 1 * 4 * 4
+
+
+def test_region_table_averages_the_other_maps_over_the_chi_voxels():
+    """R2*, χ⁺ and χ⁻ columns: the mean over exactly the voxels of the χ statistics (brain
+    mask, erosion, reference), after the χ columns; NaN for an empty region; none without
+    maps."""
+    labels, chi, mask = _blocks()
+    mask[1:4, 1:7, 6] = False  # the mask takes a slab off the left region
+    grid = np.indices(labels.shape).sum(axis=0).astype(float)  # differs voxel by voxel
+    maps = {'r2star_mean': 20.0 + grid, 'chi_para_mean': 0.01 * grid,
+            'chi_dia_mean': -0.002 * grid}
+    set_ = regions.regions_from_lut({1: 'x_left', 2: 'x_right', 3: 'empty'})
+    for erode in (False, True):
+        rows = regions.region_table(chi, labels, mask, (1, 1, 1), set_, erode=erode,
+                                    reference_mask=labels == 2, maps=maps)
+        assert list(rows[0]) == [*regions.COLUMNS, *regions.MAP_COLUMNS, 'eroded']
+        by = {(r['region'], r['hemisphere']): r for r in rows}
+        left = (labels == 1) & mask
+        if erode:
+            left = ndimage.binary_erosion(labels == 1) & mask
+        assert by[('x', 'left')]['n_voxels'] == left.sum() == (16 if erode else 90)
+        for key, data in maps.items():
+            assert by[('x', 'left')][key] == pytest.approx(data[left].mean())
+            assert by[('whole_brain', 'bilateral')][key] == pytest.approx(data[mask].mean())
+            assert by[('reference', 'bilateral')][key] == pytest.approx(
+                data[(labels == 2) & mask].mean())
+            assert np.isnan(by[('empty', 'bilateral')][key])
+    nan_r2 = np.where(labels == 2, np.nan, maps['r2star_mean'])  # non-finite voxels skipped
+    rows = regions.region_table(chi, labels, mask, (1, 1, 1), set_,
+                                maps={'r2star_mean': nan_r2})
+    assert list(rows[0])[-2:] == ['r2star_mean', 'eroded']
+    assert np.isnan(rows[1]['r2star_mean'])  # x right: all NaN
+    assert rows[-1]['r2star_mean'] == pytest.approx(maps['r2star_mean'][(labels == 1) & mask]
+                                                    .mean())
+    with pytest.raises(ValueError, match='shape of chi'):
+        regions.region_table(chi, labels, mask, (1, 1, 1), set_,
+                             maps={'r2star_mean': np.zeros((4, 4, 4))})
 
 
 @pytest.mark.parametrize('n', [1, 7, 10, 37, 200])
@@ -220,6 +258,54 @@ def test_interfaces_resample_and_stats(tmp_path):
     meta = json.loads(open(stats.outputs.out_json).read())
     assert meta['mean']['Units'] == 'ppm' and meta['QSMReference'] == 'mean'
     assert read_lut(tmp_path / 'seg_dseg.tsv') == {1: 'nuc_left', 2: 'nuc_right'}
+
+
+def test_stats_interface_with_and_without_the_other_maps(tmp_path):
+    """With R2*, χ⁺ and χ⁻ the table ends with their columns (1/s, ppm; 6 decimals), the
+    sidecar describes them; without a map its column is absent and ``AbsentColumns`` says
+    why. The χ columns and their order do not change."""
+    import pandas as pd
+
+    labels, chi, mask = _blocks()
+    inputs = {'in_file': _save(chi.astype(np.float32), tmp_path / 'chi.nii.gz'),
+              'in_mask': _save(mask.astype(np.uint8), tmp_path / 'mask.nii.gz'),
+              'in_dseg': _save(labels, tmp_path / 'dseg.nii.gz'),
+              'in_lut': str(tmp_path / 'dseg.tsv')}
+    (tmp_path / 'chi.json').write_text(json.dumps({'QSMReference': 'mean'}))
+    (tmp_path / 'dseg.tsv').write_text('index\tname\n1\tnuc_left\n2\tnuc_right\n')
+    values = {'in_r2star': np.where(labels == 1, 21.5, 33.25),
+              'in_chi_para': np.where(labels == 1, 0.125, 0.0),
+              'in_chi_dia': np.where(labels == 1, -0.0625, -0.03125)}
+    maps = {k: _save(v.astype(np.float32), tmp_path / f'{k}.nii.gz') for k, v in values.items()}
+
+    def run(name, **extra):
+        res = RegionalStats(atlas='custom', **inputs, **extra).run(cwd=tmp_path / name)
+        return (pd.read_csv(res.outputs.out_tsv, sep='\t', na_values=['n/a'],
+                            keep_default_na=False).set_index(['region', 'hemisphere']),
+                json.loads(open(res.outputs.out_json).read()))
+
+    (tmp_path / 'all').mkdir(), (tmp_path / 'none').mkdir(), (tmp_path / 'r2').mkdir()
+    table, meta = run('all', **maps)
+    assert list(table.reset_index().columns) == [*regions.COLUMNS, *regions.MAP_COLUMNS]
+    assert table.loc[('nuc', 'left'), ['r2star_mean', 'chi_para_mean', 'chi_dia_mean']].tolist() \
+        == [21.5, 0.125, -0.0625]
+    assert table.loc[('nuc', 'bilateral'), 'r2star_mean'] == pytest.approx((21.5 + 33.25) / 2)
+    assert table.loc[('reference', 'bilateral'), 'chi_dia_mean'] == pytest.approx(-0.046875)
+    assert meta['r2star_mean']['Units'] == '1/s' and 'R2starmap' in meta['r2star_mean'][
+        'Description']
+    assert meta['chi_para_mean']['Units'] == meta['chi_dia_mean']['Units'] == 'ppm'
+    assert 'QSMReferenceValue' in meta['chi_para_mean']['Description']
+    assert meta['AbsentColumns'] == {}
+    plain, plain_meta = run('none')
+    assert list(plain.reset_index().columns) == list(regions.COLUMNS)
+    assert plain.equals(table[list(regions.COLUMNS[2:])])  # the chi columns unchanged
+    assert set(plain_meta['AbsentColumns']) == set(regions.MAP_COLUMNS)
+    assert 'echoes' in plain_meta['AbsentColumns']['r2star_mean']
+    assert '--no-chi-separation' in plain_meta['AbsentColumns']['chi_dia_mean']
+    assert not set(regions.MAP_COLUMNS) & set(plain_meta)
+    only_r2, r2_meta = run('r2', in_r2star=maps['in_r2star'])
+    assert list(only_r2.reset_index().columns) == [*regions.COLUMNS, 'r2star_mean']
+    assert sorted(r2_meta['AbsentColumns']) == ['chi_dia_mean', 'chi_para_mean']
 
 
 def test_find_segmentation(tmp_path):

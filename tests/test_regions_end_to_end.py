@@ -160,6 +160,47 @@ def test_segmentation_table_is_exact_and_agrees_with_atlas(atlas_run, sub):
     assert absdiff.mean() <= 0.005 and absdiff.max() <= 0.015, diffs
 
 
+@pytest.mark.parametrize('sub', ['01', '02'])
+def test_tables_carry_r2star_and_chi_separation(atlas_run, sub):
+    """Issue 16: the tables end with r2star_mean, chi_para_mean, chi_dia_mean. With the
+    true labels r2star_mean is R2* averaged over the voxels of the χ statistics (1e-4 1/s)
+    and within 5 % of the true R2* there for every deep nucleus; χ⁺ ≥ 0 ≥ χ⁻ and
+    χ⁺ + χ⁻ − mean is the Chimap's reference value on every row (χ⁺ + χ⁻ = χ before
+    referencing)."""
+    from qsmflow.qsm.regions import COLUMNS, MAP_COLUMNS
+
+    anat = _anat(atlas_run, sub)
+    truth = atlas_run['truth'] / f'sub-{sub}' / 'anat'
+    r2 = np.asarray(nb.load(anat / f'sub-{sub}_R2starmap.nii.gz').dataobj, dtype=float)
+    r2_true = np.asarray(nb.load(truth / f'sub-{sub}_R2starmap.nii.gz').dataobj, dtype=float)
+    mask = np.asarray(nb.load(anat / f'sub-{sub}_desc-brain_mask.nii.gz').dataobj) > 0
+    labels = np.asarray(nb.load(truth / f'sub-{sub}_desc-phantom_dseg.nii.gz').dataobj)
+    lut = pd.read_csv(truth / f'sub-{sub}_desc-phantom_dseg.tsv', sep='\t')
+    index = dict(zip(lut['name'], lut['index']))
+    ref_value = json.loads((anat / f'sub-{sub}_Chimap.json').read_text())['QSMReferenceValue']
+    errors = {}
+    for atlas in ('segmentations', 'Phantom'):
+        table = pd.read_csv(anat / f'sub-{sub}_atlas-{atlas}_stats.tsv', sep='\t',
+                            na_values=['n/a'], keep_default_na=False)
+        assert list(table.columns) == [*COLUMNS, *MAP_COLUMNS]
+        rows = table[table['n_voxels'] > 0]
+        assert (rows['chi_para_mean'] >= 0).all() and (rows['chi_dia_mean'] <= 0).all()
+        np.testing.assert_allclose(rows['chi_para_mean'] + rows['chi_dia_mean'] - rows['mean'],
+                                   ref_value, atol=1e-4)
+        meta = json.loads((anat / f'sub-{sub}_atlas-{atlas}_stats.json').read_text())
+        assert meta['r2star_mean']['Units'] == '1/s' and meta['AbsentColumns'] == {}
+        if atlas != 'segmentations':
+            continue
+        for region in DEEP_GM:
+            for side in ('left', 'right'):
+                roi = (labels == index[f'{region}_{side}']) & mask
+                row = table[(table['region'] == region) & (table['hemisphere'] == side)]
+                assert row['r2star_mean'].item() == pytest.approx(r2[roi].mean(), abs=1e-4)
+                errors[f'{region}_{side}'] = row['r2star_mean'].item() / r2_true[roi].mean() - 1
+    print(f'sub-{sub} table R2* / truth - 1:', {k: round(v, 4) for k, v in errors.items()})
+    assert max(abs(e) for e in errors.values()) <= 0.05, errors
+
+
 def test_group_outputs(atlas_run):
     group = atlas_run['out'] / 'group'
     long = pd.read_csv(group / 'cohort_long.tsv', sep='\t')
@@ -167,6 +208,14 @@ def test_group_outputs(atlas_run):
     assert set(long['participant_id']) == {'sub-01', 'sub-02'}
     assert {'age', 'sex', 'z', 'percentile', 'atlas'} <= set(long.columns)
     assert len(wide) == 2 and 'Phantom_putamen_bilateral_mean' in wide
+    # issue 16: the map columns reach both cohort tables
+    assert {'r2star_mean', 'chi_para_mean', 'chi_dia_mean'} <= set(long.columns)
+    deep = long[long['region'].isin(DEEP_GM)]
+    assert deep[['r2star_mean', 'chi_para_mean', 'chi_dia_mean']].notna().all().all()
+    assert {'Phantom_putamen_bilateral_r2star_mean', 'segmentations_putamen_left_chi_para_mean',
+            'Phantom_putamen_bilateral_chi_dia_mean'} <= set(wide.columns)
+    meta = json.loads((group / 'cohort_long.json').read_text())
+    assert meta['r2star_mean']['Units'] == '1/s' and meta['chi_para_mean']['Units'] == 'ppm'
     for name in ('atlas-Phantom_distributions.png', 'atlas-Phantom_age.png',
                  'group_Chimap.png'):
         assert (group / 'figures' / name).stat().st_size > 1000

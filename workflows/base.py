@@ -75,9 +75,10 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
     ])  # fmt:skip
     if regions_opts:
         from qsmflow.workflows.registration import connect_regions
+        from qsmflow.workflows.regions import table_maps
 
         segmentation = (acq.segmentation, acq.segmentation_lut) if acq.segmentation else None
         connect_regions(workflow, qsm_wf, acq=acq, output_dir=output_dir,
                         regions_opts=regions_opts, segmentation=segmentation,
-                        omp_nthreads=omp_nthreads)
+                        omp_nthreads=omp_nthreads, maps=table_maps(outputs))
     return workflow

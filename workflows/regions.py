@@ -7,9 +7,25 @@ import re
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+#: Maps of :func:`workflows.qsm.init_qsm_wf` a regional table can average (output name →
+#: input of :class:`qsmflow.interfaces.regions.RegionalStats`, which gives the columns
+#: ``r2star_mean``, ``chi_para_mean``, ``chi_dia_mean``).
+TABLE_MAPS = {'r2starmap': 'in_r2star', 'chimap_para': 'in_chi_para',
+              'chimap_dia': 'in_chi_dia'}
+
+
+def table_maps(outputs) -> tuple:
+    """The outputs of an acquisition (:func:`workflows.outputs.qsm_outputs`) its tables
+    average, in :data:`TABLE_MAPS` order.
+
+    >>> table_maps(('chimap', 'mask', 'chimap_dia', 'r2starmap', 'swi'))
+    ('r2starmap', 'chimap_dia')
+    """
+    return tuple(k for k in TABLE_MAPS if k in outputs)
+
 
 def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool = False,
-                    source: dict | None = None, store_dseg: bool = True,
+                    source: dict | None = None, store_dseg: bool = True, maps=(),
                     name: str = 'regions_wf') -> pe.Workflow:
     """Compute and store the regional χ table of one acquisition for one label set.
 
@@ -18,8 +34,10 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
     interpolated. Every region of the region set gets left, right and bilateral rows with
     voxel count, volume (mm³) and mean, median, SD, 5th and 95th percentile and 10 %-trimmed
     mean of χ (ppm), the share of boundary voxels, the labelled voxels and the share of them
-    inside the brain mask; whole-brain and reference rows follow. Regions the brain mask
-    empties are QC warnings; a table without a deep nucleus in the mask fails the step.
+    inside the brain mask; whole-brain and reference rows follow. With ``maps``, the mean R2*
+    (1/s) and the mean χ⁺ and χ⁻ (ppm) over the same voxels follow as the last columns; a
+    map the acquisition lacks has no column. Regions the brain mask empties are QC warnings;
+    a table without a deep nucleus in the mask fails the step.
 
     Parameters
     ----------
@@ -37,6 +55,9 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
         Provenance of the labels, copied to the table's JSON sidecar.
     store_dseg : bool
         Also store the native-space labels as ``_atlas-<atlas>_dseg.nii.gz`` + ``.tsv``.
+    maps : sequence of str
+        Keys of :data:`TABLE_MAPS` the acquisition has (:func:`table_maps`): inputs of the
+        same names are added and averaged per region.
     name : str
         Workflow name.
 
@@ -48,6 +69,8 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
         Its brain mask.
     dseg, lut : str
         Labels on the χ grid and their ``dseg.tsv``.
+    r2starmap, chimap_para, chimap_dia : str
+        Those of ``maps``: R2* (1/s), χ⁺ and χ⁻ (ppm) on the χ grid.
 
     Outputs
     -------
@@ -64,8 +87,9 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
                          + (' eroded by one voxel (regions that erosion would leave with fewer '
                             f'than {MIN_ERODED_VOXELS} voxels were kept whole)' if erode else '')
                          + '.')
-    inputnode = pe.Node(niu.IdentityInterface(fields=['chimap', 'mask', 'dseg', 'lut']),
-                        name='inputnode')
+    maps = _check_maps(maps)
+    inputnode = pe.Node(niu.IdentityInterface(fields=['chimap', 'mask', 'dseg', 'lut',
+                                                      *maps]), name='inputnode')
     outputnode = pe.Node(niu.IdentityInterface(fields=['stats']), name='outputnode')
     stats = pe.Node(RegionalStats(atlas=atlas, erode=erode, source=source or {}),
                     name='stats', mem_gb=0.5)
@@ -77,7 +101,7 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
                             run_without_submitting=True)
     workflow.connect([
         (inputnode, stats, [('chimap', 'in_file'), ('mask', 'in_mask'), ('dseg', 'in_dseg'),
-                            ('lut', 'in_lut')]),
+                            ('lut', 'in_lut'), *((m, TABLE_MAPS[m]) for m in maps)]),
         (stats, ds_stats, [('out_tsv', 'in_file')]),
         (stats, ds_stats_json, [('out_json', 'in_file')]),
         (ds_stats, outputnode, [('out_file', 'stats')]),
@@ -95,7 +119,7 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
 
 
 def init_segmentation_regions_wf(*, segmentation: str, lut: str, output_dir: str,
-                                 entities: dict, erode: bool = False,
+                                 entities: dict, erode: bool = False, maps=(),
                                  name: str = 'segmentation_regions_wf') -> pe.Workflow:
     """Regional table from a user segmentation in the scanner space of the acquisition.
 
@@ -112,6 +136,8 @@ def init_segmentation_regions_wf(*, segmentation: str, lut: str, output_dir: str
         BIDS entities of the acquisition.
     erode : bool
         Erode every region by one voxel.
+    maps : sequence of str
+        Keys of :data:`TABLE_MAPS` the acquisition has (see :func:`init_regions_wf`).
     name : str
         Workflow name.
 
@@ -119,23 +145,44 @@ def init_segmentation_regions_wf(*, segmentation: str, lut: str, output_dir: str
     ------
     chimap, mask : str
         Referenced susceptibility map (ppm) and its brain mask.
+    r2starmap, chimap_para, chimap_dia : str
+        Those of ``maps`` (R2* in 1/s, χ⁺ and χ⁻ in ppm).
     """
     from qsmflow.interfaces.regions import ResampleSegmentation
 
+    maps = _check_maps(maps)
     workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=['chimap', 'mask']), name='inputnode')
+    inputnode = pe.Node(niu.IdentityInterface(fields=['chimap', 'mask', *maps]),
+                        name='inputnode')
     resample = pe.Node(ResampleSegmentation(in_file=segmentation), name='resample')
     regions_wf = init_regions_wf(
         atlas='segmentations', output_dir=output_dir, entities=entities, erode=erode,
         source={'Source': 'user segmentation (--segmentations)', 'Segmentation': segmentation,
-                'LookupTable': lut}, store_dseg=False)
+                'LookupTable': lut}, store_dseg=False, maps=maps)
     regions_wf.inputs.inputnode.lut = lut
     workflow.connect([
         (inputnode, resample, [('chimap', 'reference')]),
-        (inputnode, regions_wf, [('chimap', 'inputnode.chimap'), ('mask', 'inputnode.mask')]),
+        (inputnode, regions_wf, [(f, f'inputnode.{f}') for f in ('chimap', 'mask', *maps)]),
         (resample, regions_wf, [('out_file', 'inputnode.dseg')]),
     ])  # fmt:skip
     return workflow
+
+
+def _check_maps(maps) -> tuple:
+    """``maps`` as a tuple in :data:`TABLE_MAPS` order; unknown names are an error.
+
+    >>> _check_maps(['chimap_dia', 'r2starmap'])
+    ('r2starmap', 'chimap_dia')
+    >>> _check_maps(['swi'])
+    Traceback (most recent call last):
+    ValueError: maps a regional table cannot average: ['swi'] (known: r2starmap, chimap_para, \
+chimap_dia)
+    """
+    unknown = sorted(set(maps) - set(TABLE_MAPS))
+    if unknown:
+        raise ValueError(f'maps a regional table cannot average: {unknown} (known: '
+                         f'{", ".join(TABLE_MAPS)})')
+    return table_maps(maps)
 
 
 def _label(atlas: str) -> str:

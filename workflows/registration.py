@@ -9,7 +9,8 @@ from nipype.pipeline import engine as pe
 
 
 def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dict,
-                    segmentation: tuple | None = None, omp_nthreads: int = 1) -> None:
+                    segmentation: tuple | None = None, omp_nthreads: int = 1,
+                    maps=()) -> None:
     """Add registration, atlas labels and regional tables of one acquisition to ``workflow``.
 
     Parameters
@@ -30,17 +31,25 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
         (found by pre-flight), or None.
     omp_nthreads : int
         ITK threads.
+    maps : sequence of str
+        Outputs of ``qsm_wf`` the tables average per region
+        (:func:`qsmflow.workflows.regions.table_maps`: R2*, χ⁺, χ⁻ where computed).
     """
     from qsmflow.workflows.regions import (
-        init_regions_wf, init_segmentation_regions_wf)
+        init_regions_wf, init_segmentation_regions_wf, table_maps)
 
     erode = bool(regions_opts.get('erode'))
+    maps = table_maps(maps)
+    fields = ('chimap', 'mask', *maps)
+
+    def to_tables():  # a new list per connection: Nipype edits an edge's list when flattening
+        return [(f'outputnode.{f}', f'inputnode.{f}') for f in fields]
+
     if segmentation:
         seg_wf = init_segmentation_regions_wf(
             segmentation=segmentation[0], lut=segmentation[1], output_dir=output_dir,
-            entities=acq.entities, erode=erode)
-        workflow.connect([(qsm_wf, seg_wf, [('outputnode.chimap', 'inputnode.chimap'),
-                                            ('outputnode.mask', 'inputnode.mask')])])
+            entities=acq.entities, erode=erode, maps=maps)
+        workflow.connect([(qsm_wf, seg_wf, to_tables())])
     reg_wf = None
     if regions_opts.get('template'):
         reg_wf = init_registration_wf(
@@ -59,14 +68,13 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
                                          name=f'atlas_{atlas["name"].lower()}_wf')
         regions_wf = init_regions_wf(atlas=atlas['name'], output_dir=output_dir,
                                      entities=acq.entities, erode=erode, source=atlas['source'],
-                                     name=f'regions_{atlas["name"].lower()}_wf')
+                                     maps=maps, name=f'regions_{atlas["name"].lower()}_wf')
         regions_wf.inputs.inputnode.lut = atlas['lut']
         workflow.connect([
             (qsm_wf, labels_wf, [('load_megre.magnitude', 'inputnode.magnitude'),
                                  ('brain_mask.out_mask', 'inputnode.mask'),
                                  ('outputnode.chimap', 'inputnode.chimap')]),
-            (qsm_wf, regions_wf, [('outputnode.chimap', 'inputnode.chimap'),
-                                  ('outputnode.mask', 'inputnode.mask')]),
+            (qsm_wf, regions_wf, to_tables()),
             (labels_wf, regions_wf, [('outputnode.dseg', 'inputnode.dseg')]),
         ])  # fmt:skip
         if not own:

@@ -2,9 +2,9 @@
 """Cohort tables: every participant's ``_stats.tsv`` plus ``participants.tsv``.
 
 The long table has one row per participant, session, acquisition, run, atlas, region and
-hemisphere with the statistics (χ in ppm) and the covariates of ``participants.tsv``;
-the wide table has one row per participant-run and one column per atlas, region,
-hemisphere and statistic.
+hemisphere with the statistics (χ in ppm; mean R2* in 1/s and mean χ⁺, χ⁻ in ppm where a
+participant table has them) and the covariates of ``participants.tsv``; the wide table has
+one row per participant-run and one column per atlas, region, hemisphere and statistic.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qsmflow.qsm.regions import COLUMNS
+from qsmflow.qsm.regions import COLUMNS, MAP_COLUMNS
 
 #: Identifier columns of a participant-run, in order.
 KEYS = ('participant_id', 'session', 'acquisition', 'run')
@@ -74,7 +74,10 @@ def long_table(tables: list[Path], participants: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        Columns :data:`KEYS`, ``atlas``, the table columns and the covariates.
+        Columns :data:`KEYS`, ``atlas``, the table columns, the map columns
+        (:data:`qsmflow.qsm.regions.MAP_COLUMNS`) that at least one table has (empty for
+        the runs whose table lacks them: single echo, χ-separation off, older qsmflow) and
+        the covariates.
     """
     frames = []
     for path in tables:
@@ -82,8 +85,10 @@ def long_table(tables: list[Path], participants: pd.DataFrame) -> pd.DataFrame:
         for key, value in parse_name(path.name).items():
             frame.insert(0, key, value)
         frames.append(frame)
-    cols = [*KEYS, 'atlas', *COLUMNS]
-    # reindex: tables of earlier qsmflow versions lack the newer columns (left empty)
+    present = {c for frame in frames for c in frame.columns}
+    cols = [*KEYS, 'atlas', *COLUMNS, *(c for c in MAP_COLUMNS if c in present)]
+    # reindex: tables of earlier qsmflow versions lack the newer columns, and tables of
+    # runs without R2* or χ-separation the map columns (left empty)
     data = (pd.concat(frames, ignore_index=True).reindex(columns=cols) if frames
             else pd.DataFrame(columns=cols))
     if len(participants.columns) > 1:
@@ -93,14 +98,17 @@ def long_table(tables: list[Path], participants: pd.DataFrame) -> pd.DataFrame:
     return data
 
 
-def wide_table(long: pd.DataFrame, values=('mean', 'z', 'percentile')) -> pd.DataFrame:
+def wide_table(long: pd.DataFrame,
+               values=('mean', 'z', 'percentile', *MAP_COLUMNS)) -> pd.DataFrame:
     """One row per participant-run; columns ``<atlas>_<region>_<hemisphere>_<value>``.
 
-    Covariates of the long table (age, sex...) are kept as leading columns.
+    Covariates of the long table (age, sex...) are kept as leading columns; ``values``
+    the long table lacks (map columns of a cohort without those maps) are skipped.
     """
     values = [v for v in values if v in long]
     covars = [c for c in long.columns
-              if c not in (*KEYS, 'atlas', *COLUMNS, 'expected', 'z', 'percentile', 'z_note')]
+              if c not in (*KEYS, 'atlas', *COLUMNS, *MAP_COLUMNS, 'expected', 'z',
+                           'percentile', 'z_note')]
     long = long.assign(_col=long['atlas'] + '_' + long['region'] + '_' + long['hemisphere'])
     pieces = []
     for value in values:

@@ -113,7 +113,7 @@ def run_group(config) -> int:
     for key, frame in (('long', long), ('wide', wide), ('models', mtab)):
         _write_tsv(frame, paths[key])
     notes = _notes(long, models)
-    write_json(group_dir / 'cohort_long.json', _long_sidecar(notes))
+    write_json(group_dir / 'cohort_long.json', _long_sidecar(notes, long.columns))
     figures = []
     for atlas in dict.fromkeys(long['atlas']):
         figures.append(plots.plot_distributions(
@@ -153,14 +153,26 @@ def _notes(long: pd.DataFrame, models: dict) -> list[str]:
     return notes
 
 
-def _long_sidecar(notes: list[str]) -> dict:
-    return {
+def _long_sidecar(notes: list[str], columns=()) -> dict:
+    """Sidecar of ``cohort_long.tsv``; the map columns are described when in ``columns``."""
+    from qsmflow.qsm.regions import MAP_COLUMNS
+
+    meta = {
         'Description': 'Long cohort table: one row per participant, session, acquisition, '
                        'run, atlas, region and hemisphere, with covariates from '
                        'participants.tsv and age-normative z-scores.',
         'mean': {'Units': 'ppm'}, 'median': {'Units': 'ppm'}, 'std': {'Units': 'ppm'},
         'p05': {'Units': 'ppm'}, 'p95': {'Units': 'ppm'}, 'volume_mm3': {'Units': 'mm^3'},
         'trimmed_mean': {'Units': 'ppm'},
+        'r2star_mean': {'Description': 'Mean R2* over the voxels of the chi statistics (empty '
+                                       'for runs without an R2* map: one echo)',
+                        'Units': '1/s'},
+        'chi_para_mean': {'Description': 'Mean paramagnetic chi+ over the voxels of the chi '
+                                         'statistics, chi before referencing (empty for runs '
+                                         'without chi-separation)', 'Units': 'ppm'},
+        'chi_dia_mean': {'Description': 'Mean diamagnetic chi- over the voxels of the chi '
+                                        'statistics, chi before referencing (empty for runs '
+                                        'without chi-separation)', 'Units': 'ppm'},
         'expected': {'Description': 'Mean chi expected at this age by the region model',
                      'Units': 'ppm'},
         'z': {'Description': '(mean - expected) / robust residual SD of the region model'},
@@ -171,6 +183,7 @@ def _long_sidecar(notes: list[str]) -> dict:
         'Notes': notes,
         'GeneratedBy': {'Name': 'qsmflow', 'Version': __version__},
     }
+    return {k: v for k, v in meta.items() if k not in MAP_COLUMNS or k in set(columns)}
 
 
 def _write_tsv(frame: pd.DataFrame, path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits)
+    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits)
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow import __version__, bids_specs
@@ -115,6 +115,17 @@ class _StatsInputSpec(BaseInterfaceInputSpec):
     erode = traits.Bool(False, usedefault=True, desc='erode every region by one voxel')
     source = traits.Dict(usedefault=True, desc='atlas/segmentation provenance for the JSON '
                          '(added to atlas_metadata(atlas))')
+    in_r2star = File(exists=True, desc='R2* map in 1/s on the grid of in_file (column '
+                                       'r2star_mean; absent without it)')
+    in_chi_para = File(exists=True, desc='paramagnetic chi map in ppm on the grid of in_file '
+                                         '(column chi_para_mean; absent without it)')
+    in_chi_dia = File(exists=True, desc='diamagnetic chi map in ppm on the grid of in_file '
+                                        '(column chi_dia_mean; absent without it)')
+
+
+#: Input of :class:`RegionalStats` → table column (:data:`qsmflow.qsm.regions.MAP_COLUMNS`).
+MAP_INPUTS = {'in_r2star': 'r2star_mean', 'in_chi_para': 'chi_para_mean',
+              'in_chi_dia': 'chi_dia_mean'}
 
 
 class _StatsOutputSpec(TraitedSpec):
@@ -138,15 +149,18 @@ class RegionalStats(SimpleInterface):
                       else regions.regions_from_lut(lut))
         chi_meta = _read_json(base.sidecar_of(self.inputs.in_file))
         ref_method = chi_meta.get('QSMReference', 'unknown')
+        maps = {column: base.load(getattr(self.inputs, name))[0]
+                for name, column in MAP_INPUTS.items() if isdefined(getattr(self.inputs, name))}
         rows = regions.region_table(chi, labels, mask, base.voxel_size(img), region_set,
                                     erode=self.inputs.erode,
-                                    reference_mask=mask if ref_method == 'mean' else None)
+                                    reference_mask=mask if ref_method == 'mean' else None,
+                                    maps=maps)
         qc = table_qc(rows, self.inputs.atlas)
         out_tsv = Path(runtime.cwd) / 'stats.tsv'
         write_table(rows, out_tsv)
         meta = stats_sidecar(atlas_metadata(self.inputs.atlas, self.inputs.source), ref_method,
                              self.inputs.erode, base.read_steps(self.inputs.in_file),
-                             rows=rows, qc=qc)
+                             rows=rows, qc=qc, map_columns=tuple(maps))
         out_json = Path(runtime.cwd) / 'stats.json'
         base.write_json(out_json, meta)
         self._results.update(out_tsv=str(out_tsv), out_json=str(out_json))
@@ -173,11 +187,28 @@ def table_qc(rows: list[dict], atlas: str) -> dict:
 
 
 def write_table(rows: list[dict], path) -> None:
-    """Write statistic rows as TSV (``n/a`` for missing values, 6 decimals for χ)."""
-    lines = ['\t'.join(regions.COLUMNS)]
+    """Write statistic rows as TSV (``n/a`` for missing values, 6 decimals for χ).
+
+    The columns are :data:`qsmflow.qsm.regions.COLUMNS`, then those of
+    :data:`qsmflow.qsm.regions.MAP_COLUMNS` the rows have (maps of the acquisition).
+    """
+    columns = table_columns(rows)
+    lines = ['\t'.join(columns)]
     for row in rows:
-        lines.append('\t'.join(_fmt(row[c], c) for c in regions.COLUMNS))
+        lines.append('\t'.join(_fmt(row[c], c) for c in columns))
     Path(path).write_text('\n'.join(lines) + '\n')
+
+
+def table_columns(rows: list[dict]) -> tuple:
+    """Columns of a table: the χ columns, then the map columns its rows have.
+
+    >>> table_columns([{'chi_dia_mean': 0.0, 'r2star_mean': 1.0}])[-3:]  # MAP_COLUMNS order
+    ('mask_coverage', 'r2star_mean', 'chi_dia_mean')
+    >>> table_columns([{'region': 'x'}]) == regions.COLUMNS
+    True
+    """
+    present = set(rows[0]) if rows else set()
+    return regions.COLUMNS + tuple(c for c in regions.MAP_COLUMNS if c in present)
 
 
 def _fmt(value, column: str = '') -> str:
@@ -189,12 +220,16 @@ def _fmt(value, column: str = '') -> str:
 
 
 def stats_sidecar(atlas: dict, ref_method: str, erode: bool, steps: list,
-                  rows: list[dict] | None = None, qc: dict | None = None) -> dict:
+                  rows: list[dict] | None = None, qc: dict | None = None,
+                  map_columns: tuple = ()) -> dict:
     """JSON sidecar of a regional table: columns with units, reference, sources, pipeline.
 
     ``atlas`` is the label set's provenance (:func:`atlas_metadata`): name, template,
     citation and licence. ``rows`` (:func:`qsmflow.qsm.regions.region_table`) name the
     regions ``--erode-rois`` left uneroded; ``qc`` is :func:`table_qc`'s record.
+    ``map_columns`` (of :data:`qsmflow.qsm.regions.MAP_COLUMNS`) are the columns of the
+    other maps the table has: they are described; the others are listed in
+    ``AbsentColumns`` with the reason (the table does not have them).
     """
     chi_desc = 'of susceptibility (ppm, SI) after the reference in QSMReference'
     trim = regions.TRIM_PROPORTION
@@ -232,6 +267,7 @@ def stats_sidecar(atlas: dict, ref_method: str, erode: bool, steps: list,
         'Atlas': dict(atlas),
         'ErodedByOneVoxel': bool(erode),
     }
+    meta.update(map_column_sidecar(map_columns))
     if erode:
         meta['Erosion'] = {
             'Voxels': 1, 'Connectivity': 6, 'PerLabel': True,
@@ -246,6 +282,50 @@ def stats_sidecar(atlas: dict, ref_method: str, erode: bool, steps: list,
         meta['QC'] = dict(qc)
     meta.update({'GeneratedBy': {'Name': 'qsmflow', 'Version': __version__},
                  'QSMProcessing': steps})
+    return meta
+
+
+#: Sidecar entries of the map columns (:data:`qsmflow.qsm.regions.MAP_COLUMNS`).
+_MAP_COLUMN_META = {
+    'r2star_mean': {'Description': 'Mean R2* of the voxels of the chi statistics (same brain '
+                                   'mask, same erosion), from the R2starmap of this '
+                                   'acquisition', 'Units': '1/s'},
+    'chi_para_mean': {'Description': 'Mean paramagnetic susceptibility chi+ (>= 0) of the '
+                                     'voxels of the chi statistics, from the '
+                                     'desc-paramagnetic_Chimap of this acquisition; chi before '
+                                     'referencing: chi_para_mean + chi_dia_mean - mean is the '
+                                     "Chimap's QSMReferenceValue", 'Units': 'ppm'},
+    'chi_dia_mean': {'Description': 'Mean diamagnetic susceptibility chi- (<= 0) of the voxels '
+                                    'of the chi statistics, from the desc-diamagnetic_Chimap '
+                                    'of this acquisition; chi before referencing',
+                     'Units': 'ppm'},
+}
+_ABSENT_REASON = {
+    'r2star_mean': 'no R2* map for this acquisition (R2* needs at least 2 echoes)',
+    'chi_para_mean': 'no chi-separation for this acquisition (needs at least 2 echoes; off '
+                     'with --no-chi-separation)',
+}
+_ABSENT_REASON['chi_dia_mean'] = _ABSENT_REASON['chi_para_mean']
+
+
+def map_column_sidecar(map_columns) -> dict:
+    """Sidecar entries of a table's map columns: a description and units for each column
+    present, and ``AbsentColumns`` (column → why it is not in the table) for the others.
+
+    Examples
+    --------
+    >>> meta = map_column_sidecar(('r2star_mean',))
+    >>> meta['r2star_mean']['Units'], sorted(meta['AbsentColumns'])
+    ('1/s', ['chi_dia_mean', 'chi_para_mean'])
+    >>> map_column_sidecar(regions.MAP_COLUMNS)['AbsentColumns']
+    {}
+    """
+    unknown = set(map_columns) - set(regions.MAP_COLUMNS)
+    if unknown:
+        raise ValueError(f'unknown map columns {sorted(unknown)}')
+    meta = {c: dict(_MAP_COLUMN_META[c]) for c in regions.MAP_COLUMNS if c in map_columns}
+    meta['AbsentColumns'] = {c: _ABSENT_REASON[c] for c in regions.MAP_COLUMNS
+                             if c not in map_columns}
     return meta
 
 

@@ -18,6 +18,12 @@ from scipy import ndimage
 COLUMNS = ('region', 'hemisphere', 'n_voxels', 'volume_mm3', 'mean', 'median', 'std',
            'p05', 'p95', 'trimmed_mean', 'boundary_share', 'n_labelled', 'mask_coverage')
 
+#: Columns of the other maps of the acquisition, after :data:`COLUMNS` and in this order,
+#: each the mean of its map over the voxels of the χ statistics: R2* (1/s), paramagnetic
+#: χ⁺ and diamagnetic χ⁻ (ppm, χ before referencing). A table has only those of the maps
+#: that exist (``maps`` of :func:`region_table`).
+MAP_COLUMNS = ('r2star_mean', 'chi_para_mean', 'chi_dia_mean')
+
 #: Share of the values cut from *each* end for the ``trimmed_mean`` column (10 %).
 TRIM_PROPORTION = 0.1
 
@@ -272,7 +278,8 @@ def roi_stats(values_ppm: np.ndarray, voxel_volume_mm3: float) -> dict:
 def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
                  voxel_size, regions: list[dict], *, erode: bool = False,
                  min_eroded_voxels: int = MIN_ERODED_VOXELS,
-                 reference_mask: np.ndarray | None = None) -> list[dict]:
+                 reference_mask: np.ndarray | None = None,
+                 maps: dict | None = None) -> list[dict]:
     """One row of χ statistics per region and hemisphere, plus whole brain and reference.
 
     Parameters
@@ -296,6 +303,11 @@ def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
         Smallest region (voxels) erosion may leave.
     reference_mask : (nx, ny, nz) ndarray of bool, optional
         Region χ was referenced to; gives the ``reference`` row (omitted when None).
+    maps : dict, optional
+        Column name (:data:`MAP_COLUMNS`) → another map of the acquisition on the χ grid
+        (R2* in 1/s, χ⁺ or χ⁻ in ppm). Each row gains that column: the mean of the map's
+        finite values over the row's voxels (the voxels of the χ statistics: same mask,
+        same erosion; NaN when there are none). Columns follow the order of ``maps``.
 
     Returns
     -------
@@ -303,7 +315,8 @@ def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
         Rows with the keys of :data:`COLUMNS` and ``eroded`` (bool). ``n_labelled``: voxels
         with the region's labels on the χ grid (before brain mask and erosion);
         ``mask_coverage``: the share of them inside the brain mask; ``boundary_share``
-        (:func:`boundary_share`) and the χ statistics are those of the voxels tabulated.
+        (:func:`boundary_share`) and the χ statistics are those of the voxels tabulated;
+        then the columns of ``maps``.
 
     Examples
     --------
@@ -315,6 +328,11 @@ def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
 ('whole_brain', 'bilateral', 64, 0.05)]
     >>> rows[0]['boundary_share'], rows[0]['mask_coverage']  # 4x4x2 slab: all on the edge
     (1.0, 1.0)
+    >>> r2 = np.where(lab == 1, 20.0, 30.0)
+    >>> rows = region_table(chi, lab, m, (1, 1, 1), regions_from_lut({1: 'a_left'}),
+    ...                     maps={'r2star_mean': r2})
+    >>> rows[0]['r2star_mean'], rows[-1]['r2star_mean']  # left; whole brain: half of each
+    (20.0, 25.0)
     """
     chi = np.asarray(chi_ppm)
     labels = np.asarray(labels)
@@ -322,6 +340,10 @@ def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     if not chi.shape == labels.shape == mask.shape or chi.ndim != 3:
         raise ValueError(f'chi {chi.shape}, labels {labels.shape} and mask {mask.shape} must '
                          'be 3D arrays of one shape')
+    maps = {k: np.asarray(v, dtype=np.float64) for k, v in (maps or {}).items()}
+    for key, data in maps.items():
+        if data.shape != chi.shape:
+            raise ValueError(f'map {key!r} {data.shape} must have the shape of chi {chi.shape}')
     vol = float(np.prod(np.asarray(voxel_size, dtype=float)))
     rows = []
     for reg in regions:
@@ -333,21 +355,29 @@ def region_table(chi_ppm: np.ndarray, labels: np.ndarray, mask: np.ndarray,
             if small.sum() >= min_eroded_voxels:
                 roi, eroded = small, True
         rows.append(_row(reg['region'], reg['hemisphere'], chi, roi, labelled, mask, vol,
-                         eroded))
-    rows.append(_row(WHOLE_BRAIN, 'bilateral', chi, mask, mask, mask, vol, False))
+                         eroded, maps))
+    rows.append(_row(WHOLE_BRAIN, 'bilateral', chi, mask, mask, mask, vol, False, maps))
     if reference_mask is not None:
         ref = np.asarray(reference_mask, dtype=bool)
-        rows.append(_row(REFERENCE, 'bilateral', chi, ref & mask, ref, mask, vol, False))
+        rows.append(_row(REFERENCE, 'bilateral', chi, ref & mask, ref, mask, vol, False,
+                         maps))
     return rows
 
 
-def _row(region, hemisphere, chi, roi, labelled, mask, vol, eroded) -> dict:
+def _row(region, hemisphere, chi, roi, labelled, mask, vol, eroded, maps) -> dict:
     n_labelled = int(labelled.sum())
     in_mask = int((labelled & mask).sum())
     return {'region': region, 'hemisphere': hemisphere, **roi_stats(chi[roi], vol),
             'boundary_share': boundary_share(roi), 'n_labelled': n_labelled,
             'mask_coverage': in_mask / n_labelled if n_labelled else float('nan'),
+            **{key: _finite_mean(data[roi]) for key, data in maps.items()},
             'eroded': eroded}
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite values (NaN when there are none)."""
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float('nan')
 
 
 def _erode_each(labels: np.ndarray, ids) -> np.ndarray:
