@@ -22,7 +22,9 @@ def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipel
     pipeline : dict
         Algorithms and options per step (:attr:`qsmflow.config.PipelineConfig.steps`);
         with ``pipeline['masking']['brain_masks']`` set, each acquisition's own mask
-        (``acq.brain_mask``, found by pre-flight) replaces the automatic mask.
+        (``acq.brain_mask``, found by pre-flight) replaces the automatic mask; with
+        ``pipeline['chi_separation']['r2_maps']`` set, each acquisition's R2 map
+        (``acq.r2_map``, found by pre-flight) replaces χ-separation's scalar R2.
     omp_nthreads : int
         Threads per node.
     regions_opts : dict, optional
@@ -65,6 +67,8 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
         setattr(qsm_wf.inputs.inputnode, field, value)
     if pipeline['masking'].get('brain_masks'):
         qsm_wf.inputs.inputnode.brain_mask = acq.brain_mask
+    if (pipeline.get('chi_separation') or {}).get('r2_maps'):
+        qsm_wf.inputs.inputnode.r2_map = acq.r2_map
     outputs = qsm_outputs(pipeline, len(acq.echo_times_s))
     ds_wf = init_qsm_derivatives_wf(output_dir=output_dir, bids_dir=bids_dir,
                                     entities=acq.entities,

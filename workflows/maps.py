@@ -32,7 +32,9 @@ def init_gre_maps_wf(*, r2star: dict | None = None, swi: dict | None = None,
         and ``minip_params`` (options of the projection, e.g. ``slab_mm``).
     chi_separation : dict, optional
         ``enabled`` (default True) and ``params`` (options of
-        :func:`qsmflow.qsm.chi_separation.chi_separation`, e.g. ``r2_hz`` in 1/s).
+        :func:`qsmflow.qsm.chi_separation.chi_separation`, e.g. ``r2_hz`` in 1/s) and
+        ``r2_maps`` (the ``--r2-map`` folder: the acquisition's R2 map, through
+        ``inputnode.r2_map``, replaces ``r2_hz``).
     n_echoes, n_voxels : int
         Size of the acquisition (memory estimates; R2* needs ≥ 2 echoes).
     omp_nthreads : int
@@ -54,6 +56,9 @@ def init_gre_maps_wf(*, r2star: dict | None = None, swi: dict | None = None,
         Local field in ppm of B0 and its mask.
     chi : str
         χ in ppm from the dipole inversion, before referencing.
+    r2_map : str
+        The user's spin-echo R2 map in 1/s, any grid of the scanner space (read only with
+        ``chi_separation['r2_maps']``).
 
     Outputs
     -------
@@ -71,7 +76,7 @@ def init_gre_maps_wf(*, r2star: dict | None = None, swi: dict | None = None,
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(
         fields=['magnitude', 'echo_times', 'b0_tesla', 'brain_mask', 'local_field',
-                'field_mask', 'chi']), name='inputnode')
+                'field_mask', 'chi', 'r2_map']), name='inputnode')
     outputnode = pe.Node(niu.IdentityInterface(
         fields=['r2starmap', 't2starmap', 'swi', 'minip', 'chimap_para', 'chimap_dia']),
         name='outputnode')
@@ -99,6 +104,8 @@ def init_gre_maps_wf(*, r2star: dict | None = None, swi: dict | None = None,
             (relaxometry, chi_sep, [('out_r2star', 'in_r2star')]),
             (chi_sep, outputnode, [('out_para', 'chimap_para'), ('out_dia', 'chimap_dia')]),
         ])  # fmt:skip
+        if chisep.get('r2_maps'):
+            workflow.connect(inputnode, 'r2_map', chi_sep, 'in_r2')
     if swi.get('enabled', True):
         swi_node = pe.Node(SWI(params=swi.get('params', {}), num_threads=omp_nthreads),
                            name='swi', mem_gb=gb_img * n_echoes * 4, n_procs=omp_nthreads)

@@ -60,7 +60,9 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     SWI from the local field and its minIP (:func:`qsmflow.workflows.maps.init_gre_maps_wf`,
     options ``pipeline['r2star']``, ``pipeline['swi']`` and ``pipeline['chi_separation']``;
     ``enabled`` false in the last two leaves SWI and minIP, or χ⁺ and χ⁻, out), and the
-    paramagnetic and diamagnetic parts of the dipole inversion's χ (before referencing).
+    paramagnetic and diamagnetic parts of the dipole inversion's χ (before referencing);
+    with ``pipeline['chi_separation']['r2_maps']`` (a folder) the R2 map comes through
+    ``inputnode.r2_map``.
 
     Parameters
     ----------
@@ -85,6 +87,9 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         BIDS ``Units`` of the phase images.
     brain_mask : str
         The user's brain mask (only read when ``pipeline['masking']['brain_masks']`` is set).
+    r2_map : str
+        The user's R2 map in 1/s (only read when ``pipeline['chi_separation']['r2_maps']``
+        is set).
 
     Outputs
     -------
@@ -123,7 +128,7 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(
         fields=['mag_files', 'phase_files', 'echo_times', 'b0_tesla', 'phase_units',
-                'brain_mask']),
+                'brain_mask', 'r2_map']),
         name='inputnode')
     outputnode = pe.Node(niu.IdentityInterface(
         fields=['chimap', 'mask', 'total_field', 'local_field', 'field_noise', 'r2starmap',
@@ -216,6 +221,8 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         (chi_node, maps_wf, [('out_file', 'inputnode.chi')]),
         (maps_wf, outputnode, [(f'outputnode.{k}', k) for k in MAPS_OUTPUTS]),
     ])  # fmt:skip
+    if (pipeline.get('chi_separation') or {}).get('r2_maps'):
+        workflow.connect(inputnode, 'r2_map', maps_wf, 'inputnode.r2_map')
 
     reference = pe.Node(ReferenceChi(method=pipeline['reference']['method'],
                                      num_threads=omp_nthreads),

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Find a participant's files in a user's BIDS derivatives folder (masks, segmentations).
+"""Find a participant's files in a user's BIDS derivatives folder (masks, R2 maps,
+segmentations).
 
 A file is looked for in ``DERIV/sub-<l>[/ses-<l>]/anat/`` and must be named
 ``sub-<l>[_ses-<l>][_acq-<l>][_rec-<l>][_run-<i>]…[_desc-<l>]_<suffix>.nii[.gz]``. The
@@ -231,6 +232,106 @@ def check_brain_mask(deriv_dir, acq) -> Path:
     return path
 
 
+#: ``Units`` of an R2 map's sidecar that mean 1/s (compared case-insensitively).
+R2_UNITS = ('1/s', 's-1', 's^-1', 'hz')
+
+#: Plausible median (1/s) of a spin-echo R2 map of the head: R2 of brain tissue is
+#: 10–25 1/s from 1.5 to 7 T (CSF ≈ 0.5–2). A median above 50 1/s (T2 < 20 ms) is a T2
+#: map in ms, one below 1 1/s a T2 map in s or R2 in 1/ms.
+R2_PLAUSIBLE_MEDIAN_HZ = (1.0, 50.0)
+
+
+def find_r2_map(deriv_dir, entities: dict) -> Path:
+    """The user's spin-echo R2 map (``…_R2map.nii[.gz]``) of one acquisition.
+
+    Raises
+    ------
+    DerivativeLookupError
+        One line naming the expected file pattern when there is none, or the candidates
+        when several match equally well.
+    """
+    found = find_derivative(deriv_dir, entities, suffix='R2map')
+    if found is None:
+        raise DerivativeLookupError(
+            'no R2 map for ' + _label(entities) + ' in --r2-map: expected '
+            + expected_pattern(deriv_dir, entities, suffix='R2map', desc=None))
+    return found
+
+
+def check_r2_map(deriv_dir, acq) -> Path:
+    """Pre-flight check of the user's R2 map of ``acq``: found, 3D, in 1/s, on the GRE.
+
+    The sidecar (the ``.json`` beside the image), when there is one, must give ``Units``
+    1/s (``1/s``, ``s-1``, ``s^-1`` or ``Hz``); the median of the map's positive values
+    must lie in :data:`R2_PLAUSIBLE_MEDIAN_HZ` (else it is a T2 map or in other units);
+    the map, linearly resampled through the affines as the pipeline does
+    (:func:`qsmflow.qsm.regions.resample_linear`), must have values on the GRE grid.
+
+    Parameters
+    ----------
+    deriv_dir : str or Path
+        The ``--r2-map`` folder.
+    acq : :class:`qsmflow.bids.inputs.Acquisition`
+        The acquisition (its first magnitude file sets the grid).
+
+    Returns
+    -------
+    Path
+        The R2 map.
+
+    Raises
+    ------
+    qsmflow.errors.InputError
+        One line naming the file (or the expected pattern) and the fix.
+    """
+    import json
+
+    import nibabel as nb
+    import numpy as np
+
+    from qsmflow.errors import InputError
+    from qsmflow.qsm.regions import resample_linear
+
+    try:
+        path = find_r2_map(deriv_dir, acq.entities)
+    except DerivativeLookupError as exc:
+        raise InputError(str(exc)) from None
+    sidecar = Path(re.sub(r'\.nii(\.gz)?$', '.json', str(path)))
+    try:
+        meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        img = nb.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        ref = nb.load(str(acq.mag_files[0]))
+    except Exception as exc:  # noqa: BLE001 - any read failure is one pre-flight line
+        raise InputError(f'{path}: cannot read the R2 map or its sidecar '
+                         f'({type(exc).__name__}: {str(exc).splitlines()[0][:120]})') from None
+    units = meta.get('Units') if isinstance(meta, dict) else None
+    if units is not None and str(units).strip().lower() not in R2_UNITS:
+        raise InputError(f'{path}: R2 map in {units!r} ({sidecar.name}); --r2-map takes R2 '
+                         'in 1/s (Units "1/s"): convert it (R2 = 1000 / T2 in ms)')
+    if data.ndim > 3 and int(np.prod(data.shape[3:])) != 1:
+        raise InputError(f'{path}: R2 map has {int(np.prod(data.shape[3:]))} volumes; '
+                         'give a 3D map')
+    data = data.reshape(data.shape[:3])
+    positive = data[np.isfinite(data) & (data > 0)]
+    if positive.size == 0:
+        raise InputError(f'{path}: R2 map has no positive value; give R2 in 1/s')
+    median = float(np.median(positive))
+    low, high = R2_PLAUSIBLE_MEDIAN_HZ
+    if median > high:
+        raise InputError(f'{path}: median {median:.4g} is no R2 in 1/s (brain: 10-25); it '
+                         'looks like T2 in ms: give R2 = 1000 / T2 in 1/s')
+    if median < low:
+        raise InputError(f'{path}: median {median:.4g} is no R2 in 1/s (brain: 10-25); it '
+                         'looks like T2 in s or R2 in 1/ms: give R2 in 1/s (1 / T2 in s)')
+    on_grid = resample_linear(data, img.affine, ref.affine, ref.shape[:3],
+                              valid=np.isfinite(data) & (data > 0))
+    if not np.isfinite(on_grid).any():
+        raise InputError(f'{path}: R2 map has no value on the GRE grid of '
+                         f'{Path(acq.mag_files[0]).name} (is it in the same scanner space?)')
+    return path
+
+
 def find_segmentation(deriv_dir, entities: dict) -> tuple[str, str] | None:
     """Find a participant's ``_dseg.nii[.gz]`` and its lookup table in a derivatives folder.
 
@@ -305,6 +406,7 @@ def _label(entities: dict) -> str:
     return '_'.join(f'{k}-{entities[e]}' for k, e in keys if entities.get(e) not in (None, ''))
 
 
-__all__ = ['DerivativeLookupError', 'MissingLookupTableError', 'check_brain_mask',
-           'check_segmentation', 'expected_pattern', 'find_brain_mask', 'find_derivative', 'find_segmentation',
-           'parse_entities']
+__all__ = ['DerivativeLookupError', 'MissingLookupTableError', 'R2_PLAUSIBLE_MEDIAN_HZ',
+           'R2_UNITS', 'check_brain_mask', 'check_r2_map', 'check_segmentation',
+           'expected_pattern', 'find_brain_mask', 'find_derivative', 'find_r2_map',
+           'find_segmentation', 'parse_entities']

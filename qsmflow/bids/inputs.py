@@ -52,6 +52,9 @@ class Acquisition:
     #: pre-flight; None when not asked for or when the participant has none.
     segmentation: str | None = None
     segmentation_lut: str | None = None
+    #: The user's spin-echo R2 map in 1/s (``--r2-map``), found and checked by pre-flight;
+    #: None for the scalar R2 of χ-separation.
+    r2_map: str | None = None
 
     @property
     def name(self) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from qsmflow import bids_specs
 from qsmflow.errors import InputError
-from qsmflow.bids.derivatives import check_brain_mask, check_segmentation
+from qsmflow.bids.derivatives import check_brain_mask, check_r2_map, check_segmentation
 from qsmflow.bids.inputs import Acquisition
 from qsmflow.qsm.phase import infer_phase_units, phase_range
 
@@ -172,12 +172,12 @@ def describe(acq: Acquisition, summary: dict) -> str:
 
 
 def preflight(acquisitions: dict, failures: dict, log=print, brain_masks=None,
-              segmentations=None) -> dict:
+              segmentations=None, r2_maps=None) -> dict:
     """Check the images of every participant; move failing ones into ``failures``.
 
     Also resolves each acquisition's other input files into its record: the voxel count
-    (``n_voxels``), the user's brain mask (``brain_mask``) and segmentation with its lookup
-    table (``segmentation``, ``segmentation_lut``), so that a missing or unusable file
+    (``n_voxels``), the user's brain mask (``brain_mask``), R2 map (``r2_map``) and
+    segmentation with its lookup table (``segmentation``, ``segmentation_lut``), so that a missing or unusable file
     fails its participant here, with one line, and the others run.
 
     Parameters
@@ -193,6 +193,8 @@ def preflight(acquisitions: dict, failures: dict, log=print, brain_masks=None,
     segmentations : str or Path, optional
         ``--segmentations`` folder: a participant's segmentation there (optional) must
         have its lookup table.
+    r2_maps : str or Path, optional
+        ``--r2-map`` folder: each acquisition must have a usable R2 map (1/s) there.
 
     Returns
     -------
@@ -207,6 +209,8 @@ def preflight(acquisitions: dict, failures: dict, log=print, brain_masks=None,
                 summary = check_images(acq)
                 if brain_masks:
                     acq.brain_mask = str(check_brain_mask(brain_masks, acq))
+                if r2_maps:
+                    acq.r2_map = str(check_r2_map(r2_maps, acq))
                 if segmentations:
                     found = check_segmentation(segmentations, acq)
                     acq.segmentation, acq.segmentation_lut = found or (None, None)

@@ -43,7 +43,8 @@ def config_from_args(opts) -> RunConfig:
                       swi=pipeline.steps['swi']['enabled'],
                       minip_slab_mm=None if slab is None else float(slab),
                       chi_separation=chisep['enabled'],
-                      r2_hz=None if r2_hz is None else float(r2_hz))
+                      r2_hz=None if r2_hz is None else float(r2_hz),
+                      r2_maps=_path(chisep.get('r2_maps')))
     return RunConfig(
         paths=PathsConfig(bids_dir, out_dir, _work_dir(opts.work_dir, out_dir)),
         analysis_level='participant',
@@ -93,7 +94,7 @@ def masks_from_args(opts) -> MasksConfig:
 def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
     """``--preset`` resolved with the step overrides, the masking options and the maps
     options (``--r2star-method``, ``--swi``/``--no-swi``, ``--minip-slab-mm``,
-    ``--chi-separation``/``--no-chi-separation``, ``--r2-hz``)."""
+    ``--chi-separation``/``--no-chi-separation``, ``--r2-hz``, ``--r2-map``)."""
     from qsmflow.config.presets import (
         load_preset, with_maps_options, with_masking_options, with_overrides)
 
@@ -104,13 +105,20 @@ def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
             echo_combination=opts.echo_combination)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    r2_maps = opts.r2_map
+    if r2_maps is not None:
+        if not Path(r2_maps).expanduser().is_dir():
+            raise InputError(f'--r2-map {r2_maps} is not a folder; give a BIDS derivatives '
+                             'folder with sub-<label>/anat/*_R2map.nii.gz (R2 in 1/s)')
+        r2_maps = Path(r2_maps).expanduser().absolute()
     steps = with_masking_options(steps, two_pass=masks.two_pass,
                                  brain_masks=masks.brain_masks, brain=opts.brain_extraction)
     try:
         steps = with_maps_options(steps, r2star_method=opts.r2star_method,
                                   swi=opts.swi,
                                   minip_slab_mm=opts.minip_slab_mm,
-                                  chi_separation=opts.chi_separation, r2_hz=opts.r2_hz)
+                                  chi_separation=opts.chi_separation, r2_hz=opts.r2_hz,
+                                  r2_maps=r2_maps)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     return PipelineConfig(preset=str(opts.preset), steps=steps)

@@ -138,9 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help='split χ into paramagnetic (desc-paramagnetic_Chimap) and '
                              'diamagnetic (desc-diamagnetic_Chimap) parts with R2* '
                              '(default: on with ≥ 2 echoes, or as the preset says)')
-    g_maps.add_argument('--r2-hz', type=_non_negative_float, metavar='HZ',
-                        help='spin-echo R2 (1/s) that χ-separation subtracts from R2* '
-                             '(default: white matter at the field strength, 14.1 at 3 T)')
+    g_r2 = g_maps.add_mutually_exclusive_group()
+    g_r2.add_argument('--r2-hz', type=_non_negative_float, metavar='HZ',
+                      help='spin-echo R2 (1/s) that χ-separation subtracts from R2* '
+                           '(default: white matter at the field strength, 14.1 at 3 T)')
+    g_r2.add_argument('--r2-map', type=Path, metavar='DERIV_DIR',
+                      help='measured spin-echo R2 maps for χ-separation instead of --r2-hz: '
+                           'a BIDS derivatives folder with sub-<label>[/ses-<label>]/anat/'
+                           '*_R2map.nii[.gz] in 1/s in the scanner space of the GRE (any '
+                           'grid; resampled linearly); a participant without one fails')
 
     _add_regions_arguments(parser)
     g_perf = parser.add_argument_group('Performance')

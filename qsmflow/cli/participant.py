@@ -28,6 +28,7 @@ def run_participants(config) -> int:
         selection.field_strength, selection.bids_filters)
     reports = preflight(acquisitions, failures,  # reads every image: before any heavy work
                         brain_masks=config.masks.brain_masks,
+                        r2_maps=config.maps.r2_maps,
                         segmentations=config.regions.segmentations)
     for subject, reason in failures.items():
         print(f'qsmflow: skipping sub-{subject}: {reason}', file=sys.stderr)

@@ -32,7 +32,9 @@ Two optional steps make the other maps of the acquisition (a preset may leave th
   :func:`qsmflow.qsm.swi.swi` and :func:`qsmflow.qsm.swi.minimum_intensity_projection`
   (e.g. ``{"slab_mm": 8}``);
 * ``chi_separation``: ``{"enabled": true, "params": {...}}``, options of
-  :func:`qsmflow.qsm.chi_separation.chi_separation` (e.g. ``{"r2_hz": 14.1}``).
+  :func:`qsmflow.qsm.chi_separation.chi_separation` (e.g. ``{"r2_hz": 14.1}``), and
+  ``r2_maps``: a BIDS derivatives folder of ``sub-<l>[_ses-<l>]…_R2map.nii[.gz]`` (1/s),
+  used instead of ``r2_hz``.
 """
 from __future__ import annotations
 
@@ -126,13 +128,16 @@ def with_masking_options(pipeline: dict, *, two_pass: bool | None = None,
 
 def with_maps_options(pipeline: dict, *, r2star_method: str | None = None,
                       swi: bool | None = None, minip_slab_mm: float | None = None,
-                      chi_separation: bool | None = None, r2_hz: float | None = None) -> dict:
+                      chi_separation: bool | None = None, r2_hz: float | None = None,
+                      r2_maps=None) -> dict:
     """Copy of ``pipeline`` with the ``r2star``, ``swi`` and ``chi_separation`` steps resolved.
 
     ``None`` keeps what the preset says; what neither says takes the default of the qsm/
     function (:func:`qsmflow.qsm.relaxometry.r2star`'s ``method``, SWI and χ-separation
     on). Used by ``--r2star-method``, ``--swi``/``--no-swi``, ``--minip-slab-mm``,
-    ``--chi-separation``/``--no-chi-separation`` and ``--r2-hz``.
+    ``--chi-separation``/``--no-chi-separation``, ``--r2-hz`` and ``--r2-map``
+    (``r2_maps``: a folder, stored as an absolute path in ``chi_separation['r2_maps']``;
+    each acquisition's file comes from pre-flight; it needs χ-separation on).
 
     Examples
     --------
@@ -170,5 +175,10 @@ def with_maps_options(pipeline: dict, *, r2star_method: str | None = None,
         if not r2_hz >= 0:
             raise ValueError(f'R2 must be >= 0 (1/s), got {r2_hz}')
         cs['params']['r2_hz'] = float(r2_hz)
+    if r2_maps is not None:
+        cs['r2_maps'] = str(Path(r2_maps).expanduser().absolute())
+    if cs.get('r2_maps') and not cs['enabled']:
+        raise ValueError('--r2-map is an input of chi-separation: drop --no-chi-separation '
+                         "(or the preset's chi_separation enabled: false), or drop --r2-map")
     out['r2star'], out['swi'], out['chi_separation'] = r2, sw, cs
     return out

@@ -103,6 +103,10 @@ class MapsConfig:
     #: Spin-echo R2 (1/s) assumed by χ-separation (``--r2-hz``); None: the default of
     #: :func:`qsmflow.qsm.chi_separation.default_r2_hz` at the acquisition's field.
     r2_hz: float | None = None
+    #: BIDS derivatives folder of the user's spin-echo R2 maps in 1/s,
+    #: ``…_R2map.nii[.gz]`` (``--r2-map``, absolute), used by χ-separation instead of
+    #: ``r2_hz``; None: the scalar R2.
+    r2_maps: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,9 @@ class _ChiSeparationInputSpec(base.StepInputSpec):
     in_chi = File(exists=True, desc='χ in ppm of the local field, before referencing (the '
                                     "dipole inversion's output; default: a TV inversion)")
     in_r2star = File(exists=True, mandatory=True, desc='R2* map in 1/s')
+    in_r2 = File(exists=True, desc="the user's spin-echo R2 map in 1/s (--r2-map), any grid "
+                                   'of the scanner space (resampled linearly through the '
+                                   'affines); replaces params r2_hz')
     b0_tesla = traits.Float(mandatory=True, desc='main field strength in T')
     params = traits.Dict(usedefault=True, desc='keyword options of '
                                                'qsmflow.qsm.chi_separation.chi_separation '
@@ -178,7 +181,12 @@ class _ChiSeparationOutputSpec(TraitedSpec):
 
 
 class ChiSeparation(SimpleInterface):
-    """χ-separation: paramagnetic and diamagnetic χ (ppm) from the local field and R2*."""
+    """χ-separation: paramagnetic and diamagnetic χ (ppm) from the local field and R2*.
+
+    With ``in_r2`` the spin-echo R2 is that map (:func:`r2_map_on_grid`) and a scalar
+    ``params['r2_hz']`` is dropped (recorded as ``R2HzOverridden``); the sidecar's
+    ``R2Source`` names the file.
+    """
 
     input_spec = _ChiSeparationInputSpec
     output_spec = _ChiSeparationOutputSpec
@@ -190,11 +198,21 @@ class ChiSeparation(SimpleInterface):
         chi = base.load(self.inputs.in_chi)[0] if isdefined(self.inputs.in_chi) else None
         b0_dir = b0_dir_from_affine(img.affine)
         params = dict(self.inputs.params)
+        r2_rec = {}
+        if isdefined(self.inputs.in_r2):
+            overridden = params.pop('r2_hz', None)
+            fill = chi_separation.default_r2_hz(self.inputs.b0_tesla) if overridden is None \
+                else float(overridden)
+            r2_map, r2_rec = r2_map_on_grid(self.inputs.in_r2, img, mask, fill)
+            r2_rec['R2HzOverridden'] = overridden
         with threads.limit(self.inputs.num_threads):
             res = chi_separation.chi_separation(
                 field, r2star, mask, base.voxel_size(img), b0_dir,
-                b0_tesla=self.inputs.b0_tesla, chi_ppm=chi, **params)
+                b0_tesla=self.inputs.b0_tesla, chi_ppm=chi,
+                **({**params, 'r2_hz': r2_map} if r2_rec else params))
         info = res['info']
+        if r2_rec:
+            info['r2_source'] = str(self.inputs.in_r2)
         steps = base.read_steps(*[p for p in (self.inputs.in_field, self.inputs.in_r2star,
                                               self.inputs.in_chi) if isdefined(p)])
         steps.append(base.step(
@@ -202,10 +220,55 @@ class ChiSeparation(SimpleInterface):
             {**params, 'chi_ppm': 'in_chi' if chi is not None else None},
             B0Direction=b0_dir.tolist(), RelaxometricConstantHzPerPpm=info['dr_hz_per_ppm'],
             R2Hz=info['r2_hz'], R2Source=info['r2_source'], ChiSource=info['chi_source'],
-            Iterations=info['iterations'], TVWeight=info['lam'],
+            Iterations=info['iterations'], TVWeight=info['lam'], **r2_rec,
             QC={'UnreliableR2primeShare': info['unreliable_r2prime']}))
         for key, name in (('out_para', 'chi_para_ppm'), ('out_dia', 'chi_dia_ppm')):
             out = fname_presuffix('chisep.nii.gz', suffix=f'_{name}', newpath=runtime.cwd)
             self._results[key] = base.save(res[name], img, out, steps=steps,
                                            meta={'Units': 'ppm'})
         return runtime
+
+
+def r2_map_on_grid(path, ref_img, mask, fill_hz: float) -> tuple:
+    """The user's R2 map (1/s) on the grid of ``ref_img`` and its provenance record.
+
+    The map is resampled trilinearly through the two affines
+    (:func:`qsmflow.qsm.regions.resample_linear`, only its positive finite voxels count)
+    when its grid differs from ``ref_img``'s. Voxels of ``mask`` where it has no value
+    (outside its field of view or its own mask: 0, negative or NaN) take ``fill_hz``.
+
+    Returns
+    -------
+    (ndarray of float32, dict)
+        The map and ``R2Map`` (path), ``R2MapResampled`` (None when on the grid) and
+        ``R2MapFilledShare`` (share of ``mask`` filled with ``fill_hz``, ``R2MapFillHz``).
+
+    Raises
+    ------
+    ValueError
+        For a map with several volumes.
+    """
+    import nibabel as nb
+
+    from qsmflow.qsm.regions import resample_linear
+
+    img = nb.load(str(path))
+    if len(img.shape) > 3 and int(np.prod(img.shape[3:])) != 1:
+        raise ValueError(f'R2 map {path} has {int(np.prod(img.shape[3:]))} volumes; '
+                         'give a 3D map')
+    data = np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3])
+    valid = np.isfinite(data) & (data > 0)
+    same = tuple(data.shape) == tuple(ref_img.shape[:3]) and np.allclose(
+        img.affine, ref_img.affine, atol=1e-3)
+    if same:
+        r2 = np.where(valid, data, np.nan).astype(np.float32)
+    else:
+        r2 = resample_linear(data, img.affine, ref_img.affine, ref_img.shape[:3], valid=valid)
+    missing = mask & ~np.isfinite(r2)
+    r2 = np.where(np.isfinite(r2), r2, np.float32(fill_hz)).astype(np.float32)
+    rec = {'R2Map': str(path),
+           'R2MapResampled': None if same else 'trilinear through the image affines '
+                                               '(no registration)',
+           'R2MapFilledShare': float(missing.sum() / max(int(mask.sum()), 1)),
+           'R2MapFillHz': float(fill_hz)}
+    return r2, rec
