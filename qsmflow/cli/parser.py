@@ -195,7 +195,8 @@ def _add_regions_arguments(parser) -> None:
                        help='BIDS derivatives folder with sub-<l>[/ses-<l>]/anat/*_dseg.nii[.gz] '
                             'in each participant\'s scanner space and a dseg.tsv')
     group.add_argument('--erode-rois', action='store_true',
-                       help='erode every region by one voxel against partial volume')
+                       help='erode every region by one voxel against partial volume (a region '
+                            'erosion would leave with fewer than 10 voxels is kept whole)')
     group.add_argument('--skip-registration', action='store_true',
                        help='no template registration (tables only from --segmentations)')
 
