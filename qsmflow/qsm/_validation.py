@@ -134,6 +134,14 @@ def positive(name, value) -> float:
     return float(value)
 
 
+def non_negative(name, value) -> float:
+    """``value`` as a float; ValueError unless it is a finite number >= 0."""
+    number = float(value)
+    if not (np.isfinite(number) and number >= 0):
+        raise ValueError(f'{name} must be finite and >= 0, got {value!r}')
+    return number
+
+
 def fraction(name, value, *, closed=False) -> float:
     """``value`` as a float in (0, 1) (``closed``: in [0, 1]); ValueError otherwise."""
     ok = (0 <= value <= 1) if closed else (0 < value < 1)

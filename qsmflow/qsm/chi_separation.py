@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsmflow.qsm._validation import as_image, check_field_mask, iterations, positive
+from qsmflow.qsm._validation import (
+    as_image, check_field_mask, iterations, non_negative, positive)
 from qsmflow.qsm.inversion._common import _Problem
 from qsmflow.qsm.inversion.total_variation import _tv_grid
 from qsmflow.qsm.kernels import gradient, gradient_adjoint, irfft, rfft
@@ -193,9 +194,7 @@ def chi_separation(
     if r2_hz is None:
         r2, source = default_r2_hz(b0_tesla), 'default: white matter at B0 (Cox & Gowland 2010)'
     elif np.ndim(r2_hz) == 0:
-        r2, source = float(r2_hz), 'given value'
-        if not (np.isfinite(r2) and r2 >= 0):
-            raise ValueError(f'r2_hz must be finite and >= 0, got {r2_hz!r}')
+        r2, source = non_negative('r2_hz', r2_hz), 'given value'
     else:
         r2, source = as_image(r2_hz, 'r2_hz', 3, field.shape), 'map'
         if not np.all(np.isfinite(r2[mask])):

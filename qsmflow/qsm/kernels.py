@@ -329,6 +329,14 @@ class PaddedBox:
             cropped = cropped.astype(dtype, copy=False)
         return pad_to(cropped, self.shape)
 
+    def within_image(self, axis: int) -> np.ndarray:
+        """Which grid indices along ``axis`` show a voxel of the image (bool, length
+        ``shape[axis]``): False for the padding that lies beyond the image's edge (the box
+        sits centred in the grid, as :func:`pad_to` puts it)."""
+        box, n, size = self.box[axis], self.box_shape[axis], self.shape[axis]
+        image_index = box.start - (size - n) // 2 + np.arange(size)
+        return (image_index >= 0) & (image_index < self.full_shape[axis])
+
     def to_full(self, grid_array, dtype=None) -> np.ndarray:
         """Put the central box of ``grid_array`` back into a zero full-size image."""
         out = np.zeros(self.full_shape, dtype=dtype or grid_array.dtype)

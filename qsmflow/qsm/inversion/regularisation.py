@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from qsmflow.qsm._validation import non_negative
+
 #: Scale ``b`` of the Laplace prior on ``|∇χ|`` (ppm/mm) in ``λ = σ² / b``. Set between two
 #: measured limits. Forward-simulated heads (1 mm at SNR 30: σ 0.0030 ppm; 2 mm slab: 0.0023)
 #: lose deep-grey-matter contrast above λ ≈ 1.5e-3 and 1e-3 (error > 0.012 ppm); with this
@@ -248,9 +250,7 @@ def choose_shell_weight(sigma_ppm: float, *, outside_field_ppm: float = TV_OUTSI
     >>> choose_shell_weight(0.1)
     1.0
     """
-    sigma = float(sigma_ppm)
-    if not np.isfinite(sigma) or sigma < 0:
-        raise ValueError(f'sigma_ppm must be finite and >= 0, got {sigma_ppm!r}')
+    sigma = non_negative('sigma_ppm', sigma_ppm)
     if not outside_field_ppm > 0:
         raise ValueError(f'outside_field_ppm must be > 0, got {outside_field_ppm!r}')
     return float(min(1.0, (sigma / outside_field_ppm) ** 2))

@@ -7,6 +7,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from qsmflow.qsm._morphology import dilate
+from qsmflow.qsm._validation import non_negative
 from qsmflow.qsm.inversion._admm import _admm_tv, _data_update, _shrink_update
 from qsmflow.qsm.inversion._common import _iterations, _positive, _Problem, _validate
 from qsmflow.qsm.inversion.regularisation import (
@@ -162,9 +163,9 @@ def _tv_grid(field, mask, vsz, b0, *, lam=None, rho=None, rho_data=0.3, max_iter
     """:func:`tv` on validated arguments, without the last step: returns the
     :class:`~qsmflow.qsm.inversion._common._Problem`, χ on its whole padded grid (float32,
     also outside the mask, where χ carries field into the mask) and the info dict."""
-    shell_mm = _non_negative('shell_mm', shell_mm)
+    shell_mm = non_negative('shell_mm', shell_mm)
     if shell_weight is not None:
-        shell_weight = _non_negative('shell_weight', shell_weight)
+        shell_weight = non_negative('shell_weight', shell_weight)
     if lam is None:
         info = choose_tv_weight(field, mask, noise_ppm=noise_ppm)
         lam = info['lam']
@@ -190,13 +191,6 @@ def _tv_grid(field, mask, vsz, b0, *, lam=None, rho=None, rho_data=0.3, max_iter
     return prob, chi, info
 
 
-def _non_negative(name, value):
-    value = float(value)
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f'{name} must be finite and >= 0, got {value!r}')
-    return value
-
-
 def _shell(prob, shell_mm):
     """Grid voxels within ``shell_mm`` outside the mask, where the field was observed to be
     outside the brain: not in the mask's enclosed holes (excluded voxels inside the brain,
@@ -205,15 +199,10 @@ def _shell(prob, shell_mm):
     mask = prob.mask
     shell = dilate(mask, prob.vsz, shell_mm)
     shell &= ~ndi.binary_fill_holes(mask)
-    grid = prob.grid
-    for axis, (box, n, size) in enumerate(zip(grid.box, grid.box_shape, grid.shape)):
-        # grid index g shows image index box.start − before + g (pad_to centres the box)
-        image_index = box.start - (size - n) // 2 + np.arange(size)
-        beyond = (image_index < 0) | (image_index >= grid.full_shape[axis])
-        if beyond.any():
-            shape = [1, 1, 1]
-            shape[axis] = size
-            shell &= ~beyond.reshape(shape)
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        shell &= prob.grid.within_image(axis).reshape(shape)
     return shell
 
 
