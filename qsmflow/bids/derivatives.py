@@ -172,12 +172,8 @@ def find_brain_mask(deriv_dir, entities: dict) -> Path:
         One line naming the expected file pattern when there is none, or the candidates
         when several match equally well.
     """
-    found = find_derivative(deriv_dir, entities, suffix='mask', desc='brain')
-    if found is None:
-        raise DerivativeLookupError(
-            'no brain mask for ' + _label(entities) + ' in --brain-masks: expected '
-            + expected_pattern(deriv_dir, entities, suffix='mask', desc='brain'))
-    return found
+    return _find_required(deriv_dir, entities, suffix='mask', desc='brain',
+                          what='brain mask', flag='--brain-masks')
 
 
 def check_brain_mask(deriv_dir, acq) -> Path:
@@ -204,7 +200,6 @@ def check_brain_mask(deriv_dir, acq) -> Path:
         One line: no or ambiguous mask (with the expected pattern), unreadable file,
         several volumes, or no brain voxel on the GRE grid.
     """
-    import nibabel as nb
     import numpy as np
 
     from qsmflow.errors import InputError
@@ -214,17 +209,8 @@ def check_brain_mask(deriv_dir, acq) -> Path:
         path = find_brain_mask(deriv_dir, acq.entities)
     except DerivativeLookupError as exc:
         raise InputError(str(exc)) from None
-    try:
-        img = nb.load(str(path))
-        data = np.asarray(img.dataobj)
-        ref = nb.load(str(acq.mag_files[0]))
-    except Exception as exc:  # noqa: BLE001 - any read failure is one pre-flight line
-        raise InputError(f'{path}: cannot read the brain mask ({type(exc).__name__}: '
-                         f'{str(exc).splitlines()[0][:120]})') from None
-    if data.ndim > 3 and int(np.prod(data.shape[3:])) != 1:
-        raise InputError(f'{path}: brain mask has {int(np.prod(data.shape[3:]))} volumes; '
-                         'give a 3D mask')
-    mask = np.nan_to_num(data.reshape(data.shape[:3]).astype(np.float32)) != 0
+    img, data, ref = _read_3d(path, acq, 'brain mask', 'mask')
+    mask = np.nan_to_num(data) != 0
     on_grid = resample_labels(mask.astype(np.int32), img.affine, ref.affine, ref.shape[:3])
     if not on_grid.any():
         raise InputError(f'{path}: brain mask has no brain voxel on the GRE grid of '
@@ -250,12 +236,40 @@ def find_r2_map(deriv_dir, entities: dict) -> Path:
         One line naming the expected file pattern when there is none, or the candidates
         when several match equally well.
     """
-    found = find_derivative(deriv_dir, entities, suffix='R2map')
+    return _find_required(deriv_dir, entities, suffix='R2map', desc=None, what='R2 map',
+                          flag='--r2-map')
+
+
+def _find_required(deriv_dir, entities, *, suffix, desc, what, flag) -> Path:
+    """:func:`find_derivative`, or one line naming the expected file pattern."""
+    found = find_derivative(deriv_dir, entities, suffix=suffix, desc=desc)
     if found is None:
         raise DerivativeLookupError(
-            'no R2 map for ' + _label(entities) + ' in --r2-map: expected '
-            + expected_pattern(deriv_dir, entities, suffix='R2map', desc=None))
+            f'no {what} for ' + _label(entities) + f' in {flag}: expected '
+            + expected_pattern(deriv_dir, entities, suffix=suffix, desc=desc))
     return found
+
+
+def _read_3d(path, acq, what, noun):
+    """Pre-flight read of a user's 3D image ``path`` and of the GRE grid of ``acq``:
+    ``(image, data as float32 3D, GRE reference image)``, or one-line InputErrors for an
+    unreadable file or several volumes."""
+    import nibabel as nb
+    import numpy as np
+
+    from qsmflow.errors import InputError
+
+    try:
+        img = nb.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        ref = nb.load(str(acq.mag_files[0]))
+    except Exception as exc:  # noqa: BLE001 - any read failure is one pre-flight line
+        raise InputError(f'{path}: cannot read the {what} ({type(exc).__name__}: '
+                         f'{str(exc).splitlines()[0][:120]})') from None
+    if data.ndim > 3 and int(np.prod(data.shape[3:])) != 1:
+        raise InputError(f'{path}: {what} has {int(np.prod(data.shape[3:]))} volumes; '
+                         f'give a 3D {noun}')
+    return img, data.reshape(data.shape[:3]), ref
 
 
 def check_r2_map(deriv_dir, acq) -> Path:
@@ -286,7 +300,6 @@ def check_r2_map(deriv_dir, acq) -> Path:
     """
     import json
 
-    import nibabel as nb
     import numpy as np
 
     from qsmflow.errors import InputError
@@ -299,20 +312,14 @@ def check_r2_map(deriv_dir, acq) -> Path:
     sidecar = Path(re.sub(r'\.nii(\.gz)?$', '.json', str(path)))
     try:
         meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        img = nb.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-        ref = nb.load(str(acq.mag_files[0]))
     except Exception as exc:  # noqa: BLE001 - any read failure is one pre-flight line
         raise InputError(f'{path}: cannot read the R2 map or its sidecar '
                          f'({type(exc).__name__}: {str(exc).splitlines()[0][:120]})') from None
+    img, data, ref = _read_3d(path, acq, 'R2 map', 'map')
     units = meta.get('Units') if isinstance(meta, dict) else None
     if units is not None and str(units).strip().lower() not in R2_UNITS:
         raise InputError(f'{path}: R2 map in {units!r} ({sidecar.name}); --r2-map takes R2 '
                          'in 1/s (Units "1/s"): convert it (R2 = 1000 / T2 in ms)')
-    if data.ndim > 3 and int(np.prod(data.shape[3:])) != 1:
-        raise InputError(f'{path}: R2 map has {int(np.prod(data.shape[3:]))} volumes; '
-                         'give a 3D map')
-    data = data.reshape(data.shape[:3])
     positive = data[np.isfinite(data) & (data > 0)]
     if positive.size == 0:
         raise InputError(f'{path}: R2 map has no positive value; give R2 in 1/s')
