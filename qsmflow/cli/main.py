@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The ``qsmflow`` entry point: the BIDS App (``qsmflow BIDS_DIR OUT_DIR participant|group``)
-and the tool commands (``demo``, ``bench``, ``fetch-templates``, ``convert``).
+and the tool commands (``demo``, ``bench``, ``fetch-templates``, ``convert``,
+``export-dicom``).
 
 The command line is parsed (:mod:`qsmflow.cli.parser`) and turned into one validated
 :class:`qsmflow.config.RunConfig` (:func:`qsmflow.cli.config.config_from_args`), which the
@@ -67,6 +68,10 @@ def _run_tool(opts) -> int:
         from qsmflow.cli.convert import run_convert
 
         return run_convert(opts)
+    if opts.command == 'export-dicom':
+        from qsmflow.cli.export_dicom import run_export_dicom
+
+        return run_export_dicom(opts)
     from qsmflow.cli.fetch_templates import run_fetch_templates
 
     return run_fetch_templates(opts)
