@@ -63,9 +63,10 @@ def output_name(kind: str, entities: dict, **overrides) -> str:
     return build_path(spec['pattern'], ents)
 
 
-def output_path(root, kind: str, entities: dict):
+def output_path(root, kind: str, entities: dict, **overrides):
     """Path of derivative ``kind`` for ``entities`` under the dataset ``root``:
-    ``root/sub-<l>[/ses-<l>]/<datatype>/<output_name>``.
+    ``root/sub-<l>[/ses-<l>]/<datatype>/<output_name>`` (the output's own ``datatype``
+    folder when it names one, e.g. ``figures``; ``overrides`` as in :func:`output_name`).
 
     Examples
     --------
@@ -77,4 +78,6 @@ def output_path(root, kind: str, entities: dict):
     folder = Path(root) / f'sub-{entities["subject"]}'
     if entities.get('session'):
         folder = folder / f'ses-{entities["session"]}'
-    return folder / load('outputs')['datatype'] / output_name(kind, entities)
+    spec = load('outputs')
+    datatype = spec['outputs'][kind].get('datatype', spec['datatype'])
+    return folder / datatype / output_name(kind, entities, **overrides)

@@ -85,4 +85,8 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
         connect_regions(workflow, qsm_wf, acq=acq, output_dir=output_dir,
                         regions_opts=regions_opts, segmentation=segmentation,
                         omp_nthreads=omp_nthreads, maps=table_maps(outputs))
+    from qsmflow.workflows.reports import connect_reports
+
+    connect_reports(workflow, qsm_wf, acq=acq, output_dir=output_dir, regions_opts=regions_opts,
+                    omp_nthreads=omp_nthreads)
     return workflow
