@@ -68,6 +68,10 @@ def _run_tool(opts) -> int:
         from qsmflow.cli.convert import run_convert
 
         return run_convert(opts)
+    if opts.command == 'compare':
+        from qsmflow.cli.compare import run_compare_command
+
+        return run_compare_command(opts)
     if opts.command == 'export-dicom':
         from qsmflow.cli.export_dicom import run_export_dicom
 

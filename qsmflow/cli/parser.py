@@ -77,18 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                              '"group" builds cohort tables, age norms and plots')
     parser.add_argument('--version', action='version', version=f'qsmflow {__version__}')
 
-    g_bids = parser.add_argument_group('Options for filtering BIDS queries')
-    g_bids.add_argument('--participant-label', '--participant_label', nargs='+', metavar='LABEL',
-                        help='participants to process (with or without "sub-"; default: all)')
-    g_bids.add_argument('--session-label', nargs='+', metavar='LABEL',
-                        help='sessions to process (with or without "ses-"; default: all)')
-    g_bids.add_argument('--bids-filter-file', '--bids_filter_file', type=Path, metavar='FILE',
-                        help='JSON file of PyBIDS filters for the "megre" query, as in fMRIPrep '
-                             '(e.g. {"megre": {"acquisition": "fast"}})')
-    g_bids.add_argument('--skip-bids-validation', '--skip_bids_validation', action='store_true',
-                        help='do not run bids-validator-deno on the input dataset')
-    g_bids.add_argument('--field-strength', type=_positive_float, metavar='TESLA',
-                        help='B0 in tesla for data whose sidecars lack MagneticFieldStrength')
+    _add_selection_arguments(parser)
 
     g_pipe = parser.add_argument_group('Reconstruction')
     g_pipe.add_argument('--preset', default='default', metavar='NAME|FILE',
@@ -170,6 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_selection_arguments(parser) -> None:
+    """Add the participant selection flags ('Options for filtering BIDS queries') to
+    ``parser``: the BIDS-App form and ``qsmflow compare``."""
+    g_bids = parser.add_argument_group('Options for filtering BIDS queries')
+    g_bids.add_argument('--participant-label', '--participant_label', nargs='+', metavar='LABEL',
+                        help='participants to process (with or without "sub-"; default: all)')
+    g_bids.add_argument('--session-label', nargs='+', metavar='LABEL',
+                        help='sessions to process (with or without "ses-"; default: all)')
+    g_bids.add_argument('--bids-filter-file', '--bids_filter_file', type=Path, metavar='FILE',
+                        help='JSON file of PyBIDS filters for the "megre" query, as in fMRIPrep '
+                             '(e.g. {"megre": {"acquisition": "fast"}})')
+    g_bids.add_argument('--skip-bids-validation', '--skip_bids_validation', action='store_true',
+                        help='do not run bids-validator-deno on the input dataset')
+    g_bids.add_argument('--field-strength', type=_positive_float, metavar='TESLA',
+                        help='B0 in tesla for data whose sidecars lack MagneticFieldStrength')
+
+
 def _add_regions_arguments(parser) -> None:
     """Add the 'Registration and regional tables' argument group to ``parser``."""
     group = parser.add_argument_group('Registration and regional tables')
@@ -202,7 +208,59 @@ def _add_regions_arguments(parser) -> None:
                        help='no template registration (tables only from --segmentations)')
 
 
-TOOLS = ('demo', 'bench', 'fetch-templates', 'convert', 'export-dicom')
+def _add_compare_parser(sub) -> None:
+    """The ``qsmflow compare`` sub-command (:mod:`qsmflow.compare`)."""
+    from qsmflow.compare import PLUGINS
+
+    compare = sub.add_parser(
+        'compare', help='run several reconstruction pipelines over a cohort and compare '
+                        'their regional chi (pydra)',
+        description='Reconstruct every selected acquisition with every pipeline (on pydra: '
+                    'steps shared by pipelines are computed once, reruns reuse finished '
+                    'steps) and compare the regional mean chi: OUT_DIR/compare/table.tsv '
+                    '(tidy, every run), spread.tsv (between-pipeline SD and range per '
+                    'region), icc.tsv (ICC per pipeline pair), figures/, index.html. Needs '
+                    'native-space labels: --segmentations and/or --labels-from (a '
+                    'participant-level output with atlas labels; compare does not register).')
+    compare.add_argument('bids_dir', type=Path, help='root folder of a BIDS dataset')
+    compare.add_argument('output_dir', type=Path,
+                         help='output folder; results go to OUTPUT_DIR/compare/')
+    compare.add_argument('--pipelines', nargs='+', default=[], metavar='P',
+                         help='pipelines: a preset name, a preset JSON file, or step '
+                              'overrides of the default preset such as '
+                              'bf_removal=vsharp,inversion=rts (PRESET:STEP=METHOD,... for '
+                              'another preset)')
+    compare.add_argument('--grid', nargs='+', default=[], metavar='STEP=M1,M2',
+                         help='add the product of these methods (on the default preset), '
+                              'e.g. --grid bf_removal=pdf,vsharp inversion=tv,rts')
+    _add_selection_arguments(compare)
+    labels = compare.add_argument_group('Native-space labels (at least one)')
+    labels.add_argument('--segmentations', type=Path, metavar='DERIV_DIR',
+                        help='BIDS derivatives folder with sub-<l>[/ses-<l>]/anat/'
+                             '*_dseg.nii[.gz] in each participant\'s scanner space and a '
+                             'dseg.tsv (as for the participant level)')
+    labels.add_argument('--labels-from', type=Path, metavar='QSMFLOW_OUT_DIR',
+                        help='a participant-level output folder: its native-space atlas labels '
+                             '(*_atlas-<name>_dseg.nii.gz) are used')
+    labels.add_argument('--atlases', nargs='+', metavar='NAME',
+                        help='with --labels-from: only these atlases (default: every one there)')
+    labels.add_argument('--erode-rois', action='store_true',
+                        help='erode every region by one voxel (as the participant level)')
+    perf = compare.add_argument_group('Execution')
+    perf.add_argument('--nprocs', type=_positive_int, default=os.cpu_count() or 1,
+                      help='processes of the concurrent-futures worker (default: all CPUs)')
+    perf.add_argument('--plugin', choices=PLUGINS, default='cf',
+                      help="pydra worker: cf (local processes) or slurm (sbatch per task; "
+                           "the work directory must be shared) (default: %(default)s)")
+    perf.add_argument('--plugin-args', metavar='JSON|FILE',
+                      help='arguments of the pydra worker, e.g. \'{"sbatch_args": "-p short"}\'')
+    perf.add_argument('-w', '--work-dir', type=Path,
+                      help="pydra's cache, reused by reruns (default: OUTPUT_DIR/compare/work)")
+    compare.add_argument('--keep-maps', action='store_true',
+                         help='also keep every pipeline\'s chi map in OUTPUT_DIR/compare/maps/')
+
+
+TOOLS = ('demo', 'bench', 'fetch-templates', 'convert', 'compare', 'export-dicom')
 
 
 def build_tools_parser() -> argparse.ArgumentParser:
@@ -293,6 +351,7 @@ def build_tools_parser() -> argparse.ArgumentParser:
                               'DICOM PatientID, letters and digits)')
     convert.add_argument('--session-label', metavar='LABEL',
                          help='session label (with or without "ses-"; default: none)')
+    _add_compare_parser(sub)
 
     from qsmflow.export.maps import MAP_NAMES
 
