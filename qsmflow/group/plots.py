@@ -19,10 +19,25 @@ def _pyplot():
     return plt
 
 
+def informative(data):
+    """``data`` without the regions whose mean χ is 0 for everyone (the whole-brain row
+    under whole-brain referencing, the reference row: 0 by construction).
+
+    >>> import pandas as pd
+    >>> d = pd.DataFrame({'region': ['a', 'a', 'whole_brain', 'whole_brain'],
+    ...                   'mean': [0.1, 0.2, 1e-12, -1e-12]})
+    >>> sorted(set(informative(d)['region']))
+    ['a']
+    """
+    zero = data.groupby('region')['mean'].transform(lambda v: bool((v.abs() < 1e-6).all()))
+    return data[~zero.astype(bool)]
+
+
 def plot_distributions(long, atlas: str, out_file) -> str:
-    """Box and points of regional mean χ (ppm) per bilateral region of ``atlas``."""
+    """Box and points of regional mean χ (ppm) per bilateral region of ``atlas`` (regions
+    that are 0 by construction left out: :func:`informative`)."""
     plt = _pyplot()
-    data = long[(long['atlas'] == atlas) & (long['hemisphere'] == 'bilateral')]
+    data = informative(long[(long['atlas'] == atlas) & (long['hemisphere'] == 'bilateral')])
     regions = list(dict.fromkeys(data['region']))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(regions) + 2), 4.0), dpi=100)
     values = [data.loc[data['region'] == r, 'mean'].dropna().to_numpy() for r in regions]
@@ -42,9 +57,10 @@ def plot_distributions(long, atlas: str, out_file) -> str:
 
 
 def plot_age(long, models: dict, atlas: str, out_file) -> str:
-    """χ (ppm) versus age (years) per bilateral region, with the fitted age model."""
+    """χ (ppm) versus age (years) per bilateral region, with the fitted age model (regions
+    that are 0 by construction left out)."""
     plt = _pyplot()
-    data = long[(long['atlas'] == atlas) & (long['hemisphere'] == 'bilateral')]
+    data = informative(long[(long['atlas'] == atlas) & (long['hemisphere'] == 'bilateral')])
     regions = list(dict.fromkeys(data['region']))
     ncol = min(4, max(1, len(regions)))
     nrow = math.ceil(len(regions) / ncol) or 1

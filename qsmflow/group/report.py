@@ -10,8 +10,9 @@ from qsmflow.bids.atomic import write_text
 
 
 def write_report(path, *, n_participants: int, atlases: list, figures: list, notes: list,
-                 tables: list, models_table) -> str:
-    """Write ``path`` (HTML): cohort size, model summary, notes and every figure."""
+                 tables: list, models_table, qc_page=None) -> str:
+    """Write ``path`` (HTML): cohort size, model summary, notes, every figure and a link to
+    the group QC page (``qc_page``) with the participants' reports."""
     path = Path(path)
     rel = [os.path.relpath(f, path.parent) for f in figures]
     rows = ''.join(
@@ -27,6 +28,9 @@ def write_report(path, *, n_participants: int, atlases: list, figures: list, not
         f'<p>{n_participants} participant(s); atlases/segmentations: '
         f'{html.escape(", ".join(atlases))}. Susceptibility in ppm, referenced as in each '
         'participant table. z-scores are age-adjusted with the model below.</p>',
+        ('<p><b>Quality control</b>: <a href="' + html.escape(os.path.relpath(
+            qc_page, path.parent)) + '">every acquisition\'s QC metrics with outlier flags '
+         'and links to the participant reports</a>.</p>' if qc_page else ''),
         '<h2>Tables</h2><ul>' + ''.join(
             f'<li><a href="{html.escape(os.path.relpath(t, path.parent))}">'
             f'{html.escape(Path(t).name)}</a></li>' for t in tables) + '</ul>',

@@ -94,10 +94,19 @@ def run_group(config) -> int:
     from qsmflow.group import plots
     from qsmflow.group.report import write_report
 
+    from qsmflow.group.qc import write_group_qc
+
     t0 = time.time()
     out_dir, bids_dir = config.paths.output_dir, config.paths.bids_dir
     tables = cohort.find_tables(out_dir)
+    qc_files = write_group_qc(out_dir, out_dir / 'group') if tables or any(
+        out_dir.glob('sub-*/**/anat/*_desc-qc_metrics.tsv')) else []
     if not tables:
+        if qc_files:
+            _ensure_bidsignore(out_dir, '/group')
+            print(f'qsmflow group: no regional tables (*_stats.tsv) under {out_dir}: only the '
+                  f'QC table was written; QC page: {qc_files[-1]}')
+            return 0
         raise InputError(f'no participant tables (*_stats.tsv) under {out_dir}: run the '
                          'participant level first')
     participants = cohort.read_participants(bids_dir)
@@ -129,7 +138,8 @@ def run_group(config) -> int:
     write_report(group_dir / 'report.html',
                  n_participants=int(long['participant_id'].nunique()),
                  atlases=list(dict.fromkeys(long['atlas'])), figures=figures, notes=notes,
-                 tables=[*paths.values(), *maps], models_table=mtab)
+                 tables=[*paths.values(), *maps, *qc_files[:1]], models_table=mtab,
+                 qc_page=qc_files[-1] if qc_files else None)
     print(f'qsmflow group: {len(tables)} table(s) of {long["participant_id"].nunique()} '
           f'participant(s) in {time.time() - t0:.1f} s; report: {group_dir / "report.html"}')
     for note in notes:
