@@ -87,9 +87,12 @@ def inversion_task(local_field: File, mask: File, magnitude: File, noise_hz: Fil
 
 
 @pydra.mark.task
-@pydra.mark.annotate({'return': {'chimap': File, 'seconds': float}})
+@pydra.mark.annotate({'return': {'chimap': File, 'chimap_path': str, 'seconds': float}})
 def reference_task(chi: File, mask: File, magnitude: File, echo_times: list, config: dict):
-    return steps.reference(str(chi), str(mask), str(magnitude), echo_times, config)
+    # chimap_path: the file in the task's folder, beside its sidecar (a workflow copies
+    # its File outputs into its own folder, without sidecars)
+    chimap, seconds = steps.reference(str(chi), str(mask), str(magnitude), echo_times, config)
+    return chimap, chimap, seconds
 
 
 @pydra.mark.task
@@ -139,7 +142,7 @@ def build_workflow(runs_acq: list[dict], runs_pipeline: list[dict], cache_dir) -
     wf.add(tables_task(name='tables', chimap=wf.reference.lzout.chimap,
                        mask=wf.bf_removal.lzout.mask, label_sets=lz.label_sets))
     wf.combine(['acq_name', 'pipeline'])
-    wf.set_output([('chimap', wf.reference.lzout.chimap), ('tables', wf.tables.lzout.tables),
+    wf.set_output([('chimap', wf.reference.lzout.chimap_path), ('tables', wf.tables.lzout.tables),
                    *((f'{s}_seconds', getattr(wf, s).lzout.seconds) for s in TIMED_STEPS)])
     return wf
 

@@ -125,7 +125,7 @@ def resolve_pipelines(pipelines=(), grid=()) -> dict:
     """
     out = {}
     for name, steps in [*(parse_pipeline(p) for p in pipelines), *parse_grid(grid or ())]:
-        if any(steps == other for other in out.values()) or name in out:
+        if name in out or any(_same(steps, other) for other in out.values()):
             continue
         masking = steps['masking']
         if masking.get('two_pass') or masking.get('brain_masks'):
@@ -137,6 +137,11 @@ def resolve_pipelines(pipelines=(), grid=()) -> dict:
                          f'e.g. --pipelines default consensus; available presets: '
                          f'{", ".join(available_presets())}')
     return out
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Whether two pipelines run the same steps (descriptions aside)."""
+    return all(a[s] == b[s] for s in STEPS)
 
 
 def _with_methods(preset: dict, methods: dict, where: str) -> dict:

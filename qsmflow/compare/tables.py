@@ -70,7 +70,7 @@ def spread(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for key, group in table.groupby(list(KEYS), sort=False):
         wide = group.pivot_table(index='acquisition', columns='pipeline', values='mean',
-                                 aggfunc='first')
+                                 aggfunc='first', dropna=False)
         sd = wide.std(axis=1, ddof=1)
         rng = wide.max(axis=1) - wide.min(axis=1)
         means = wide.mean(axis=0)
@@ -113,7 +113,7 @@ def pairwise_icc(table: pd.DataFrame) -> pd.DataFrame:
     pipelines = list(dict.fromkeys(table['pipeline']))
     for key, group in table.groupby(list(KEYS), sort=False):
         wide = group.pivot_table(index='acquisition', columns='pipeline', values='mean',
-                                 aggfunc='first')
+                                 aggfunc='first', dropna=False)
         for first, second in itertools.combinations(pipelines, 2):
             if first not in wide or second not in wide:
                 continue
