@@ -18,7 +18,6 @@ CITATIONS = {
     'ismv': ('ismv',), 'tv': ('tv_admm',), 'rts': ('rts',), 'medi': ('medi',),
     'ndi': ('ndi',), 'ilsqr': ('ilsqr',), 'lsqr': ('vsharp',), 'tkd': ('tkd',),
     'arlo': ('arlo',), 'swi': ('clearswi',), 'chi_separation': ('chisep',),
-    'antspyx': ('syn',),
 }
 #: Inversions the consensus recommends (iterative, with a sparsity prior).
 SPARSE_INVERSIONS = ('tv', 'medi', 'rts', 'ndi')
@@ -86,12 +85,14 @@ def step_text(step: dict) -> tuple[str, list]:
     ...            'Parameters': {'tol': 0.001, 'max_iter': 30}})
     ('background-removal: pdf (qsmflow.qsm.bgremove.pdf; tol=0.001, max_iter=30)', ['pdf'])
     """
-    algo = step.get('Algorithm') or step.get('Software') or 'n/a'
-    short = algo.rsplit('.', 1)[-1].split(' ')[0]
+    if step.get('Step') == 'resampling':  # the template registration's record
+        return (f'registration to the template: {step.get("Software")}, rigid, affine '
+                '(Mattes mutual information) and SyN of the brain-masked magnitude; chi '
+                f'resampled with interpolation={step.get("Interpolation")}', ['syn'])
+    algo = step.get('Algorithm') or 'n/a'
+    short = algo.rsplit('.', 1)[-1]
     params = dict(step.get('Parameters') or {})
     params.pop('return_info', None)
-    if step.get('Step') == 'resampling':
-        params = {'interpolation': step.get('Interpolation')}
     keys = list(CITATIONS.get(short, ()))
     for value in params.values():
         if isinstance(value, str):
@@ -102,8 +103,7 @@ def step_text(step: dict) -> tuple[str, list]:
         if reg.get('shell_weight') is not None:
             params['shell_weight'] = f'{reg["shell_weight"]:.3g} (chosen)'
     text = ', '.join(f'{k}={_value(v)}' for k, v in params.items())
-    name = short if step.get('Algorithm') else algo
-    return f'{step.get("Step")}: {name} ({algo}{"; " + text if text else ""})', keys
+    return f'{step.get("Step")}: {short} ({algo}{"; " + text if text else ""})', keys
 
 
 def methods_paragraph(steps: list, facts: dict, reference: dict | None = None) -> tuple:
@@ -142,6 +142,7 @@ def reference_text(steps: list, rows: dict) -> dict | None:
             f'(value subtracted {_value(ref.get("ReferenceValue"))} ppm')
     if 'reference' in rows and 'whole_brain' in rows:
         (rm, rs), (wm, ws) = rows['reference'], rows['whole_brain']
+        rm, wm = round(rm, 4) + 0.0, round(wm, 4) + 0.0  # no '-0.0000'
         text += (f'; chi in the reference region {rm:.4f} ± {rs:.4f} ppm, whole brain '
                  f'{wm:.4f} ± {ws:.4f} ppm')
     return {'method': method, 'text': text + ').'}
@@ -175,7 +176,7 @@ def consensus_checks(steps: list, facts: dict) -> list[tuple[bool | None, str]]:
          float(facts['partial_fourier']) >= 1.0,
          f'no partial Fourier ({facts["partial_fourier"] if facts["partial_fourier"] not in (None, "") else "not stated"})'),
         (fit.get('unwrapping') != 'laplacian' if fit else None,
-         f'exact (path/region-growing) unwrapping ({fit.get("unwrapping", "n/a")})'),
+         f'exact unwrapping, path or region growing ({fit.get("unwrapping", "n/a")})'),
         (fit.get('combination') in ('wls', 'nlcomplex') if fit else None,
          f'weighted or nonlinear echo combination ({fit.get("combination", "n/a")})'),
         ('phase-quality-masking' in algo or 'strict-masking' in algo,

@@ -114,7 +114,7 @@ def _section(out_dir: Path, chimap: Path, bids_dir, run_lines: list) -> list[str
                 f'<li>[{k}] {html.escape(bib[k])}</li>' for k in keys if k in bib) + '</ul>']
     out += ['<h3>2024 consensus (Magn Reson Med 2024;91:1834, doi:10.1002/mrm.30006)</h3>',
             _consensus_box(methods.consensus_checks(steps, facts))]
-    out += _timings(run_lines, prefix)
+    out += _timings(out_dir, run_lines, prefix)
     return out
 
 
@@ -162,7 +162,7 @@ def _facts_table(f: dict) -> str:
             ('acquisition', f['acq_type'] or 'not stated'),
             ('scanner', f['vendor'] or 'not stated'),
             ('input', f'{f["layout"]}, {f["parts"]}')]
-    return _table(('', ''), rows)
+    return _table(None, rows)
 
 
 def _figures(out_dir: Path, chimap: Path, prefix: str) -> list[str]:
@@ -270,18 +270,28 @@ def step_times(lines: list, prefix: str) -> dict:
     return out
 
 
-def _timings(lines: list, prefix: str) -> list[str]:
+def _timings(out_dir: Path, lines: list, prefix: str) -> list[str]:
+    """Write the run time of each step of ``prefix`` (latest run, from the log) into
+    ``logs/<prefix>_steptimes.tsv`` and link it. The times stay out of the page itself, so
+    that a rerun or another engine gives the same page, byte for byte."""
+    from qsmflow.bids.atomic import write_text
+
     times = step_times(lines, prefix)
     if not times:
         return ['<p class="na">No step times in the log (steps reused from the work '
                 'directory are not timed).</p>']
-    rows = sorted(times.items(), key=lambda kv: -kv[1])
-    return ['<h3>Run time per step (from the log, 1 s resolution)</h3>',
-            _table(('step', 'seconds'), rows)]
+    path = out_dir / 'logs' / f'{prefix}_steptimes.tsv'
+    rows = sorted(times.items(), key=lambda kv: (-kv[1], kv[0]))
+    write_text(path, 'step\tseconds\n' + ''.join(f'{k}\t{v}\n' for k, v in rows))
+    rel = html.escape(path.relative_to(out_dir).as_posix())
+    return [f'<p>Run time per step of the latest run (from the log, 1 s resolution): '
+            f'<a href="{rel}">{rel}</a>.</p>']
 
 
 def _errors(out_dir: Path, log: Path, lines: list, error: str | None) -> list[str]:
-    flagged = [ln for ln in lines if re.search(r'WARNING|FAILED|Error', ln)]
+    # without the elapsed-time stamps: the page does not change between identical runs
+    flagged = [re.sub(r'^\[[0-9:]+\] ', '', ln) for ln in lines
+               if re.search(r'WARNING|FAILED|Error', ln)]
     rel = html.escape(log.relative_to(out_dir).as_posix()) if log.exists() else ''
     out = ['<h2 id="errors">Errors and warnings</h2>',
            f'<p>Log: <a href="{rel}">{rel}</a></p>' if rel else '<p>No log.</p>']
@@ -293,7 +303,7 @@ def _errors(out_dir: Path, log: Path, lines: list, error: str | None) -> list[st
 
 
 def _table(head, rows) -> str:
-    th = ''.join(f'<th>{html.escape(str(h))}</th>' for h in head)
+    th = ''.join(f'<th>{html.escape(str(h))}</th>' for h in head or ())
     body = ''.join('<tr>' + ''.join(f'<td>{html.escape(str(c))}</td>' for c in r) + '</tr>'
                    for r in rows)
-    return f'<table><tr>{th}</tr>{body}</table>'
+    return f'<table>{"<tr>" + th + "</tr>" if th else ""}{body}</table>'
