@@ -10,6 +10,8 @@ side by side, each in a fresh interpreter: ``--plugin multiproc`` (the reference
 be identical: NIfTI headers and data bitwise (χ, masks, field maps, warps, template-space
 χ, atlas labels), TSV tables, ITK transforms and ``.bidsignore`` byte for byte, JSON
 sidecars equal; only the per-participant logs (timestamps) are not compared.
+``qsmflow compare`` (pydra's SLURM worker) also runs a small grid through the cluster and
+must give the table of pydra's local worker.
 
 Needs root (package install, daemons) and takes a few minutes, so it runs only with
 ``QSMFLOW_TEST_SLURM=1`` (``.ci/run`` sets it).
@@ -276,6 +278,55 @@ def test_slurmgraph_waits_for_its_jobs_and_matches_multiproc(runs):
     _check_ok(runs['multiproc'])
     problems = compare_derivatives(runs['multiproc']['out'], run['out'], GRAPH_SUBJECTS)
     assert not problems, '\n'.join(problems)
+
+
+#: ``sacct`` for a cluster without an accounting database: pydra's SLURM worker asks sacct
+#: for a finished job's state and exit code; this answers from slurmctld's memory of the
+#: job (``scontrol``; finished jobs are kept for ``MinJobAge``, an hour here).
+SACCT_SHIM = """#!{python}
+import subprocess, sys
+job = sys.argv[sys.argv.index('-j') + 1]
+out = subprocess.run(['scontrol', '--oneliner', 'show', 'job', job], capture_output=True,
+                     text=True).stdout
+fields = dict(item.split('=', 1) for item in out.split() if '=' in item)
+if 'JobState' in fields:
+    print(job, fields['JobState'], fields['ExitCode'])
+"""
+#: The grid ``qsmflow compare`` runs through SLURM (2 × 1 pipelines, one participant; TKD
+#: keeps it short: each task is a job that starts an interpreter).
+COMPARE_GRID = ('bf_removal=pdf,vsharp', 'inversion=tkd')
+
+
+def test_compare_runs_a_small_grid_through_slurm(cohort, cluster, tmp_path):
+    """``qsmflow compare --plugin slurm``: every pydra task is a SLURM job, the shared
+    field map is computed once, and the table equals the local (cf) worker's."""
+    shim = tmp_path / 'bin'
+    shim.mkdir()
+    (shim / 'sacct').write_text(SACCT_SHIM.format(python=sys.executable))
+    (shim / 'sacct').chmod(0o755)
+    env = {**cluster.env, 'PATH': f'{shim}{os.pathsep}{cluster.env.get("PATH", "")}'}
+    before = {j['JobId'] for j in cluster.jobs()}
+    base = [sys.executable, '-m', 'qsmflow', 'compare', str(cohort / 'rawdata')]
+    flags = ['--skip-bids-validation', '--participant-label', '01', '--segmentations',
+             str(cohort / 'truth'), '--grid', *COMPARE_GRID]
+    tables = {}
+    for plugin, extra in (('slurm', ['--plugin-args', json.dumps(SBATCH_ARGS)]),
+                          ('cf', ['--nprocs', str(NPROCS)])):
+        out = cohort / f'out-compare-{plugin}'
+        proc = subprocess.run([*base, str(out), *flags, '--plugin', plugin, *extra],
+                              env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        assert proc.returncode == 0, (plugin, proc.stdout[-2000:], proc.stderr[-3000:])
+        tables[plugin] = (out / 'compare' / 'table.tsv').read_text().splitlines()
+        if plugin == 'slurm':
+            work = out / 'compare' / 'work'
+            fields = [d for d in work.glob('*/total_field_ppm.nii.gz')]
+            assert len(fields) == 1, fields
+    names = [j['JobName'] for j in cluster.jobs() if j['JobId'] not in before]
+    for task in ('load', 'brain', 'field', 'bf_removal', 'inversion', 'reference', 'tables'):
+        assert any(n.startswith(f'{task}.') for n in names), (task, names)
+    # same rows and numbers; run_time_s (the last column) is the run's own
+    assert [r.rsplit('\t', 1)[0] for r in tables['slurm']] == \
+        [r.rsplit('\t', 1)[0] for r in tables['cf']]
 
 
 def test_cluster_stops_without_leftover_processes(runs, cluster):
