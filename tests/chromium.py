@@ -30,7 +30,8 @@ _IMAGES_JS = r'''
   for (const obj of document.querySelectorAll('object')) {
     const doc = obj.contentDocument;
     const root = doc && doc.documentElement;
-    const ok = !!root && root.nodeName.toLowerCase() === 'svg' && obj.getBoundingClientRect().height > 10;
+    const ok = !!root && root.nodeName.toLowerCase() === 'svg'
+               && obj.getBoundingClientRect().height > 10;
     out.push({kind: 'object', src: obj.getAttribute('data'), ok: ok,
               width: obj.getBoundingClientRect().width});
   }

@@ -51,8 +51,10 @@ def robust_flags(values: np.ndarray, n_mad: float = N_MAD) -> np.ndarray:
 
     >>> robust_flags(np.array([1.0, 1.1, 0.9, 1.05, 5.0])).tolist()
     [False, False, False, False, True]
-    >>> robust_flags(np.array([0.0, 0.0, 1.0])).tolist(), robust_flags(np.array([1.0, 9.0])).tolist()
-    ([False, False, True], [False, False])
+    >>> robust_flags(np.array([0.0, 0.0, 1.0])).tolist()
+    [False, False, True]
+    >>> robust_flags(np.array([1.0, 9.0])).tolist()
+    [False, False]
     """
     values = np.asarray(values, dtype=float)
     finite = np.isfinite(values)

@@ -140,6 +140,11 @@ def run_group(config) -> int:
                  atlases=list(dict.fromkeys(long['atlas'])), figures=figures, notes=notes,
                  tables=[*paths.values(), *maps, *qc_files[:1]], models_table=mtab,
                  qc_page=qc_files[-1] if qc_files else None)
+    from qsmflow.reports.participant import write_participant_reports
+
+    # the participant reports again, now with each region's z against the cohort
+    write_participant_reports(out_dir, sorted({str(p).removeprefix('sub-') for p in
+                                               long['participant_id']}), {}, bids_dir=bids_dir)
     print(f'qsmflow group: {len(tables)} table(s) of {long["participant_id"].nunique()} '
           f'participant(s) in {time.time() - t0:.1f} s; report: {group_dir / "report.html"}')
     for note in notes:

@@ -2,7 +2,6 @@
 """QC metrics and reportlets of one acquisition (inputs: the reconstruction's files)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from nipype.interfaces.base import (
@@ -130,10 +129,4 @@ class FigureSink(SimpleInterface):
             out.append(str(dest))
         self._results['out_files'] = out
         return runtime
-
-
-def read_sidecar(path) -> dict:
-    """The JSON sidecar of a NIfTI (``{}`` when absent)."""
-    side = Path(base.sidecar_of(path))
-    return json.loads(side.read_text()) if side.exists() else {}
 

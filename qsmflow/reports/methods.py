@@ -159,6 +159,7 @@ def consensus_checks(steps: list, facts: dict) -> list[tuple[bool | None, str]]:
     field = facts['field_t'] or 3.0
     te_max = facts['te_ms'][-1] if facts['te_ms'] else 0.0
     te_goal = 30.0 * 3.0 / float(field)
+    pf = facts['partial_fourier']
     out = [
         (facts['acq_type'] == '3D' if facts['acq_type'] else None,
          f'3D acquisition (MRAcquisitionType: {facts["acq_type"] or "not stated"})'),
@@ -172,9 +173,8 @@ def consensus_checks(steps: list, facts: dict) -> list[tuple[bool | None, str]]:
          'mm)'),
         (None if not facts['readout'] else str(facts['readout']).lower().startswith('mono'),
          f'monopolar readout ({facts["readout"] or "not stated in the sidecars"})'),
-        (None if facts['partial_fourier'] in (None, '') else
-         float(facts['partial_fourier']) >= 1.0,
-         f'no partial Fourier ({facts["partial_fourier"] if facts["partial_fourier"] not in (None, "") else "not stated"})'),
+        (None if pf in (None, '') else float(pf) >= 1.0,
+         f'no partial Fourier ({"not stated" if pf in (None, "") else pf})'),
         (fit.get('unwrapping') != 'laplacian' if fit else None,
          f'exact unwrapping, path or region growing ({fit.get("unwrapping", "n/a")})'),
         (fit.get('combination') in ('wls', 'nlcomplex') if fit else None,
