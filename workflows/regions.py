@@ -26,7 +26,7 @@ def table_maps(outputs) -> tuple:
 
 def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool = False,
                     source: dict | None = None, store_dseg: bool = True, maps=(),
-                    name: str = 'regions_wf') -> pe.Workflow:
+                    refined: bool = False, name: str = 'regions_wf') -> pe.Workflow:
     """Compute and store the regional χ table of one acquisition for one label set.
 
     The labels are on the native χ grid already (brought there by the inverse template
@@ -58,6 +58,11 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
     maps : sequence of str
         Keys of :data:`TABLE_MAPS` the acquisition has (:func:`table_maps`): inputs of the
         same names are added and averaged per region.
+    refined : bool
+        ``dseg`` are labels refined on χ
+        (:func:`qsmflow.workflows.registration.init_atlas_labels_wf`): they are stored as
+        ``_atlas-<atlas>_desc-refined_dseg`` and the labels of the registration alone
+        (input ``dseg_atlas``) as ``_atlas-<atlas>_dseg``.
     name : str
         Workflow name.
 
@@ -68,7 +73,9 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
     mask : str
         Its brain mask.
     dseg, lut : str
-        Labels on the χ grid and their ``dseg.tsv``.
+        Labels on the χ grid (those of the table) and their ``dseg.tsv``.
+    dseg_atlas : str
+        With ``refined``: the unrefined labels.
     r2starmap, chimap_para, chimap_dia : str
         Those of ``maps``: R2* (1/s), χ⁺ and χ⁻ (ppm) on the χ grid.
 
@@ -88,8 +95,9 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
                             f'than {MIN_ERODED_VOXELS} voxels were kept whole)' if erode else '')
                          + '.')
     maps = _check_maps(maps)
-    inputnode = pe.Node(niu.IdentityInterface(fields=['chimap', 'mask', 'dseg', 'lut',
-                                                      *maps]), name='inputnode')
+    inputnode = pe.Node(niu.IdentityInterface(fields=[
+        'chimap', 'mask', 'dseg', 'lut', *maps, *(['dseg_atlas'] if refined else [])]),
+        name='inputnode')
     outputnode = pe.Node(niu.IdentityInterface(fields=['stats']), name='outputnode')
     stats = pe.Node(RegionalStats(atlas=atlas, erode=erode, source=source or {}),
                     name='stats', mem_gb=0.5)
@@ -107,14 +115,19 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
         (ds_stats, outputnode, [('out_file', 'stats')]),
     ])  # fmt:skip
     if store_dseg:
-        ds_dseg = pe.Node(DerivativesSink(base_directory=output_dir, kind='dseg', entities=ents),
-                          name='ds_dseg', run_without_submitting=True)
-        ds_lut = pe.Node(FileSink(base_directory=output_dir, kind='dseg_lut', entities=ents),
-                         name='ds_lut', run_without_submitting=True)
-        workflow.connect([
-            (inputnode, ds_dseg, [('dseg', 'in_file')]),
-            (inputnode, ds_lut, [('lut', 'in_file')]),
-        ])  # fmt:skip
+        stored = ([('dseg_atlas', 'dseg'), ('dseg', 'dseg_refined')] if refined
+                  else [('dseg', 'dseg')])
+        for key, kind in stored:
+            ds_dseg = pe.Node(DerivativesSink(base_directory=output_dir, kind=kind,
+                                              entities=ents),
+                              name=f'ds_{kind}', run_without_submitting=True)
+            ds_lut = pe.Node(FileSink(base_directory=output_dir, kind=f'{kind}_lut',
+                                      entities=ents),
+                             name=f'ds_{kind}_lut', run_without_submitting=True)
+            workflow.connect([
+                (inputnode, ds_dseg, [(key, 'in_file')]),
+                (inputnode, ds_lut, [('lut', 'in_file')]),
+            ])  # fmt:skip
     return workflow
 
 

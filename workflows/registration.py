@@ -25,7 +25,9 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
         ``template`` (name, or None: no registration to a template), ``template_files``
         (:func:`qsmflow.atlases.specs.template_files`), ``atlases``
         (:func:`qsmflow.atlases.specs.resolve_atlases`; a custom atlas with its own
-        ``template_image`` is processed even without ``template``), ``erode`` (bool).
+        ``template_image`` is processed even without ``template``), ``erode`` (bool),
+        ``refine`` (bool: χ-driven refinement of the atlas labels around the nuclei, see
+        :func:`init_atlas_labels_wf`).
     segmentation : (str, str), optional
         The user's segmentation image and lookup table in the acquisition's scanner space
         (found by pre-flight), or None.
@@ -39,6 +41,7 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
         init_regions_wf, init_segmentation_regions_wf, table_maps)
 
     erode = bool(regions_opts.get('erode'))
+    refine = bool(regions_opts.get('refine'))
     maps = table_maps(maps)
     fields = ('chimap', 'mask', *maps)
 
@@ -64,11 +67,14 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
         own = bool(atlas.get('template_image'))
         if not own and reg_wf is None:
             continue  # reached through the template registration, which is off
+        refined = refine and not atlas.get('via')
         labels_wf = init_atlas_labels_wf(atlas=atlas, omp_nthreads=omp_nthreads,
+                                         refine=refined,
                                          name=f'atlas_{atlas["name"].lower()}_wf')
         regions_wf = init_regions_wf(atlas=atlas['name'], output_dir=output_dir,
                                      entities=acq.entities, erode=erode, source=atlas['source'],
-                                     maps=maps, name=f'regions_{atlas["name"].lower()}_wf')
+                                     maps=maps, refined=refined,
+                                     name=f'regions_{atlas["name"].lower()}_wf')
         regions_wf.inputs.inputnode.lut = atlas['lut']
         workflow.connect([
             (qsm_wf, labels_wf, [('load_megre.magnitude', 'inputnode.magnitude'),
@@ -77,9 +83,12 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
             (qsm_wf, regions_wf, to_tables()),
             (labels_wf, regions_wf, [('outputnode.dseg', 'inputnode.dseg')]),
         ])  # fmt:skip
+        if refined:
+            workflow.connect([(labels_wf, regions_wf, [
+                ('outputnode.dseg_atlas', 'inputnode.dseg_atlas')])])
         if not own:
             workflow.connect([(reg_wf, labels_wf, [
-                ('outputnode.affine', 'inputnode.affine'),
+                ('outputnode.affine', 'inputnode.affine'), ('outputnode.warp', 'inputnode.warp'),
                 ('outputnode.inverse_warp', 'inputnode.inverse_warp')])])
 
 
@@ -164,7 +173,7 @@ def init_registration_wf(*, template: str, template_image: str, template_mask: s
     return workflow
 
 
-def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1,
+def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1, refine: bool = False,
                          name: str = 'atlas_labels_wf') -> pe.Workflow:
     """Bring an atlas's labels onto the native χ grid (generic-label interpolation).
 
@@ -174,9 +183,16 @@ def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1,
     own template image. The labels' sidecar names the atlas, its template, citation and
     licence (:func:`qsmflow.interfaces.regions.atlas_metadata`).
 
+    With ``refine`` (and an atlas in the registration template or a custom atlas; an atlas
+    reached through another template is not refined), the χ map is registered once more
+    to the atlas's χ-contrast prior around the iron-rich nuclei
+    (:class:`qsmflow.interfaces.registration.RefineNuclei`) and the labels come through
+    both registrations; the labels of the magnitude registration alone are kept as
+    ``dseg_atlas``.
+
     Inputs
     ------
-    affine, inverse_warp : str
+    affine, warp, inverse_warp : str
         Subject transforms (native → registration template).
     magnitude, mask, chimap : str
         For custom atlases (their own registration) and the output grid (χ).
@@ -184,16 +200,22 @@ def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1,
     Outputs
     -------
     dseg : str
-        Atlas labels on the χ grid.
+        Atlas labels on the χ grid (refined with ``refine``).
+    dseg_atlas : str
+        With ``refine``: the labels of the magnitude registration alone.
     """
     from qsmflow.interfaces.regions import atlas_metadata
     from qsmflow.atlases.transforms import template_name
-    from qsmflow.interfaces.registration import ApplyTransforms, RegisterToTemplate
+    from qsmflow.interfaces.registration import (
+        ApplyTransforms, RefineNuclei, RegisterToTemplate)
 
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(
-        fields=['affine', 'inverse_warp', 'magnitude', 'mask', 'chimap']), name='inputnode')
-    outputnode = pe.Node(niu.IdentityInterface(fields=['dseg']), name='outputnode')
+        fields=['affine', 'warp', 'inverse_warp', 'magnitude', 'mask', 'chimap']),
+        name='inputnode')
+    refine = bool(refine) and not atlas.get('via')
+    outputnode = pe.Node(niu.IdentityInterface(
+        fields=['dseg', 'dseg_atlas'] if refine else ['dseg']), name='outputnode')
     meta = {'Atlas': atlas_metadata(atlas['name'], atlas.get('source'))}
     to_native = pe.Node(ApplyTransforms(in_file=atlas['image'], interpolation='genericLabel',
                                         meta=meta), name='to_native', mem_gb=1.0)
@@ -209,12 +231,14 @@ def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1,
             (own, xfms, [('affine', 'in1'), ('inverse_warp', 'in2')]),
         ])  # fmt:skip
         to_native.inputs.invert = [True, False]
+        transforms = (own, ('affine', 'warp', 'inverse_warp'))
     else:
         # Transforms next to the χ grid first: native ← template, then template ← SUIT.
         xfms = pe.Node(niu.Merge(4 if atlas.get('via') else 2), name='xfms',
                        run_without_submitting=True)
         workflow.connect([(inputnode, xfms, [('affine', 'in1'), ('inverse_warp', 'in2')])])
         to_native.inputs.invert = [True, False]
+        transforms = (inputnode, ('affine', 'warp', 'inverse_warp'))
         if atlas.get('via'):
             via = atlas['via']
             cached = pe.Node(niu.Function(function=_template_transform_node,
@@ -232,8 +256,28 @@ def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1,
     workflow.connect([
         (inputnode, to_native, [('chimap', 'reference')]),
         (xfms, to_native, [('out', 'transforms')]),
-        (to_native, outputnode, [('out_file', 'dseg')]),
+        (to_native, outputnode, [('out_file', 'dseg_atlas' if refine else 'dseg')]),
     ])  # fmt:skip
+    if refine:
+        workflow.__desc__ = (
+            'Around the iron-rich nuclei the atlas registration was refined with a second, '
+            'χ-driven SyN registration (antspyx, local cross-correlation) of the '
+            'susceptibility map to a χ-contrast image of the atlas nuclei.')
+        node, names = transforms
+        refiner = pe.Node(RefineNuclei(atlas=atlas['image'], lut=atlas['lut'], meta=meta,
+                                       nthreads=omp_nthreads), name='refine_nuclei',
+                          n_procs=omp_nthreads, mem_gb=2.0)
+        to_refined = pe.Node(ApplyTransforms(in_file=atlas['image'],
+                                             interpolation='genericLabel'),
+                             name='to_native_refined', mem_gb=1.0)
+        workflow.connect([
+            (node, refiner, [(n, n) for n in names]),
+            (inputnode, refiner, [('chimap', 'in_chimap')]),
+            (inputnode, to_refined, [('chimap', 'reference')]),
+            (refiner, to_refined, [('transforms', 'transforms'), ('invert', 'invert'),
+                                   ('meta', 'meta')]),
+            (to_refined, outputnode, [('out_file', 'dseg')]),
+        ])  # fmt:skip
     return workflow
 
 

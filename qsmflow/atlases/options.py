@@ -20,7 +20,7 @@ def regions_options(regions) -> dict:
     Returns
     -------
     dict
-        ``erode`` (bool), ``template`` (name, or None: no registration),
+        ``erode`` and ``refine`` (bool), ``template`` (name, or None: no registration),
         ``template_files`` (:func:`qsmflow.atlases.specs.template_files`) and ``atlases``
         (:func:`qsmflow.atlases.specs.resolve_atlas` entries, then the custom atlas).
     """
@@ -28,7 +28,8 @@ def regions_options(regions) -> dict:
     from qsmflow.atlases.templateflow import TemplateError
     from qsmflow.bids_specs import load
 
-    out = {'erode': bool(regions.erode), 'template': None, 'atlases': []}
+    out = {'erode': bool(regions.erode), 'refine': bool(regions.refine_nuclei),
+           'template': None, 'atlases': []}
     if regions.skip_registration:
         return out
     custom = regions.custom_atlas

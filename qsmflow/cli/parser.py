@@ -204,6 +204,10 @@ def _add_regions_arguments(parser) -> None:
     group.add_argument('--erode-rois', action='store_true',
                        help='erode every region by one voxel against partial volume (a region '
                             'erosion would leave with fewer than 10 voxels is kept whole)')
+    group.add_argument('--refine-nuclei', action=argparse.BooleanOptionalAction, default=True,
+                       help='refine the atlas registration around the iron-rich nuclei with a '
+                            'chi-driven SyN to a chi-contrast image of the atlas; the table '
+                            'uses the refined labels (_desc-refined_dseg; default: on)')
     group.add_argument('--skip-registration', action='store_true',
                        help='no template registration (tables only from --segmentations)')
 

@@ -142,6 +142,9 @@ class RegionsConfig:
     segmentations: Path | None = None
     #: Erode every region by one voxel (``--erode-rois``).
     erode: bool = False
+    #: χ-driven refinement of the atlas labels around the iron-rich nuclei
+    #: (``--refine-nuclei``/``--no-refine-nuclei``).
+    refine_nuclei: bool = True
     #: No template registration (``--skip-registration``).
     skip_registration: bool = False
     #: Folder the templateflow client is rooted at; None: ``$TEMPLATEFLOW_HOME`` or

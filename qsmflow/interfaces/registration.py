@@ -272,3 +272,160 @@ def _apply(reference, in_file, transforms, invert, interpolation, nthreads):
     out = ants.apply_transforms(fixed, moving, transforms, interpolator=interpolation,
                                 whichtoinvert=invert)
     return out.numpy(), ants.__version__
+
+
+#: antspyx settings of the χ-driven refinement (:class:`RefineNuclei`): SyN only, from the
+#: identity (the magnitude registration has aligned the brain), local cross-correlation
+#: (radius 2 voxels: blind to the scale and offset of χ against the prior), on the coarse
+#: levels of a 4-2-1 pyramid only, with smooth update and total fields so that nuclei move
+#: as a whole instead of being reshaped by noise. Measured on the 2 mm real-anatomy phantom
+#: (2 participants, CIT168 + dentate; qsmflow.phantom.anatomy): Dice of the 18 nuclei labels
+#: 0.90 / 0.81 (mean) without, 0.89 / 0.89 with; table mean |error| 0.0106 / 0.0101 ppm
+#: without, 0.0097 / 0.0052 with.
+REFINEMENT = {'type_of_transform': 'SyNOnly', 'initial_transform': 'Identity',
+              'syn_metric': 'CC', 'syn_sampling': 2, 'reg_iterations': (40, 20, 0),
+              'grad_step': 0.1, 'flow_sigma': 6, 'total_sigma': 3}
+
+
+def refine_to_prior(prior_path, chi_path, transforms, out_dir, *, nthreads: int = 1,
+                    settings: dict | None = None) -> dict:
+    """Register the χ map, brought to the prior's grid through ``transforms``, to the prior.
+
+    Parameters
+    ----------
+    prior_path : str
+        χ-contrast prior image (:func:`qsmflow.atlases.chi_prior.chi_prior`), the fixed
+        image; its grid is the refinement's box.
+    chi_path : str
+        Native χ map (ppm).
+    transforms : list of str
+        Native → atlas transforms in ANTs order (SyN warp first, then the affine).
+    out_dir : str
+        Folder for the refinement's warps.
+    nthreads : int
+        As :func:`register`: at most :data:`REGISTRATION_THREADS` are used.
+    settings : dict, optional
+        ``ants.registration`` keyword arguments (default :data:`REFINEMENT`).
+
+    Returns
+    -------
+    dict
+        ``inverse_warp`` (atlas grid → refined position), ``correlation_before`` and
+        ``correlation_after`` (Pearson correlation of χ with the prior over the box) and the
+        antspyx ``version``.
+    """
+    return in_fresh_process(_refine, str(prior_path), str(chi_path), [str(t) for t in transforms],
+                            str(out_dir), nthreads=min(max(1, int(nthreads)),
+                                                       REGISTRATION_THREADS),
+                            settings=dict(REFINEMENT if settings is None else settings))
+
+
+def _refine(prior_path, chi_path, transforms, out_dir, *, nthreads=1, settings=None) -> dict:
+    _threads(nthreads)
+    import ants
+
+    fixed = ants.image_read(prior_path)
+    moving = ants.apply_transforms(fixed, ants.image_read(chi_path), transforms,
+                                   interpolator='linear')
+    reg = ants.registration(fixed, moving, outprefix=str(Path(out_dir) / 'refine_'),
+                            **(REFINEMENT if settings is None else settings))
+    inv = [p for p in reg['invtransforms'] if p.endswith('.nii.gz')]
+    if len(inv) != 1:
+        raise RuntimeError(f'antspyx returned {reg["invtransforms"]}: expected one warp')
+    dest = Path(out_dir) / 'refine_inverse_warp.nii.gz'
+    shutil.copyfile(inv[0], dest)
+    prior = fixed.numpy()
+    return {'inverse_warp': str(dest), 'version': ants.__version__,
+            'correlation_before': _correlation(prior, moving.numpy()),
+            'correlation_after': _correlation(prior, reg['warpedmovout'].numpy())}
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two images (NaN when one is constant)."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float('nan')
+
+
+class _RefineInputSpec(BaseInterfaceInputSpec):
+    in_chimap = File(exists=True, mandatory=True, desc='native χ map, ppm')
+    atlas = File(exists=True, mandatory=True, desc='atlas label image (its template space)')
+    lut = File(exists=True, mandatory=True, desc='dseg.tsv (index, name) of the atlas')
+    affine = File(exists=True, mandatory=True,
+                  desc='magnitude registration: affine native → atlas template (ITK .mat)')
+    warp = File(exists=True, mandatory=True,
+                desc='magnitude registration: SyN warp native → atlas template')
+    inverse_warp = File(exists=True, mandatory=True,
+                        desc='magnitude registration: inverse SyN warp')
+    meta = traits.Dict(usedefault=True, desc='sidecar entries of the labels (the atlas)')
+    nthreads = traits.Int(1, usedefault=True, nohash=True,
+                          desc='threads allowed; registration uses REGISTRATION_THREADS')
+
+
+class _RefineOutputSpec(TraitedSpec):
+    transforms = traits.List(File(exists=True),
+                             desc='atlas → native transforms for ApplyTransforms')
+    invert = traits.List(traits.Bool, desc='invert flags of ``transforms``')
+    prior = File(desc='χ-contrast prior image on the refinement box (ppm)')
+    meta = traits.Dict(desc='``meta`` with the refinement recorded (RegistrationRefinement)')
+
+
+class RefineNuclei(SimpleInterface):
+    """χ-driven refinement of an atlas registration around the iron-rich nuclei.
+
+    The magnitude registration aligns the brain but leaves the small nuclei, which have
+    little contrast in a T1w template, off by a few millimetres. Here the native χ map is
+    brought to the atlas through that registration and registered once more (SyN,
+    :data:`REFINEMENT`) to the atlas's χ-contrast prior
+    (:func:`qsmflow.atlases.chi_prior.chi_prior`) in a box around the nuclei; the atlas then
+    comes to the native grid through both. An atlas with too few iron-rich nuclei, or a
+    refinement that lowers the correlation of χ with the prior, keeps the magnitude
+    registration alone; the labels' sidecar says which happened and why.
+    """
+
+    input_spec = _RefineInputSpec
+    output_spec = _RefineOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsmflow.atlases import chi_prior as cp
+        from qsmflow.interfaces.regions import read_lut
+
+        base_xfms = [self.inputs.affine, self.inputs.inverse_warp]
+        record = {'Method': 'chi-driven SyN refinement of the atlas registration (antspyx) '
+                            'to a chi-contrast prior of the atlas nuclei',
+                  'PriorChiPpm': {p: v for p, v in cp.TYPICAL_CHI_PPM},
+                  'PriorSmoothingMm': cp.PRIOR_SMOOTH_MM, 'BoxMarginMm': cp.PRIOR_MARGIN_MM,
+                  'Settings': {k: list(v) if isinstance(v, tuple) else v
+                               for k, v in REFINEMENT.items()}}
+        img = nb.load(self.inputs.atlas)
+        labels = np.rint(np.asarray(img.dataobj)).astype(np.int32)
+        vox = img.header.get_zooms()[:3]
+        try:
+            prior = cp.chi_prior(labels, read_lut(self.inputs.lut), vox)
+        except ValueError as exc:
+            self._finish(base_xfms, {**record, 'Applied': False, 'Reason': str(exc)})
+            return runtime
+        start, stop = cp.prior_box(prior, vox)
+        box, affine = cp.crop_or_pad(prior, img.affine, start, stop)
+        prior_path = str(Path(runtime.cwd) / 'chi_prior.nii.gz')
+        nb.Nifti1Image(box, affine).to_filename(prior_path)
+        self._results['prior'] = prior_path
+        out = refine_to_prior(prior_path, self.inputs.in_chimap,
+                              [self.inputs.warp, self.inputs.affine], runtime.cwd,
+                              nthreads=self.inputs.nthreads)
+        record.update(Software=f'antspyx {out["version"]}',
+                      CorrelationBefore=round(out['correlation_before'], 4),
+                      CorrelationAfter=round(out['correlation_after'], 4))
+        if not out['correlation_after'] > out['correlation_before']:
+            self._finish(base_xfms, {**record, 'Applied': False,
+                                     'Reason': 'the refinement did not raise the correlation '
+                                               'of chi with the prior'})
+            return runtime
+        self._finish(base_xfms + [out['inverse_warp']], {**record, 'Applied': True})
+        return runtime
+
+    def _finish(self, transforms, record):
+        self._results['transforms'] = list(transforms)
+        self._results['invert'] = [True] + [False] * (len(transforms) - 1)
+        self._results['meta'] = {**dict(self.inputs.meta), 'RegistrationRefinement': record}

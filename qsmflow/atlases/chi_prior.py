@@ -1,0 +1,179 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A susceptibility-contrast image of an atlas: its iron-rich nuclei painted with typical χ.
+
+Template images (T1w) show the small iron-rich nuclei (substantia nigra, subthalamic and red
+nucleus, dentate, pallidum) with little contrast, while in χ they are the brightest
+structures of the brain. The χ-driven refinement of the atlas registration
+(:mod:`qsmflow.interfaces.registration`, ``RefineNuclei``) aligns the participant's χ map,
+already brought to the atlas by the magnitude registration, with this *prior image*: the
+atlas labels of those nuclei set to typical 3 T susceptibilities (:data:`TYPICAL_CHI_PPM`),
+zero elsewhere, lightly smoothed. Its metric (local cross-correlation) ignores scale and
+offset, so only the pattern and the order of the values matter, not the numbers.
+
+Pure numpy/scipy (arrays and lookup tables in, arrays out).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from scipy import ndimage as ndi
+
+#: (pattern of a normalised label name, typical χ in ppm). Midpoints of the ranges of
+#: typical 3 T values relative to CSF in the project's physics notes (QSM_NOTES.md,
+#: "Typical values"): globus pallidus 0.12–0.20, substantia nigra 0.10–0.20, red nucleus,
+#: subthalamic and dentate nucleus 0.08–0.15, caudate 0.05–0.08, putamen 0.03–0.08. The
+#: first pattern that matches a name wins. Other labels (thalamus, accumbens, amygdala…)
+#: stay 0: their χ is close to the surrounding tissue's.
+TYPICAL_CHI_PPM = (
+    (r'pallid', 0.16),
+    (r'nigra', 0.15),
+    (r'red_nucleus|ruber', 0.115),
+    (r'subthalamic', 0.115),
+    (r'dentate', 0.115),
+    (r'caudate', 0.065),
+    (r'putamen', 0.055),
+)
+
+#: Fewest labelled nuclei (e.g. left and right pallidum and nigra) an atlas needs for a
+#: refinement: with fewer, χ gives the registration too little to hold on to.
+MIN_PRIOR_LABELS = 4
+
+#: Smoothing of the painted labels (Gaussian σ, mm), against the staircase of the label
+#: edges.
+PRIOR_SMOOTH_MM = 0.7
+
+#: Margin (mm) around the painted nuclei of the prior's box, the region the refinement
+#: registers (the grid is padded where the atlas image ends sooner).
+PRIOR_MARGIN_MM = 10.0
+
+
+def _norm(name: str) -> str:
+    return re.sub(r'[-\s]+', '_', str(name).strip()).lower()
+
+
+def prior_values(lut: dict) -> dict:
+    """Typical χ (ppm) of each label of a lookup table that names an iron-rich nucleus.
+
+    Parameters
+    ----------
+    lut : dict
+        Label index (int) → name.
+
+    Returns
+    -------
+    dict
+        Label index → χ (ppm), only for the labels :data:`TYPICAL_CHI_PPM` matches.
+
+    Examples
+    --------
+    >>> prior_values({1: 'L Globus Pallidus externa', 2: 'right-putamen', 3: 'Thalamus',
+    ...               4: 'R Substantia-Nigra-pars-reticulata', 5: 'Left Red Nucleus'})
+    {1: 0.16, 2: 0.055, 4: 0.15, 5: 0.115}
+    """
+    out = {}
+    for index, name in sorted(lut.items()):
+        if int(index) == 0:
+            continue
+        key = _norm(name)
+        for pattern, value in TYPICAL_CHI_PPM:
+            if re.search(pattern, key):
+                out[int(index)] = value
+                break
+    return out
+
+
+def chi_prior(labels: np.ndarray, lut: dict, voxel_size_mm, *,
+              smooth_mm: float = PRIOR_SMOOTH_MM) -> np.ndarray:
+    """The prior image: iron-rich nuclei of ``labels`` at their typical χ, 0 elsewhere.
+
+    Parameters
+    ----------
+    labels : ndarray of int, 3D
+        Atlas label image.
+    lut : dict
+        Label index → name (:func:`prior_values` picks the nuclei).
+    voxel_size_mm : sequence of 3 float
+        Voxel size of ``labels`` (mm).
+    smooth_mm : float
+        Gaussian σ (mm) of the smoothing.
+
+    Returns
+    -------
+    ndarray of float32
+        χ (ppm), the shape of ``labels``.
+
+    Raises
+    ------
+    ValueError
+        When fewer than :data:`MIN_PRIOR_LABELS` labels of ``lut`` are iron-rich nuclei
+        present in ``labels``.
+
+    Examples
+    --------
+    >>> lab = np.zeros((9, 9, 9), int); lab[2:4, 2:4, 2:4] = 1; lab[5:7, 5:7, 5:7] = 2
+    >>> lab[2:4, 5:7, 2:4] = 3; lab[5:7, 2:4, 5:7] = 4
+    >>> p = chi_prior(lab, {1: 'l pallidum', 2: 'r pallidum', 3: 'l nigra', 4: 'r nigra'},
+    ...               (1, 1, 1), smooth_mm=0)
+    >>> float(p[2, 2, 2]), float(p[2, 5, 2]), float(p[0, 0, 0])
+    (0.1599999964237213, 0.15000000596046448, 0.0)
+    """
+    values = prior_values(lut)
+    labels = np.asarray(labels)
+    present = [i for i in values if np.any(labels == i)]
+    if len(present) < MIN_PRIOR_LABELS:
+        raise ValueError(f'{len(present)} iron-rich nuclei in the atlas (at least '
+                         f'{MIN_PRIOR_LABELS} are needed)')
+    table = np.zeros(int(max(labels.max(), max(present))) + 1, np.float32)
+    for index in present:
+        table[index] = values[index]
+    inside = (labels > 0) & (labels < table.size)
+    prior = np.where(inside, table[np.where(inside, labels, 0)], 0.0).astype(np.float32)
+    if smooth_mm > 0:
+        sigma = [smooth_mm / float(v) for v in voxel_size_mm]
+        prior = ndi.gaussian_filter(prior, sigma, mode='constant').astype(np.float32)
+    return prior
+
+
+def prior_box(prior: np.ndarray, voxel_size_mm, *, margin_mm: float = PRIOR_MARGIN_MM):
+    """Start and stop index (per axis, may lie outside the image) of the box around the
+    painted nuclei of ``prior`` with a margin of ``margin_mm``.
+
+    Returns
+    -------
+    start, stop : tuple of int
+        The box is ``[start, stop)`` on each axis; a start below 0 or a stop beyond the
+        shape means padding.
+
+    Examples
+    --------
+    >>> p = np.zeros((20, 20, 20)); p[8:10, 8:10, 8:10] = 1
+    >>> prior_box(p, (1, 1, 1), margin_mm=3)
+    ((5, 5, 5), (13, 13, 13))
+    >>> prior_box(p, (2, 2, 2), margin_mm=20)
+    ((-2, -2, -2), (20, 20, 20))
+    """
+    idx = np.argwhere(prior > 0)
+    margin = [int(np.ceil(margin_mm / float(v))) for v in voxel_size_mm]
+    start = tuple(int(idx[:, a].min()) - margin[a] for a in range(3))
+    stop = tuple(int(idx[:, a].max()) + 1 + margin[a] for a in range(3))
+    return start, stop
+
+
+def crop_or_pad(image: np.ndarray, affine: np.ndarray, start, stop):
+    """``image[start:stop]`` with zeros where the box leaves the image, and its affine.
+
+    Examples
+    --------
+    >>> im, aff = crop_or_pad(np.ones((4, 4, 4)), np.eye(4), (-1, 1, 1), (3, 3, 5))
+    >>> im.shape, float(im[0, 0, 0]), float(im[1, 0, 0]), aff[:3, 3].tolist()
+    ((4, 2, 4), 0.0, 1.0, [-1.0, 1.0, 1.0])
+    """
+    shape = tuple(b - a for a, b in zip(start, stop))
+    out = np.zeros(shape, image.dtype)
+    src = tuple(slice(max(a, 0), min(b, n)) for a, b, n in zip(start, stop, image.shape))
+    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, start))
+    out[dst] = image[src]
+    new = np.array(affine, float).copy()
+    new[:3, 3] = new[:3, :3] @ np.asarray(start, float) + new[:3, 3]
+    return out, new
