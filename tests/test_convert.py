@@ -257,7 +257,7 @@ def _participant(run_cli, bids, out):
     anat = out / 'sub-01' / 'anat'
     chi = np.asarray(nb.load(anat / 'sub-01_Chimap.nii.gz').dataobj, dtype=float)
     mask = np.asarray(nb.load(anat / 'sub-01_desc-brain_mask.nii.gz').dataobj) > 0
-    return chi, mask
+    return chi, mask, res.stdout
 
 
 def _deep_gm(truth_anat):
@@ -273,7 +273,8 @@ def _deep_gm(truth_anat):
 def phantom_chi(tiny, tmp_path_factory, run_cli_module):
     """χ and mask of qsmflow on the phantom's own BIDS, and the deep-GM regions."""
     root, _ = tiny
-    chi, mask = _participant(run_cli_module, root / 'raw', tmp_path_factory.mktemp('ref') / 'o')
+    chi, mask, _ = _participant(run_cli_module, root / 'raw',
+                                tmp_path_factory.mktemp('ref') / 'o')
     return chi, mask, _deep_gm(root / 'truth' / 'sub-01' / 'anat')
 
 
@@ -300,7 +301,8 @@ def test_round_trip_gives_the_phantoms_chi(phantom_chi, vendor_dicom, tmp_path, 
     bids = tmp_path / 'bids'
     assert run_cli('convert', vendor_dicom[vendor], bids, '--participant-label',
                    '01').returncode == 0
-    chi, mask = _participant(run_cli, bids, tmp_path / 'out')
+    chi, mask, stdout = _participant(run_cli, bids, tmp_path / 'out')
+    assert 'phase polarity looks inverted' not in stdout
     assert (mask != ref_mask).sum() <= 0.01 * ref_mask.sum()
     diffs, means = {}, {}
     for name, roi in regions.items():
@@ -316,7 +318,8 @@ def test_round_trip_gives_the_phantoms_chi(phantom_chi, vendor_dicom, tmp_path, 
 def test_round_trip_without_ge_polarity_fix_inverts_chi(phantom_chi, vendor_dicom, tmp_path,
                                                         run_cli, monkeypatch):
     """The control: GE data converted without the polarity fix give deep GM below the brain
-    mean (the sign the check above catches)."""
+    mean (the sign the check above catches), and pre-flight warns that the polarity looks
+    inverted."""
     _, _, regions = phantom_chi
     monkeypatch.setattr(vendor_phase, 'INVERTED_POLARITY', ())
     bids = tmp_path / 'bids'
@@ -324,6 +327,7 @@ def test_round_trip_without_ge_polarity_fix_inverts_chi(phantom_chi, vendor_dico
                    '01').returncode == 0
     assert 'polarity' not in _sidecar(bids / 'sub-01' / 'anat' /
                                       'sub-01_echo-1_part-imag_MEGRE.nii.gz')['PhaseConversion']
-    chi, mask = _participant(run_cli, bids, tmp_path / 'out')
+    chi, mask, stdout = _participant(run_cli, bids, tmp_path / 'out')
+    assert 'WARNING: phase polarity looks inverted' in stdout  # pre-flight noticed
     for name in ('putamen_left', 'globus_pallidus_left', 'caudate_left'):
         assert chi[regions[name] & mask].mean() < chi[mask].mean() - 0.02

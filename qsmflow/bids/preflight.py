@@ -6,7 +6,9 @@ the pipeline: unreadable or truncated NIfTIs, 2D data, grids that differ between
 volume counts that do not match the echo times, NaN/Inf voxels, an all-zero magnitude and
 phase whose scaling cannot be told. Problems raise :class:`qsmflow.errors.InputError`
 (one line naming the file and the fix); tolerable oddities become warnings on the
-acquisition. :func:`preflight` runs the checks for every participant and reports.
+acquisition, among them a phase whose polarity looks inverted
+(:func:`qsmflow.qsm.polarity.polarity_score`, never fatal). :func:`preflight` runs the
+checks for every participant and reports.
 """
 from __future__ import annotations
 
@@ -99,11 +101,13 @@ def check_images(acq: Acquisition) -> dict:
     real_imag = acq.complex_parts.startswith('real')
     ref, bad, img0, worst = None, None, None, None
     lo, hi, integer, any_signal = np.inf, -np.inf, True, False
+    volumes = {'mag': [], 'phase': []}  # kept for the polarity check
     for path in [*acq.mag_files, *acq.phase_files]:
         img, data = _load(path)
         ref = _check_grid(path, img, per_file, ref)
         img0 = img if img0 is None else img0
         data = data.reshape(ref[0] + (-1,))
+        volumes['mag' if path in acq.mag_files else 'phase'].append(data)
         finite = np.isfinite(data)
         nonfinite = ~finite.all(-1)
         bad = nonfinite if bad is None else bad | nonfinite
@@ -138,9 +142,43 @@ def check_images(acq: Acquisition) -> dict:
         except ValueError as exc:
             raise InputError(f'{acq.phase_files[0]}: {exc}') from None
     zooms = tuple(float(z) for z in img0.header.get_zooms()[:3])
+    polarity = check_polarity(acq, np.concatenate(volumes['mag'], -1),
+                              np.concatenate(volumes['phase'], -1), img0.affine)
     return {'shape': ref[0], 'voxel_size_mm': zooms, 'n_echoes': n_echo,
             'phase_scaling': 'real/imag' if real_imag else acq.phase_units,
-            'nonfinite': int(bad.sum())}
+            'nonfinite': int(bad.sum()), 'polarity': polarity}
+
+
+def check_polarity(acq: Acquisition, first, second, affine) -> dict | None:
+    """Score the phase polarity (:func:`qsmflow.qsm.polarity.polarity_score`); append a
+    warning to ``acq.warnings`` when it looks inverted. Never raises for the data's sake.
+
+    ``first``/``second`` are the magnitude/phase (or real/imaginary) volumes of every echo,
+    (X, Y, Z, N), as stored; the phase scaling is ``acq.phase_units``.
+    """
+    from qsmflow.qsm.kernels import b0_dir_from_affine
+    from qsmflow.qsm.phase import complex_to_mag_phase, to_radians
+    from qsmflow.qsm.polarity import INVERTED_BELOW, polarity_score
+
+    first = np.nan_to_num(first, nan=0.0, posinf=0.0, neginf=0.0)
+    second = np.nan_to_num(second, nan=0.0, posinf=0.0, neginf=0.0)
+    if acq.complex_parts.startswith('real'):
+        mag, phase = complex_to_mag_phase(first, second)
+    else:
+        mag, phase = first, to_radians(second, acq.phase_units)
+    try:
+        zooms = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+        result = polarity_score(phase, mag, zooms, b0_dir=b0_dir_from_affine(affine))
+    except ValueError:  # e.g. no brain found: the check cannot say anything
+        return None
+    if result['inverted']:
+        high, low = result['tail_voxels']
+        acq.warnings.append(
+            f'phase polarity looks inverted (quick chi map: {low} voxels far below the median, '
+            f'{high} far above; score {result["score"]:+.2f} < {INVERTED_BELOW}): veins and '
+            'deep grey matter would come out diamagnetic; if the phase is left-handed (e.g. '
+            'GE) negate it, or convert the DICOM with "qsmflow convert"')
+    return result
 
 
 def describe(acq: Acquisition, summary: dict) -> str:
