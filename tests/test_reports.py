@@ -111,3 +111,16 @@ def test_reports_of_the_phantom_cohort(e2e_run, browser, tmp_path):
     assert e2e_run['code'] == 0
     registered = any(e2e_run['out'].glob('sub-*/anat/*_space-*_Chimap.nii.gz'))
     _check_reports(e2e_run['out'], browser, tmp_path, registration=registered)
+
+
+def test_a_participant_failing_preflight_gets_a_report_with_the_reason(tiny_phantom, tmp_path,
+                                                                        run_cli):
+    bids_dir, _ = tiny_phantom
+    (tmp_path / 'masks').mkdir()
+    proc = run_cli(bids_dir, tmp_path / 'out', 'participant', '--skip-bids-validation',
+                   '--skip-registration', '--brain-masks', tmp_path / 'masks',
+                   '-w', tmp_path / 'work')  # no mask there: pre-flight fails sub-01
+    assert proc.returncode == 1
+    page = (tmp_path / 'out' / 'sub-01.html').read_text()
+    assert 'Failed:</b> no brain mask for sub-01 in --brain-masks' in page
+    assert 'id="errors"' in page and '_Chimap' not in page

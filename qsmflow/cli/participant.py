@@ -41,11 +41,11 @@ def run_participants(config) -> int:
         config_file = write_config(config, out_dir)
         failures.update(execute(todo, config, reports, config_file))
 
-    if todo:
+    if todo or failures:  # a report for every participant asked for, failed or not
         from qsmflow.reports.participant import write_participant_reports
 
-        write_participant_reports(out_dir, sorted({a.subject for a in todo}), failures,
-                                  bids_dir=bids_dir)
+        write_participant_reports(out_dir, sorted({a.subject for a in todo} | set(failures)),
+                                  failures, bids_dir=bids_dir)
     done = sorted(set(acquisitions) - set(failures))
     print(f'qsmflow: finished in {time.time() - t0:.0f} s: {len(done)} participant(s) done, '
           f'{len(failures)} failed. Outputs in {out_dir}')

@@ -36,6 +36,7 @@ def write_participant_report(out_dir, subject: str, *, bids_dir=None,
     from qsmflow.execution.progress import log_path
 
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f'sub-{subject}.html'
     chimaps = find_chimaps(out_dir, subject)
     log = log_path(out_dir, subject)
