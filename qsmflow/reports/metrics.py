@@ -56,9 +56,11 @@ def streaking_index(chi_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequen
     """Streaking index of χ: power per k-space voxel in the magic-angle cone over the rest.
 
     The dipole kernel vanishes on the cone |D(k)| < ``cone``; an inversion that lets noise
-    through there paints streaks along it. Tissue χ has no preferred direction, so the
-    power density of the (demeaned, masked) χ spectrum is about the same in and out of
-    the cone: an index near 1 is clean, well above 1 (2-5) streaky.
+    through there paints streaks along it, which raises the power density of the
+    (demeaned, masked) χ spectrum in the cone against the rest. Higher is streakier; the
+    value depends on the anatomy and resolution, so compare runs of one pipeline. On the
+    3 mm demo phantom: TV 0.32, RTS 0.23, TKD (threshold 0.19) 0.23, Tikhonov 0.64, TKD
+    with threshold 0.05 (streaky) 1.05; white noise 1.
 
     Parameters
     ----------

@@ -45,7 +45,8 @@ COLUMNS = {
                       'for TV unless given; n/a for unregularised methods)', 'ppm*mm'),
     'shell_weight': ('Weight of the TV shell prior chosen from the data (n/a otherwise)', '1'),
     'streaking_index': ('Power density of chi in the magic-angle cone (|D(k)| < 0.1) over '
-                        'that outside: about 1 clean, well above 1 streaky', '1'),
+                        'that outside; higher = more streaking; compare runs of the same '
+                        'pipeline and resolution', '1'),
     'chi_p01_ppm': ('1st percentile of chi in the mask', 'ppm'),
     'chi_p05_ppm': ('5th percentile of chi in the mask', 'ppm'),
     'chi_p50_ppm': ('Median of chi in the mask', 'ppm'),
