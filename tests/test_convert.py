@@ -86,20 +86,42 @@ def test_philips_dicom_end_to_end(tmp_path, run_cli):
     assert np.isfinite(chi).all() and np.abs(np.percentile(chi[mask], [1, 99])).max() < 1.0
 
 
-def test_siemens_fieldmap_is_skipped_not_megre(tmp_path, run_cli):
-    """The Siemens two-echo field map (magnitudes + phase difference) is reported as not
-    multi-echo GRE phase per echo; nothing is written as MEGRE."""
+def test_siemens_fieldmap_is_written_as_fmap_not_megre(tmp_path, run_cli):
+    """The Siemens XA30 two-echo field map (magnitude of each echo + phase difference) is
+    written in the BIDS fmap form (phasediff in rad with EchoTime1/EchoTime2, magnitude1/2),
+    never as MEGRE; with no multi-echo GRE in the folder the exit code is still 1."""
     bids = tmp_path / 'bids'
     res = run_cli('convert', SIEMENS_FIELDMAP, bids, '--participant-label', 'fm')
     assert res.returncode == 1
     assert res.stderr.count('\n') == 1 and 'no multi-echo GRE series' in res.stderr
     assert 'Traceback' not in res.stderr
-    assert 'skipped: phase-difference field map' in res.stdout
-    assert 'not multi-echo GRE phase per echo' in res.stdout
+    assert '1 field map(s) written to fmap/' in res.stdout
     assert not list(bids.rglob('*MEGRE*'))
+    fmap = bids / 'sub-fm' / 'fmap'
+    assert sorted(p.name for p in fmap.iterdir()) == [
+        f'sub-fm_{s}.{e}' for s in ('magnitude1', 'magnitude2', 'phasediff')
+        for e in ('json', 'nii.gz')]
+    diff = _sidecar(fmap / 'sub-fm_phasediff.nii.gz')
+    assert (diff['EchoTime1'], diff['EchoTime2']) == (0.01, 0.01246)
+    assert diff['Units'] == 'rad' and 'EchoTime' not in diff and 'PatientID' not in diff
+    assert 'scanner integers' in diff['PhaseConversion']
+    assert [_sidecar(fmap / f'sub-fm_magnitude{e}.nii.gz')['EchoTime'] for e in (1, 2)] == \
+        [0.01, 0.01246]
+    rad = np.asarray(nb.load(fmap / 'sub-fm_phasediff.nii.gz').dataobj, np.float64)
+    assert -np.pi - 1e-6 <= rad.min() < -3 and 3 < rad.max() < np.pi
+    mag1 = nb.load(fmap / 'sub-fm_magnitude1.nii.gz')
+    assert mag1.shape == rad.shape and np.allclose(mag1.affine, nb.load(
+        fmap / 'sub-fm_phasediff.nii.gz').affine)
     table = (bids / 'sourcedata' / 'qsmflow_convert' / 'sub-fm_summary.tsv').read_text()
-    assert '9001,9002,10001\tgre_field_mapping\tskipped' in table
+    assert '9001,9002,10001\tgre_field_mapping\tfieldmap\t2\t10,12.46' in table
+    assert (bids / 'dataset_description.json').is_file()
     assert not list((bids / 'sourcedata' / 'qsmflow_convert').glob('.staging*'))
+
+
+def test_fieldmap_without_first_magnitude_is_skipped():
+    diff = _image('phase', 2, 0.006, 11, EchoTime1=0.004, EchoTime2=0.006)
+    fieldmaps, rest, skipped = series.find_fieldmaps([diff, _image('mag', 2, 0.006)])
+    assert fieldmaps == [] and rest == [] and 'without a magnitude image' in skipped[0].reason
 
 
 # --- synthetic vendor DICOM of the phantom ------------------------------------------------

@@ -10,14 +10,18 @@ from qsmflow.cli.main import EXIT_FAILED, EXIT_OK
 
 
 def run_convert(opts) -> int:
-    """Convert; exit code 0 when a multi-echo GRE acquisition was written, else 1."""
+    """Convert; exit code 0 when a multi-echo GRE acquisition was written, else 1 (field
+    maps alone are written, but are no input for qsmflow)."""
     from qsmflow.convert.run import convert_dicom
 
     result = convert_dicom(opts.dicom_dir, opts.bids_dir, opts.participant_label,
                            opts.session_label)
     converted = sum(r['status'] == 'converted' for r in result['rows'])
+    fieldmaps = sum(r['status'] == 'fieldmap' for r in result['rows'])
+    skipped = len(result['rows']) - converted - fieldmaps
     print(f'qsmflow convert: sub-{result["subject"]}: {converted} acquisition(s) converted, '
-          f'{len(result["rows"]) - converted} skipped; summary: {result["summary"]}')
+          + (f'{fieldmaps} field map(s) written to fmap/, ' if fieldmaps else '')
+          + f'{skipped} skipped; summary: {result["summary"]}')
     if not converted:
         print(f'qsmflow: error: {opts.dicom_dir}: no multi-echo GRE series with phase per '
               f'echo found (see {result["summary"]}); export the magnitude and phase '

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Writing a converted acquisition as BIDS MEGRE: one file per echo and part, atomically.
+"""Writing a converted acquisition as BIDS MEGRE: one file per echo and part, atomically;
+and a two-echo GRE field map in the BIDS ``fmap`` form (:func:`write_fieldmap`).
 
 Names follow the input pattern of ``bids_specs/inputs.json``
 (``sub-<l>[_ses-<l>][_acq-<l>][_run-<i>]_echo-<i>_part-<mag|phase|real|imag>_MEGRE``).
@@ -22,7 +23,7 @@ import numpy as np
 
 from qsmflow import __version__, bids_specs
 from qsmflow.bids.atomic import replace_into, write_json, write_text
-from qsmflow.convert.series import Acquisition
+from qsmflow.convert.series import Acquisition, FieldMap
 from qsmflow.convert.vendor_phase import fix_complex, phase_to_rad
 from qsmflow.errors import InputError
 
@@ -36,6 +37,11 @@ IDENTIFYING_KEYS = (
     'AccessionNumber', 'BidsGuess')
 
 BIDS_VERSION = '1.10.0'
+
+#: BIDS field-map names (phase-difference case): ``_phasediff``, ``_magnitude1``,
+#: ``_magnitude2`` in ``fmap/``.
+FMAP_PATTERN = ('sub-{subject}[_ses-{session}][_acq-{acquisition}][_run-{run}]'
+                '_{suffix}{extension}')
 
 
 def megre_path(bids_dir, entities: dict) -> Path:
@@ -128,6 +134,62 @@ def write_acquisition(acq: Acquisition, bids_dir, subject: str, session: str | N
                 meta['PhaseConversion'] = f'qsmflow {__version__} convert: {note}'
             write_json(dest.with_name(dest.name.replace('.nii.gz', '.json')), meta)
             written.append(dest)
+    return written, note
+
+
+def fmap_path(bids_dir, entities: dict, suffix: str) -> Path:
+    """Path of one field-map image.
+
+    Examples
+    --------
+    >>> fmap_path('/b', {'subject': '01', 'session': 'a'}, 'phasediff').as_posix()
+    '/b/sub-01/ses-a/fmap/sub-01_ses-a_phasediff.nii.gz'
+    """
+    folder = Path(bids_dir) / f'sub-{entities["subject"]}'
+    if entities.get('session'):
+        folder = folder / f'ses-{entities["session"]}'
+    name = bids_specs.build_path(FMAP_PATTERN, {**entities, 'suffix': suffix,
+                                                'extension': '.nii.gz'})
+    return folder / 'fmap' / name
+
+
+def write_fieldmap(fm: FieldMap, bids_dir, subject: str, session: str | None,
+                   dcm2niix_version: str) -> tuple[list[Path], str]:
+    """Write a field map as ``_phasediff`` (rad; sidecar ``EchoTime1``/``EchoTime2`` in s)
+    and ``_magnitude1`` [``_magnitude2``]; return the written images and the phase note.
+
+    Raises
+    ------
+    InputError
+        When the phase scaling cannot be told.
+    """
+    base = {'subject': subject, 'session': session, 'acquisition': fm.acq_label,
+            'run': fm.run}
+    img, data = _load(fm.phasediff.nifti)
+    try:
+        rad, note = phase_to_rad(data, fm.manufacturer)
+    except ValueError as exc:
+        raise InputError(f'{fm.phasediff.nifti.name} (series {fm.phasediff.series}): {exc}; '
+                         'check the phase export of this field map') from None
+    dest = fmap_path(bids_dir, base, 'phasediff')
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _write_float(dest, rad, img)
+    meta = {k: v for k, v in clean_sidecar(fm.phasediff.meta).items()
+            if k not in ('EchoTime', 'EchoNumber')}
+    meta.update(EchoTime1=fm.echo_times_s[0], EchoTime2=fm.echo_times_s[1], Units='rad',
+                ConversionSoftware='dcm2niix', ConversionSoftwareVersion=dcm2niix_version,
+                PhaseConversion=f'qsmflow {__version__} convert: {note}')
+    write_json(dest.with_name(dest.name.replace('.nii.gz', '.json')), meta)
+    written = [dest]
+    for echo, mag in sorted(fm.magnitudes.items()):
+        dest = fmap_path(bids_dir, base, f'magnitude{echo}')
+        replace_into(dest, lambda tmp, src=mag.nifti: shutil.copyfile(src, tmp))
+        meta = clean_sidecar(mag.meta)
+        meta.update(EchoTime=mag.echo_time_s, ConversionSoftware='dcm2niix',
+                    ConversionSoftwareVersion=dcm2niix_version)
+        meta.pop('EchoNumber', None)
+        write_json(dest.with_name(dest.name.replace('.nii.gz', '.json')), meta)
+        written.append(dest)
     return written, note
 
 

@@ -3,7 +3,8 @@
 
 Stages the DICOM files and runs dcm2niix in a staging folder inside the BIDS output
 (:mod:`qsmflow.convert.dcm2niix`), finds the multi-echo GRE acquisitions among the results
-(:mod:`qsmflow.convert.series`), writes them with the vendors' phase conventions applied
+and the two-echo GRE field maps (:mod:`qsmflow.convert.series`), writes them (field maps
+in the BIDS ``fmap`` form) with the vendors' phase conventions applied
 (:mod:`qsmflow.convert.bids_writer`) and the summary table (:mod:`qsmflow.convert.summary`).
 Nothing is written outside the BIDS folder; the staging folder is removed at the end.
 """
@@ -98,6 +99,8 @@ def convert_dicom(dicom_dir, bids_dir, participant_label=None, session_label=Non
         if subject is None:
             raise InputError(f'{dicom_dir}: the DICOM files have no PatientID; pass '
                              '--participant-label')
+        fieldmaps, images, more = series.find_fieldmaps(images)
+        skipped += more
         found, more = series.find_acquisitions(images)
         skipped += more
         rows, files = [], []
@@ -106,8 +109,12 @@ def convert_dicom(dicom_dir, bids_dir, participant_label=None, session_label=Non
                                                           version)
             files += written
             rows.append(summary.converted_row(acq, written, note))
+        for fm in fieldmaps:
+            written, note = bids_writer.write_fieldmap(fm, bids_dir, subject, session, version)
+            files += written
+            rows.append(summary.fieldmap_row(fm, written, note))
         rows += [summary.skipped_row(s) for s in skipped]
-        if found:
+        if found or fieldmaps:
             bids_writer.write_dataset_files(bids_dir, subject, version)
         table = summary.write_summary(summary.summary_path(bids_dir, subject, session), rows)
     finally:

@@ -9,8 +9,10 @@ acquisition are grouped by study, protocol and grid (Siemens writes magnitude an
 as two series); repeats of a protocol become runs. A group is multi-echo GRE input when
 it is a gradient-echo acquisition with at least two echoes and a phase (or real and
 imaginary) image for every echo of its magnitude; anything else is skipped with a reason
-(:class:`Skipped`), e.g. the Siemens field map, whose single phase image is the phase
-difference of two echoes.
+(:class:`Skipped`). A two-echo GRE field map whose single phase image is the phase
+difference of its echoes (``EchoTime1``/``EchoTime2`` in its sidecar, e.g. Siemens
+``gre_field_mapping``) is never multi-echo GRE input: :func:`find_fieldmaps` sets it aside
+as a :class:`FieldMap`, written in the BIDS ``fmap`` form.
 """
 from __future__ import annotations
 
@@ -86,6 +88,81 @@ class Skipped:
     n_images: int
     reason: str
     facts: dict = field(default_factory=dict)
+
+
+@dataclass
+class FieldMap:
+    """A two-echo GRE field map: a phase-difference image and the magnitude of each echo."""
+
+    protocol: str
+    phasediff: Image
+    magnitudes: dict  # {1: Image at EchoTime1, 2: Image at EchoTime2 (optional)}
+    echo_times_s: tuple  # (EchoTime1, EchoTime2)
+    run: int | None = None
+    acq_label: str | None = None
+
+    @property
+    def series(self) -> list[int]:
+        return sorted({self.phasediff.series, *(m.series for m in self.magnitudes.values())})
+
+    @property
+    def manufacturer(self) -> str:
+        return str(self.phasediff.meta.get('Manufacturer', ''))
+
+
+def _phasediff_times(img: Image):
+    """(EchoTime1, EchoTime2) in s of a phase-difference image, or None."""
+    te1, te2 = img.meta.get('EchoTime1'), img.meta.get('EchoTime2')
+    if img.part == 'phase' and all(isinstance(t, (int, float)) and t > 0 for t in (te1, te2)) \
+            and te2 > te1:
+        return float(te1), float(te2)
+    return None
+
+
+def find_fieldmaps(images: list[Image]) -> tuple[list[FieldMap], list[Image], list[Skipped]]:
+    """Set the two-echo GRE field maps apart; return them, the other images and the field
+    maps that lack the first echo's magnitude (BIDS requires ``magnitude1``).
+
+    A group (one study, protocol and grid) holding a phase image with ``EchoTime1`` and
+    ``EchoTime2`` is a field map: its phase-difference images pair, in series order, with
+    the magnitude images at ``EchoTime1`` (``magnitude1``) and ``EchoTime2``
+    (``magnitude2``); repeats become runs. Its magnitudes are taken out of ``images``.
+    """
+    groups: dict = {}
+    for img in images:
+        groups.setdefault(_group_key(img), []).append(img)
+    fieldmaps, rest, skipped = [], [], []
+    for members in groups.values():
+        diffs = [m for m in members if _phasediff_times(m)]
+        if not diffs:
+            rest += members
+            continue
+        mags = [m for m in members if m.part == 'mag']
+        runs = []
+        for n, diff in enumerate(diffs, start=1):
+            te1, te2 = _phasediff_times(diff)
+            found = {}
+            for echo, te in ((1, te1), (2, te2)):
+                match = [m for m in mags if abs(m.echo_time_s - te) < 1e-6]
+                if len(match) >= n:
+                    found[echo] = match[n - 1]
+            runs.append(FieldMap(diff.protocol, diff, found, (te1, te2),
+                                 run=n if len(diffs) > 1 else None))
+        used = {id(m) for fm in runs for m in fm.magnitudes.values()} | {id(d) for d in diffs}
+        for fm in [fm for fm in runs if 1 not in fm.magnitudes]:
+            runs.remove(fm)
+            skipped.append(Skipped(fm.protocol, fm.series, 1 + len(fm.magnitudes),
+                                   'phase-difference field map without a magnitude image at '
+                                   f'EchoTime1 ({1e3 * fm.echo_times_s[0]:g} ms): export the '
+                                   'magnitude series of the field map too'))
+        fieldmaps += runs
+        rest += [m for m in members if id(m) not in used]
+    protocols = sorted({f.protocol for f in fieldmaps})
+    if len(protocols) > 1:
+        for fm in fieldmaps:
+            fm.acq_label = re.sub(r'[^0-9a-zA-Z]', '', fm.protocol) or None
+    fieldmaps.sort(key=lambda f: (f.protocol, f.run or 0))
+    return fieldmaps, sorted(rest, key=lambda im: (im.series, im.nifti.name)), skipped
 
 
 def image_part(meta: dict, name: str) -> str:

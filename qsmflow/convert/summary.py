@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The conversion summary: one row per series group found, converted or skipped and why.
+"""The conversion summary: one row per series group found, converted (``converted``:
+multi-echo GRE; ``fieldmap``: BIDS ``fmap``) or skipped and why.
 
 Written as ``sourcedata/qsmflow_convert/sub-<l>[_ses-<l>]_summary.tsv`` inside the BIDS
 dataset (``sourcedata/`` is outside the validator's and qsmflow's view) and printed.
@@ -21,6 +22,17 @@ def converted_row(acq, files, note) -> dict:
             'echo_times_ms': ','.join(f'{1e3 * t:g}' for t in acq.echo_times_s),
             'parts': '/'.join(acq.parts), 'manufacturer': acq.manufacturer, 'phase': note,
             'files_or_reason': f'{len(files)} files, e.g. {Path(files[0]).name}'}
+
+
+def fieldmap_row(fm, files, note) -> dict:
+    """Summary row of a field map written in the BIDS ``fmap`` form."""
+    return {'series': ','.join(str(s) for s in fm.series), 'protocol': fm.protocol,
+            'status': 'fieldmap', 'echoes': '2',
+            'echo_times_ms': ','.join(f'{1e3 * t:g}' for t in fm.echo_times_s),
+            'parts': 'phasediff/' + '/'.join(f'magnitude{e}' for e in sorted(fm.magnitudes)),
+            'manufacturer': fm.manufacturer, 'phase': note,
+            'files_or_reason': f'{len(files)} files in fmap/ (not multi-echo GRE phase per '
+                               f'echo), e.g. {Path(files[0]).name}'}
 
 
 def skipped_row(skip) -> dict:
@@ -64,7 +76,11 @@ def format_rows(rows) -> list[str]:
     """
     out = []
     for r in rows:
-        if r['status'] == 'converted':
+        if r['status'] == 'fieldmap':
+            out.append(f'series {r["series"]} ({r["protocol"]}): field map: EchoTime1/2 '
+                       f'{r["echo_times_ms"]} ms, {r["parts"]}, phase: {r["phase"]}; '
+                       f'{r["files_or_reason"]}')
+        elif r['status'] == 'converted':
             out.append(f'series {r["series"]} ({r["protocol"]}): converted: {r["echoes"]} '
                        f'echoes ({r["echo_times_ms"]} ms), {r["parts"]}, phase: {r["phase"]}; '
                        f'{r["files_or_reason"]}')

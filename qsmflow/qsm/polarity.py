@@ -4,9 +4,9 @@
 Paramagnetic sources dominate the extremes of a brain χ map: veins (+0.3…0.5 ppm) and
 iron-rich deep grey matter (+0.1…0.2 ppm) stand out further above the median than white
 matter (−0.02…−0.05 ppm) falls below it, so a brain's χ histogram has more voxels far
-above its median than far below. Every step below is linear in the complex signal's phase, so with the
-polarity inverted (a left-handed vendor convention, a sign lost in conversion) χ and its
-skew change sign exactly.
+above its median than far below. Every step below is linear in the complex signal's
+phase, so with the polarity inverted (a left-handed vendor convention, a sign lost in
+conversion) χ and the score change sign exactly.
 
 :func:`polarity_score`, about a second at 1 mm:
 
