@@ -273,19 +273,19 @@ def step_times(lines: list, prefix: str) -> dict:
 
 def _timings(out_dir: Path, lines: list, prefix: str) -> list[str]:
     """Write the run time of each step of ``prefix`` (latest run, from the log) into
-    ``logs/<prefix>_steptimes.tsv`` and link it. The times stay out of the page itself, so
-    that a rerun or another engine gives the same page, byte for byte."""
+    ``logs/<prefix>_steptimes.tsv`` and link it. The times stay out of the page itself, and
+    the page says the same whatever the engine reported (graph plugins and steps reused
+    from the work directory give no times: a header-only table), so that a rerun or
+    another engine gives the same page, byte for byte."""
     from qsmflow.bids.atomic import write_text
 
-    times = step_times(lines, prefix)
-    if not times:
-        return ['<p class="na">No step times in the log (steps reused from the work '
-                'directory are not timed).</p>']
     path = out_dir / 'logs' / f'{prefix}_steptimes.tsv'
-    rows = sorted(times.items(), key=lambda kv: (-kv[1], kv[0]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = sorted(step_times(lines, prefix).items(), key=lambda kv: (-kv[1], kv[0]))
     write_text(path, 'step\tseconds\n' + ''.join(f'{k}\t{v}\n' for k, v in rows))
     rel = html.escape(path.relative_to(out_dir).as_posix())
-    return [f'<p>Run time per step of the latest run (from the log, 1 s resolution): '
+    return [f'<p>Run time per step of the latest run, as far as the engine reported it (from '
+            f'the log, 1 s resolution; steps reused from the work directory are not timed): '
             f'<a href="{rel}">{rel}</a>.</p>']
 
 
