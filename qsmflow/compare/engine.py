@@ -24,6 +24,8 @@ rerun with the same cache reuses whatever had finished.
 (No ``from __future__ import annotations`` here: pydra reads the task functions'
 annotations as types.)
 """
+import contextlib
+import multiprocessing
 import os
 import typing as ty
 from pathlib import Path
@@ -162,7 +164,7 @@ def run_workflow(runs_acq: list[dict], runs_pipeline: list[dict], cache_dir, *,
     kwargs = dict(plugin_args or {})
     if plugin == 'cf':
         kwargs.setdefault('n_procs', nprocs)
-    with pydra.Submitter(plugin=plugin, **kwargs) as submitter:
+    with _forkserver(), pydra.Submitter(plugin=plugin, **kwargs) as submitter:
         submitter(wf)
     results = wf.result(return_inputs=False)
     out = []
@@ -174,6 +176,25 @@ def run_workflow(runs_acq: list[dict], runs_pipeline: list[dict], cache_dir, *,
         values['chimap'] = str(values['chimap'])
         out.append({'acq_name': acq_name, 'pipeline': pipeline, **values})
     return out
+
+
+@contextlib.contextmanager
+def _forkserver():
+    """Start the concurrent-futures worker's processes from a fork server while pydra runs.
+
+    pydra 0.25 builds its process pool with the default start method (``fork`` on Linux):
+    once this process has used numba's OpenMP threads, a forked worker is terminated
+    ("fork() called from a process already using GNU OpenMP") and the pool breaks. The
+    participant level gives Nipype's MultiProc ``mp_context='forkserver'`` for the same
+    reason (:func:`qsmflow.execution.engines.select_plugin`). The previous default is
+    restored afterwards.
+    """
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method('forkserver', force=True)
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method(before, force=True)
 
 
 def cache_folders(cache_dir) -> list[Path]:

@@ -3,8 +3,9 @@
 
 Native-space labels come from the user's ``--segmentations`` (scanner space, resampled by
 nearest neighbour onto the χ grid, as the participant level does) and/or from a finished
-participant-level output folder (``--labels-from``: its ``_atlas-<name>_dseg`` images,
-already on the χ grid of each acquisition, from the participant level's registration).
+participant-level output folder (``--labels-from``: its ``_atlas-<name>[_desc-refined]_dseg``
+images, already on the χ grid of each acquisition, from the participant level's
+registration; the χ-refined labels where it made them, as its tables do).
 The comparison does not register: that is the participant level's job, and the labels it
 made serve every pipeline (the grid of χ does not depend on the pipeline).
 
@@ -45,19 +46,26 @@ def label_sets(acq, segmentations=None, labels_from=None, atlases=None,
                                 'LookupTable': acq.segmentation_lut}})
     if labels_from:
         pattern = bids_specs.output_path(labels_from, 'dseg', acq.entities, atlas='*')
-        found = {re.search(r'_atlas-([0-9A-Za-z]+)_', p.name).group(1): p
-                 for p in sorted(pattern.parent.glob(pattern.name))}
-        wanted = [re.sub(r'[^0-9A-Za-z]', '', a) for a in atlases] if atlases else sorted(found)
+        found = sorted({re.search(r'_atlas-([0-9A-Za-z]+)_', p.name).group(1)
+                        for p in pattern.parent.glob(pattern.name)})
+        wanted = [re.sub(r'[^0-9A-Za-z]', '', a) for a in atlases] if atlases else found
         for atlas in wanted:
-            if atlas not in found:
-                raise InputError(f'sub-{acq.subject}: no {pattern.name.replace("*", atlas)} '
-                                 f'in {pattern.parent}; run the participant level with '
-                                 f'--atlases {atlas} into {labels_from} first')
-            lut = bids_specs.output_path(labels_from, 'dseg_lut', acq.entities, atlas=atlas)
-            sets.append({'atlas': atlas, 'dseg': str(found[atlas]), 'lut': str(lut),
+            # the labels the participant level's table used: refined on chi where it
+            # refined them (``desc-refined``), else those of the registration
+            for kind in ('dseg_refined', 'dseg'):
+                dseg = bids_specs.output_path(labels_from, kind, acq.entities, atlas=atlas)
+                if dseg.exists():
+                    break
+            else:
+                raise InputError(f'sub-{acq.subject}: no {dseg.name} in {dseg.parent}; run '
+                                 f'the participant level with --atlases {atlas} into '
+                                 f'{labels_from} first')
+            lut = bids_specs.output_path(labels_from, f'{kind}_lut', acq.entities,
+                                         atlas=atlas)
+            sets.append({'atlas': atlas, 'dseg': str(dseg), 'lut': str(lut),
                          'resample': False, 'erode': erode,
                          'source': {'Source': 'participant-level labels (--labels-from)',
-                                    'Labels': str(found[atlas])}})
+                                    'Labels': str(dseg)}})
     if not sets:
         looked = ' or '.join(str(p) for p in (segmentations, labels_from) if p)
         raise InputError(f'sub-{acq.subject}: no native-space labels found in {looked}')
