@@ -40,6 +40,8 @@ def plot_regions(table: pd.DataFrame, folder: Path) -> list[Path]:
         for acq, rows in data.groupby('acquisition', sort=False):
             y = rows.set_index('pipeline')['mean'].reindex(pipelines)
             ax.plot(range(len(pipelines)), y.to_numpy(), 'o-', ms=3, lw=0.8, label=acq)
+        if data['acquisition'].nunique() <= 8:
+            ax.legend(fontsize=6, frameon=False)
         ax.set_xticks(range(len(pipelines)), [str(i + 1) for i in range(len(pipelines))])
         ax.set_xlabel('pipeline')
         ax.set_ylabel('mean χ (ppm)')
