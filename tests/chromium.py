@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Headless Chromium for tests: open a page, collect console errors, check images, screenshot.
 
-Debian's ``chromium`` is installed with ``apt-get`` when missing (root only), the way
-``tests/slurm_cluster.py`` installs SLURM. The browser is driven over the DevTools
+Debian's ``chromium`` is installed with ``apt-get`` when missing (root only, as CI runs;
+``QSMFLOW_TEST_CHROMIUM=0`` skips instead), the way ``tests/slurm_cluster.py`` installs
+SLURM. The browser is driven over the DevTools
 protocol on a pipe (``--remote-debugging-pipe``: JSON messages ending in a NUL byte on
 file descriptors 3 and 4), so no Python browser package or network port is needed.
 """
@@ -49,7 +50,10 @@ def executable() -> str | None:
 
 
 def unavailable_reason() -> str | None:
-    """Why Chromium cannot be used here (None when it can, possibly after installing)."""
+    """Why Chromium cannot be used here (None when it can, possibly after installing);
+    ``QSMFLOW_TEST_CHROMIUM=0`` opts out (no apt-get install on a developer's machine)."""
+    if os.environ.get('QSMFLOW_TEST_CHROMIUM') == '0':
+        return 'QSMFLOW_TEST_CHROMIUM=0'
     if executable():
         return None
     if os.geteuid() != 0:
