@@ -4,9 +4,10 @@
 Assembled after the participant-level run from what the workflow published: one section
 per acquisition (session/acq/run) with its reportlets (``sub-<l>/figures/``), QC metrics,
 regional tables, a methods paragraph and the 2024-consensus check generated from the
-sidecars, then the participant's warnings and errors with the path of the log and the
-time each step took (from the log). The page is self-contained: relative links only, no
-script, no web font, readable offline.
+sidecars and a link to the time each step took (``logs/<name>_steptimes.tsv``, from the
+log), then the participant's warnings and errors with the path of the log. The page is
+self-contained (relative links only, no script, no web font, readable offline) and the
+same, byte for byte, for the same outputs.
 """
 from __future__ import annotations
 
