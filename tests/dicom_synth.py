@@ -225,3 +225,26 @@ def write_series(folder, mag, phase, affine, echo_times_s, vendor, *, b0_tesla=3
     else:
         raise ValueError(f'unknown vendor {vendor!r}')
     return folder
+
+
+def rewrite(src, dest, *, drop_echo_numbers=False, image_type=None):
+    """Copy the DICOM series in ``src`` to ``dest`` with header changes: without
+    ``EchoNumbers`` (an export that leaves it out), or with one ``ImageType`` for every
+    image and no GE private image type (parts that nothing in the header tells apart, which
+    dcm2niix stacks in 4D)."""
+    import pydicom
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(Path(src).iterdir()):
+        opener = gzip.open if path.name.endswith('.gz') else open
+        with opener(path, 'rb') as fh:
+            ds = pydicom.dcmread(fh)
+        if drop_echo_numbers and 'EchoNumbers' in ds:
+            del ds.EchoNumbers
+        if image_type is not None:
+            ds.ImageType = list(image_type)
+            if 0x0043102F in ds:
+                del ds[0x0043102F]
+        ds.save_as(dest / path.name.removesuffix('.gz'), enforce_file_format=True)
+    return dest

@@ -15,7 +15,7 @@ import pytest
 from qsmflow.convert import series, vendor_phase
 from qsmflow.convert.run import convert_dicom
 from tests import realdata
-from tests.dicom_synth import write_series
+from tests.dicom_synth import rewrite, write_series
 
 PHILIPS_DICOM = realdata.DATA / 'dicom_philips_gre'
 SIEMENS_FIELDMAP = realdata.DATA / 'dicom_siemens_fieldmap'
@@ -173,6 +173,63 @@ def test_synthetic_vendor_dicom_converts(tiny, vendor_dicom, tmp_path, vendor):
     assert {'siemens': 'scanner integers -4096..4094', 'philips': 'radians',
             'ge': 'slice chopping undone'}[vendor] in note
     assert ('polarity inverted' in note) == (vendor == 'ge')
+
+
+def test_echoes_are_numbered_by_time_without_echo_numbers(tiny, vendor_dicom, tmp_path):
+    """Without EchoNumbers dcm2niix still writes one file per echo time (names ...a, ...b,
+    no EchoNumber): the echoes come out numbered by echo time, each with its phase."""
+    _, (mag, phase, affine, meta) = tiny
+    dicom = rewrite(vendor_dicom['siemens'], tmp_path / 'dicom', drop_echo_numbers=True)
+    result = convert_dicom(dicom, tmp_path / 'bids', '01', log=lambda _: None)
+    assert result['rows'][0]['echoes'] == '5' and len(result['files']) == 10
+    anat = tmp_path / 'bids' / 'sub-01' / 'anat'
+    for e, te in enumerate(meta['EchoTime'], start=1):
+        path = anat / f'sub-01_echo-{e}_part-phase_MEGRE.nii.gz'
+        assert _sidecar(path)['EchoTime'] == pytest.approx(te, abs=1e-9)
+        assert _sidecar(path)['EchoNumber'] == e
+        brain = mag[..., e - 1] > 0.2 * mag[..., e - 1].max()
+        got = np.asarray(nb.load(path).dataobj, dtype=np.float64)
+        assert np.abs(np.angle(np.exp(1j * (got - phase[..., e - 1]))))[brain].max() < 0.01
+
+
+def _in_orientation(path, affine):
+    """The image at ``path`` with its axes permuted/flipped (no resampling) to the
+    orientation of ``affine``; its affine must then equal ``affine``."""
+    img = nb.load(path)
+    img = img.as_reoriented(nb.orientations.ornt_transform(nb.io_orientation(img.affine),
+                                                           nb.io_orientation(affine)))
+    assert np.allclose(img.affine, affine, atol=1e-3)
+    return np.asarray(img.dataobj, dtype=np.float64)
+
+
+@pytest.mark.parametrize('vendor', ['philips', 'ge'])
+def test_parts_stacked_in_4d_are_split(tiny, vendor_dicom, tmp_path, vendor):
+    """Magnitude and phase with one ImageType: dcm2niix stacks them in one 4D file per
+    echo; convert splits them into 3D files by their values (magnitude >= 0, phase signed
+    within one cycle). Real/imaginary (GE) cannot be told apart that way: skipped, with
+    the reason."""
+    _, (mag, phase, affine, meta) = tiny
+    dicom = rewrite(vendor_dicom[vendor], tmp_path / 'dicom',
+                    image_type=['ORIGINAL', 'PRIMARY', 'OTHER'])
+    bids = tmp_path / 'bids'
+    result = convert_dicom(dicom, bids, '01', log=lambda _: None)
+    if vendor == 'ge':
+        assert result['files'] == [] and len(result['rows']) == 5
+        assert all('not one magnitude and one signed phase' in r['files_or_reason']
+                   for r in result['rows'])
+        return
+    assert result['rows'][0]['echoes'] == '5' and len(result['files']) == 10
+    anat = bids / 'sub-01' / 'anat'
+    for e in range(1, 6):
+        brain = mag[..., e - 1] > 0.2 * mag[..., e - 1].max()
+        files = [anat / f'sub-01_echo-{e}_part-{p}_MEGRE.nii.gz' for p in ('mag', 'phase')]
+        got_mag, got_phase = (_in_orientation(f, affine) for f in files)
+        assert got_phase.shape == mag.shape[:3]
+        assert 'volume' in _sidecar(files[1])['QsmflowSplitFrom']
+        assert np.abs(np.angle(np.exp(1j * (got_phase - phase[..., e - 1]))))[brain].max() \
+            < 0.01
+        ratio = got_mag[brain] / mag[..., e - 1][brain]
+        assert np.ptp(ratio) < 0.01 * ratio.mean()  # magnitude up to one scale
 
 
 def test_convert_is_idempotent_and_stays_inside(vendor_dicom, tmp_path, run_cli):

@@ -24,6 +24,8 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
+from qsmflow.convert.stacked import split_mag_phase
+
 #: dcm2niix file-name suffixes for the parts, used when ImageType does not tell.
 _SUFFIX_PARTS = (('_imaginary', 'imag'), ('_real', 'real'), ('_ph', 'phase'))
 
@@ -196,7 +198,10 @@ def image_part(meta: dict, name: str) -> str:
 
 
 def read_images(out_dir) -> tuple[list[Image], list[Skipped]]:
-    """Every image dcm2niix wrote into ``out_dir``; 4D and coil images are set aside.
+    """Every image dcm2niix wrote into ``out_dir``; coil images are set aside, a 4D image of
+    magnitude and phase is split (:func:`qsmflow.convert.stacked.split_mag_phase`), other
+    4D images are set aside; echoes are numbered by echo time when ``EchoNumber`` does not
+    tell them apart (:func:`_number_echoes_by_time`).
 
     Returns
     -------
@@ -219,19 +224,45 @@ def read_images(out_dir) -> tuple[list[Image], list[Skipped]]:
                                    'receive coil): coil combination is not supported; '
                                    'export the coil-combined images'))
             continue
-        if len(img.shape) > 3 and int(np.prod(img.shape[3:])) > 1:
-            skipped.append(Skipped(protocol, series, 1, f'4D series ({img.shape[3]} volumes) '
-                                   'that is not one volume per echo and part'))
-            continue
         te = meta.get('EchoTime')
         if not isinstance(te, (int, float)) or te <= 0:
             skipped.append(Skipped(protocol, series, 1, 'no EchoTime in the DICOM header'))
             continue
-        images.append(Image(nifti, meta, image_part(meta, sidecar.name),
-                            int(meta.get('EchoNumber', 1) or 1), float(te),
-                            tuple(img.shape[:3]), img.affine))
+        parts = [(nifti, meta, image_part(meta, sidecar.name))]
+        if len(img.shape) > 3 and int(np.prod(img.shape[3:])) > 1:
+            parts, reason = split_mag_phase(nifti, meta)
+            if reason:
+                skipped.append(Skipped(protocol, series, 1, reason))
+                continue
+        for path, facts, part in parts:
+            images.append(Image(path, facts, part, int(meta.get('EchoNumber', 1) or 1),
+                                float(te), tuple(img.shape[:3]), img.affine))
     images.sort(key=lambda im: (im.series, im.nifti.name))
-    return images, skipped
+    return _number_echoes_by_time(images), skipped
+
+
+def _number_echoes_by_time(images: list[Image]) -> list[Image]:
+    """Echo numbers from the echo times where ``EchoNumber`` does not tell the echoes apart.
+
+    Some exports leave ``EchoNumber`` out or give every echo the same one; dcm2niix then
+    still writes one file per echo time (``…a``, ``…b`` names). Within a group (study,
+    protocol, grid), when two images of one part share an echo number but not an echo
+    time, every image of the group is numbered by the rank of its echo time.
+    """
+    groups: dict = {}
+    for img in images:
+        groups.setdefault(_group_key(img), []).append(img)
+    for members in groups.values():
+        seen: dict = {}
+        clash = False
+        for img in members:
+            te = seen.setdefault((img.part, img.echo), img.echo_time_s)
+            clash |= abs(te - img.echo_time_s) > 1e-6
+        if clash:
+            times = sorted({round(img.echo_time_s, 7) for img in members})
+            for img in members:
+                img.echo = times.index(round(img.echo_time_s, 7)) + 1
+    return images
 
 
 def _group_key(img: Image):

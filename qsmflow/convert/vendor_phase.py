@@ -8,7 +8,8 @@ private floating-point scale), the stored phase of one echo is, by vendor:
   × π/4096 (:func:`qsmflow.qsm.phase.to_radians`);
 * **Philips**: radians already (dcm2niix's floating-point scaling of
   ``ScaleSlope``/``RescaleSlope``/``RescaleIntercept``), or milliradians (−3142…3142,
-  the displayed values when the floating-point scale is missing) → × 0.001;
+  the displayed values when the floating-point scale is missing or is the magnitude's,
+  integers or not) → × 0.001;
 * **GE**: often real and imaginary images whose sign alternates from slice to slice
   (the reconstruction's FFT shift, "chopping"), and a phase of inverted polarity
   (left-handed): the complex signal is conjugated so that paramagnetic sources give a
@@ -87,7 +88,7 @@ def phase_to_rad(phase: np.ndarray, manufacturer: str) -> tuple[np.ndarray, str]
     """
     lo, hi, integer = phase_range(phase)
     span = hi - lo
-    if vendor(manufacturer) == 'philips' and integer and span > 10 * np.pi \
+    if vendor(manufacturer) == 'philips' and span > 10 * np.pi \
             and max(-lo, hi) <= 0.505 * _MRAD_SPAN:
         rad = to_radians(np.asarray(phase, dtype=np.float64) * 1e-3, 'rad')
         note = 'milliradians (Philips displayed values) x 0.001'
