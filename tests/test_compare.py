@@ -190,3 +190,22 @@ def test_bad_pipelines_are_one_line_errors(run_cli, tmp_path):
     res = run_cli('compare', tmp_path, tmp_path / 'o', '--pipelines', 'default', 'consensus')
     assert res.returncode == 2 and '--segmentations' in res.stderr
     assert not (tmp_path / 'o').exists()
+
+
+def test_a_failing_step_is_one_line_and_exit_1(run_cli, comparison, tmp_path):
+    """A pipeline whose inversion rejects its options: one line naming the step, its
+    options and the error; exit code 1. The other steps come from the module run's cache
+    (``-w``), so only the failing inversion runs."""
+    preset = json.loads((Path(__file__).parents[1] / 'qsmflow' / 'data' / 'presets'
+                         / 'default.json').read_text())
+    preset['inversion'] = {'method': 'tv', 'params': {'bogus': 1}}
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps(preset))
+    res = run_cli('compare', *_args(comparison['inputs'], tmp_path / 'out', '--pipelines',
+                                    'default', str(bad), '-w', comparison['folder'] / 'work',
+                                    '--nprocs', '1'))
+    assert res.returncode == 1
+    errors = res.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(
+        "qsmflow: error: compare: step inversion {'method': 'tv', 'params': {'bogus': 1}} "
+        "failed: TypeError: tv() got an unexpected keyword argument 'bogus'"), errors

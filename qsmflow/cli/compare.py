@@ -5,6 +5,8 @@ end in one line (:class:`qsmflow.errors.InputError`, printed by
 :func:`qsmflow.cli.main.main`)."""
 from __future__ import annotations
 
+import logging
+
 
 def run_compare_command(opts) -> int:
     """Resolve the pipelines and the selection from the parsed options and run."""
@@ -14,6 +16,9 @@ def run_compare_command(opts) -> int:
     from qsmflow.execution.engines import load_plugin_args
 
     pipelines = resolve_pipelines(opts.pipelines, opts.grid)
+    # pydra's event loop reports a failed step's traceback once more through asyncio's
+    # logger when its future is collected; the step's one line is printed instead
+    logging.getLogger('asyncio').setLevel(logging.CRITICAL)
     return run_compare(
         opts.bids_dir, opts.output_dir, pipelines, selection=selection_from_args(opts),
         segmentations=_absolute(opts.segmentations), labels_from=_absolute(opts.labels_from),

@@ -27,6 +27,7 @@ annotations as types.)
 import contextlib
 import multiprocessing
 import os
+import time
 import typing as ty
 from pathlib import Path
 
@@ -164,8 +165,15 @@ def run_workflow(runs_acq: list[dict], runs_pipeline: list[dict], cache_dir, *,
     kwargs = dict(plugin_args or {})
     if plugin == 'cf':
         kwargs.setdefault('n_procs', nprocs)
-    with _forkserver(), pydra.Submitter(plugin=plugin, **kwargs) as submitter:
-        submitter(wf)
+    started = time.time()
+    try:
+        with _forkserver(), pydra.Submitter(plugin=plugin, **kwargs) as submitter:
+            submitter(wf)
+    except Exception:
+        failed = failed_tasks(cache_dir, since=started)
+        if failed:
+            raise TaskFailure('; '.join(failed)) from None
+        raise
     results = wf.result(return_inputs=False)
     out = []
     order = [(a['acq_name'], p['pipeline']) for a in runs_acq for p in runs_pipeline]
@@ -195,6 +203,31 @@ def _forkserver():
         yield
     finally:
         multiprocessing.set_start_method(before, force=True)
+
+
+class TaskFailure(RuntimeError):
+    """A step of the comparison failed; the text names each failed step, its options, the
+    error and the folder holding pydra's crash record."""
+
+
+def failed_tasks(cache_dir, since: float = 0.0) -> list[str]:
+    """One line per task that failed in ``cache_dir`` since ``since`` (epoch seconds):
+    step, options, the error's last line and the folder of its ``_error.pklz``."""
+    import cloudpickle
+
+    lines = []
+    for error in sorted(Path(cache_dir).glob('FunctionTask_*/_error.pklz')):
+        if error.stat().st_mtime < since:
+            continue
+        info = cloudpickle.loads(error.read_bytes())
+        message = ''.join(info.get('error message', [])).strip().splitlines() or ['?']
+        try:
+            task = cloudpickle.loads((error.parent / '_task.pklz').read_bytes())
+            what = f'step {task.name} {getattr(task.inputs, "config", "")}'.rstrip()
+        except Exception:  # the record of the task itself is unreadable: name the folder
+            what = 'a step'
+        lines.append(f'{what} failed: {message[-1]} (details: {error})')
+    return lines
 
 
 def cache_folders(cache_dir) -> list[Path]:

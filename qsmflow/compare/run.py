@@ -138,8 +138,13 @@ def run_compare(bids_dir, out_dir, pipelines: dict, *, selection, segmentations=
     try:
         for stale in engine.stale_locks(cache):  # left by a killed run: no run holds them
             stale.unlink(missing_ok=True)
-        runs = engine.run_workflow(runs_acq, runs_pipeline, cache, plugin=plugin,
-                                   nprocs=nprocs, plugin_args=plugin_args)
+        try:
+            runs = engine.run_workflow(runs_acq, runs_pipeline, cache, plugin=plugin,
+                                       nprocs=nprocs, plugin_args=plugin_args)
+        except engine.TaskFailure as exc:
+            print(f'qsmflow: error: compare: {exc}; fix the pipeline and rerun (finished '
+                  'steps are reused)', file=sys.stderr)
+            return 1
         written = write_outputs(folder, runs, pipelines, entities, keep_maps=keep_maps,
                                 engine_desc={'Engine': f'pydra {plugin}', 'Processes': nprocs,
                                              'PluginArgs': plugin_args or {}},
