@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from qsmflow.convert import series, vendor_phase
+from qsmflow.convert.dcm2niix import run_dcm2niix
 from qsmflow.convert.run import convert_dicom
 from tests import realdata
 from tests.dicom_synth import rewrite, write_series
@@ -71,7 +72,8 @@ def test_philips_dicom_converts_to_megre(tmp_path, run_cli, kind):
 
 
 def test_philips_dicom_end_to_end(tmp_path, run_cli):
-    """The converted real Philips DICOM runs through qsmflow participant."""
+    """The converted real Philips DICOM runs through qsmflow participant, and its maps go
+    back to DICOM (export-dicom) with the chi grid and values."""
     bids, out = tmp_path / 'bids', tmp_path / 'out'
     assert run_cli('convert', PHILIPS_DICOM / 'classic', bids, '--participant-label',
                    'philips').returncode == 0
@@ -84,6 +86,21 @@ def test_philips_dicom_end_to_end(tmp_path, run_cli):
     assert 900 <= mask.sum() * 27 / 1000 <= 1800
     chi = np.asarray(nb.load(anat / 'sub-philips_Chimap.nii.gz').dataobj, dtype=float)
     assert np.isfinite(chi).all() and np.abs(np.percentile(chi[mask], [1, 99])).max() < 1.0
+    # ... and back to the scanner: every native map as a DICOM series in the source study,
+    # which dcm2niix reads back onto the chi grid
+    res = run_cli('export-dicom', out, tmp_path / 'dicom', '--reference-series',
+                  PHILIPS_DICOM / 'classic')
+    assert res.returncode == 0, res.stderr
+    series_dirs = sorted(p.name for p in (tmp_path / 'dicom').iterdir())
+    assert series_dirs == sorted(f'sub-philips_{s}' for s in (
+        'Chimap', 'desc-paramagnetic_Chimap', 'desc-diamagnetic_Chimap', 'R2starmap',
+        'T2starmap', 'desc-swi_swi', 'desc-minip_swi'))
+    back = tmp_path / 'back'
+    sidecars = run_dcm2niix(tmp_path / 'dicom' / 'sub-philips_Chimap', back)
+    img = nb.load(sidecars[0].with_name(sidecars[0].name[:-5] + '.nii.gz'))
+    assert np.allclose(img.affine, nb.load(anat / 'sub-philips_Chimap.nii.gz').affine,
+                       atol=1e-3)
+    assert np.abs(np.asarray(img.dataobj, dtype=float) - chi).max() < 1e-4
 
 
 def test_siemens_fieldmap_is_written_as_fmap_not_megre(tmp_path, run_cli):
