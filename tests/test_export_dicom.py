@@ -204,22 +204,30 @@ def test_export_is_idempotent_and_selects_maps(exported, tmp_path, run_cli):
     assert first == {k: v for k, v in _tree(folder / 'dicom').items() if 'swi' not in k}
 
 
-@pytest.mark.parametrize('case', ['missing', 'empty', 'inside', 'two_subjects', 'bad_ref'])
+@pytest.mark.parametrize('case', ['missing', 'empty', 'inside', 'two_subjects', 'bad_ref',
+                                  'other_grid', 'shifted'])
 def test_export_errors_are_one_line(tmp_path, run_cli, case):
     qsm = tmp_path / 'qsm'
-    if case in ('inside', 'two_subjects', 'bad_ref'):
+    shifted = nb.load(PHILIPS_GRID).affine.copy()
+    shifted[2, 3] += 1.5  # half a 3 mm slice along z: between the reference's planes
+    grids = {'other_grid': OBLIQUE_LAS, 'shifted': shifted}
+    if case in ('inside', 'two_subjects', 'bad_ref', 'other_grid', 'shifted'):
         for sub in ('01', '02') if case == 'two_subjects' else ('01',):
-            _maps(qsm, np.eye(4), (6, 6, 4), sub)
+            _maps(qsm, grids.get(case, np.eye(4)), (6, 6, 4), sub)
     else:
         qsm.mkdir()
     args = {'missing': (tmp_path / 'nope', tmp_path / 'd'),
             'empty': (qsm, tmp_path / 'd'),
             'inside': (qsm, qsm / 'dicom'),
             'two_subjects': (qsm, tmp_path / 'd', '--reference-series', PHILIPS_CLASSIC),
-            'bad_ref': (qsm, tmp_path / 'd', '--reference-series', qsm)}[case]
+            'bad_ref': (qsm, tmp_path / 'd', '--reference-series', qsm),
+            'other_grid': (qsm, tmp_path / 'd', '--reference-series', PHILIPS_CLASSIC),
+            'shifted': (qsm, tmp_path / 'd', '--reference-series', PHILIPS_CLASSIC)}[case]
     res = run_cli('export-dicom', *args)
     assert res.returncode == 2, res.stdout
     assert res.stderr.startswith('qsmflow: error: ') and res.stderr.count('\n') == 1
     assert {'missing': 'not a folder', 'empty': 'no native', 'inside': 'must not lie inside',
-            'two_subjects': '--participant-label', 'bad_ref': 'no DICOM files'}[case] \
-        in res.stderr
+            'two_subjects': '--participant-label', 'bad_ref': 'no DICOM files',
+            'other_grid': 'not parallel to the reference images',
+            'shifted': '4 of its 4 slices lie in no plane'}[case] in res.stderr
+    assert not (tmp_path / 'd').exists()

@@ -144,3 +144,24 @@ def referenced_instances(ref: Reference, position_lps, tol_mm: float = 0.01) -> 
                 if None not in (p, position) and abs(p - position) <= tol_mm]
         out[uid] = here or [items[0][:2]]
     return out
+
+
+def check_geometry(ref: Reference, orientation, positions_lps, tol_mm: float = 0.01) -> str | None:
+    """Why a map's slices do not lie in the reference series' planes, or None.
+
+    A map reconstructed from the reference series has the same slice orientation and every
+    slice in a plane of a reference image. Reference series without per-image geometry
+    (multi-frame files) are not checked.
+    """
+    planes = sorted({p for items in ref.series.values() for _, _, p in items if p is not None})
+    if ref.normal is None or not planes:
+        return None
+    normal = np.cross(orientation[:3], orientation[3:])
+    if abs(float(np.dot(normal, ref.normal))) < np.cos(np.deg2rad(0.5)):
+        return 'its slices are not parallel to the reference images'
+    heights = [float(np.dot(pos, ref.normal)) for pos in positions_lps]
+    planes = np.asarray(planes)
+    off = sum(np.abs(planes - h).min() > tol_mm for h in heights)
+    if off:
+        return f'{off} of its {len(heights)} slices lie in no plane of the reference images'
+    return None

@@ -68,6 +68,8 @@ def export_dicom(out_dir, dicom_out, reference_series=None, deidentify=False,
                              f'{len(visits)} participants/sessions in {out_dir}; pass '
                              '--participant-label (and --session-label)')
         ref = reference.read_reference(reference_series)
+    if ref is not None:
+        _check_same_grid(found, ref, reference_series)
     base = 100 * ref.series_number if ref is not None and ref.series_number else 9000
     exported = []
     for n, item in enumerate(found, start=1):
@@ -78,3 +80,20 @@ def export_dicom(out_dir, dicom_out, reference_series=None, deidentify=False,
             f'{base + n})')
         exported.append((item, dest, count))
     return exported
+
+
+def _check_same_grid(found, ref, folder) -> None:
+    """The maps must lie in the reference series' slice planes (a map of another
+    acquisition, or of another patient, must not join that study)."""
+    from qsmflow.export.geometry import slice_geometry
+
+    for item in found:
+        data, affine = dicom_series.load_map(item)
+        try:
+            geom = slice_geometry(affine, data.shape)
+        except ValueError:
+            continue  # write_series reports it
+        why = reference.check_geometry(ref, geom.orientation, geom.positions)
+        if why:
+            raise InputError(f'{item.path.name}: {why} ({folder}); give the DICOM series the '
+                             'maps were reconstructed from as --reference-series')
