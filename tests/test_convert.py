@@ -135,6 +135,22 @@ def test_siemens_fieldmap_is_written_as_fmap_not_megre(tmp_path, run_cli):
     assert not list((bids / 'sourcedata' / 'qsmflow_convert').glob('.staging*'))
 
 
+@pytest.mark.parametrize('stem, coil', [('10_1_c3', True), ('10_1_cH1', True),
+                                         ('11_2_cH12_ph', True), ('10_1', False),
+                                         ('10_1_ph', False)])
+def test_single_coil_images_are_set_aside(tmp_path, stem, coil):
+    """dcm2niix names single-coil images _c<coil> (Siemens: _c3, _cH1; before the part
+    suffix): they are skipped as uncombined coil images, never taken as combined data."""
+    nb.save(nb.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)),
+            tmp_path / f'{stem}.nii.gz')
+    (tmp_path / f'{stem}.json').write_text(json.dumps({'EchoTime': 0.004, 'SeriesNumber': 10,
+                                                       'ImageType': ['ORIGINAL', 'M']}))
+    images, skipped = series.read_images(tmp_path)
+    assert (len(skipped), len(images)) == ((1, 0) if coil else (0, 1))
+    if coil:
+        assert 'uncombined coil image' in skipped[0].reason
+
+
 def test_fieldmap_without_first_magnitude_is_skipped():
     diff = _image('phase', 2, 0.006, 11, EchoTime1=0.004, EchoTime2=0.006)
     fieldmaps, rest, skipped = series.find_fieldmaps([diff, _image('mag', 2, 0.006)])

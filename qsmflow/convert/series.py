@@ -219,7 +219,8 @@ def read_images(out_dir) -> tuple[list[Image], list[Skipped]]:
         img = nb.load(nifti)
         protocol = str(meta.get('ProtocolName') or meta.get('SeriesDescription') or '')
         series = [int(meta.get('SeriesNumber', 0) or 0)]
-        if re.search(r'_c\d+$', sidecar.stem) or meta.get('CoilString', '').startswith('C:'):
+        if re.search(r'_c[0-9A-Za-z]+(_|$)', sidecar.stem) \
+                or meta.get('CoilString', '').startswith('C:'):
             skipped.append(Skipped(protocol, series, 1, 'uncombined coil image (one file per '
                                    'receive coil): coil combination is not supported; '
                                    'export the coil-combined images'))
