@@ -52,11 +52,8 @@ def run_steps(opts) -> int:
 
 
 def _run_steps(opts) -> int:
-    from qsmflow.phantom.bids import DEFAULT_B0_TESLA, DEFAULT_ECHO_TIMES_S, oblique_affine
-    from qsmflow.phantom.forward import simulate_megre
-    from qsmflow.phantom.head import DEEP_GM, make_head
-    from qsmflow.phantom.realistic import (
-        DEFAULT_REALISTIC_SNR, realistic_head, simulate_realistic_megre)
+    from qsmflow.phantom.bids import DEFAULT_B0_TESLA
+    from qsmflow.phantom.head import DEEP_GM
     import numba
     from scipy import fft as sfft
 
@@ -64,17 +61,9 @@ def _run_steps(opts) -> int:
     from qsmflow.qsm.inversion.regularisation import choose_shell_weight, choose_tv_weight
 
     size = opts.size or 'full'
-    realistic = opts.phantom == 'realistic'
-    head = (realistic_head(size=size) if realistic
-            else make_head(size=size, chi_separation=True))
-    snr = opts.snr or (DEFAULT_REALISTIC_SNR if realistic else 100.0)
-    vox = head.voxel_size_mm
-    affine = oblique_affine(head.labels.shape, vox, opts.oblique)
-    b0_dir = kernels.b0_dir_from_affine(affine)
-    simulate = simulate_realistic_megre if realistic else simulate_megre
-    mag, phase, _ = simulate(head, DEFAULT_ECHO_TIMES_S, DEFAULT_B0_TESLA, b0_dir, snr=snr,
-                             rng=np.random.default_rng(0))
-    tes = list(DEFAULT_ECHO_TIMES_S)
+    data = simulated(opts.phantom, size, opts.snr, opts.oblique)
+    head, mag, phase, snr = data['head'], data['mag'], data['phase'], data['snr']
+    vox, affine, b0_dir, tes = data['vox'], data['affine'], data['b0_dir'], data['tes']
     print(f'qsmflow bench: {opts.phantom} phantom {size} {head.labels.shape} at {vox} mm, '
           f'{len(tes)} echoes, SNR {snr:g}, B0 tilt {opts.oblique} deg')
     print(f'  machine: {platform.machine()}, {os.cpu_count()} CPUs, '
@@ -82,18 +71,10 @@ def _run_steps(opts) -> int:
           f'(FFT workers; numba {numba.get_num_threads()})')
     print(f'  {"step":<34}{"time":>10} {"peak alloc":>11}')
     rows = []
-    rss = np.sqrt(np.sum(np.square(mag, dtype=np.float64), axis=-1)).astype(np.float32)
-    brain = _timed('brain extraction + QC', lambda: _extract_and_check(rss, mag[..., 0], vox),
-                   opts.repeat, rows)
-    fit = _timed('unwrap (romeo) + echo fit (wls)', lambda: echoes.estimate_field(
-        phase, brain, vox, mag, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA), opts.repeat, rows)
-    reliable = _timed('phase-quality mask', lambda: mask.quality_mask(mask.quality_map(
-        phase, mag, brain, vox, echo_times_s=tes), brain), opts.repeat, rows)
-    local, used = _timed('PDF', lambda: bgremove.pdf(fit['field_ppm'], reliable, vox, b0_dir),
-                         opts.repeat, rows)
-    chi = _timed(f'inversion default ({inversion.DEFAULT_METHOD})', lambda: inversion.invert(
-        local, used, vox, b0_dir), opts.repeat, rows)
-    _timed('reference (mean)', lambda: reference.reference(chi, used), opts.repeat, rows)
+    timed = lambda label, func: _timed(label, func, opts.repeat, rows)  # noqa: E731
+    out = default_chain(mag, phase, vox, b0_dir, tes, timed)
+    brain, fit, reliable = out['brain'], out['fit'], out['reliable']
+    local, used, chi = out['local'], out['used'], out['chi']
     total = sum(r[1] for r in rows)
     print(f'  {"whole reconstruction (default)":<34}{total:8.2f} s')
     _time_maps(mag, local, used, brain, vox, tes, affine, head, opts.repeat, rows, total,
@@ -151,6 +132,62 @@ def _run_steps(opts) -> int:
     return 0
 
 
+#: Voxel size (mm) of the ``hires`` benchmark: the phantom's field of view on a
+#: 240×293×240 grid (16.9 M voxels).
+HIRES_MM = 0.6
+
+
+def simulated(phantom: str, size: str, snr=None, oblique_deg: float = 15.0) -> dict:
+    """The benchmark's input: the ``phantom`` ('realistic' or 'default') of ``size`` (a
+    preset of :data:`qsmflow.phantom.head.SIZES` or ``'hires'``, :data:`HIRES_MM`),
+    forward-simulated (default echoes and field, SNR ``snr`` or the phantom's, B0 tilted
+    by ``oblique_deg``, noise seed 0). Returns ``head``, ``mag``, ``phase``, ``snr``,
+    ``vox``, ``affine``, ``b0_dir`` and ``tes``."""
+    from qsmflow.phantom.bids import DEFAULT_B0_TESLA, DEFAULT_ECHO_TIMES_S, oblique_affine
+    from qsmflow.phantom.forward import simulate_megre
+    from qsmflow.phantom.head import make_head
+    from qsmflow.phantom.realistic import (
+        DEFAULT_REALISTIC_SNR, realistic_head, simulate_realistic_megre)
+    from qsmflow.qsm import kernels
+
+    realistic = phantom == 'realistic'
+    grid = {'voxel_size_mm': HIRES_MM} if size == 'hires' else {'size': size}
+    head = (realistic_head(**grid) if realistic
+            else make_head(**grid, chi_separation=True))
+    snr = snr or (DEFAULT_REALISTIC_SNR if realistic else 100.0)
+    vox = head.voxel_size_mm
+    affine = oblique_affine(head.labels.shape, vox, oblique_deg)
+    b0_dir = kernels.b0_dir_from_affine(affine)
+    simulate = simulate_realistic_megre if realistic else simulate_megre
+    mag, phase, _ = simulate(head, DEFAULT_ECHO_TIMES_S, DEFAULT_B0_TESLA, b0_dir, snr=snr,
+                             rng=np.random.default_rng(0))
+    return {'head': head, 'mag': mag, 'phase': phase, 'snr': snr, 'vox': vox,
+            'affine': affine, 'b0_dir': b0_dir, 'tes': list(DEFAULT_ECHO_TIMES_S)}
+
+
+def default_chain(mag, phase, vox, b0_dir, tes, timed) -> dict:
+    """The default reconstruction chain as the pipeline runs it, each step through
+    ``timed(label, func)`` (which calls ``func`` and returns its result).
+
+    Returns the intermediate results: ``brain``, ``fit`` (:func:`~qsmflow.qsm.echoes.
+    estimate_field`'s dict), ``reliable``, ``local``, ``used``, ``chi``, ``chi_ref``.
+    """
+    from qsmflow.phantom.bids import DEFAULT_B0_TESLA
+    from qsmflow.qsm import bgremove, echoes, inversion, mask, reference
+
+    brain = timed('brain extraction + QC', lambda: _extract_and_check(mag, vox))
+    fit = timed('unwrap (romeo) + echo fit (wls)', lambda: echoes.estimate_field(
+        phase, brain, vox, mag, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA))
+    reliable = timed('phase-quality mask', lambda: mask.quality_mask(mask.quality_map(
+        phase, mag, brain, vox, echo_times_s=tes), brain))
+    local, used = timed('PDF', lambda: bgremove.pdf(fit['field_ppm'], reliable, vox, b0_dir))
+    chi = timed(f'inversion default ({inversion.DEFAULT_METHOD})', lambda: inversion.invert(
+        local, used, vox, b0_dir))
+    chi_ref = timed('reference (mean)', lambda: reference.reference(chi, used))[0]
+    return {'brain': brain, 'fit': fit, 'reliable': reliable, 'local': local, 'used': used,
+            'chi': chi, 'chi_ref': chi_ref}
+
+
 def _time_maps(mag, local, used, brain, vox, tes, affine, head, repeat, rows, total, *,
                chi, b0_dir):
     """Time the default R2*/T2*, SWI, minIP and χ-separation steps; print their share of
@@ -190,12 +227,15 @@ def _time_maps(mag, local, used, brain, vox, tes, affine, head, repeat, rows, to
     print(f'      R2* error: {", ".join(errors)}')
 
 
-def _extract_and_check(rss, first_echo, vox):
-    """The default brain mask as the pipeline makes it: extraction, then its QC."""
+def _extract_and_check(mag, vox):
+    """The default brain mask as the pipeline makes it: extraction from the root sum of
+    squares of the echoes, then its QC."""
     from qsmflow.qsm.brain_extraction import extract_brain, mask_qc
 
+    rss = np.sqrt(np.sum(np.square(mag, dtype=np.float64), axis=-1)).astype(np.float32)
     brain = extract_brain(rss, vox)
-    mask_qc(brain, first_echo, vox)
+    del rss
+    mask_qc(brain, mag[..., 0], vox)
     return brain
 
 

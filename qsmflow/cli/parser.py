@@ -293,9 +293,9 @@ def build_tools_parser() -> argparse.ArgumentParser:
         description='Time and memory of each reconstruction step on the forward-simulated '
                     'head phantom, exactly as the pipeline calls it; or, with --cohort, of '
                     'whole participant-level runs.')
-    bench.add_argument('--size', choices=['tiny', 'small', 'full'],
-                       help='phantom grid (default: full, 1 mm 144×176×144; with --cohort: '
-                            'small, 2 mm, as the demo)')
+    bench.add_argument('--size', choices=['tiny', 'small', 'full', 'hires'],
+                       help='phantom grid (default: full, 1 mm 144×176×144; hires: 0.6 mm '
+                            '240×293×240; with --cohort: small, 2 mm, as the demo)')
     bench.add_argument('--phantom', choices=['realistic', 'default'], default='realistic',
                        help='head phantom: realistic (bright fat scalp, skull, neck, air '
                             'cavities, veins of several sizes; SNR 35) or default (the '
@@ -313,6 +313,9 @@ def build_tools_parser() -> argparse.ArgumentParser:
                             'tables included) of N demo participants each, e.g. 1 2 4 8')
     bench.add_argument('--nprocs', type=_positive_int, default=2,
                        help='with --cohort: Nipype processes (default: %(default)s)')
+    bench.add_argument('--threads', nargs='+', type=_positive_int, metavar='N',
+                       help='instead: the default reconstruction with N threads for every '
+                            'step, one line per N (time, speed-up, peak RSS), e.g. 1 2')
 
     fetch = sub.add_parser(
         'fetch-templates', help='fill TEMPLATEFLOW_HOME for offline runs',

@@ -1,0 +1,78 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``qsmflow bench --threads N [N ...]``: the default reconstruction per thread count.
+
+The phantom is simulated once; the default chain (:func:`qsmflow.bench.steps.
+default_chain`) first runs once on the 3 mm phantom so that every compiled kernel is
+built, then once per thread count ``N`` inside :func:`qsmflow.qsm.threads.limit` ``(N)``
+(every step gets ``N`` FFT workers and ``N`` numba threads). One line per thread count:
+wall time of the chain (best of ``--repeat``), its speed-up over the first count, the
+peak resident memory of the process during the chain (:mod:`qsmflow.bench.rss`; it
+includes the simulated echoes the chain reads) and that peak per grid voxel; then the
+largest step's share. The χ maps of all thread counts are compared bitwise.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def _chain(data, n_threads):
+    """Run the default chain with ``n_threads``; returns ``(s, peak RSS B, steps, chi)``
+    where ``steps`` maps each step's label to ``(s, peak RSS B during the step)``."""
+    from qsmflow.bench import rss
+    from qsmflow.bench.steps import default_chain
+    from qsmflow.qsm import threads
+
+    steps = {}
+
+    def timed(label, func):
+        rss.reset_peak()
+        t0 = time.perf_counter()
+        result = func()
+        steps[label] = (time.perf_counter() - t0, rss.peak_bytes())
+        return result
+
+    gc.collect()
+    with threads.limit(n_threads):
+        out = default_chain(data['mag'], data['phase'], data['vox'], data['b0_dir'],
+                            data['tes'], timed)
+    total = sum(s for s, _ in steps.values())
+    peak = max(p for _, p in steps.values())
+    return total, peak, steps, out['chi_ref']
+
+
+def main(thread_counts, *, size: str = 'full', phantom: str = 'realistic', snr=None,
+         oblique_deg: float = 15.0, repeat: int = 1) -> int:
+    """Print one line per thread count in ``thread_counts``; 0 if the χ maps agree
+    bitwise across thread counts, else 1."""
+    from qsmflow.bench.steps import simulated
+
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+    print(f'qsmflow bench --threads: {phantom} phantom {size}; machine {platform.machine()}, '
+          f'{os.cpu_count()} CPUs, load average {load:.2f} at start')
+    _chain(simulated(phantom, 'tiny', snr, oblique_deg), 1)  # compile every kernel
+    data = simulated(phantom, size, snr, oblique_deg)
+    n_vox = int(np.prod(data['mag'].shape[:3]))
+    print(f'  grid {data["mag"].shape[:3]} at {data["vox"]} mm, {len(data["tes"])} echoes '
+          f'({n_vox / 1e6:.1f} M voxels)')
+    print(f'  {"threads":>7} {"size":>6} {"time (s)":>9} {"speed-up":>9} '
+          f'{"peak RSS (GB)":>14} {"B/voxel":>8}  slowest step')
+    first, reference, same = None, None, True
+    for n in thread_counts:
+        runs = [_chain(data, n) for _ in range(repeat)]
+        total, peak, steps, chi = min(runs, key=lambda run: run[0])
+        peak = max(run[1] for run in runs)
+        first = first or total
+        if reference is None:
+            reference = chi
+        else:
+            same = same and np.array_equal(chi, reference)
+        label, (slow_s, _) = max(steps.items(), key=lambda item: item[1][0])
+        print(f'  {n:>7} {size:>6} {total:9.2f} {first / total:8.2f}x {peak / 1e9:14.2f} '
+              f'{peak / n_vox:8.0f}  {label} {slow_s:.2f} s', flush=True)
+    print(f'  chi bitwise identical across thread counts: {"yes" if same else "NO"}')
+    return 0 if same else 1

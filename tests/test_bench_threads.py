@@ -1,0 +1,37 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``qsmflow bench --threads``: one line per thread count with time and peak RSS; the
+resettable peak-RSS reader it uses."""
+import sys
+
+import numpy as np
+import pytest
+
+from qsmflow.bench import rss
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc')
+def test_peak_rss_window_sees_an_allocation_and_resets():
+    assert rss.reset_peak()
+    before = rss.current_bytes()
+    block = np.ones(50_000_000 // 8)  # 50 MB, touched
+    inside = rss.peak_bytes()
+    del block
+    assert inside - before >= 45e6
+    assert rss.reset_peak()
+    assert rss.peak_bytes() < inside - 40e6
+
+
+def test_bench_threads_prints_a_line_per_thread_count(capsys):
+    from qsmflow.bench.threads import main
+    from qsmflow.cli.parser import build_tools_parser
+
+    opts = build_tools_parser().parse_args(['bench', '--threads', '1', '2', '--size', 'hires'])
+    assert opts.threads == [1, 2] and opts.size == 'hires'
+    assert main([1, 2], size='tiny', phantom='default') == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in out if line.split()[:2] in (['1', 'tiny'], ['2', 'tiny'])]
+    assert [row[0] for row in rows] == ['1', '2']
+    for row in rows:
+        seconds, peak_gb = float(row[2]), float(row[4])
+        assert seconds > 0 and 0.05 < peak_gb < 4
+    assert out[-1].endswith('identical across thread counts: yes')
