@@ -270,7 +270,8 @@ def _partial_volume_map(sampled, lut) -> np.ndarray:
 
 def make_head(voxel_size_mm=None, shape=None, age_years: float = 40.0, *,
               size: str = 'full', oversample: int | None = None,
-              chi_separation: bool = False) -> HeadPhantom:
+              chi_separation: bool = False, items=None,
+              chi_overrides_ppm: dict | None = None) -> HeadPhantom:
     """Sample the head phantom on an RAS-oriented grid.
 
     Parameters
@@ -290,6 +291,12 @@ def make_head(voxel_size_mm=None, shape=None, age_years: float = 40.0, *,
     chi_separation : bool
         Also fill the χ-separation truth (``chi_para_ppm``, ``chi_dia_ppm``, ``r2_hz``);
         every other map is the same either way.
+    items : callable, optional
+        Returns the painted ``(label, solid, within)`` list (default :func:`anatomy`; the
+        clinical variant :func:`qsmflow.phantom.clinical.clinical_anatomy` adds foci and
+        veins).
+    chi_overrides_ppm : dict, optional
+        χ (ppm) of some labels (name → value) instead of the tissue table's.
 
     Returns
     -------
@@ -303,10 +310,10 @@ def make_head(voxel_size_mm=None, shape=None, age_years: float = 40.0, *,
     ((48, 58, 48), True)
     """
     vox, shape, factor = _resolve_grid(voxel_size_mm, shape, size, oversample)
-    sampled = _sampled_labels(vox, shape, factor)
+    sampled = _sampled_labels(vox, shape, factor, items or anatomy)
     labels = sampled[0].copy()
 
-    chi = tissue_chi_ppm(age_years)
+    chi = {**tissue_chi_ppm(age_years), **(chi_overrides_ppm or {})}
     r2 = tissue_r2star_hz(age_years)
     m0 = tissue_m0()
     names = [name for _, name in LABELS]
