@@ -24,7 +24,9 @@ def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipel
         with ``pipeline['masking']['brain_masks']`` set, each acquisition's own mask
         (``acq.brain_mask``, found by pre-flight) replaces the automatic mask; with
         ``pipeline['chi_separation']['r2_maps']`` set, each acquisition's R2 map
-        (``acq.r2_map``, found by pre-flight) replaces χ-separation's scalar R2.
+        (``acq.r2_map``, found by pre-flight) replaces χ-separation's scalar R2; with
+        ``pipeline['clinical']`` (venography, foci, OEF) those readings are added
+        (:func:`qsmflow.workflows.clinical.connect_clinical`).
     omp_nthreads : int
         Threads per node.
     regions_opts : dict, optional
@@ -54,6 +56,7 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
         ``atlases`` (list of atlas dicts from :func:`qsmflow.atlases.specs.resolve_atlases`),
         ``erode`` (bool): :func:`qsmflow.atlases.options.regions_options`.
     """
+    from qsmflow.workflows.clinical import clinical_enabled, connect_clinical
     from qsmflow.workflows.outputs import init_qsm_derivatives_wf, qsm_outputs
     from qsmflow.workflows.qsm import init_qsm_wf
 
@@ -77,6 +80,9 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
     workflow.connect([
         (qsm_wf, ds_wf, [(f'outputnode.{k}', f'inputnode.{k}') for k in outputs]),
     ])  # fmt:skip
+    if clinical_enabled(pipeline):
+        connect_clinical(workflow, qsm_wf, acq=acq, output_dir=output_dir, bids_dir=bids_dir,
+                         pipeline=pipeline, outputs=outputs, omp_nthreads=omp_nthreads)
     if regions_opts:
         from qsmflow.workflows.registration import connect_regions
         from qsmflow.workflows.regions import table_maps

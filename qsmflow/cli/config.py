@@ -94,9 +94,12 @@ def masks_from_args(opts) -> MasksConfig:
 def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
     """``--preset`` resolved with the step overrides, the masking options and the maps
     options (``--r2star-method``, ``--swi``/``--no-swi``, ``--minip-slab-mm``,
-    ``--chi-separation``/``--no-chi-separation``, ``--r2-hz``, ``--r2-map``)."""
+    ``--chi-separation``/``--no-chi-separation``, ``--r2-hz``, ``--r2-map``) and the
+    clinical readings (``--venography``, ``--foci``, ``--oef``, ``--hematocrit``,
+    ``--mip-slab-mm``)."""
     from qsmflow.config.presets import (
-        load_preset, with_maps_options, with_masking_options, with_overrides)
+        load_preset, with_clinical_options, with_maps_options, with_masking_options,
+        with_overrides)
 
     try:
         steps = with_overrides(
@@ -119,6 +122,11 @@ def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
                                   minip_slab_mm=opts.minip_slab_mm,
                                   chi_separation=opts.chi_separation, r2_hz=opts.r2_hz,
                                   r2_maps=r2_maps)
+        steps = with_clinical_options(
+            steps, venography=getattr(opts, 'venography', None),
+            foci=getattr(opts, 'foci', None), oef=getattr(opts, 'oef', None),
+            hematocrit=getattr(opts, 'hematocrit', None),
+            mip_slab_mm=getattr(opts, 'mip_slab_mm', None))
     except ValueError as exc:
         raise InputError(str(exc)) from None
     return PipelineConfig(preset=str(opts.preset), steps=steps)

@@ -24,6 +24,8 @@ DEFAULT_TEMPLATE_RESOLUTION = 2
 #: R2* estimators (``--r2star-method``) and the default minIP slab (mm), from qsm/.
 R2STAR_METHODS = ('arlo', 'loglinear', 'nonlinear')
 DEFAULT_SLAB_MM = 8.0
+#: Venography MIP slab (mm) and OEF haematocrit defaults, from qsm/ (veins, oef).
+DEFAULT_MIP_SLAB_MM, DEFAULT_HEMATOCRIT = 16.0, 0.40
 #: Nipype plugins selectable with ``--plugin``.
 PLUGINS = ('linear', 'multiproc', 'slurm', 'slurmgraph', 'sge', 'sgegraph', 'pbs', 'pbsgraph')
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -137,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
                            'a BIDS derivatives folder with sub-<label>[/ses-<label>]/anat/'
                            '*_R2map.nii[.gz] in 1/s in the scanner space of the GRE (any '
                            'grid; resampled linearly); a participant without one fails')
+
+    g_clin = parser.add_argument_group('Clinical readings (venography, foci, QSM-OEF)')
+    g_clin.add_argument('--venography', action=argparse.BooleanOptionalAction, default=None,
+                        help='store the vein segmentation (desc-veins_mask), vesselness '
+                             '(desc-veins_probseg) and MIP slabs of χ and vesselness '
+                             '(default: off)')
+    g_clin.add_argument('--foci', action=argparse.BooleanOptionalAction, default=None,
+                        help='detect haemorrhage-like (paramagnetic) and calcification-like '
+                             '(diamagnetic) foci: desc-foci_dseg.nii.gz and .tsv (default: off)')
+    g_clin.add_argument('--oef', action=argparse.BooleanOptionalAction, default=None,
+                        help='oxygen extraction fraction from vein χ per vein segment and '
+                             'participant: desc-oef_stats.tsv (default: off)')
+    g_clin.add_argument('--hematocrit', type=_positive_float, metavar='FRACTION',
+                        help=f'haematocrit of the OEF, a fraction (default: '
+                             f'{DEFAULT_HEMATOCRIT:g})')
+    g_clin.add_argument('--mip-slab-mm', type=_positive_float, metavar='MM',
+                        help='venography MIP slab thickness in mm along the slice axis '
+                             f'(default: {DEFAULT_MIP_SLAB_MM:g})')
 
     _add_regions_arguments(parser)
     g_perf = parser.add_argument_group('Performance')

@@ -45,7 +45,7 @@ from pathlib import Path
 
 STEPS = ('masking', 'unwrapping', 'echo_combination', 'bf_removal', 'inversion', 'reference')
 #: Steps a preset may leave out (their defaults come from the qsm/ function signatures).
-OPTIONAL_STEPS = ('r2star', 'swi', 'chi_separation')
+OPTIONAL_STEPS = ('r2star', 'swi', 'chi_separation', 'clinical')
 
 #: Options of a step that do not depend on its method (kept by :func:`with_overrides`).
 STEP_OPTIONS = {'masking': ('brain', 'two_pass', 'strict_params', 'brain_masks')}
@@ -181,4 +181,40 @@ def with_maps_options(pipeline: dict, *, r2star_method: str | None = None,
         raise ValueError('--r2-map is an input of chi-separation: drop --no-chi-separation '
                          "(or the preset's chi_separation enabled: false), or drop --r2-map")
     out['r2star'], out['swi'], out['chi_separation'] = r2, sw, cs
+    return out
+
+
+def with_clinical_options(pipeline: dict, *, venography: bool | None = None,
+                          foci: bool | None = None, oef: bool | None = None,
+                          hematocrit: float | None = None,
+                          mip_slab_mm: float | None = None) -> dict:
+    """Copy of ``pipeline`` with its ``clinical`` step (issue 17) resolved: ``venography``,
+    ``foci`` and ``oef`` (each off unless the flag or the preset turns it on),
+    ``hematocrit`` (fraction, for the OEF; None: :data:`qsmflow.qsm.oef.DEFAULT_HEMATOCRIT`)
+    and ``mip_slab_mm`` (venography MIP slab; None: the qsm/ default). Used by
+    ``--venography``, ``--foci``, ``--oef``, ``--hematocrit`` and ``--mip-slab-mm``.
+
+    Examples
+    --------
+    >>> p = with_clinical_options(load_preset('default'), foci=True, hematocrit=0.45)
+    >>> p['clinical']
+    {'venography': False, 'foci': True, 'oef': False, 'hematocrit': 0.45}
+    >>> with_clinical_options(p, hematocrit=1.2)
+    Traceback (most recent call last):
+    ...
+    ValueError: the haematocrit must be a fraction in (0, 1), got 1.2
+    """
+    out = copy.deepcopy(pipeline)
+    cl = dict(out.get('clinical') or {})
+    for key, value in (('venography', venography), ('foci', foci), ('oef', oef)):
+        cl[key] = bool(cl.get(key, False) if value is None else value)
+    if hematocrit is not None:
+        if not 0 < hematocrit < 1:
+            raise ValueError(f'the haematocrit must be a fraction in (0, 1), got {hematocrit}')
+        cl['hematocrit'] = float(hematocrit)
+    if mip_slab_mm is not None:
+        if not mip_slab_mm > 0:
+            raise ValueError(f'the MIP slab must be positive (mm), got {mip_slab_mm}')
+        cl['mip_slab_mm'] = float(mip_slab_mm)
+    out['clinical'] = cl
     return out
