@@ -10,17 +10,16 @@ them apart by sign: blood products are paramagnetic (positive χ), calcium diama
    ``para_threshold_ppm`` (or is below −``dia_threshold_ppm``), outside the veins
    (``vein_mask``, grown by one voxel) when they are given;
 2. each seed component is grown over the connected voxels of the same sign, not in a
-   vein, whose contrast is at least half the component's peak contrast (the half-maximum boundary: a blurred
-   sphere's half-maximum surface lies near its true surface, so the volume is not biased
-   by how strong the focus is);
+   vein, whose contrast is at least half the component's peak contrast (the half-maximum
+   boundary: a blurred sphere's half-maximum surface lies near its true surface);
 3. its own background is the median χ 2–3 voxels around it (the nucleus it lies in), and
    its volume counts every voxel of the region and of its one-voxel rim by its share of
    the peak contrast to that background (a partial-volume estimate: the half-maximum
    region alone is off by up to half for foci of a few voxels);
 4. kept when its volume is within [``min_volume_mm3``, ``max_volume_mm3``], a
    paramagnetic region touching a vein peaks at ``vein_ratio`` times the vein's contrast
-   or more (else it is a piece of the vein), and it is compact: the elongation √(λmax/λmin) of its voxel coordinates' covariance (mm²) is at
-   most ``max_elongation`` (a vein segment, a tube, is long and thin; a focus is not).
+   or more (else it is a piece of the vein), and it is compact: the elongation
+   √(λmax/λmin) of its voxel coordinates' covariance (mm²) is at most ``max_elongation`` (a vein segment, a tube, is long and thin; a focus is not).
 
 Each focus is described, never diagnosed: "paramagnetic focus, haemorrhage-like" or
 "diamagnetic focus, calcification-like".
@@ -55,8 +54,9 @@ DEFAULT_MIN_VOLUME_MM3, DEFAULT_MAX_VOLUME_MM3 = 3.0, 30000.0
 #: has about L/(1.15 r), above 3 for any segment longer than 3.5 radii.
 DEFAULT_MAX_ELONGATION = 2.5
 #: A paramagnetic focus touching a vein must peak at this multiple of the vein's contrast
-#: there (its 90th percentile nearby): a piece of vein the segmentation missed (beside a focus its vesselness drops) is
-#: as bright as the vein, blood products beside a vein are brighter. A haemorrhage no
+#: there (its 90th percentile nearby): a piece of vein the segmentation missed (beside a
+#: focus its vesselness drops) is as bright as the vein, blood products beside a vein are
+#: brighter. A haemorrhage no
 #: brighter than the vein beside it is not told apart from it.
 DEFAULT_VEIN_RATIO = 1.5
 #: Seeds keep this far (mm) from the mask edge, where inversion artefacts and the
@@ -115,8 +115,10 @@ def detect_foci(
     foci : list of dict
         One row per focus: ``index``, ``kind`` ('paramagnetic'/'diamagnetic'), ``label``
         ('haemorrhage-like'/'calcification-like'), ``description``, ``volume_mm3`` (the
-        partial-volume estimate), ``n_voxels`` (of the label image), ``peak_chi_ppm`` (χ at the peak, as in the map), ``mean_chi_ppm``,
-        ``peak_contrast_ppm`` and ``mean_contrast_ppm`` (relative to the local tissue),
+        partial-volume estimate), ``n_voxels`` (of the label image), ``peak_chi_ppm`` (χ
+        at the peak, as in the map), ``mean_chi_ppm``, ``background_chi_ppm`` (median χ
+        of the tissue 2-3 voxels around it), ``peak_contrast_ppm`` and
+        ``mean_contrast_ppm`` (relative to that background),
         ``centroid_vox`` (3 floats, voxel indices), ``elongation``.
 
     Examples

@@ -18,9 +18,9 @@ tube pointing at its centre). χ is quantitative, so ``c`` is fixed in ppm
 over scales, in [0, 1).
 
 The segmentation (:func:`segment_veins`) takes the voxels of vesselness ≥
-``threshold`` as seeds (in connected groups of at least ``min_seed_mm3``) and grows them into the voxels whose contrast exceeds
-``min_contrast_ppm`` within ``reach`` × σ of the nearest seed (σ the scale at which that
-seed responded best): the vesselness peaks on the vein's axis, the contrast threshold
+``threshold`` as seeds (in connected groups of at least ``min_seed_mm3``) and grows them
+into the voxels whose contrast exceeds ``min_contrast_ppm`` within ``reach`` × σ of the
+nearest seed (σ the scale at which that seed responded best): the vesselness peaks on the vein's axis, the contrast threshold
 gives its width, and the reach keeps a blob touching a vein (a haemorrhage beside it) out.
 Components smaller than ``min_volume_mm3`` are dropped.
 
