@@ -122,11 +122,9 @@ def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
                                   minip_slab_mm=opts.minip_slab_mm,
                                   chi_separation=opts.chi_separation, r2_hz=opts.r2_hz,
                                   r2_maps=r2_maps)
-        steps = with_clinical_options(
-            steps, venography=getattr(opts, 'venography', None),
-            foci=getattr(opts, 'foci', None), oef=getattr(opts, 'oef', None),
-            hematocrit=getattr(opts, 'hematocrit', None),
-            mip_slab_mm=getattr(opts, 'mip_slab_mm', None))
+        steps = with_clinical_options(steps, venography=opts.venography, foci=opts.foci,
+                                      oef=opts.oef, hematocrit=opts.hematocrit,
+                                      mip_slab_mm=opts.mip_slab_mm)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     return PipelineConfig(preset=str(opts.preset), steps=steps)
