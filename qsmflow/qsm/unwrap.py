@@ -247,6 +247,15 @@ def unwrap_romeo(
     return _uncrop(out_b, box, shape, msk)
 
 
+def _wrap_in_place(d):
+    """:func:`wrap_phase` of a float array, written into ``d`` (same bits); returns ``d``."""
+    t = d / TWO_PI
+    np.round(t, out=t)
+    t *= TWO_PI
+    d -= t
+    return d
+
+
 def _edge_weights(phase, mask, magnitude, phase2, te_ratio):
     """Edge priority levels ``(3, N)`` uint8 and per-voxel quality ``(N,)`` float32.
 
@@ -266,18 +275,24 @@ def _edge_weights(phase, mask, magnitude, phase2, te_ratio):
         inv_mref = np.float32(1 / mref)
         tiny = np.float32(np.finfo(np.float32).tiny)
     for a in range(3):
+        # in place, one temporary at a time: the same float32 operations as
+        # ``1 − |wrap_phase(Δφ)|/π`` etc., so the same bits, at half the peak memory
         lo, hi = _axis_pairs(a)
-        d = wrap_phase(phase[hi] - phase[lo])
-        w = 1 - np.abs(d) * inv_pi
+        d = _wrap_in_place(np.subtract(phase[hi], phase[lo]))
+        w = np.abs(d)
+        w *= inv_pi
+        np.subtract(1, w, out=w)
         if phase2 is not None:
-            d2 = wrap_phase(phase2[hi] - phase2[lo])
+            d2 = _wrap_in_place(np.subtract(phase2[hi], phase2[lo]))
             d2 *= np.float32(1 / te_ratio)
             d -= d2
+            del d2
             np.abs(d, out=d)
             d *= inv_pi
             np.subtract(1, d, out=d)
             np.maximum(d, 0, out=d)
             w *= d
+        del d
         if magnitude is not None:
             m_lo = np.minimum(magnitude[hi], magnitude[lo])
             m_hi = np.maximum(magnitude[hi], magnitude[lo])
@@ -285,9 +300,11 @@ def _edge_weights(phase, mask, magnitude, phase2, te_ratio):
             np.divide(m_lo, m_hi, out=m_hi)
             w *= m_hi
             w *= m_hi
+            del m_hi
             m_lo *= inv_mref
             np.minimum(m_lo, 1, out=m_lo)
             w *= m_lo
+            del m_lo
         np.clip(w, 0, 1, out=w)
         w *= mask[hi] & mask[lo]
         quality[lo] += w
@@ -397,6 +414,17 @@ def _grow(phase, state, bins, s0, s1, seeds, out, n_comp):  # pragma: no cover -
     return n_comp
 
 
+def _distances_mm(near, where, vox):
+    """Distance (mm) from the voxels ``where`` to their nearest voxels ``near`` (index
+    tuples), computed as :func:`scipy.ndimage.distance_transform_edt` computes its
+    distances (so the same bits), but only at these voxels instead of on the whole box."""
+    sq = np.array([np.subtract(n, w).astype(np.float64) for n, w in zip(near, where)])
+    for a, s in enumerate(np.asarray(vox, np.float64)):
+        sq[a] *= s
+    np.multiply(sq, sq, sq)
+    return np.sqrt(np.add.reduce(sq, axis=0))
+
+
 def _align_components(out, label, n_comp, vox):
     """Shift components by 2π·k to continue the largest one across the gaps (in place).
 
@@ -410,11 +438,14 @@ def _align_components(out, label, n_comp, vox):
     sizes[0] = 0
     ref = int(np.argmax(sizes))
     in_ref = label == ref
-    dist, idx = ndi.distance_transform_edt(~in_ref, sampling=vox, return_indices=True)
+    idx = ndi.distance_transform_edt(~in_ref, sampling=vox, return_distances=False,
+                                     return_indices=True)
     other = (label > 0) & ~in_ref
     lab = label[other]
     near = tuple(i[other] for i in idx)
+    del idx
     where = np.nonzero(other)
+    d = _distances_mm(near, where, vox)
     pred = out[near].astype(np.float64)
     for a in range(3):
         # one-sided difference inside the reference component at the nearest voxel
@@ -430,9 +461,9 @@ def _align_components(out, label, n_comp, vox):
         has_bwd[hi] = ok
         step = np.where(has_bwd[near], bwd[near], np.where(has_fwd[near], fwd[near], 0))
         pred += step * (where[a] - near[a])
-    d = dist[other]
-    dmin = ndi.minimum(dist, label, np.arange(n_comp + 1))
-    close = d <= np.asarray(dmin)[lab] + float(np.max(vox))
+    dmin = np.full(n_comp + 1, np.inf)
+    np.minimum.at(dmin, lab, d)
+    close = d <= dmin[lab] + float(np.max(vox))
     diff = (pred - out[other])[close]
     count = np.bincount(lab[close], minlength=n_comp + 1)
     mean = np.bincount(lab[close], diff, minlength=n_comp + 1) / np.maximum(count, 1)

@@ -79,8 +79,21 @@ def fit_field(
 
 
 def _fit_field(ph, msk, te, mag):
-    n_echo = ph.shape[3]
     idx = np.flatnonzero(msk)
+    # the masked fit's work arrays are freed (on its return) before the full-size outputs
+    fitted = _fit_masked(ph, idx, te, mag)
+    outs = []
+    for v in fitted:
+        o = np.zeros(msk.shape, np.float32)
+        o.reshape(-1)[idx] = v
+        outs.append(o)
+    return tuple(outs)
+
+
+def _fit_masked(ph, idx, te, mag):
+    """:func:`fit_field` of the voxels ``idx`` (flat indices): ``(field, offset, noise)``
+    as (V,) arrays."""
+    n_echo = ph.shape[3]
     # (N, V): each echo's masked voxels, contiguous
     y = ph.reshape(-1, n_echo)[idx].T.copy()
     m = None if mag is None else mag.reshape(-1, n_echo)[idx].T.copy()
@@ -111,12 +124,7 @@ def _fit_field(ph, msk, te, mag):
         field = slope / np.float32(TWO_PI)
         offset = a_c - slope * np.float32(sums.t_c)
         noise = np.sqrt(s2 / stt) / np.float32(TWO_PI)
-    outs = []
-    for v in (field, offset, noise):
-        o = np.zeros(msk.shape, np.float32)
-        o.reshape(-1)[idx] = v
-        outs.append(o)
-    return tuple(outs)
+    return field, offset, noise
 
 
 #: Echo-combination methods of :func:`estimate_field`.

@@ -118,6 +118,7 @@ def unwrap_echoes(
         outb = _unwrap_echoes_romeo(phb, mb, vox, te, magb)
     else:
         outb = _unwrap_echoes_laplacian(phb, mb, vox, te, magb)
+    del phb, magb  # free the cropped inputs before the full-size output
     out = np.zeros(ph.shape, np.float32)
     out[box] = np.moveaxis(outb[:, 1:-1, 1:-1, 1:-1], 0, -1)  # outb is 0 outside the mask
     return out
@@ -152,6 +153,7 @@ def _unwrap_echoes_romeo(phb, mb, vox, te, magb):
         phase2 = wrap_phase(phb[2] - phb[0])
         ratio = (te[2] - te[0]) / dte
     delta_u = _romeo_box(delta, mb, vox, mag_d, phase2, ratio, None, True)
+    del delta, mag_d, phase2  # free before the next growing
     delta_u[sel] -= _global_shift(delta_u[sel])
     scale1 = np.float32(te[0] / dte)
     offset = wrap_phase(phb[0] - delta_u * scale1)
