@@ -103,3 +103,21 @@ def test_mip_slab_geometry():
     mip = veins.maximum_intensity_projection(img, (1.0, 1.0, 2.0), slab_mm=10.0)
     assert mip.shape == img.shape
     assert np.flatnonzero(mip[3, 3] > 0).tolist() == [8, 9, 10, 11, 12]  # 5 slices of 2 mm
+
+
+def test_clinical_variant_of_the_bids_writer(tmp_path):
+    """``write_dataset(variant='clinical')``: the clinical head, its foci in the truth."""
+    import nibabel as nb
+
+    from qsmflow.phantom.bids import write_dataset
+
+    out = write_dataset(tmp_path / 'raw', tmp_path / 'truth',
+                        [{'participant_id': '01', 'age': 40, 'sex': 'F'}], size='tiny',
+                        variant='clinical', echo_times_s=(0.004, 0.012, 0.020))
+    labels = np.asarray(nb.load(out['participants']['01']['dseg']).dataobj)
+    default = np.asarray(nb.load(write_dataset(
+        tmp_path / 'raw0', tmp_path / 'truth0', [{'participant_id': '01', 'age': 40,
+                                                  'sex': 'F'}], size='tiny',
+        echo_times_s=(0.004,))['participants']['01']['dseg']).dataobj)
+    haem = LABEL_INDEX['haemorrhage']
+    assert (labels == haem).sum() > (default == haem).sum()

@@ -28,8 +28,10 @@ __all__ = ['DEFAULT_B0_TESLA', 'DEFAULT_ECHO_TIMES_S', 'VARIANTS', 'oblique_affi
 
 #: Phantom variants: ``'default'`` (:func:`~qsmflow.phantom.head.make_head`, SNR 100) and
 #: ``'realistic'`` (:func:`~qsmflow.phantom.realistic.realistic_head`: bright scalp,
-#: layered skull, neck, air cavities, fat shift; SNR 35), with their default SNR.
-VARIANTS = {'default': 100.0, 'realistic': 35.0}
+#: layered skull, neck, air cavities, fat shift; SNR 35) and ``'clinical'``
+#: (:func:`~qsmflow.phantom.clinical.make_clinical_head`: the default head plus foci beside
+#: veins and in deep GM, veins of known saturation; SNR 100), with their default SNR.
+VARIANTS = {'default': 100.0, 'realistic': 35.0, 'clinical': 100.0}
 
 #: Echo times (s): 5 uniformly spaced echoes, the last near T2* of deep grey matter.
 DEFAULT_ECHO_TIMES_S = (0.004, 0.012, 0.020, 0.028, 0.036)
@@ -185,7 +187,7 @@ def _dseg_tsv(labels=LABELS) -> str:
 
 
 def _variant_labels(variant):
-    if variant == 'default':
+    if variant in ('default', 'clinical'):
         return LABELS
     from .realistic import REALISTIC_LABELS
 
@@ -195,6 +197,10 @@ def _variant_labels(variant):
 def _make_head(variant, size, age):
     if variant == 'default':
         return make_head(size=size, age_years=age)
+    if variant == 'clinical':
+        from .clinical import make_clinical_head
+
+        return make_clinical_head(size=size, age_years=age)
     from .realistic import realistic_head
 
     return realistic_head(size=size, age_years=age)
@@ -202,7 +208,7 @@ def _make_head(variant, size, age):
 
 def _simulate(variant, head, echo_times_s, b0_tesla, b0_dir, snr, rng):
     """MEGRE simulation of one participant's phantom, and the variant's extra truth images."""
-    if variant == 'default':
+    if variant in ('default', 'clinical'):
         return (*simulate_megre(head, echo_times_s, b0_tesla, b0_dir, snr=snr, rng=rng), {})
     from .realistic import simulate_realistic_megre
 
@@ -317,8 +323,11 @@ def write_dataset(bids_dir, truth_dir, participants, *, size: str = 'small',
         it moves the head in world space without changing the field.
     shift_mm : sequence of 3 float, optional
         Head position in the scanner (mm, world RAS); default: grid centre at the origin.
-    variant : {'default', 'realistic'}
-        Phantom: the default head, or :func:`~qsmflow.phantom.realistic.realistic_head`
+    variant : {'default', 'realistic', 'clinical'}
+        Phantom: the default head, its clinical variant
+        (:func:`~qsmflow.phantom.clinical.make_clinical_head`: foci and veins of known
+        saturation, labelled in the truth segmentation), or
+        :func:`~qsmflow.phantom.realistic.realistic_head`
         (bright fat scalp, layered skull, neck and spinal canal, eyes, ear canals, fat
         chemical shift). The realistic truth adds ``desc-head_mask`` and
         ``label-fat_probseg`` (fat signal fraction) images, and its segmentation table
