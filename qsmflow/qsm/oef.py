@@ -21,8 +21,9 @@ Per vein segment (a connected component of the vein mask):
   of an excluded focus is left out (a haemorrhage's χ, spread by the inversion, would
   count as blood). Veins narrower than about 3 voxels are still underestimated (a 2-mm
   vein at 1 mm voxels by ≈ 20 %): segments whose largest inner distance (edge to axis)
-  is below ``min_radius_mm`` are not measured.
-* Not measured (OEF NaN, ``note`` says why): segments thinner than ``min_radius_mm``,
+  is below ``min_radius_vox`` voxels are not measured (partial volume scales with the
+  voxel, not the mm).
+* Not measured (OEF NaN, ``note`` says why): segments thinner than ``min_radius_vox``,
   without tissue around them, or lying wholly within ``focus_margin_mm`` of a focus.
 * Y = 1 − Δχ_vein / (Δχ_do · Hct); OEF = (Ya − Y) / Ya.
 
@@ -57,9 +58,9 @@ DEFAULT_ARTERIAL_SATURATION = 1.0
 #: The parts of segments closer than this (mm) to an excluded focus are not measured: the
 #: focus's susceptibility, spread by the inversion, would count as blood.
 DEFAULT_FOCUS_MARGIN_MM = 3.0
-#: Segments thinner than this largest inner distance (mm, edge to axis) are not
-#: measured: 1.4 mm keeps veins of ≥ 3 voxels across at 1 mm (≥ 3 mm diameter).
-DEFAULT_MIN_RADIUS_MM = 1.4
+#: Segments thinner than this largest inner distance (voxels, edge to axis) are not
+#: measured: 1.4 keeps veins of ≥ 3 voxels across (≥ 3 mm at 1 mm voxels).
+DEFAULT_MIN_RADIUS_VOX = 1.4
 #: Tissue shell around a segment (mm, inner and outer distance).
 DEFAULT_SHELL_MM = (2.0, 5.0)
 #: Smallest segment measured (mm³).
@@ -99,7 +100,7 @@ def vein_oef(
     arterial_saturation: float = DEFAULT_ARTERIAL_SATURATION,
     exclude: np.ndarray | None = None,
     focus_margin_mm: float = DEFAULT_FOCUS_MARGIN_MM,
-    min_radius_mm: float = DEFAULT_MIN_RADIUS_MM,
+    min_radius_vox: float = DEFAULT_MIN_RADIUS_VOX,
     shell_mm: Sequence[float] = DEFAULT_SHELL_MM,
     min_segment_mm3: float = DEFAULT_MIN_SEGMENT_MM3,
 ) -> tuple[list[dict], dict]:
@@ -123,10 +124,10 @@ def vein_oef(
         Ya, in (0, 1].
     exclude : (X, Y, Z) array_like of bool, optional
         Voxels that are neither vein nor tissue (foci: their χ would count as blood).
-    focus_margin_mm, min_radius_mm, shell_mm, min_segment_mm3
+    focus_margin_mm, min_radius_vox, shell_mm, min_segment_mm3
         Distance (mm) from an excluded focus within which vein voxels are not used,
-        thinnest measured segment (mm, edge to axis), tissue shell (mm) and smallest
-        segment (mm³).
+        thinnest measured segment (voxels of the finest spacing, edge to axis), tissue
+        shell (mm) and smallest segment (mm³).
 
     Returns
     -------
@@ -190,8 +191,8 @@ def vein_oef(
         away = dist_other > focus_margin_mm  # the part of the segment a focus leaves alone
         far = seg & away
         row.update(_delta_chi(chi, far, tissue, voxel_mm3))
-        if row['radius_mm'] < min_radius_mm:
-            row['note'] = (f'thinner than {min_radius_mm} mm from edge to axis: partial '
+        if row['radius_mm'] < min_radius_vox * float(np.min(vox)):
+            row['note'] = (f'thinner than {min_radius_vox} voxels from edge to axis: partial '
                            'volume, not measured')
         elif not tissue.any():
             row['note'] = 'no tissue around the segment inside the mask'
