@@ -66,6 +66,14 @@ def _synthetic(tmp_path):
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     affine[:3, 3] = (-24, -24, -24)
     paths = {}
+    seg = np.zeros((24, 24, 24), np.int16)  # a segmentation on a 2-mm grid: left half 1
+    seg[:12] = 1
+    seg_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    seg_affine[:3, 3] = (-23.5, -23.5, -23.5)
+    paths['seg'] = str(tmp_path / 'seg_dseg.nii.gz')
+    nb.Nifti1Image(seg, seg_affine).to_filename(paths['seg'])
+    paths['lut'] = str(tmp_path / 'seg_dseg.tsv')
+    (tmp_path / 'seg_dseg.tsv').write_text('index\tname\n1\tLeft-Region\n')
     for name, data in (('chi', chi), ('mask', np.ones(chi.shape, np.uint8)),
                        ('r2star', np.full(chi.shape, 20.0, np.float32))):
         paths[name] = str(tmp_path / f'{name}.nii.gz')
@@ -80,7 +88,8 @@ def test_clinical_workflow_runs_and_stores_named_outputs(tmp_path):
     out = tmp_path / 'out'
     wf = init_clinical_wf(output_dir=str(out), entities={'subject': '01'},
                           source_files=[paths['chi']], venography=True, foci=True, oef=True,
-                          hematocrit=0.42, has_r2star=True)
+                          hematocrit=0.42, has_r2star=True,
+                          segmentation=(paths['seg'], paths['lut']))
     wf.base_dir = str(tmp_path / 'work')
     wf.config['execution']['remove_unnecessary_outputs'] = False  # as the runner: sidecars
     wf.inputs.inputnode.chimap = paths['chi']
@@ -101,6 +110,7 @@ def test_clinical_workflow_runs_and_stores_named_outputs(tmp_path):
     assert rows[0]['description'] == 'paramagnetic focus, haemorrhage-like'
     assert float(rows[0]['mean_r2star_hz']) == pytest.approx(20.0)
     assert rows[0]['mean_swi'] == 'n/a'
+    assert [r['region'] for r in rows] == ['Left-Region', 'background']  # x −8 mm, +8 mm
     # Scanner coordinates through the affine: voxel (16, 24, 20) is (-8, 0, -4) mm.
     assert [round(float(rows[0][c])) for c in ('x_mm', 'y_mm', 'z_mm')] == [-8, 0, -4]
     dseg = nb.load(anat / 'sub-01_desc-foci_dseg.nii.gz')

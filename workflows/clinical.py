@@ -25,7 +25,8 @@ def clinical_enabled(pipeline: dict | None) -> bool:
 def init_clinical_wf(*, output_dir: str, entities: dict, source_files: list,
                      venography: bool = False, foci: bool = False, oef: bool = False,
                      hematocrit: float | None = None, mip_slab_mm: float | None = None,
-                     has_r2star: bool = False, has_swi: bool = False, bids_dir: str = '',
+                     has_r2star: bool = False, has_swi: bool = False,
+                     segmentation: tuple | None = None, bids_dir: str = '',
                      n_voxels: int = 2_000_000, omp_nthreads: int = 1,
                      name: str = 'clinical_wf') -> pe.Workflow:
     """Build the venography, foci and OEF readings of one referenced χ map, and store them.
@@ -57,6 +58,9 @@ def init_clinical_wf(*, output_dir: str, entities: dict, source_files: list,
         MIP slab thickness (mm); None: :data:`qsmflow.qsm.veins.DEFAULT_MIP_SLAB_MM`.
     has_r2star, has_swi : bool
         Whether ``inputnode.r2starmap`` / ``inputnode.swi`` are connected.
+    segmentation : (str, str), optional
+        The user's segmentation and lookup table in the scanner space (any grid): each
+        focus's region.
     n_voxels, omp_nthreads : int
         Image size (memory estimate) and threads per node.
     name : str
@@ -100,6 +104,8 @@ def init_clinical_wf(*, output_dir: str, entities: dict, source_files: list,
     focus = None
     if foci:
         focus = pe.Node(Foci(num_threads=omp_nthreads), name='foci', mem_gb=gb * 12)
+        if segmentation:
+            focus.inputs.in_labels, focus.inputs.in_lut = segmentation
         workflow.connect([
             (inputnode, focus, [('chimap', 'in_file'), ('mask', 'in_mask')]),
             (venogram, focus, [('out_veins', 'in_veins')]),
@@ -167,6 +173,8 @@ def connect_clinical(workflow: pe.Workflow, qsm_wf: pe.Workflow, *, acq, output_
         venography=bool(opts.get('venography')), foci=bool(opts.get('foci')),
         oef=bool(opts.get('oef')), hematocrit=opts.get('hematocrit'),
         mip_slab_mm=opts.get('mip_slab_mm'), has_r2star=has_r2star, has_swi=has_swi,
+        segmentation=((acq.segmentation, acq.segmentation_lut) if acq.segmentation
+                      else None),
         n_voxels=int(acq.n_voxels or 2_000_000), omp_nthreads=omp_nthreads)
     fields = [('chimap', 'chimap'), ('mask', 'mask')]
     fields += [('r2starmap', 'r2starmap')] if has_r2star else []

@@ -73,6 +73,9 @@ class _FociInputSpec(base.StepInputSpec):
     in_veins = File(exists=True, desc='vein segmentation (no focus seeds in veins)')
     in_r2star = File(exists=True, desc='R2* map in 1/s on the χ grid (mean per focus)')
     in_swi = File(exists=True, desc='SWI (magnitude units) on the χ grid (mean per focus)')
+    in_labels = File(exists=True, desc='segmentation in the scanner space of χ, any grid '
+                                       '(resampled by nearest neighbour): region per focus')
+    in_lut = File(exists=True, desc='its lookup table (dseg.tsv: index, name)')
     params = traits.Dict(usedefault=True, desc='keyword options of qsmflow.qsm.foci.detect_foci')
 
 
@@ -101,6 +104,8 @@ FOCI_COLUMNS = {
     'z_mm': 'Centroid, scanner coordinate z in mm.',
     'mean_r2star_hz': 'Mean R2* (1/s) over the focus (n/a without an R2* map).',
     'mean_swi': 'Mean SWI (magnitude units) over the focus (n/a without an SWI).',
+    'region': "Label of the user's segmentation (--segmentations) covering most of the "
+              'focus (n/a without one; background when unlabelled).',
 }
 
 
@@ -122,6 +127,8 @@ class Foci(SimpleInterface):
         extra = {'mean_r2star_hz': self.inputs.in_r2star, 'mean_swi': self.inputs.in_swi}
         table = _foci_rows(rows, labels, img.affine,
                            {k: v for k, v in extra.items() if isdefined(v)})
+        if isdefined(self.inputs.in_labels) and isdefined(self.inputs.in_lut):
+            _add_regions(table, labels, img, self.inputs.in_labels, self.inputs.in_lut)
         step = base.step('foci', foci.detect_foci, params)
         meta = {'Description': 'Compact paramagnetic (haemorrhage-like) and diamagnetic '
                                '(calcification-like) foci of the susceptibility map; '
@@ -150,6 +157,21 @@ def _foci_rows(rows, labels, affine, maps) -> list[dict]:
                           and data.shape == labels.shape else 'n/a')
         out.append(entry)
     return out
+
+
+def _add_regions(table, labels, img, seg_path, lut_path) -> None:
+    """Set each row's ``region``: the segmentation label covering most of the focus."""
+    from qsmflow.interfaces.regions import read_lut
+    from qsmflow.qsm.regions import resample_labels
+
+    seg_img = nb.load(seg_path)
+    seg = resample_labels(np.asarray(seg_img.dataobj).astype(np.int32), seg_img.affine,
+                          img.affine, labels.shape)
+    lut = read_lut(lut_path)
+    for row in table:
+        values, counts = np.unique(seg[labels == row['index']], return_counts=True)
+        top = int(values[np.argmax(counts)])
+        row['region'] = lut.get(top, 'background' if top == 0 else str(top))
 
 
 class _OEFInputSpec(base.StepInputSpec):
