@@ -109,6 +109,7 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     chimap_para, chimap_dia : str
         χ⁺ ≥ 0 and χ⁻ ≤ 0 in ppm, χ before referencing (≥ 2 echoes, χ-separation enabled).
     """
+    from qsmflow.execution.memory import node_mem_gb
     from qsmflow.interfaces.bgremove import RemoveBackground
     from qsmflow.interfaces.field import EstimateField
     from qsmflow.interfaces.inversion import CombineTwoPass, InvertDipole
@@ -124,7 +125,6 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     user_mask = bool(masking.get('brain_masks'))
     two_pass = bool(masking.get('two_pass'))
 
-    gb_img = n_voxels * 4 / 1e9  # one float32 volume, GB
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(
         fields=['mag_files', 'phase_files', 'echo_times', 'b0_tesla', 'phase_units',
@@ -135,20 +135,24 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
                 't2starmap', 'swi', 'minip', 'chimap_para', 'chimap_dia']),
         name='outputnode')
 
-    load_megre = pe.Node(LoadMEGRE(), name='load_megre', mem_gb=gb_img * n_echoes * 4)
+    load_megre = pe.Node(LoadMEGRE(), name='load_megre',
+                         mem_gb=node_mem_gb('load_megre', n_voxels, n_echoes))
     brain_mask = pe.Node(BrainMask(params=masking.get('params', {}), num_threads=omp_nthreads,
                                    **_brain_algorithm(masking)),
-                         name='brain_mask', mem_gb=gb_img * n_echoes * 2, n_procs=omp_nthreads)
+                         name='brain_mask', n_procs=omp_nthreads,
+                         mem_gb=node_mem_gb('brain_mask', n_voxels, n_echoes))
     field_fit = pe.Node(EstimateField(unwrapping=pipeline['unwrapping']['method'],
                                       combination=pipeline['echo_combination']['method'],
                                       num_threads=omp_nthreads),
-                        name='field_fit', mem_gb=gb_img * n_echoes * 6, n_procs=omp_nthreads)
+                        name='field_fit', n_procs=omp_nthreads,
+                        mem_gb=node_mem_gb('field_fit', n_voxels, n_echoes))
     if user_mask:
         workflow.connect(inputnode, 'brain_mask', brain_mask, 'in_mask')
     if masking['method'] == 'quality' and not user_mask:
         final_mask = pe.Node(QualityMask(params=masking.get('quality_params', {}),
                                          num_threads=omp_nthreads),
-                             name='quality_mask', mem_gb=gb_img * n_echoes * 4,
+                             name='quality_mask',
+                             mem_gb=node_mem_gb('quality_mask', n_voxels, n_echoes),
                              n_procs=omp_nthreads)
         workflow.connect([
             (load_megre, final_mask, [('magnitude', 'in_magnitude'), ('phase', 'in_phase'),
@@ -162,7 +166,8 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     if two_pass:
         strict = pe.Node(StrictMask(params=masking.get('strict_params', {}),
                                     num_threads=omp_nthreads),
-                         name='strict_mask', mem_gb=gb_img * n_echoes * 4, n_procs=omp_nthreads)
+                         name='strict_mask', n_procs=omp_nthreads,
+                         mem_gb=node_mem_gb('strict_mask', n_voxels, n_echoes))
         workflow.connect([
             (load_megre, strict, [('magnitude', 'in_magnitude'), ('phase', 'in_phase'),
                                   ('echo_times', 'echo_times')]),
@@ -175,12 +180,15 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         bg_removal = pe.Node(RemoveBackground(method=pipeline['bf_removal']['method'],
                                               params=pipeline['bf_removal'].get('params', {}),
                                               num_threads=omp_nthreads),
-                             name=f'bg_removal{suffix}', mem_gb=gb_img * 30,
-                             n_procs=omp_nthreads)
+                             name=f'bg_removal{suffix}', n_procs=omp_nthreads,
+                             mem_gb=node_mem_gb('bg_removal', n_voxels,
+                                                method=pipeline['bf_removal']['method']))
         inversion = pe.Node(InvertDipole(method=pipeline['inversion']['method'],
                                          params=pipeline['inversion'].get('params', {}),
                                          num_threads=omp_nthreads),
-                            name=f'inversion{suffix}', mem_gb=gb_img * 40, n_procs=omp_nthreads)
+                            name=f'inversion{suffix}', n_procs=omp_nthreads,
+                            mem_gb=node_mem_gb('inversion', n_voxels,
+                                               method=pipeline['inversion']['method']))
         if pass_name:
             bg_removal.inputs.pass_name = inversion.inputs.pass_name = pass_name
         if pipeline['inversion']['method'] == 'medi':
@@ -200,7 +208,8 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
     if two_pass:
         bg_strict, inv_strict = branches['strict']
         chi_node = pe.Node(CombineTwoPass(num_threads=omp_nthreads), name='combine_two_pass',
-                           mem_gb=gb_img * 6, n_procs=omp_nthreads)
+                           mem_gb=node_mem_gb('combine_two_pass', n_voxels),
+                           n_procs=omp_nthreads)
         workflow.connect([
             (inv_strict, chi_node, [('out_file', 'in_strict')]),
             (bg_strict, chi_node, [('out_mask', 'strict_mask')]),
@@ -226,7 +235,8 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
 
     reference = pe.Node(ReferenceChi(method=pipeline['reference']['method'],
                                      num_threads=omp_nthreads),
-                        name='reference', mem_gb=gb_img * 4, n_procs=omp_nthreads)
+                        name='reference', mem_gb=node_mem_gb('reference', n_voxels),
+                        n_procs=omp_nthreads)
     if pipeline['reference']['method'] == 'csf':
         workflow.connect([
             (load_megre, reference, [('magnitude', 'in_magnitude'),
