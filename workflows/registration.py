@@ -42,6 +42,7 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
 
     erode = bool(regions_opts.get('erode'))
     refine = bool(regions_opts.get('refine'))
+    fast = bool(regions_opts.get('fast'))
     maps = table_maps(maps)
     fields = ('chimap', 'mask', *maps)
 
@@ -59,7 +60,7 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
             template=regions_opts['template'],
             template_image=regions_opts['template_files']['image'],
             template_mask=regions_opts['template_files'].get('mask'), output_dir=output_dir,
-            entities=acq.entities, omp_nthreads=omp_nthreads)
+            entities=acq.entities, omp_nthreads=omp_nthreads, fast=fast)
         workflow.connect([(qsm_wf, reg_wf, [('load_megre.magnitude', 'inputnode.magnitude'),
                                             ('brain_mask.out_mask', 'inputnode.mask'),
                                             ('outputnode.chimap', 'inputnode.chimap')])])
@@ -69,7 +70,7 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
             continue  # reached through the template registration, which is off
         refined = refine and not atlas.get('via')
         labels_wf = init_atlas_labels_wf(atlas=atlas, omp_nthreads=omp_nthreads,
-                                         refine=refined,
+                                         refine=refined, fast=fast,
                                          name=f'atlas_{atlas["name"].lower()}_wf')
         regions_wf = init_regions_wf(atlas=atlas['name'], output_dir=output_dir,
                                      entities=acq.entities, erode=erode, source=atlas['source'],
@@ -94,7 +95,7 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
 
 def init_registration_wf(*, template: str, template_image: str, template_mask: str | None,
                          output_dir: str, entities: dict, omp_nthreads: int = 1,
-                         name: str = 'registration_wf') -> pe.Workflow:
+                         fast: bool = False, name: str = 'registration_wf') -> pe.Workflow:
     """Register the combined magnitude to a template; store transforms and the χ map there.
 
     The moving image is the root-sum-of-squares magnitude over echoes inside the brain
@@ -114,6 +115,9 @@ def init_registration_wf(*, template: str, template_image: str, template_mask: s
         BIDS entities of the acquisition.
     omp_nthreads : int
         ITK threads.
+    fast : bool
+        Register on all ``omp_nthreads`` threads (``--fast-registration``; not bitwise
+        reproducible; recorded in the sidecar of the χ map in template space).
     name : str
         Workflow name.
 
@@ -143,14 +147,16 @@ def init_registration_wf(*, template: str, template_image: str, template_mask: s
                         name='inputnode')
     outputnode = pe.Node(niu.IdentityInterface(fields=['affine', 'warp', 'inverse_warp']),
                          name='outputnode')
-    register = pe.Node(RegisterToTemplate(template=template_image, nthreads=omp_nthreads),
+    register = pe.Node(RegisterToTemplate(template=template_image, nthreads=omp_nthreads,
+                                          fast=fast),
                        name='register', n_procs=omp_nthreads, mem_gb=2.0)
     if template_mask:
         register.inputs.template_mask = template_mask
     fwd_list = pe.Node(niu.Merge(2), name='fwd_list', run_without_submitting=True)
     chi_std = pe.Node(ApplyTransforms(
         reference=template_image, interpolation='linear',
-        meta={'SpatialReference': Path(template_image).absolute().as_uri()}),
+        meta={'SpatialReference': Path(template_image).absolute().as_uri(),
+              **_fast_record(fast, omp_nthreads)}),
         name='chi_std', mem_gb=1.0)
     ds_chi_std = pe.Node(DerivativesSink(base_directory=output_dir, kind='chimap_std',
                                          entities={**entities, 'space': template}),
@@ -174,7 +180,7 @@ def init_registration_wf(*, template: str, template_image: str, template_mask: s
 
 
 def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1, refine: bool = False,
-                         name: str = 'atlas_labels_wf') -> pe.Workflow:
+                         fast: bool = False, name: str = 'atlas_labels_wf') -> pe.Workflow:
     """Bring an atlas's labels onto the native χ grid (generic-label interpolation).
 
     Atlases in the registration template use the inverse of the subject's transform; an
@@ -188,7 +194,8 @@ def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1, refine: bool = F
     to the atlas's χ-contrast prior around the iron-rich nuclei
     (:class:`qsmflow.interfaces.registration.RefineNuclei`) and the labels come through
     both registrations; the labels of the magnitude registration alone are kept as
-    ``dseg_atlas``.
+    ``dseg_atlas``. With ``fast`` (``--fast-registration``) the registrations run on all
+    ``omp_nthreads`` threads, not bitwise reproducibly; the labels' sidecar says so.
 
     Inputs
     ------
@@ -216,12 +223,14 @@ def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1, refine: bool = F
     refine = bool(refine) and not atlas.get('via')
     outputnode = pe.Node(niu.IdentityInterface(
         fields=['dseg', 'dseg_atlas'] if refine else ['dseg']), name='outputnode')
-    meta = {'Atlas': atlas_metadata(atlas['name'], atlas.get('source'))}
+    meta = {'Atlas': atlas_metadata(atlas['name'], atlas.get('source')),
+            **_fast_record(fast, omp_nthreads)}
     to_native = pe.Node(ApplyTransforms(in_file=atlas['image'], interpolation='genericLabel',
                                         meta=meta), name='to_native', mem_gb=1.0)
     if atlas.get('template_image'):
         own = pe.Node(RegisterToTemplate(template=atlas['template_image'],
-                                         nthreads=omp_nthreads), name='register_own',
+                                         nthreads=omp_nthreads, fast=fast),
+                      name='register_own',
                       n_procs=omp_nthreads, mem_gb=2.0)
         if atlas.get('template_mask'):
             own.inputs.template_mask = atlas['template_mask']
@@ -265,7 +274,8 @@ def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1, refine: bool = F
             'susceptibility map to a χ-contrast image of the atlas nuclei.')
         node, names = transforms
         refiner = pe.Node(RefineNuclei(atlas=atlas['image'], lut=atlas['lut'], meta=meta,
-                                       nthreads=omp_nthreads), name='refine_nuclei',
+                                       nthreads=omp_nthreads, fast=fast),
+                          name='refine_nuclei',
                           n_procs=omp_nthreads, mem_gb=2.0)
         to_refined = pe.Node(ApplyTransforms(in_file=atlas['image'],
                                              interpolation='genericLabel'),
@@ -279,6 +289,16 @@ def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1, refine: bool = F
             (to_refined, outputnode, [('out_file', 'dseg')]),
         ])  # fmt:skip
     return workflow
+
+
+def _fast_record(fast: bool, omp_nthreads: int) -> dict:
+    """Sidecar entries of a ``--fast-registration`` run (none otherwise)."""
+    from qsmflow.interfaces.registration import registration_threads
+
+    if not fast:
+        return {}
+    return {'RegistrationThreads': registration_threads(omp_nthreads, True),
+            'RegistrationBitwiseReproducible': False}
 
 
 def _template_transform_node(moving, fixed, name, to, nthreads):

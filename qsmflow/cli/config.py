@@ -166,7 +166,8 @@ def regions_from_args(opts, *, templateflow_home=None) -> RegionsConfig:
         template=opts.template or 'MNI152NLin2009cAsym',
         template_resolution=opts.template_resolution, atlases=names, custom_atlas=custom,
         segmentations=seg, erode=bool(opts.erode_rois),
-        refine_nuclei=bool(getattr(opts, 'refine_nuclei', True)),
+        refine_nuclei=bool(opts.refine_nuclei),
+        fast_registration=bool(opts.fast_registration),
         skip_registration=bool(opts.skip_registration),
         templateflow_home=Path(templateflow_home) if templateflow_home else None)
 

@@ -230,6 +230,10 @@ def _add_regions_arguments(parser) -> None:
                             'uses the refined labels (_desc-refined_dseg; default: on)')
     group.add_argument('--skip-registration', action='store_true',
                        help='no template registration (tables only from --segmentations)')
+    group.add_argument('--fast-registration', action='store_true',
+                       help='register on every --omp-nthreads thread: faster, but the '
+                            'transforms (and tables) vary slightly from run to run (default: '
+                            'one thread, bitwise reproducible)')
 
 
 def _add_compare_parser(sub) -> None:

@@ -145,6 +145,9 @@ class RegionsConfig:
     #: χ-driven refinement of the atlas labels around the iron-rich nuclei
     #: (``--refine-nuclei``/``--no-refine-nuclei``).
     refine_nuclei: bool = True
+    #: Registrations on every allowed thread (``--fast-registration``): faster, but not
+    #: bitwise reproducible.
+    fast_registration: bool = False
     #: No template registration (``--skip-registration``).
     skip_registration: bool = False
     #: Folder the templateflow client is rooted at; None: ``$TEMPLATEFLOW_HOME`` or
