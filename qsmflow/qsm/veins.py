@@ -18,11 +18,12 @@ tube pointing at its centre). χ is quantitative, so ``c`` is fixed in ppm
 over scales, in [0, 1).
 
 The segmentation (:func:`segment_veins`) takes the voxels of vesselness ≥
-``threshold`` as seeds (in connected groups of at least ``min_seed_mm3``) and grows them
-into the voxels whose contrast exceeds ``min_contrast_ppm`` within ``reach`` × σ of the
-nearest seed (σ the scale at which that seed responded best): the vesselness peaks on the vein's axis, the contrast threshold
-gives its width, and the reach keeps a blob touching a vein (a haemorrhage beside it) out.
-Components smaller than ``min_volume_mm3`` are dropped.
+``threshold`` and contrast ≥ ``min_seed_contrast_ppm`` as seeds (in connected groups of
+at least ``min_seed_mm3``) and grows them into the voxels whose contrast exceeds
+``min_contrast_ppm`` within ``reach`` × σ of the nearest seed (σ the scale at which that
+seed responded best): the vesselness peaks on the vein's axis, the contrast threshold
+gives its width, and the reach keeps a blob touching a vein (a haemorrhage beside it)
+out. Components smaller than ``min_volume_mm3`` are dropped.
 
 MIP slabs (:func:`maximum_intensity_projection`) are the negative of the minIP of the
 negative image (:func:`qsmflow.qsm.swi.minimum_intensity_projection`: the same sliding
@@ -61,6 +62,11 @@ DEFAULT_THRESHOLD = 0.2
 DEFAULT_MIN_CONTRAST_PPM = 0.15
 #: How far (in units of the seed's best scale σ) a vein grows from its seeds.
 DEFAULT_REACH = 2.0
+#: Contrast (ppm) of a seed, on the vein's axis: above the substantia nigra's contrast to
+#: its surroundings (≈ 0.15–0.2 ppm; a tilted, elongated nucleus that the vesselness
+#: takes for a vein), below venous blood's (≈ 0.45 ppm at Y 0.65, Hct 0.40; thin veins
+#: read ≈ 0.3 after partial volume).
+DEFAULT_MIN_SEED_CONTRAST_PPM = 0.25
 #: Smallest connected group of seed voxels used (mm³).
 DEFAULT_MIN_SEED_MM3 = 4.0
 #: Smallest vein component kept (mm³).
@@ -185,6 +191,7 @@ def segment_veins(
     reach: float = DEFAULT_REACH,
     min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3,
     min_seed_mm3: float = DEFAULT_MIN_SEED_MM3,
+    min_seed_contrast_ppm: float = DEFAULT_MIN_SEED_CONTRAST_PPM,
     scales_mm: Sequence[float] = DEFAULT_SCALES_MM,
     structure_ppm: float = DEFAULT_STRUCTURE_PPM,
     window_mm: float = DEFAULT_WINDOW_MM,
@@ -210,6 +217,9 @@ def segment_veins(
     min_seed_mm3 : float
         Smallest connected group of seeds used (mm³): a vein responds along its length,
         an isolated voxel of high vesselness is noise or the tip of a blob.
+    min_seed_contrast_ppm : float
+        Contrast (ppm above the local tissue) a seed needs: the axis of a vein is
+        brighter than the iron-rich nuclei whose shape is tube-like (substantia nigra).
     scales_mm, structure_ppm, window_mm
         Options of :func:`vesselness`.
 
@@ -238,7 +248,9 @@ def segment_veins(
     vness, scale = vesselness(chi, msk, vox, scales_mm=scales_mm, structure_ppm=structure_ppm,
                               window_mm=window_mm)
     contrast = local_contrast_ppm(chi, msk, vox, window_mm=window_mm)
-    seeds = _drop_small(vness >= threshold, min_seed_mm3 / float(np.prod(vox)))
+    seeds = vness >= threshold
+    seeds &= contrast >= positive('min_seed_contrast_ppm', min_seed_contrast_ppm)
+    seeds = _drop_small(seeds, min_seed_mm3 / float(np.prod(vox)))
     veins = np.zeros(chi.shape, bool)
     if seeds.any():
         dist_mm, nearest = ndi.distance_transform_edt(~seeds, sampling=vox, return_indices=True)
