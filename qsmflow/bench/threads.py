@@ -49,16 +49,19 @@ def main(thread_counts, *, size: str = 'full', phantom: str = 'realistic', snr=N
          oblique_deg: float = 15.0, repeat: int = 1) -> int:
     """Print one line per thread count in ``thread_counts``; 0 if the χ maps agree
     bitwise across thread counts, else 1."""
+    from qsmflow.bench import rss
     from qsmflow.bench.steps import simulated
 
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     print(f'qsmflow bench --threads: {phantom} phantom {size}; machine {platform.machine()}, '
           f'{os.cpu_count()} CPUs, load average {load:.2f} at start')
     _chain(simulated(phantom, 'tiny', snr, oblique_deg), 1)  # compile every kernel
+    rss.reset_peak()
     data = simulated(phantom, size, snr, oblique_deg)
     n_vox = int(np.prod(data['mag'].shape[:3]))
     print(f'  grid {data["mag"].shape[:3]} at {data["vox"]} mm, {len(data["tes"])} echoes '
-          f'({n_vox / 1e6:.1f} M voxels)')
+          f'({n_vox / 1e6:.1f} M voxels); peak RSS while simulating it '
+          f'{rss.peak_bytes() / 1e9:.2f} GB')
     print(f'  {"threads":>7} {"size":>6} {"time (s)":>9} {"speed-up":>9} '
           f'{"peak RSS (GB)":>14} {"B/voxel":>8}  slowest step')
     first, reference, same = None, None, True
