@@ -120,6 +120,9 @@ def test_clinical_workflow_runs_and_stores_named_outputs(tmp_path):
     assert side['QSMProcessing'][-1]['Algorithm'] == 'qsmflow.qsm.foci.detect_foci'
     mip = json.loads((anat / 'sub-01_desc-mip_Chimap.json').read_text())
     assert mip['Units'] == 'ppm' and mip['MIPSlabThicknessMM'] == 16.0
+    with open(anat / 'sub-01_desc-oef_stats.tsv') as fobj:
+        oef_rows = list(csv.DictReader(fobj, delimiter='\t'))
+    assert oef_rows[0]['region'] == 'background' and oef_rows[-1]['segment'] == 'all'
     oef = json.loads((anat / 'sub-01_desc-oef_stats.json').read_text())
     assert oef['Hematocrit'] == 0.42 and oef['DeltaChiDeoxygenatedPPM'] == 3.39
     # The vein: Δχ ≈ 0.45 ppm above tissue, Hct 0.42 → OEF ≈ 0.45 / (3.39 · 0.42) ≈ 0.32.

@@ -59,8 +59,8 @@ def init_clinical_wf(*, output_dir: str, entities: dict, source_files: list,
     has_r2star, has_swi : bool
         Whether ``inputnode.r2starmap`` / ``inputnode.swi`` are connected.
     segmentation : (str, str), optional
-        The user's segmentation and lookup table in the scanner space (any grid): each
-        focus's region.
+        The user's segmentation and lookup table in the scanner space (any grid): the
+        region of each focus and vein segment.
     n_voxels, omp_nthreads : int
         Image size (memory estimate) and threads per node.
     name : str
@@ -118,6 +118,8 @@ def init_clinical_wf(*, output_dir: str, entities: dict, source_files: list,
     if oef:
         params = {} if hematocrit is None else {'hematocrit': float(hematocrit)}
         oef_node = pe.Node(OEF(params=params), name='oef', mem_gb=gb * 12)
+        if segmentation:
+            oef_node.inputs.in_labels, oef_node.inputs.in_lut = segmentation
         workflow.connect([
             (inputnode, oef_node, [('chimap', 'in_file'), ('mask', 'in_mask')]),
             (venogram, oef_node, [('out_veins', 'in_veins')]),

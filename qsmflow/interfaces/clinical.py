@@ -159,8 +159,9 @@ def _foci_rows(rows, labels, affine, maps) -> list[dict]:
     return out
 
 
-def _add_regions(table, labels, img, seg_path, lut_path) -> None:
-    """Set each row's ``region``: the segmentation label covering most of the focus."""
+def _add_regions(table, labels, img, seg_path, lut_path, key='index') -> None:
+    """Set each row's ``region``: the segmentation label covering most of its voxels
+    (``labels == row[key]``)."""
     from qsmflow.interfaces.regions import read_lut
     from qsmflow.qsm.regions import resample_labels
 
@@ -169,7 +170,7 @@ def _add_regions(table, labels, img, seg_path, lut_path) -> None:
                           img.affine, labels.shape)
     lut = read_lut(lut_path)
     for row in table:
-        values, counts = np.unique(seg[labels == row['index']], return_counts=True)
+        values, counts = np.unique(seg[labels == row[key]], return_counts=True)
         top = int(values[np.argmax(counts)])
         row['region'] = lut.get(top, 'background' if top == 0 else str(top))
 
@@ -179,6 +180,9 @@ class _OEFInputSpec(base.StepInputSpec):
     in_mask = File(exists=True, mandatory=True, desc='brain mask of χ')
     in_veins = File(exists=True, mandatory=True, desc='vein segmentation')
     in_foci = File(exists=True, desc='foci label image (excluded from tissue and veins)')
+    in_labels = File(exists=True, desc='segmentation in the scanner space of χ, any grid: '
+                                       'region per vein segment')
+    in_lut = File(exists=True, desc='its lookup table (dseg.tsv: index, name)')
     params = traits.Dict(usedefault=True, desc='keyword options of qsmflow.qsm.oef.vein_oef '
                                                '(hematocrit, delta_chi_do_ppm, ...)')
 
@@ -204,6 +208,8 @@ OEF_COLUMNS = {
     'saturation': 'Venous oxygen saturation Y = 1 - delta_chi / (delta_chi_do * Hct).',
     'oef': 'Oxygen extraction fraction (Ya - Y) / Ya; n/a when not measured.',
     'note': 'Why a segment is not measured (partial volume, focus nearby).',
+    'region': "Label of the user's segmentation covering most of the segment (n/a "
+              'without one).',
 }
 
 
@@ -226,6 +232,12 @@ class OEF(SimpleInterface):
         for seg in segments:
             x, y, z = (img.affine @ np.r_[seg['centroid_vox'], 1.0])[:3]
             rows.append({**seg, 'x_mm': x, 'y_mm': y, 'z_mm': z})
+        if isdefined(self.inputs.in_labels) and isdefined(self.inputs.in_lut):
+            from scipy import ndimage as ndi
+
+            seg_labels = ndi.label(vein_mask, structure=np.ones((3, 3, 3)))[0]
+            _add_regions(rows, seg_labels, img, self.inputs.in_labels, self.inputs.in_lut,
+                         key='segment')
         rows.append({'segment': 'all', 'saturation': summary['saturation'],
                      'oef': summary['oef'],
                      'note': f"{summary['n_measured']} of {summary['n_segments']} segments"})
