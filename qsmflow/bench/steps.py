@@ -230,9 +230,9 @@ def _time_maps(mag, local, used, brain, vox, tes, affine, head, repeat, rows, to
 def _extract_and_check(mag, vox):
     """The default brain mask as the pipeline makes it: extraction from the root sum of
     squares of the echoes, then its QC."""
-    from qsmflow.qsm.brain_extraction import extract_brain, mask_qc
+    from qsmflow.qsm.brain_extraction import extract_brain, mask_qc, root_sum_of_squares
 
-    rss = np.sqrt(np.sum(np.square(mag, dtype=np.float64), axis=-1)).astype(np.float32)
+    rss = root_sum_of_squares(mag)
     brain = extract_brain(rss, vox)
     del rss
     mask_qc(brain, mag[..., 0], vox)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-import numpy as np
 from nipype.interfaces.base import (
     File, SimpleInterface, TraitedSpec, isdefined, traits)
 from nipype.utils.filemanip import fname_presuffix
@@ -73,7 +72,7 @@ def _root_sum_of_squares(mag):
     """Root sum of squares over the echoes (4D) as float32; a 3D magnitude as it is."""
     if mag.ndim == 3:
         return mag
-    return np.sqrt(np.sum(np.square(mag, dtype=np.float64), axis=-1)).astype(np.float32)
+    return brain_extraction.root_sum_of_squares(mag)
 
 
 def mask_check(mask, magnitude, voxel_size, source='') -> dict:
