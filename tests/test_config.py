@@ -19,7 +19,7 @@ from qsmflow.errors import InputError
 
 def _bids(tmp_path) -> Path:
     bids = tmp_path / 'bids'
-    bids.mkdir()
+    bids.mkdir(parents=True)
     (bids / 'dataset_description.json').write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
     return bids
 
@@ -42,7 +42,8 @@ def test_every_flag_reaches_its_section(tmp_path, monkeypatch):
         '--preset', 'fast', '--inversion', 'rts', '--masking', 'magnitude', '--two-pass',
         '--brain-masks', str(tmp_path / 'masks'), '--template', 'QSMPhantom',
         '--template-resolution', '3', '--atlases', 'Phantom', '--segmentations',
-        str(tmp_path / 'seg'), '--erode-rois', '--nprocs', '3', '--omp-nthreads', '2',
+        str(tmp_path / 'seg'), '--erode-rois', '--no-refine-nuclei', '--nprocs', '3',
+        '--omp-nthreads', '2',
         '--mem-gb', '4', '--plugin-args', '{"maxtasksperchild": 1}', '-w',
         str(tmp_path / 'w'))
     assert config.paths.work_dir == tmp_path / 'w'
@@ -58,6 +59,8 @@ def test_every_flag_reaches_its_section(tmp_path, monkeypatch):
     reg = config.regions
     assert (reg.template, reg.template_resolution, reg.atlases) == ('QSMPhantom', 3, ('Phantom',))
     assert reg.segmentations == tmp_path / 'seg' and reg.erode and not reg.skip_registration
+    assert reg.refine_nuclei is False
+    assert _config(tmp_path / 'default').regions.refine_nuclei is True
     assert reg.templateflow_home == tmp_path / 'tf'
     eng = config.engine
     assert (eng.nprocs, eng.omp_nthreads, eng.mem_gb, eng.plugin) == (3, 2, 4.0, 'multiproc')
