@@ -79,7 +79,9 @@ def combined_magnitude(mag: np.ndarray, mask: np.ndarray | None = None) -> np.nd
     >>> m = np.ones((2, 2, 2, 4)); float(combined_magnitude(m)[0, 0, 0])
     2.0
     """
-    rss = np.sqrt(np.sum(np.square(mag, dtype=np.float64), axis=-1)) if mag.ndim == 4 else mag
+    from qsmflow.qsm.brain_extraction import root_sum_of_squares  # bitwise, in slabs
+
+    rss = root_sum_of_squares(mag) if mag.ndim == 4 else mag
     if mask is not None:
         rss = np.where(mask, rss, 0.0)
     return rss.astype(np.float32)
