@@ -113,7 +113,11 @@ def _wrap(x):
 def _quality_map(ph, mag, msk, vox, te):
     box = bounding_box(msk, 1)
     m = msk[box]
-    p = [ph[box + (n,)].astype(np.float32) for n in range(ph.shape[3])]
+    n_echo = ph.shape[3]
+
+    def echo(n):  # echoes are cropped when needed, not all held at once
+        return ph[box + (n,)].astype(np.float32)
+
     size = [max(3, 2 * round(QUALITY_WINDOW_MM / (2 * h)) + 1) for h in vox]
     mf = m.astype(np.float32)
     den = ndi.uniform_filter(mf, size)
@@ -125,7 +129,7 @@ def _quality_map(ph, mag, msk, vox, te):
 
     # cos is 2π-periodic, so second differences need no wrapping: a 2π·k jump of any term
     # shifts φ₊ − 2φ + φ₋ by a multiple of 2π
-    img = p[1] - p[0] if len(p) > 1 else p[0]
+    img = echo(1) - echo(0) if n_echo > 1 else echo(0)
     cos_sum = np.zeros(m.shape, np.float32)
     count = np.zeros(m.shape, np.float32)
     for a in range(3):
@@ -137,19 +141,29 @@ def _quality_map(ph, mag, msk, vox, te):
         d2 = img[hi] + img[lo]
         d2 -= 2 * img[mid]
         ok = m[lo] & m[mid] & m[hi]
-        cos_sum[mid] += np.cos(d2) * ok
+        np.cos(d2, out=d2)
+        d2 *= ok
+        cos_sum[mid] += d2
+        del d2
         count[mid] += ok
+    del img
     with np.errstate(invalid='ignore', divide='ignore'):
         q = np.where(count > 0, cos_sum / count, 0).astype(np.float32)
+    del cos_sum, count
     q = box_mean(q)
-    if len(p) >= 3:
+    if n_echo >= 3:
         qt = np.zeros(m.shape, np.float32)
-        for n in range(2, len(p)):
+        p2, p1 = echo(0), echo(1)  # echoes n - 2 and n - 1
+        for n in range(2, n_echo):
             ratio = np.float32((te[n] - te[n - 1]) / (te[n - 1] - te[n - 2]))
-            r = p[n] - p[n - 1]
-            r -= _wrap(p[n - 1] - p[n - 2]) * ratio
+            p0 = echo(n)
+            r = p0 - p1
+            r -= _wrap(p1 - p2) * ratio
             qt += np.cos(r)
-        q *= box_mean(qt / np.float32(len(p) - 2))
+            del r
+            p2, p1 = p1, p0
+        del p2, p1, p0
+        q *= box_mean(qt / np.float32(n_echo - 2))
     if mag is not None:
         m1 = mag[box + (0,)].astype(np.float32)
         ref = float(np.median(m1[m]))
