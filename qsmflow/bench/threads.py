@@ -7,8 +7,8 @@ built, then once per thread count ``N`` inside :func:`qsmflow.qsm.threads.limit`
 (every step gets ``N`` FFT workers and ``N`` numba threads). One line per thread count:
 wall time of the chain (best of ``--repeat``), its speed-up over the first count, the
 peak resident memory of the process during the chain (:mod:`qsmflow.bench.rss`; it
-includes the simulated echoes the chain reads) and that peak per grid voxel; then the
-largest step's share. The χ maps of all thread counts are compared bitwise.
+includes the simulated echoes the chain reads, not the phantom's truth maps, which are
+dropped) and that peak per grid voxel; then the slowest step. The χ maps of all thread counts are compared bitwise.
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ def main(thread_counts, *, size: str = 'full', phantom: str = 'realistic', snr=N
     _chain(simulated(phantom, 'tiny', snr, oblique_deg), 1)  # compile every kernel
     rss.reset_peak()
     data = simulated(phantom, size, snr, oblique_deg)
+    del data['head']  # the truth maps: not an input of the chain
     n_vox = int(np.prod(data['mag'].shape[:3]))
     print(f'  grid {data["mag"].shape[:3]} at {data["vox"]} mm, {len(data["tes"])} echoes '
           f'({n_vox / 1e6:.1f} M voxels); peak RSS while simulating it '
