@@ -42,6 +42,8 @@ ACQ_FIELDS = ('acq_name', 'mag_files', 'phase_files', 'echo_times', 'b0_tesla', 
               'label_sets')
 PIPELINE_FIELDS = ('pipeline', 'brain', 'field', 'analysis_mask', 'bf_removal', 'inversion',
                    'reference')
+#: Folder of pydra's file-hash cache inside the task cache (``PYDRA_HASH_CACHE``).
+HASH_CACHE = 'hashes'
 #: Steps whose run time is reported, in order (outputs ``<step>_seconds``).
 TIMED_STEPS = ('load', 'brain', 'field', 'analysis_mask', 'bf_removal', 'inversion',
                'reference', 'tables')
@@ -165,6 +167,9 @@ def run_workflow(runs_acq: list[dict], runs_pipeline: list[dict], cache_dir, *,
     kwargs = dict(plugin_args or {})
     if plugin == 'cf':
         kwargs.setdefault('n_procs', nprocs)
+    # pydra's cache of file hashes goes inside the cache too (not ~/.cache/pydra): nothing
+    # outside the output or work folder, and its locks are cleared with the others
+    os.environ['PYDRA_HASH_CACHE'] = str(Path(cache_dir) / HASH_CACHE)
     started = time.time()
     try:
         with _forkserver(), pydra.Submitter(plugin=plugin, **kwargs) as submitter:
@@ -236,6 +241,8 @@ def cache_folders(cache_dir) -> list[Path]:
 
 
 def stale_locks(cache_dir) -> list[Path]:
-    """Lock files pydra leaves in its cache when its process is killed (soft locks: a file
-    that exists is a held lock, so a killed run's would block every rerun forever)."""
-    return sorted(Path(cache_dir).glob('*.lock'))
+    """Lock files pydra leaves in its cache (tasks, workflows, and its file-hash cache)
+    when its process is killed (soft locks: a file that exists is a held lock, so a killed
+    run's would block every rerun forever)."""
+    cache = Path(cache_dir)
+    return sorted([*cache.glob('*.lock'), *(cache / HASH_CACHE).glob('*.lock')])

@@ -108,10 +108,10 @@ def regional_tables(chimap: str, mask: str, label_sets: list) -> tuple:
     and ``lut`` (image and ``dseg.tsv``), ``resample`` (true for a ``--segmentations``
     image in scanner space: brought onto the χ grid by
     :class:`~qsmflow.interfaces.regions.ResampleSegmentation` first; false for labels on
-    the χ grid already, such as a participant-level output's ``_atlas-<name>_dseg``) and
-    ``source`` (provenance for the table sidecar), ``erode`` (``--erode-rois``). Each table comes from
-    :class:`~qsmflow.interfaces.regions.RegionalStats`, as at the participant level;
-    ``tables`` is a list of ``{'atlas', 'tsv', 'json'}``.
+    the χ grid already, such as a participant-level output's ``_atlas-<name>_dseg``),
+    ``source`` (provenance for the table sidecar) and ``erode`` (``--erode-rois``). Each
+    table comes from :class:`~qsmflow.interfaces.regions.RegionalStats`, as at the
+    participant level; ``tables`` is a list of ``{'atlas', 'tsv', 'json'}``.
     """
     from qsmflow.interfaces.regions import RegionalStats, ResampleSegmentation
 
