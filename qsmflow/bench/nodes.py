@@ -11,6 +11,7 @@ every 10 ms and its peak compared with :func:`qsmflow.execution.memory.node_mem_
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -116,9 +117,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m qsmflow.bench.nodes')
     parser.add_argument('--size', choices=['tiny', 'small', 'full', 'hires'], default='full')
     opts = parser.parse_args(argv)
-    try:
-        import psutil  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec('psutil') is None:
         print('python -m qsmflow.bench.nodes needs psutil: pip install psutil',
               file=sys.stderr)
         return 2
