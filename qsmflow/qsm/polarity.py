@@ -52,6 +52,10 @@ ERODE_MM = 6.0
 #: Head mask: magnitude above this fraction of its 99th percentile.
 MASK_FRACTION = 0.15
 
+#: Fewest voxels along each axis of the working grid for a score: a smaller image (a test
+#: volume, a single slice) has no brain to extract and gets score 0, not inverted.
+MIN_WORKING_SHAPE = 8
+
 
 def _head_mask(magnitude):
     mag = np.asarray(magnitude, dtype=np.float32)
@@ -115,6 +119,8 @@ def polarity_score(phase_rad: np.ndarray, magnitude: np.ndarray, voxel_size_mm, 
     if phase.ndim == 3:
         phase, mag = phase[..., None], mag[..., None]
     proxy, rss, vox = _working_grid(phase, mag, voxel_size_mm)
+    if min(proxy.shape) < MIN_WORKING_SHAPE:
+        return _undetermined(np.zeros(proxy.shape, bool))
     mask = extract_brain(rss, vox)
     if mask.sum() < 1000:
         mask = _head_mask(rss)

@@ -75,3 +75,14 @@ def test_preflight_warns_on_negated_phase_only(tmp_path):
     assert not failures and list(acqs) == ['philips']
     assert lines['philips'][0].count('WARNING') == 1
     assert 'WARNING: phase polarity looks inverted' in lines['philips'][0]
+
+
+def test_tiny_images_get_no_score_instead_of_an_error():
+    """A grid too small for a brain (found by the input battery: 2×2×2, one echo) is
+    undetermined (score 0, not inverted), as pre-flight needs: it never fails a participant."""
+    from qsmflow.qsm.polarity import polarity_score
+
+    rng = np.random.default_rng(0)
+    for shape, vox in (((2, 2, 2, 1), (1, 1, 0.5)), ((12, 3, 40, 3), (2, 2, 2))):
+        result = polarity_score(rng.uniform(-3, 3, shape), rng.uniform(0, 1, shape), vox)
+        assert result['score'] == 0.0 and not result['inverted'] and result['n_voxels'] == 0
