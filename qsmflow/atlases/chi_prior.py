@@ -19,6 +19,8 @@ import re
 import numpy as np
 from scipy import ndimage as ndi
 
+from qsmflow.qsm.regions import split_hemisphere
+
 #: (pattern of a normalised label name, typical χ in ppm). Midpoints of the ranges of
 #: typical 3 T values relative to CSF in the project's physics notes (QSM_NOTES.md,
 #: "Typical values"): globus pallidus 0.12–0.20, substantia nigra 0.10–0.20, red nucleus,
@@ -48,10 +50,6 @@ PRIOR_SMOOTH_MM = 0.7
 PRIOR_MARGIN_MM = 10.0
 
 
-def _norm(name: str) -> str:
-    return re.sub(r'[-\s]+', '_', str(name).strip()).lower()
-
-
 def prior_values(lut: dict) -> dict:
     """Typical χ (ppm) of each label of a lookup table that names an iron-rich nucleus.
 
@@ -75,7 +73,7 @@ def prior_values(lut: dict) -> dict:
     for index, name in sorted(lut.items()):
         if int(index) == 0:
             continue
-        key = _norm(name)
+        key = split_hemisphere(str(name))[0]  # the regions' normalised base name
         for pattern, value in TYPICAL_CHI_PPM:
             if re.search(pattern, key):
                 out[int(index)] = value
