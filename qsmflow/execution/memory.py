@@ -19,7 +19,7 @@ from __future__ import annotations
 #: arrays. ``strict_mask`` is taken as ``quality_mask`` (same inputs) and
 #: ``combine_two_pass`` (two χ maps and masks in, one out) was not measured.
 NODE_MEMORY = {
-    'load_megre': (0.156, 0.0, 33.0),
+    'load_megre': (0.180, 0.0, 10.0),
     'brain_mask': (0.188, 10.0, 9.5),
     'field_fit': (0.217, 30.0, 14.3),
     'quality_mask': (0.164, 20.0, 12.8),

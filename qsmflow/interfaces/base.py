@@ -50,7 +50,7 @@ def voxel_size(img) -> tuple:
 
 def save(data, ref_img, out_path, *, dtype=np.float32, steps=None, meta=None) -> str:
     """Write ``data`` on the grid of ``ref_img`` and a provenance sidecar; return the path."""
-    data = np.asarray(data).astype(dtype)
+    data = np.asarray(data).astype(dtype, copy=False)  # no second copy of float32 data
     hdr = ref_img.header.copy()
     hdr.set_data_dtype(dtype)
     img = nb.Nifti1Image(data, ref_img.affine, hdr)

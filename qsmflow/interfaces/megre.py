@@ -54,19 +54,22 @@ class LoadMEGRE(SimpleInterface):
     def _run_interface(self, runtime):
         ref = nb.load(self.inputs.mag_files[0])
         n_echo = len(self.inputs.echo_times)
-        first = read_volumes(self.inputs.mag_files, n_echo)
-        second = read_volumes(self.inputs.phase_files, n_echo)
+        # two float32 stacks, converted in place: 8 bytes per voxel and echo at the peak
+        mag = read_volumes(self.inputs.mag_files, n_echo)
+        phase = read_volumes(self.inputs.phase_files, n_echo)
         real_imag = part_of(self.inputs.mag_files[0]) == 'real'
         if real_imag:
-            mag, phase = complex_to_mag_phase(first, second)
+            complex_to_mag_phase(mag, phase, out=(mag, phase))
         else:
-            mag, phase = first, to_radians(second, self.inputs.phase_units)
-        mag, phase, n_bad = zero_nonfinite(mag, phase)
+            to_radians(phase, self.inputs.phase_units, out=phase)
+        mag, phase, n_bad = zero_nonfinite(mag, phase, copy=False)
         b0_dir = b0_dir_from_affine(ref.affine)
         rec = input_record(self.inputs, b0_dir, real_imag, n_bad)
-        for key, data in (('magnitude', mag), ('phase', phase)):
+        for key in ('magnitude', 'phase'):
             out = fname_presuffix('megre.nii.gz', suffix=f'_{key}', newpath=runtime.cwd)
-            self._results[key] = base.save(data, ref, out, steps=[rec])
+            self._results[key] = base.save(mag if key == 'magnitude' else phase, ref, out,
+                                           steps=[rec])
+            mag = None  # written: freed before the phase is
         self._results.update(echo_times=list(self.inputs.echo_times),
                              b0_tesla=self.inputs.b0_tesla, b0_dir=b0_dir.tolist())
         return runtime
@@ -85,16 +88,29 @@ def part_of(path) -> str | None:
 def read_volumes(files, n_volumes: int) -> np.ndarray:
     """Concatenate the 3D/4D volumes of ``files`` into one (X, Y, Z, n_volumes) float32 array.
 
-    Non-finite values are kept (see :func:`qsmflow.qsm.phase.zero_nonfinite`).
+    The array is allocated once and filled file by file (one 4D file is the array itself),
+    so that at most one file's data is held besides it. Non-finite values are kept (see
+    :func:`qsmflow.qsm.phase.zero_nonfinite`).
     """
-    vols = []
-    for path in files:
-        data = np.asarray(nb.load(path).dataobj, dtype=np.float32)
-        data = data.reshape(data.shape[:3] + (-1,))
-        vols.extend(data[..., i] for i in range(data.shape[3]))
-    if len(vols) != n_volumes:
-        raise ValueError(f'{len(vols)} volumes in {files[0]}... but {n_volumes} echo times')
-    return np.stack(vols, -1)
+    imgs = [nb.load(path) for path in files]
+    for path, img in zip(files[1:], imgs[1:]):
+        if img.shape[:3] != imgs[0].shape[:3]:
+            raise ValueError(f'{path}: grid {img.shape[:3]} differs from {imgs[0].shape[:3]} '
+                             f'of {files[0]}; all echoes must share one grid')
+    counts = [int(np.prod(img.shape[3:])) for img in imgs]
+    if sum(counts) != n_volumes:
+        raise ValueError(f'{sum(counts)} volumes in {files[0]}... but {n_volumes} echo times')
+    if len(imgs) == 1:
+        data = np.asarray(imgs[0].dataobj, dtype=np.float32)
+        return data.reshape(data.shape[:3] + (n_volumes,))
+    out = np.empty(imgs[0].shape[:3] + (n_volumes,), np.float32)
+    start = 0
+    for img, count in zip(imgs, counts):
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        out[..., start:start + count] = data.reshape(data.shape[:3] + (count,))
+        start += count
+        del data
+    return out
 
 
 def input_record(inputs, b0_dir, real_imag: bool, n_bad: int) -> dict:

@@ -44,12 +44,29 @@ def phase_range(phase: np.ndarray) -> tuple[float, float, bool]:
     >>> phase_range(np.array([-4096, 12, 4095, np.nan]))
     (-4096.0, 4095.0, True)
     """
-    data = np.asarray(phase, dtype=np.float64)
-    finite = data[np.isfinite(data)]
-    if finite.size == 0:
+    data = np.asarray(phase)
+    lo, hi, integer = np.inf, -np.inf, True
+    for part in _slabs(data):
+        part = np.asarray(part, dtype=np.float64)
+        finite = part[np.isfinite(part)]
+        if finite.size:
+            lo, hi = min(lo, finite.min()), max(hi, finite.max())
+            integer = integer and bool(np.all(finite == np.round(finite)))
+    if lo > hi:
         raise ValueError('phase image has no finite values')
-    integer = bool(np.all(finite == np.round(finite)))
-    return float(finite.min()), float(finite.max()), integer
+    return float(lo), float(hi), integer
+
+
+def _slabs(data: np.ndarray, n_values: int = 1 << 20):
+    """Views of ``data`` of about ``n_values`` values each, planes of its first axis (the
+    whole array when it has fewer than 2 dimensions): elementwise work slab by slab gives
+    bitwise the result on the whole array, with float64 temporaries of one slab only."""
+    if data.ndim < 2:
+        yield data
+        return
+    step = max(1, n_values // max(1, data[0].size))
+    for i in range(0, data.shape[0], step):
+        yield data[i:i + step]
 
 
 def infer_phase_units(lo: float, hi: float, integer: bool, units: str | None = None) -> str:
@@ -106,8 +123,11 @@ def infer_phase_units(lo: float, hi: float, integer: bool, units: str | None = N
                      'set "Units" to "rad" or "arbitrary"')
 
 
-def to_radians(phase: np.ndarray, units: str | None = 'rad') -> np.ndarray:
+def to_radians(phase: np.ndarray, units: str | None = 'rad', *,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Rescale stored phase to radians, wrapped to [−π, π).
+
+    Computed in float64 one slab at a time (temporaries of a slab, not of the image).
 
     Parameters
     ----------
@@ -118,11 +138,14 @@ def to_radians(phase: np.ndarray, units: str | None = 'rad') -> np.ndarray:
     units : {'rad', 'arbitrary', None}
         BIDS ``Units`` of the phase image; ``None`` (missing) is decided from the value
         range by :func:`infer_phase_units`.
+    out : ndarray of float32, same shape, optional
+        Where to write the result; may be ``phase`` itself (converted in place).
 
     Returns
     -------
     ndarray of float32, same shape
-        Phase in rad, wrapped to [−π, π); non-finite input stays non-finite.
+        Phase in rad, wrapped to [−π, π) (``out`` when given); non-finite input stays
+        non-finite.
 
     Raises
     ------
@@ -142,27 +165,34 @@ def to_radians(phase: np.ndarray, units: str | None = 'rad') -> np.ndarray:
     >>> bool(np.allclose(d, np.radians([-180.0, -90.5, 0.0, -180.0]), atol=1e-6))
     True
     """
-    data = np.asarray(phase, dtype=np.float64)
+    data = np.asarray(phase)
     lo, hi, integer = phase_range(data)
     units = infer_phase_units(lo, hi, integer, units)
-    if units == 'rad':
-        scaled = data
-    else:
-        # Scanner integers span one full cycle: -2^n..2^n-1 or 0..2^(n+1)-1; other
-        # (float) values are taken to span one cycle from their minimum to their maximum.
-        span = 2.0 ** np.ceil(np.log2(hi - lo + 1)) if integer else hi - lo
-        scaled = data / span * 2 * np.pi - np.pi if lo >= 0 else data / (span / 2) * np.pi
-    wrapped = np.mod(scaled + np.pi, 2 * np.pi) - np.pi
-    return wrapped.astype(np.float32)
+    # Scanner integers span one full cycle: -2^n..2^n-1 or 0..2^(n+1)-1; other
+    # (float) values are taken to span one cycle from their minimum to their maximum.
+    span = 2.0 ** np.ceil(np.log2(hi - lo + 1)) if integer else hi - lo
+    out = np.empty(data.shape, np.float32) if out is None else out
+    for part, dest in zip(_slabs(data), _slabs(out)):
+        scaled = np.asarray(part, dtype=np.float64)
+        if units != 'rad':
+            scaled = (scaled / span * 2 * np.pi - np.pi if lo >= 0
+                      else scaled / (span / 2) * np.pi)
+        dest[...] = np.mod(scaled + np.pi, 2 * np.pi) - np.pi
+    return out
 
 
-def complex_to_mag_phase(real: np.ndarray, imag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def complex_to_mag_phase(real: np.ndarray, imag: np.ndarray, *, out=None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """Magnitude and phase of a complex signal stored as real and imaginary parts.
+
+    Computed in float64 one slab at a time (temporaries of a slab, not of the image).
 
     Parameters
     ----------
     real, imag : ndarray, same shape
         Real and imaginary parts (arbitrary units, one scale for both).
+    out : pair of float32 ndarrays of that shape, optional
+        Where to write magnitude and phase; may be ``(real, imag)`` themselves (in place).
 
     Returns
     -------
@@ -182,16 +212,20 @@ def complex_to_mag_phase(real: np.ndarray, imag: np.ndarray) -> tuple[np.ndarray
     >>> m.tolist(), bool(np.allclose(p, [np.pi / 2, -np.pi]))
     ([3.0, 2.0], True)
     """
-    re, im = np.asarray(real, dtype=np.float64), np.asarray(imag, dtype=np.float64)
-    if re.shape != im.shape:
-        raise ValueError(f'real {re.shape} and imaginary {im.shape} parts differ in shape')
-    mag = np.hypot(re, im)
-    phase = np.arctan2(im, re)
-    phase = np.where(phase >= np.pi, phase - 2 * np.pi, phase)  # arctan2 can return +π
-    return mag.astype(np.float32), phase.astype(np.float32)
+    real, imag = np.asarray(real), np.asarray(imag)
+    if real.shape != imag.shape:
+        raise ValueError(f'real {real.shape} and imaginary {imag.shape} parts differ in shape')
+    mag, phase = out or (np.empty(real.shape, np.float32), np.empty(real.shape, np.float32))
+    for re, im, m, p in zip(_slabs(real), _slabs(imag), _slabs(mag), _slabs(phase)):
+        re, im = np.asarray(re, dtype=np.float64), np.asarray(im, dtype=np.float64)
+        m[...] = np.hypot(re, im)
+        angle = np.arctan2(im, re)
+        p[...] = np.where(angle >= np.pi, angle - 2 * np.pi, angle)  # arctan2 can return +π
+    return mag, phase
 
 
-def zero_nonfinite(magnitude: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def zero_nonfinite(magnitude: np.ndarray, phase: np.ndarray, *, copy: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
     """Zero the voxels where any echo of magnitude or phase is NaN or ±Inf.
 
     A zero magnitude keeps these voxels out of the brain mask and gives them no weight in
@@ -201,11 +235,14 @@ def zero_nonfinite(magnitude: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray
     ----------
     magnitude, phase : ndarray, shape (X, Y, Z, N)
         Magnitude (arbitrary units) and phase (rad) of N echoes.
+    copy : bool, optional
+        False: zero float32 inputs in place (no copies). Default True.
 
     Returns
     -------
     magnitude, phase : ndarray of float32, shape (X, Y, Z, N)
-        Copies with the bad voxels set to 0 in every echo.
+        Copies (or, with ``copy=False`` and float32 inputs, the inputs) with the bad
+        voxels set to 0 in every echo.
     n_bad : int
         Number of spatial voxels zeroed.
 
@@ -218,6 +255,7 @@ def zero_nonfinite(magnitude: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray
     mag = np.asarray(magnitude, dtype=np.float32)
     ph = np.asarray(phase, dtype=np.float32)
     bad = ~(np.isfinite(mag).all(-1) & np.isfinite(ph).all(-1))
-    mag, ph = mag.copy(), ph.copy()
+    if copy:
+        mag, ph = mag.copy(), ph.copy()
     mag[bad], ph[bad] = 0.0, 0.0
     return mag, ph, int(bad.sum())
