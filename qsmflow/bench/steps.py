@@ -165,27 +165,40 @@ def simulated(phantom: str, size: str, snr=None, oblique_deg: float = 15.0) -> d
             'affine': affine, 'b0_dir': b0_dir, 'tes': list(DEFAULT_ECHO_TIMES_S)}
 
 
-def default_chain(mag, phase, vox, b0_dir, tes, timed) -> dict:
+def default_chain(mag, phase, vox, b0_dir, tes, timed, *, keep: bool = True) -> dict:
     """The default reconstruction chain as the pipeline runs it, each step through
     ``timed(label, func)`` (which calls ``func`` and returns its result).
 
-    Returns the intermediate results: ``brain``, ``fit`` (:func:`~qsmflow.qsm.echoes.
-    estimate_field`'s dict), ``reliable``, ``local``, ``used``, ``chi``, ``chi_ref``.
+    Returns the intermediate results: ``brain``, ``fit`` (``field_ppm`` and ``noise_hz``
+    of :func:`~qsmflow.qsm.echoes.estimate_field`), ``reliable``, ``local``, ``used``,
+    ``chi``, ``chi_ref``. With ``keep=False`` only ``chi`` and ``chi_ref``: each result is
+    dropped as soon as no later step reads it, as in the pipeline, whose nodes hold only
+    their own inputs (the peak memory of the chain is then that of its steps).
     """
     from qsmflow.phantom.bids import DEFAULT_B0_TESLA
     from qsmflow.qsm import bgremove, echoes, inversion, mask, reference
 
-    brain = timed('brain extraction + QC', lambda: _extract_and_check(mag, vox))
+    res = {}
+    res['brain'] = timed('brain extraction + QC', lambda: _extract_and_check(mag, vox))
     fit = timed('unwrap (romeo) + echo fit (wls)', lambda: echoes.estimate_field(
-        phase, brain, vox, mag, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA))
-    reliable = timed('phase-quality mask', lambda: mask.quality_mask(mask.quality_map(
-        phase, mag, brain, vox, echo_times_s=tes), brain))
-    local, used = timed('PDF', lambda: bgremove.pdf(fit['field_ppm'], reliable, vox, b0_dir))
-    chi = timed(f'inversion default ({inversion.DEFAULT_METHOD})', lambda: inversion.invert(
-        local, used, vox, b0_dir))
-    chi_ref = timed('reference (mean)', lambda: reference.reference(chi, used))[0]
-    return {'brain': brain, 'fit': fit, 'reliable': reliable, 'local': local, 'used': used,
-            'chi': chi, 'chi_ref': chi_ref}
+        phase, res['brain'], vox, mag, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA))
+    # what the pipeline's field node hands on: the unwrapped echoes, the offset and the
+    # field in Hz stay in that node (4 bytes per voxel and echo and 8 per voxel less)
+    res['fit'] = {key: fit[key] for key in ('field_ppm', 'noise_hz') if keep or key != 'noise_hz'}
+    del fit
+    res['reliable'] = timed('phase-quality mask', lambda: mask.quality_mask(mask.quality_map(
+        phase, mag, res['brain'], vox, echo_times_s=tes), res['brain']))
+    res['local'], res['used'] = timed('PDF', lambda: bgremove.pdf(
+        res['fit']['field_ppm'], res['reliable'], vox, b0_dir))
+    if not keep:
+        del res['brain'], res['fit'], res['reliable']
+    res['chi'] = timed(f'inversion default ({inversion.DEFAULT_METHOD})', lambda: inversion.invert(
+        res['local'], res['used'], vox, b0_dir))
+    res['chi_ref'] = timed('reference (mean)', lambda: reference.reference(
+        res['chi'], res['used']))[0]
+    if not keep:
+        del res['local'], res['used']
+    return res
 
 
 def _time_maps(mag, local, used, brain, vox, tes, affine, head, repeat, rows, total, *,

@@ -8,7 +8,8 @@ built, then once per thread count ``N`` inside :func:`qsmflow.qsm.threads.limit`
 wall time of the chain (best of ``--repeat``), its speed-up over the first count, the
 peak resident memory of the process during the chain (:mod:`qsmflow.bench.rss`; it
 includes the simulated echoes the chain reads, not the phantom's truth maps, which are
-dropped) and that peak per grid voxel; then the slowest step. The χ maps of all thread counts are compared bitwise.
+dropped; each step's result is dropped once no later step reads it, as in the
+pipeline) and that peak per grid voxel; then the slowest step. The χ maps of all thread counts are compared bitwise.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def _chain(data, n_threads):
     gc.collect()
     with threads.limit(n_threads):
         out = default_chain(data['mag'], data['phase'], data['vox'], data['b0_dir'],
-                            data['tes'], timed)
+                            data['tes'], timed, keep=False)
     total = sum(s for s, _ in steps.values())
     peak = max(p for _, p in steps.values())
     return total, peak, steps, out['chi_ref']

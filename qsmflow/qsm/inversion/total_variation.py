@@ -209,7 +209,7 @@ def _shell(prob, shell_mm):
 def _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm=0.0, shell_weight=0.0):
     D, shape, vsz = prob.D, prob.shape, prob.vsz
     ih = (1.0 / vsz).astype(np.float32)
-    wf = prob.field * prob.mask
+    wf = prob.field  # the field times the mask: _Problem's field is 0 outside it
     w2 = prob.mask.astype(np.float32)
     if shell_weight > 0 and shell_mm > 0:
         # the shell prior: the field of χ is asked to be 0 there, with weight shell_weight
@@ -217,8 +217,10 @@ def _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm=0.0, shell
     den = np.float32(rho) * laplacian_kernel(shape, vsz) + np.float32(rho_data) * D * D
     iden = np.zeros_like(den)
     np.divide(1, den, out=iden, where=den > 0)
+    del den
     grad_gain = iden * np.float32(rho)
     data_gain = iden * D * np.float32(rho_data)
+    del iden
     v = np.zeros((3,) + shape, np.float32)  # z − u of the gradient split
     u = np.zeros_like(v)
     q = wf.copy()  # y − u_y of the data split: start from the field inside the mask
@@ -229,7 +231,10 @@ def _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm=0.0, shell
     for it in range(max_iter):
         X = rfft(gradient_adjoint(v, vsz))
         X *= grad_gain
-        X += data_gain * rfft(q)
+        Y = rfft(q)
+        Y *= data_gain
+        X += Y
+        del Y
         chi = irfft(X, shape)
         if it == max_iter - 1:
             break
