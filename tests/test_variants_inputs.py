@@ -174,3 +174,65 @@ def test_phase_scaling_helpers():
     mag, phase = complex_to_mag_phase(np.cos(ramp) * 2, np.sin(ramp) * 2)
     assert np.allclose(mag, 2) and np.abs(np.angle(np.exp(1j * (phase - ramp)))).max() < 1e-5
     assert phase.min() >= -np.pi and phase.max() < np.pi
+
+
+def _whole_array_reference(phase, units):
+    """to_radians as it was before it worked slab by slab (one float64 pass)."""
+    from qsmflow.qsm.phase import phase_range
+
+    data = np.asarray(phase, dtype=np.float64)
+    lo, hi, integer = phase_range(data)
+    if infer_phase_units(lo, hi, integer, units) == 'rad':
+        scaled = data
+    else:
+        span = 2.0 ** np.ceil(np.log2(hi - lo + 1)) if integer else hi - lo
+        scaled = data / span * 2 * np.pi - np.pi if lo >= 0 else data / (span / 2) * np.pi
+    return (np.mod(scaled + np.pi, 2 * np.pi) - np.pi).astype(np.float32)
+
+
+def test_streamed_input_conversions_are_bitwise_the_whole_array_ones(tmp_path):
+    """LoadMEGRE's memory savings change no bit: phase scaling and the real/imag conversion
+    slab by slab and in place, and the echoes read into one preallocated stack from 3D
+    files, a 4D file or a mix (issue 19)."""
+    from qsmflow.interfaces.megre import read_volumes
+    from qsmflow.qsm import phase as ph
+
+    rng = np.random.default_rng(0)
+    shape = (70, 9, 8, 3)  # 70 planes of 216 values: several slabs with n_values=1000
+    floats = rng.uniform(-np.pi, np.pi, shape).astype(np.float32)
+    floats[3, 2, 1, 0] = np.nan
+    ints = rng.integers(0, 4096, shape).astype(np.int16)
+    for data, units in ((floats, 'rad'), (ints, None), (ints, 'arbitrary')):
+        expected = _whole_array_reference(data, units)
+        slabs = ph._slabs
+        try:
+            ph._slabs = lambda a, n_values=1000: slabs(a, n_values)
+            got = ph.to_radians(data, units)
+            inplace = data.astype(np.float32)
+            ph.to_radians(inplace, units, out=inplace)
+        finally:
+            ph._slabs = slabs
+        assert np.array_equal(got, expected, equal_nan=True)
+        assert np.array_equal(inplace, expected, equal_nan=True)
+    assert ph.phase_range(floats) == (float(np.nanmin(floats)), float(np.nanmax(floats)), False)
+    re, im = rng.normal(size=shape).astype(np.float32), rng.normal(size=shape).astype(np.float32)
+    re64, im64 = re.astype(np.float64), im.astype(np.float64)
+    angle = np.arctan2(im64, re64)
+    expected = (np.hypot(re64, im64).astype(np.float32),
+                np.where(angle >= np.pi, angle - 2 * np.pi, angle).astype(np.float32))
+    ph.complex_to_mag_phase(re, im, out=(re, im))
+    assert np.array_equal(re, expected[0]) and np.array_equal(im, expected[1])
+
+    affine = np.eye(4)
+    paths = []
+    for name, part in (('a', floats[..., :1]), ('b', floats[..., 1:])):
+        paths.append(str(tmp_path / f'{name}.nii.gz'))
+        nb.Nifti1Image(part, affine).to_filename(paths[-1])
+    nb.Nifti1Image(floats, affine).to_filename(tmp_path / 'all.nii.gz')
+    for files in (paths, [str(tmp_path / 'all.nii.gz')]):
+        assert np.array_equal(read_volumes(files, 3), floats, equal_nan=True)
+    with pytest.raises(ValueError, match='volumes'):
+        read_volumes(paths, 4)
+    nb.Nifti1Image(floats[:5, ..., :1], affine).to_filename(tmp_path / 'small.nii.gz')
+    with pytest.raises(ValueError, match='share one grid'):
+        read_volumes([paths[1], str(tmp_path / 'small.nii.gz')], 3)
