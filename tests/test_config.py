@@ -42,7 +42,8 @@ def test_every_flag_reaches_its_section(tmp_path, monkeypatch):
         '--preset', 'fast', '--inversion', 'rts', '--masking', 'magnitude', '--two-pass',
         '--brain-masks', str(tmp_path / 'masks'), '--template', 'QSMPhantom',
         '--template-resolution', '3', '--atlases', 'Phantom', '--segmentations',
-        str(tmp_path / 'seg'), '--erode-rois', '--no-refine-nuclei', '--nprocs', '3',
+        str(tmp_path / 'seg'), '--erode-rois', '--no-refine-nuclei', '--segment-nuclei',
+        '--nprocs', '3',
         '--omp-nthreads', '2',
         '--mem-gb', '4', '--plugin-args', '{"maxtasksperchild": 1}', '-w',
         str(tmp_path / 'w'))
@@ -60,7 +61,9 @@ def test_every_flag_reaches_its_section(tmp_path, monkeypatch):
     assert (reg.template, reg.template_resolution, reg.atlases) == ('QSMPhantom', 3, ('Phantom',))
     assert reg.segmentations == tmp_path / 'seg' and reg.erode and not reg.skip_registration
     assert reg.refine_nuclei is False
-    assert _config(tmp_path / 'default').regions.refine_nuclei is True
+    default = _config(tmp_path / 'default').regions
+    assert default.refine_nuclei is True
+    assert reg.segment_nuclei is True and default.segment_nuclei is False
     assert reg.templateflow_home == tmp_path / 'tf'
     eng = config.engine
     assert (eng.nprocs, eng.omp_nthreads, eng.mem_gb, eng.plugin) == (3, 2, 4.0, 'multiproc')

@@ -26,7 +26,8 @@ def table_maps(outputs) -> tuple:
 
 def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool = False,
                     source: dict | None = None, store_dseg: bool = True, maps=(),
-                    refined: bool = False, name: str = 'regions_wf') -> pe.Workflow:
+                    refined: bool = False, segment: bool = False,
+                    name: str = 'regions_wf') -> pe.Workflow:
     """Compute and store the regional χ table of one acquisition for one label set.
 
     The labels are on the native χ grid already (brought there by the inverse template
@@ -63,6 +64,11 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
         (:func:`qsmflow.workflows.registration.init_atlas_labels_wf`): they are stored as
         ``_atlas-<atlas>_desc-refined_dseg`` and the labels of the registration alone
         (input ``dseg_atlas``) as ``_atlas-<atlas>_dseg``.
+    segment : bool
+        Segment the iron-rich nuclei of ``dseg`` on χ first
+        (:class:`qsmflow.interfaces.nuclei.SegmentNuclei`, ``--segment-nuclei``); the table
+        uses, and ``_desc-refined_dseg`` stores, the segmented labels (without ``refined``,
+        ``_atlas-<atlas>_dseg`` stores the input labels).
     name : str
         Workflow name.
 
@@ -107,15 +113,30 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
     ds_stats_json = pe.Node(FileSink(base_directory=output_dir, kind='stats_json',
                                      entities=ents), name='ds_stats_json',
                             run_without_submitting=True)
+    labels = pe.Node(niu.IdentityInterface(fields=['dseg', 'dseg_atlas']), name='labels')
+    if segment:
+        from qsmflow.interfaces.nuclei import SegmentNuclei
+
+        segment_nuclei = pe.Node(SegmentNuclei(), name='segment_nuclei', mem_gb=1.0)
+        workflow.connect([
+            (inputnode, segment_nuclei, [('dseg', 'in_dseg'), ('lut', 'in_lut'),
+                                         ('chimap', 'in_chimap'), ('mask', 'in_mask')]),
+            (segment_nuclei, labels, [('out_file', 'dseg')]),
+            (inputnode, labels, [('dseg_atlas' if refined else 'dseg', 'dseg_atlas')]),
+        ])  # fmt:skip
+    else:
+        workflow.connect([(inputnode, labels, [
+            ('dseg', 'dseg'), *([('dseg_atlas', 'dseg_atlas')] if refined else [])])])
     workflow.connect([
-        (inputnode, stats, [('chimap', 'in_file'), ('mask', 'in_mask'), ('dseg', 'in_dseg'),
-                            ('lut', 'in_lut'), *((m, TABLE_MAPS[m]) for m in maps)]),
+        (inputnode, stats, [('chimap', 'in_file'), ('mask', 'in_mask'), ('lut', 'in_lut'),
+                            *((m, TABLE_MAPS[m]) for m in maps)]),
+        (labels, stats, [('dseg', 'in_dseg')]),
         (stats, ds_stats, [('out_tsv', 'in_file')]),
         (stats, ds_stats_json, [('out_json', 'in_file')]),
         (ds_stats, outputnode, [('out_file', 'stats')]),
     ])  # fmt:skip
     if store_dseg:
-        stored = ([('dseg_atlas', 'dseg'), ('dseg', 'dseg_refined')] if refined
+        stored = ([('dseg_atlas', 'dseg'), ('dseg', 'dseg_refined')] if refined or segment
                   else [('dseg', 'dseg')])
         for key, kind in stored:
             ds_dseg = pe.Node(DerivativesSink(base_directory=output_dir, kind=kind,
@@ -125,7 +146,7 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
                                       entities=ents),
                              name=f'ds_{kind}_lut', run_without_submitting=True)
             workflow.connect([
-                (inputnode, ds_dseg, [(key, 'in_file')]),
+                (labels, ds_dseg, [(key, 'in_file')]),
                 (inputnode, ds_lut, [('lut', 'in_file')]),
             ])  # fmt:skip
     return workflow

@@ -27,7 +27,8 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
         (:func:`qsmflow.atlases.specs.resolve_atlases`; a custom atlas with its own
         ``template_image`` is processed even without ``template``), ``erode`` (bool),
         ``refine`` (bool: χ-driven refinement of the atlas labels around the nuclei, see
-        :func:`init_atlas_labels_wf`).
+        :func:`init_atlas_labels_wf`), ``segment`` (bool: ``--segment-nuclei``,
+        :func:`qsmflow.workflows.regions.init_regions_wf`).
     segmentation : (str, str), optional
         The user's segmentation image and lookup table in the acquisition's scanner space
         (found by pre-flight), or None.
@@ -75,6 +76,7 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
         regions_wf = init_regions_wf(atlas=atlas['name'], output_dir=output_dir,
                                      entities=acq.entities, erode=erode, source=atlas['source'],
                                      maps=maps, refined=refined,
+                                     segment=bool(regions_opts.get('segment')),
                                      name=f'regions_{atlas["name"].lower()}_wf')
         regions_wf.inputs.inputnode.lut = atlas['lut']
         workflow.connect([

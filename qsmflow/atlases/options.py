@@ -20,7 +20,8 @@ def regions_options(regions) -> dict:
     Returns
     -------
     dict
-        ``erode``, ``refine`` and ``fast`` (``--fast-registration``) (bool), ``template``
+        ``erode``, ``refine``, ``segment`` (``--segment-nuclei``) and ``fast``
+        (``--fast-registration``) (bool), ``template``
         (name, or None: no registration),
         ``template_files`` (:func:`qsmflow.atlases.specs.template_files`) and ``atlases``
         (:func:`qsmflow.atlases.specs.resolve_atlas` entries, then the custom atlas).
@@ -30,6 +31,7 @@ def regions_options(regions) -> dict:
     from qsmflow.bids_specs import load
 
     out = {'erode': bool(regions.erode), 'refine': bool(regions.refine_nuclei),
+           'segment': bool(regions.segment_nuclei),
            'fast': bool(regions.fast_registration),
            'template': None, 'atlases': []}
     if regions.skip_registration:

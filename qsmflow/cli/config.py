@@ -167,6 +167,7 @@ def regions_from_args(opts, *, templateflow_home=None) -> RegionsConfig:
         template_resolution=opts.template_resolution, atlases=names, custom_atlas=custom,
         segmentations=seg, erode=bool(opts.erode_rois),
         refine_nuclei=bool(opts.refine_nuclei),
+        segment_nuclei=bool(opts.segment_nuclei),
         fast_registration=bool(opts.fast_registration),
         skip_registration=bool(opts.skip_registration),
         templateflow_home=Path(templateflow_home) if templateflow_home else None)

@@ -228,6 +228,11 @@ def _add_regions_arguments(parser) -> None:
                        help='refine the atlas registration around the iron-rich nuclei with a '
                             'chi-driven SyN to a chi-contrast image of the atlas; the table '
                             'uses the refined labels (_desc-refined_dseg; default: on)')
+    group.add_argument('--segment-nuclei', action='store_true',
+                       help='move the iron-rich nuclei\'s atlas labels onto the chi contrast, '
+                            'at most 2 mm (atlas-initialised mixture model); the table uses '
+                            'them (_desc-refined_dseg). Helps labels that --refine-nuclei has '
+                            'not refined; after it, no gain on the real-anatomy phantom')
     group.add_argument('--skip-registration', action='store_true',
                        help='no template registration (tables only from --segmentations)')
     group.add_argument('--fast-registration', action='store_true',

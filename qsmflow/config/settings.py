@@ -145,6 +145,10 @@ class RegionsConfig:
     #: χ-driven refinement of the atlas labels around the iron-rich nuclei
     #: (``--refine-nuclei``/``--no-refine-nuclei``).
     refine_nuclei: bool = True
+    #: Atlas-initialised segmentation of the iron-rich nuclei on χ before the tables
+    #: (``--segment-nuclei``; off: on the real-anatomy phantom it helps only labels the
+    #: χ-driven refinement has not reached, see README).
+    segment_nuclei: bool = False
     #: Registrations on every allowed thread (``--fast-registration``): faster, but not
     #: bitwise reproducible.
     fast_registration: bool = False

@@ -161,10 +161,13 @@ class RegionalStats(SimpleInterface):
         meta = stats_sidecar(atlas_metadata(self.inputs.atlas, self.inputs.source), ref_method,
                              self.inputs.erode, base.read_steps(self.inputs.in_file),
                              rows=rows, qc=qc, map_columns=tuple(maps))
-        refinement = _read_json(base.sidecar_of(self.inputs.in_dseg)).get(
-            'RegistrationRefinement')
+        labels_meta = _read_json(base.sidecar_of(self.inputs.in_dseg))
+        refinement = labels_meta.get('RegistrationRefinement')
         if refinement is not None:  # labels refined on χ (workflows.registration)
             meta['LabelRefinement'] = refinement
+        if 'NucleiSegmentation' in labels_meta:  # --segment-nuclei (interfaces.nuclei)
+            meta.setdefault('LabelRefinement', {})['NucleiSegmentation'] = labels_meta[
+                'NucleiSegmentation']
         out_json = Path(runtime.cwd) / 'stats.json'
         base.write_json(out_json, meta)
         self._results.update(out_tsv=str(out_tsv), out_json=str(out_json))
