@@ -233,13 +233,13 @@ def test_transform_cache_key_follows_contents_and_is_locked(tmp_path, monkeypatc
 
     calls = []
 
-    def fake_register(fixed, moving, out_dir, nthreads=1):
+    def fake_register(fixed, moving, out_dir, nthreads=1, fixed_mask=None):
         calls.append((fixed, moving))
         time.sleep(0.5)
-        for name in ('warp.nii.gz', 'affine.mat'):
+        for name in ('warp.nii.gz', 'affine.mat', 'inverse_warp.nii.gz'):
             (Path(out_dir) / name).write_text(name)
         return {'warp': f'{out_dir}/warp.nii.gz', 'affine': f'{out_dir}/affine.mat',
-                'version': 'test'}
+                'inverse_warp': f'{out_dir}/inverse_warp.nii.gz', 'version': 'test'}
 
     monkeypatch.setattr(registration, 'register_templates', fake_register)
     results = []

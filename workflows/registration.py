@@ -27,8 +27,9 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
         (:func:`qsmflow.atlases.specs.resolve_atlases`; a custom atlas with its own
         ``template_image`` is processed even without ``template``), ``erode`` (bool),
         ``refine`` (bool: χ-driven refinement of the atlas labels around the nuclei, see
-        :func:`init_atlas_labels_wf`), ``segment`` (bool: ``--segment-nuclei``,
-        :func:`qsmflow.workflows.regions.init_regions_wf`).
+        :func:`init_atlas_labels_wf`), ``study_template`` (``--study-template``: the files
+        of :func:`qsmflow.atlases.study_template.find_study_template`, or None), ``segment``
+        (bool: ``--segment-nuclei``, :func:`qsmflow.workflows.regions.init_regions_wf`).
     segmentation : (str, str), optional
         The user's segmentation image and lookup table in the acquisition's scanner space
         (found by pre-flight), or None.
@@ -44,6 +45,7 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
     erode = bool(regions_opts.get('erode'))
     refine = bool(regions_opts.get('refine'))
     fast = bool(regions_opts.get('fast'))
+    study = regions_opts.get('study_template')
     maps = table_maps(maps)
     fields = ('chimap', 'mask', *maps)
 
@@ -61,17 +63,19 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
             template=regions_opts['template'],
             template_image=regions_opts['template_files']['image'],
             template_mask=regions_opts['template_files'].get('mask'), output_dir=output_dir,
-            entities=acq.entities, omp_nthreads=omp_nthreads, fast=fast)
+            entities=acq.entities, omp_nthreads=omp_nthreads, fast=fast, study=study)
+        # the study template was built from the magnitudes inside the final brain mask
+        mask = 'outputnode.mask' if study else 'brain_mask.out_mask'
         workflow.connect([(qsm_wf, reg_wf, [('load_megre.magnitude', 'inputnode.magnitude'),
-                                            ('brain_mask.out_mask', 'inputnode.mask'),
+                                            (mask, 'inputnode.mask'),
                                             ('outputnode.chimap', 'inputnode.chimap')])])
     for atlas in regions_opts.get('atlases') or []:
         own = bool(atlas.get('template_image'))
-        if not own and reg_wf is None:
+        if reg_wf is None and (study or not own):
             continue  # reached through the template registration, which is off
         refined = refine and not atlas.get('via')
         labels_wf = init_atlas_labels_wf(atlas=atlas, omp_nthreads=omp_nthreads,
-                                         refine=refined, fast=fast,
+                                         refine=refined, fast=fast, study=study,
                                          name=f'atlas_{atlas["name"].lower()}_wf')
         regions_wf = init_regions_wf(atlas=atlas['name'], output_dir=output_dir,
                                      entities=acq.entities, erode=erode, source=atlas['source'],
@@ -93,11 +97,19 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
             workflow.connect([(reg_wf, labels_wf, [
                 ('outputnode.affine', 'inputnode.affine'), ('outputnode.warp', 'inputnode.warp'),
                 ('outputnode.inverse_warp', 'inputnode.inverse_warp')])])
+        elif study:
+            workflow.connect([(reg_wf, labels_wf, [
+                (f'outputnode.study_{k}', f'inputnode.study_{k}') for k in STUDY_XFMS])])
+
+
+#: Transforms of a registration (native → template), as the workflows pass them on.
+STUDY_XFMS = ('affine', 'warp', 'inverse_warp')
 
 
 def init_registration_wf(*, template: str, template_image: str, template_mask: str | None,
                          output_dir: str, entities: dict, omp_nthreads: int = 1,
-                         fast: bool = False, name: str = 'registration_wf') -> pe.Workflow:
+                         fast: bool = False, study: dict | None = None,
+                         name: str = 'registration_wf') -> pe.Workflow:
     """Register the combined magnitude to a template; store transforms and the χ map there.
 
     The moving image is the root-sum-of-squares magnitude over echoes inside the brain
@@ -120,6 +132,12 @@ def init_registration_wf(*, template: str, template_image: str, template_mask: s
     fast : bool
         Register on all ``omp_nthreads`` threads (``--fast-registration``; not bitwise
         reproducible; recorded in the sidecar of the χ map in template space).
+    study : dict, optional
+        ``--study-template`` (:func:`qsmflow.atlases.study_template.find_study_template`):
+        the magnitude is registered to the study template instead, and that registration
+        composed with the study template's own (cached) registration to ``template``
+        (:class:`qsmflow.interfaces.study_template.ThroughStudyTemplate`); the stored
+        transforms are the composed ones, the sidecar of the χ map names the study template.
     name : str
         Workflow name.
 
@@ -137,6 +155,8 @@ def init_registration_wf(*, template: str, template_image: str, template_mask: s
     -------
     affine, warp, inverse_warp : str
         Transforms native → template (ITK affine, displacement fields in mm).
+    study_affine, study_warp, study_inverse_warp : str
+        With ``study``: the transforms native → study template.
     """
     from qsmflow.interfaces.bids import DerivativesSink
     from qsmflow.interfaces.regions import FileSink
@@ -147,18 +167,32 @@ def init_registration_wf(*, template: str, template_image: str, template_mask: s
                          'with antspyx (rigid, affine, SyN).')
     inputnode = pe.Node(niu.IdentityInterface(fields=['magnitude', 'mask', 'chimap']),
                         name='inputnode')
-    outputnode = pe.Node(niu.IdentityInterface(fields=['affine', 'warp', 'inverse_warp']),
-                         name='outputnode')
-    register = pe.Node(RegisterToTemplate(template=template_image, nthreads=omp_nthreads,
-                                          fast=fast),
-                       name='register', n_procs=omp_nthreads, mem_gb=2.0)
-    if template_mask:
-        register.inputs.template_mask = template_mask
+    outputnode = pe.Node(niu.IdentityInterface(
+        fields=[*STUDY_XFMS, *(f'study_{k}' for k in STUDY_XFMS)] if study
+        else list(STUDY_XFMS)),
+        name='outputnode')
+    register = pe.Node(RegisterToTemplate(
+        template=study['image'] if study else template_image, nthreads=omp_nthreads,
+        fast=fast), name='register', n_procs=omp_nthreads, mem_gb=2.0)
+    fixed_mask = study['mask'] if study else template_mask
+    if fixed_mask:
+        register.inputs.template_mask = fixed_mask
+    xfms = register
+    if study:
+        workflow.__desc__ += (' It went through a study template of the cohort (built from '
+                              'the participants\' first pass, registered once to '
+                              f'{template}).')
+        xfms = _through_study_node(study, template_image, template_mask, template,
+                                   omp_nthreads)
+        workflow.connect([
+            (register, xfms, [(k, k) for k in STUDY_XFMS]),
+            (register, outputnode, [(k, f'study_{k}') for k in STUDY_XFMS]),
+        ])  # fmt:skip
     fwd_list = pe.Node(niu.Merge(2), name='fwd_list', run_without_submitting=True)
     chi_std = pe.Node(ApplyTransforms(
         reference=template_image, interpolation='linear',
         meta={'SpatialReference': Path(template_image).absolute().as_uri(),
-              **_fast_record(fast, omp_nthreads)}),
+              **_fast_record(fast, omp_nthreads), **_study_record(study)}),
         name='chi_std', mem_gb=1.0)
     ds_chi_std = pe.Node(DerivativesSink(base_directory=output_dir, kind='chimap_std',
                                          entities={**entities, 'space': template}),
@@ -171,18 +205,18 @@ def init_registration_wf(*, template: str, template_image: str, template_mask: s
                                      ('inverse_warp', 'xfm_warp', inv))}
     workflow.connect([
         (inputnode, register, [('magnitude', 'in_magnitude'), ('mask', 'in_mask')]),
-        (register, fwd_list, [('warp', 'in1'), ('affine', 'in2')]),
+        (xfms, fwd_list, [('warp', 'in1'), ('affine', 'in2')]),
         (inputnode, chi_std, [('chimap', 'in_file')]),
         (fwd_list, chi_std, [('out', 'transforms')]),
         (chi_std, ds_chi_std, [('out_file', 'in_file')]),
-        (register, outputnode, [('affine', 'affine'), ('warp', 'warp'),
-                                ('inverse_warp', 'inverse_warp')]),
-    ] + [(register, sink, [(key, 'in_file')]) for key, sink in sinks.items()])  # fmt:skip
+        (xfms, outputnode, [(k, k) for k in STUDY_XFMS]),
+    ] + [(xfms, sink, [(key, 'in_file')]) for key, sink in sinks.items()])  # fmt:skip
     return workflow
 
 
 def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1, refine: bool = False,
-                         fast: bool = False, name: str = 'atlas_labels_wf') -> pe.Workflow:
+                         fast: bool = False, study: dict | None = None,
+                         name: str = 'atlas_labels_wf') -> pe.Workflow:
     """Bring an atlas's labels onto the native χ grid (generic-label interpolation).
 
     Atlases in the registration template use the inverse of the subject's transform; an
@@ -198,11 +232,17 @@ def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1, refine: bool = F
     both registrations; the labels of the magnitude registration alone are kept as
     ``dseg_atlas``. With ``fast`` (``--fast-registration``) the registrations run on all
     ``omp_nthreads`` threads, not bitwise reproducibly; the labels' sidecar says so.
+    With ``study`` (``--study-template``) a custom atlas is reached through the subject's
+    registration to the study template (inputs ``study_*``) and the study template's own
+    registration to the atlas's template, instead of a registration of its own; the labels'
+    sidecar names the study template.
 
     Inputs
     ------
     affine, warp, inverse_warp : str
         Subject transforms (native → registration template).
+    study_affine, study_warp, study_inverse_warp : str
+        With ``study``: subject transforms native → study template.
     magnitude, mask, chimap : str
         For custom atlases (their own registration) and the output grid (χ).
 
@@ -220,16 +260,27 @@ def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1, refine: bool = F
 
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(
-        fields=['affine', 'warp', 'inverse_warp', 'magnitude', 'mask', 'chimap']),
+        fields=['affine', 'warp', 'inverse_warp', 'magnitude', 'mask', 'chimap',
+                *((f'study_{k}' for k in STUDY_XFMS) if study else ())]),
         name='inputnode')
     refine = bool(refine) and not atlas.get('via')
     outputnode = pe.Node(niu.IdentityInterface(
         fields=['dseg', 'dseg_atlas'] if refine else ['dseg']), name='outputnode')
     meta = {'Atlas': atlas_metadata(atlas['name'], atlas.get('source')),
-            **_fast_record(fast, omp_nthreads)}
+            **_fast_record(fast, omp_nthreads), **_study_record(study)}
     to_native = pe.Node(ApplyTransforms(in_file=atlas['image'], interpolation='genericLabel',
                                         meta=meta), name='to_native', mem_gb=1.0)
-    if atlas.get('template_image'):
+    if atlas.get('template_image') and study:
+        own = _through_study_node(study, atlas['template_image'], atlas.get('template_mask'),
+                                  atlas['name'], omp_nthreads)
+        xfms = pe.Node(niu.Merge(2), name='xfms', run_without_submitting=True)
+        workflow.connect([
+            (inputnode, own, [(f'study_{k}', k) for k in STUDY_XFMS]),
+            (own, xfms, [('affine', 'in1'), ('inverse_warp', 'in2')]),
+        ])  # fmt:skip
+        to_native.inputs.invert = [True, False]
+        transforms = (own, STUDY_XFMS)
+    elif atlas.get('template_image'):
         own = pe.Node(RegisterToTemplate(template=atlas['template_image'],
                                          nthreads=omp_nthreads, fast=fast),
                       name='register_own',
@@ -301,6 +352,27 @@ def _fast_record(fast: bool, omp_nthreads: int) -> dict:
         return {}
     return {'RegistrationThreads': registration_threads(omp_nthreads, True),
             'RegistrationBitwiseReproducible': False}
+
+
+def _through_study_node(study: dict, target: str, target_mask: str | None, target_name: str,
+                        omp_nthreads: int) -> pe.Node:
+    """Node composing native → study template with study template → ``target``."""
+    from qsmflow.interfaces.study_template import ThroughStudyTemplate
+
+    node = pe.Node(ThroughStudyTemplate(study_template=study['image'], target=target,
+                                        target_name=target_name, nthreads=omp_nthreads),
+                   name='through_study_template', n_procs=omp_nthreads, mem_gb=2.0)
+    if target_mask:
+        node.inputs.target_mask = target_mask
+    return node
+
+
+def _study_record(study: dict | None) -> dict:
+    """Sidecar entry of a run through a study template (none otherwise)."""
+    if not study:
+        return {}
+    return {'StudyTemplate': {'Image': str(study['image']),
+                              'Sources': list(study.get('meta', {}).get('Sources', []))}}
 
 
 def _template_transform_node(moving, fixed, name, to, nthreads):

@@ -22,7 +22,8 @@ def regions_options(regions) -> dict:
     dict
         ``erode``, ``refine``, ``segment`` (``--segment-nuclei``) and ``fast``
         (``--fast-registration``) (bool), ``template``
-        (name, or None: no registration),
+        (name, or None: no registration), ``study_template`` (``--study-template``: its
+        files, :func:`qsmflow.atlases.study_template.find_study_template`, or None),
         ``template_files`` (:func:`qsmflow.atlases.specs.template_files`) and ``atlases``
         (:func:`qsmflow.atlases.specs.resolve_atlas` entries, then the custom atlas).
     """
@@ -33,7 +34,7 @@ def regions_options(regions) -> dict:
     out = {'erode': bool(regions.erode), 'refine': bool(regions.refine_nuclei),
            'segment': bool(regions.segment_nuclei),
            'fast': bool(regions.fast_registration),
-           'template': None, 'atlases': []}
+           'template': None, 'atlases': [], 'study_template': None}
     if regions.skip_registration:
         return out
     custom = regions.custom_atlas
@@ -51,6 +52,10 @@ def regions_options(regions) -> dict:
         _warn(f'template registration and atlas tables skipped: {exc}')
         return out
     out['template'] = template
+    if regions.study_template is not None:
+        from qsmflow.atlases.study_template import find_study_template
+
+        out['study_template'] = find_study_template(regions.study_template)
     named = []
     for name in names:
         try:

@@ -51,12 +51,14 @@ def transform_cache() -> Path:
     return Path(root).expanduser() / 'xfm'
 
 
-def template_transform_key(moving, fixed, name: str, to: str | None = None) -> str:
+def template_transform_key(moving, fixed, name: str, to: str | None = None,
+                           fixed_mask=None) -> str:
     """Cache key of a template-to-template transform.
 
     ``from-<name>_to-<to>_<digest>``, where the digest covers the contents of both images,
     the registration settings and :data:`TEMPLATE_XFM_VERSION` (a re-downloaded identical
-    template reuses the transform; a changed template or recipe does not).
+    template reuses the transform; a changed template or recipe does not), and of
+    ``fixed_mask`` when given.
     """
     import hashlib
     import json
@@ -65,7 +67,7 @@ def template_transform_key(moving, fixed, name: str, to: str | None = None) -> s
     digest.update(json.dumps({'version': TEMPLATE_XFM_VERSION, **_reproducibility(),
                               'settings': _registration_settings()},
                              sort_keys=True, default=str).encode())
-    for path in (moving, fixed):
+    for path in (moving, fixed) + ((fixed_mask,) if fixed_mask else ()):
         with open(path, 'rb') as fobj:
             for block in iter(lambda: fobj.read(1 << 20), b''):
                 digest.update(block)
@@ -100,49 +102,70 @@ def cached_template_transform(moving, fixed, name, nthreads=1, *, to=None):
         Paths of the warp (.nii.gz) and affine (.mat), to be applied in this order with
         ``fixed`` as the reference (they map ``moving`` onto ``fixed``).
     """
+    out = cached_template_transforms(moving, fixed, name, nthreads, to=to)
+    return out['warp'], out['affine']
+
+
+def cached_template_transforms(moving, fixed, name, nthreads=1, *, to=None,
+                               fixed_mask=None) -> dict:
+    """:func:`cached_template_transform` with the inverse warp too, and an optional brain
+    mask of ``fixed`` (multiplied into it, as in the subject registration).
+
+    Returns
+    -------
+    dict
+        ``warp``, ``affine`` (moving → fixed, in this order with ``fixed`` as the
+        reference) and ``inverse_warp`` (with the affine inverted first, ``moving`` as the
+        reference) paths in the cache.
+    """
     import json
     import tempfile
 
     from qsmflow.bids.atomic import copy_file
 
     cache = transform_cache()
-    key = template_transform_key(moving, fixed, name, to)
-    warp, affine = cache / f'{key}_warp.nii.gz', cache / f'{key}_affine.mat'
-    if warp.exists() and affine.exists():
-        return str(warp), str(affine)
+    key = template_transform_key(moving, fixed, name, to, fixed_mask)
+    paths = {k: cache / f'{key}_{k}{ext}' for k, ext in (
+        ('warp', '.nii.gz'), ('affine', '.mat'), ('inverse_warp', '.nii.gz'))}
+    if all(p.exists() for p in paths.values()):
+        return {k: str(p) for k, p in paths.items()}
     cache.mkdir(parents=True, exist_ok=True)
     with _locked(cache / f'.{key}.lock'):
-        if warp.exists() and affine.exists():  # computed by a concurrent run meanwhile
-            return str(warp), str(affine)
+        if all(p.exists() for p in paths.values()):  # computed by a concurrent run meanwhile
+            return {k: str(p) for k, p in paths.items()}
         with tempfile.TemporaryDirectory(dir=cache, prefix=f'.{key}.') as tmp:
-            out = register_templates(fixed, moving, tmp, nthreads=nthreads)
+            out = register_templates(fixed, moving, tmp, nthreads=nthreads,
+                                     fixed_mask=fixed_mask)
             record = {'From': name, 'To': to or template_name(fixed),
                       'Moving': str(moving), 'Fixed': str(fixed),
                       'Software': f'antspyx {out["version"]}',
                       'Method': 'identity start, rigid, affine (Mattes MI), SyN',
                       'Settings': _registration_settings(), **_reproducibility(),
                       'Version': TEMPLATE_XFM_VERSION}
+            if fixed_mask:
+                record['FixedMask'] = str(fixed_mask)
             rec = Path(tmp) / 'record.json'
             rec.write_text(json.dumps(record, indent=2, default=str) + '\n')
-            for src, dest in ((out['affine'], affine), (out['warp'], warp),
-                              (rec, cache / f'{key}.json')):
-                copy_file(src, dest)
-    return str(warp), str(affine)
+            for key_, dest in paths.items():
+                copy_file(out[key_], dest)
+            copy_file(rec, cache / f'{key}.json')
+    return {k: str(p) for k, p in paths.items()}
 
 
-def register_templates(fixed, moving, out_dir, *, nthreads: int = 1) -> dict:
+def register_templates(fixed, moving, out_dir, *, nthreads: int = 1,
+                       fixed_mask=None) -> dict:
     """Register one template's T1w to another's, starting from the identity (antspyx).
 
     The subject registration's settings and reproducibility (fixed seed and thread count,
     a fresh process: :func:`qsmflow.interfaces.registration.register`), except for the
-    identity start. Returns ``warp`` (.nii.gz) and ``affine`` (.mat) paths in ``out_dir``
-    (moving → fixed) and the antspyx ``version``.
+    identity start. Returns ``warp`` (.nii.gz), ``affine`` (.mat) and ``inverse_warp``
+    paths in ``out_dir`` (moving → fixed) and the antspyx ``version``.
     """
     from qsmflow.interfaces.registration import register
 
-    out = register(fixed, moving, out_dir, nthreads=nthreads,
+    out = register(fixed, moving, out_dir, nthreads=nthreads, fixed_mask=fixed_mask,
                    settings=_registration_settings())
-    return {k: out[k] for k in ('warp', 'affine', 'version')}
+    return {k: out[k] for k in ('warp', 'affine', 'inverse_warp', 'version')}
 
 
 def _registration_settings() -> dict:

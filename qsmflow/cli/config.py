@@ -27,8 +27,12 @@ def config_from_args(opts) -> RunConfig:
         out_dir = Path(opts.output_dir).expanduser().absolute()
         bids_dir = Path(opts.bids_dir).expanduser().absolute()
         work_dir = _work_dir(opts.work_dir, out_dir)
+        if not opts.build_study_template:
+            return RunConfig(paths=PathsConfig(bids_dir, out_dir, work_dir),
+                             analysis_level='group')
         return RunConfig(paths=PathsConfig(bids_dir, out_dir, work_dir),
-                         analysis_level='group')
+                         analysis_level='group', selection=selection_from_args(opts),
+                         regions=regions_from_args(opts), engine=engine_from_args(opts))
     from qsmflow.bids.inputs import check_dirs
 
     bids_dir, out_dir = check_dirs(opts.bids_dir, opts.output_dir)
@@ -151,6 +155,15 @@ def regions_from_args(opts, *, templateflow_home=None) -> RegionsConfig:
         seg = Path(seg).absolute()
     custom = _custom_atlas(opts)
     names = tuple(opts.atlases) if opts.atlases is not None else None
+    study = opts.study_template
+    if study is not None:
+        from qsmflow.atlases.study_template import find_study_template
+
+        study = Path(find_study_template(study)['image']).parent
+        if opts.skip_registration:
+            raise InputError('--study-template needs registration: drop --skip-registration')
+    if opts.study_template_iterations < 1:
+        raise InputError('--study-template-iterations must be at least 1')
     if opts.skip_registration and (custom is not None or names is not None):
         raise InputError('--atlas/--atlases need registration: drop --skip-registration '
                          '(or use --segmentations)')
@@ -170,7 +183,9 @@ def regions_from_args(opts, *, templateflow_home=None) -> RegionsConfig:
         segment_nuclei=bool(opts.segment_nuclei),
         fast_registration=bool(opts.fast_registration),
         skip_registration=bool(opts.skip_registration),
-        templateflow_home=Path(templateflow_home) if templateflow_home else None)
+        templateflow_home=Path(templateflow_home) if templateflow_home else None,
+        study_template=study, build_study_template=bool(opts.build_study_template),
+        study_template_iterations=int(opts.study_template_iterations))
 
 
 def _custom_atlas(opts) -> CustomAtlas | None:

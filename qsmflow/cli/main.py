@@ -30,6 +30,10 @@ def main(argv=None) -> int:
         from qsmflow.cli.config import config_from_args
 
         config = config_from_args(parser.build_parser().parse_args(argv))
+        if config.analysis_level == 'group' and config.regions.build_study_template:
+            from qsmflow.cli.study_template import run_build_study_template
+
+            return run_build_study_template(config)
         if config.analysis_level == 'group':
             from qsmflow.group.run import run_group
 

@@ -235,6 +235,17 @@ def _add_regions_arguments(parser) -> None:
                             'not refined; after it, no gain on the real-anatomy phantom')
     group.add_argument('--skip-registration', action='store_true',
                        help='no template registration (tables only from --segmentations)')
+    group.add_argument('--study-template', type=Path, metavar='DIR',
+                       help='participant level, second pass: register through the study '
+                            'template DIR (OUT_DIR/templates/tpl-study, built by the group '
+                            'level with --build-study-template from a first pass)')
+    group.add_argument('--build-study-template', action='store_true',
+                       help='group level: build the study template of the first pass '
+                            '(unbiased, antspyx) under OUT_DIR/templates/tpl-study instead of '
+                            'the cohort tables')
+    group.add_argument('--study-template-iterations', type=int, default=3, metavar='N',
+                       help='template-building iterations of --build-study-template '
+                            '(default: %(default)s)')
     group.add_argument('--fast-registration', action='store_true',
                        help='register on every --omp-nthreads thread: faster, but the '
                             'transforms (and tables) vary slightly from run to run (default: '

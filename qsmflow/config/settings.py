@@ -157,6 +157,14 @@ class RegionsConfig:
     #: Folder the templateflow client is rooted at; None: ``$TEMPLATEFLOW_HOME`` or
     #: templateflow's default, as it is when the query runs.
     templateflow_home: Path | None = None
+    #: Participant level: the study template folder to register through
+    #: (``--study-template``, absolute), or None.
+    study_template: Path | None = None
+    #: Group level: build the study template instead of the cohort tables
+    #: (``--build-study-template``), with this many iterations
+    #: (``--study-template-iterations``).
+    build_study_template: bool = False
+    study_template_iterations: int = 3
 
 
 @dataclass(frozen=True)
