@@ -160,13 +160,13 @@ def _segment(chi, labels, mask, vox, nuclei, reach, width, ring, iterations, min
     n_k = len(nuclei)
     # atlas probabilities (n_voxels, n_nuclei); 0 where a nucleus cannot reach
     prob = np.zeros((idx.size, n_k))
+    coords = np.unravel_index(idx, labels.shape)
     ring_of = {}
     for j, k in enumerate(nuclei):
         box, s = dist[k]
-        sub = np.zeros(labels.shape, bool)
-        sub[box] = True
-        in_box = sub.ravel()[idx]
-        s_flat = _box_values(s, box, labels.shape, idx[in_box])
+        in_box = np.logical_and.reduce([(c >= b.start) & (c < b.stop)
+                                        for c, b in zip(coords, box)])
+        s_flat = s[tuple(c[in_box] - b.start for c, b in zip(coords, box))]
         p = 1.0 / (1.0 + np.exp(np.clip(s_flat / width, -50, 50)))
         p[s_flat > reach + half] = 0.0
         p[s_flat < -(reach + half)] = 1.0
@@ -175,8 +175,6 @@ def _segment(chi, labels, mask, vox, nuclei, reach, width, ring, iterations, min
         ring[box] = (s > reach + half) & (s <= margin + half)
         ring &= mask & ~is_nucleus
         ring_of[k] = chi[ring]
-    surround_prior = np.prod(1.0 - prob, axis=1)
-    owner = np.argmax(prob, axis=1)  # the nucleus whose surroundings a voxel belongs to
     # initial Gaussians: robust statistics of the registered labels and rings
     mu, sd, mu0, sd0 = (np.zeros(n_k) for _ in range(4))
     flat_labels = labels.ravel()[idx]
@@ -186,6 +184,8 @@ def _segment(chi, labels, mask, vox, nuclei, reach, width, ring, iterations, min
         mu0[j], sd0[j] = _robust(ring_of[k], min_sd) if ring_of[k].size else (0.0, 1.0)
     active = (mu - mu0) >= min_contrast * sd0
     prob[:, ~active] = 0.0
+    surround_prior = np.prod(1.0 - prob, axis=1)
+    owner = np.argmax(prob, axis=1)  # the nucleus whose surroundings a voxel belongs to
     groups = groups or {}
     keys = [('group', groups[k]) if k in groups else ('label', k) for k in nuclei]
     gid = np.array([keys.index(key) for key in keys])  # nuclei of one group share a Gaussian
@@ -201,12 +201,13 @@ def _segment(chi, labels, mask, vox, nuclei, reach, width, ring, iterations, min
             w = post[:, js].sum(axis=1)
             if w.sum() > 1.0:
                 mu[js], sd[js] = _weighted(values, w, min_sd)
+        for j in np.flatnonzero(active):
             w0 = post0 * (owner == j)
-            if w0.sum() > 1.0:
-                # the ring beyond the reach weighs as surroundings too
-                vals = np.concatenate([values, ring_of[nuclei[j]]])
-                mu0[j], sd0[j] = _weighted(
-                    vals, np.concatenate([w0, np.ones(ring_of[nuclei[j]].size)]), min_sd)
+            if w0.sum() > 1.0:  # the ring beyond the reach weighs as surroundings too
+                ring_values = ring_of[nuclei[j]]
+                mu0[j], sd0[j] = _weighted(np.concatenate([values, ring_values]),
+                                           np.concatenate([w0, np.ones(ring_values.size)]),
+                                           min_sd)
     post, post0 = _posteriors(values, prob, surround_prior, owner, mu, sd, mu0, sd0)
     best = np.argmax(post, axis=1)
     take = post[np.arange(idx.size), best] > post0
@@ -268,10 +269,4 @@ def _signed_distance(inside: np.ndarray, vox: np.ndarray) -> np.ndarray:
     d_out = ndi.distance_transform_edt(~inside, sampling=vox)
     d_in = ndi.distance_transform_edt(inside, sampling=vox)
     return np.where(inside, -(d_in - half), d_out - half)
-
-
-def _box_values(s, box, shape, flat_idx):
-    """Values of the box array ``s`` at flat indices ``flat_idx`` of the full grid."""
-    coords = np.unravel_index(flat_idx, shape)
-    return s[tuple(c - b.start for c, b in zip(coords, box))]
 
