@@ -7,7 +7,8 @@ the scanner; the fixed image is the phantom template at 2 mm, as the participant
 registers to the ``res-02`` template by default (``--template-resolution``). The
 registration is the one the workflow runs (:func:`qsmflow.interfaces.registration.register`):
 seeded and single-threaded, so that it is bitwise reproducible (``--fast N``: as with
-``--fast-registration``, on N threads). Then the χ-driven
+``--fast-registration``, on N threads; ``--pyramid quick``: the cheaper
+:data:`~qsmflow.interfaces.registration.REGISTRATION_QUICK`). Then the χ-driven
 refinement of the atlas labels (:func:`~qsmflow.interfaces.registration.refine_to_prior`,
 the phantom's true χ map to the prior of the template's atlas) is timed the same way.
 Each prints its wall time and the CPU time of its process.
@@ -43,7 +44,8 @@ def main(argv=None) -> int:
     from qsmflow.cli.demo import DEMO_POSE
     from qsmflow.interfaces.regions import read_lut
     from qsmflow.interfaces.registration import (
-        refine_to_prior, register, registration_threads, write_prior)
+        REGISTRATION, REGISTRATION_QUICK, refine_to_prior, register, registration_threads,
+        write_prior)
     from qsmflow.phantom.bids import DEFAULT_ECHO_TIMES_S, oblique_affine
     from qsmflow.phantom.head import make_head
     from qsmflow.phantom.template import write_template
@@ -51,6 +53,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m qsmflow.bench.registration')
     parser.add_argument('--size', choices=['full', 'small', 'tiny'], default='full')
     parser.add_argument('--template-size', choices=['full', 'small', 'tiny'], default='small')
+    parser.add_argument('--pyramid', choices=['default', 'quick'], default='default',
+                        help='registration settings: REGISTRATION (default) or the cheaper '
+                             'REGISTRATION_QUICK of qsmflow.interfaces.registration')
     parser.add_argument('--fast', type=int, metavar='N', default=None,
                         help='--fast-registration with N threads (default: reproducible, '
                              'one thread)')
@@ -69,7 +74,8 @@ def main(argv=None) -> int:
         t0, c0 = time.perf_counter(), _children_cpu_s()
         xfm = register(folder / f'tpl-QSMPhantom_{res}_T1w.nii.gz', tmp / 'moving.nii.gz', tmp,
                        fixed_mask=folder / f'tpl-QSMPhantom_{res}_desc-brain_mask.nii.gz',
-                       nthreads=opts.fast or 1, fast=bool(opts.fast))
+                       nthreads=opts.fast or 1, fast=bool(opts.fast),
+                       settings=REGISTRATION_QUICK if opts.pyramid == 'quick' else REGISTRATION)
         seconds, cpu = time.perf_counter() - t0, _children_cpu_s() - c0
         prior = write_prior(folder / f'tpl-QSMPhantom_{res}_atlas-Phantom_dseg.nii.gz',
                             read_lut(folder / 'tpl-QSMPhantom_atlas-Phantom_dseg.tsv'),
@@ -80,7 +86,8 @@ def main(argv=None) -> int:
         refine_s, refine_cpu = time.perf_counter() - t0, _children_cpu_s() - c0
     print(f'registration of a {head.shape} head ({opts.size}) to the {res} template with '
           f'{registration_threads(opts.fast or 1, bool(opts.fast))} ITK thread(s), seeded'
-          f'{" (--fast-registration)" if opts.fast else ""}: {seconds:.1f} s '
+          f'{" (--fast-registration)" if opts.fast else ""}, {opts.pyramid} pyramid: '
+          f'{seconds:.1f} s '
           f'({cpu:.1f} s CPU)')
     print(f'chi-driven refinement of the atlas nuclei: {refine_s:.1f} s ({refine_cpu:.1f} s CPU)')
     return 0
