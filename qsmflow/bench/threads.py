@@ -68,14 +68,18 @@ def main(thread_counts, *, size: str = 'full', phantom: str = 'realistic', snr=N
           f'{"peak RSS (GB)":>14} {"B/voxel":>8}  slowest step')
     first, reference, same = None, None, True
     for n in thread_counts:
-        runs = [_chain(data, n) for _ in range(repeat)]
-        total, peak, steps, chi = min(runs, key=lambda run: run[0])
+        runs = []
+        for _ in range(repeat):  # each χ is compared at once, not held (peak memory)
+            total, peak, steps, chi = _chain(data, n)
+            if reference is None:
+                reference = chi
+            else:
+                same = same and np.array_equal(chi, reference)
+            del chi
+            runs.append((total, peak, steps))
+        total, _, steps = min(runs, key=lambda run: run[0])
         peak = max(run[1] for run in runs)
         first = first or total
-        if reference is None:
-            reference = chi
-        else:
-            same = same and np.array_equal(chi, reference)
         label, (slow_s, _) = max(steps.items(), key=lambda item: item[1][0])
         print(f'  {n:>7} {size:>6} {total:9.2f} {first / total:8.2f}x {peak / 1e9:14.2f} '
               f'{peak / n_vox:8.0f}  {label} {slow_s:.2f} s', flush=True)
