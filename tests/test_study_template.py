@@ -27,17 +27,15 @@ def _digest(path) -> str:
 @pytest.fixture(scope='module')
 def two_steps(tiny_linear_run, tmp_path_factory):
     """The study template built twice from the first pass, and the second pass."""
-    import os
-
     from qsmflow.cli import main
     from tests.test_resume import qsmflow_command
 
     assert tiny_linear_run['code'] == 0, tiny_linear_run['log'].read_text()[-3000:]
     inputs, env = tiny_linear_run['inputs'], tiny_linear_run['env']
     root = tmp_path_factory.mktemp('study')
-    saved = {k: os.environ.get(k) for k in ('TEMPLATEFLOW_HOME', 'QSMFLOW_CACHE')}
-    os.environ.update({k: env[k] for k in saved})
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ('TEMPLATEFLOW_HOME', 'QSMFLOW_CACHE'):
+            patch.setenv(key, env[key])
         builds = []
         for name in ('first', 'again'):
             out = root / name
@@ -50,12 +48,6 @@ def two_steps(tiny_linear_run, tmp_path_factory):
         # second pass in the first pass's work folder: the reconstruction is reused
         cmd = qsmflow_command(inputs, root / 'second', inputs['root'] / 'linear' / 'work', 1)
         code = main([*cmd[3:], '--study-template', str(builds[0])])
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return {'code': code, 'builds': builds, 'second': root / 'second', 'inputs': inputs,
             'first': tiny_linear_run['out']}
 
@@ -106,3 +98,16 @@ def test_missing_study_template_is_one_line(run_cli, tiny_phantom, tmp_path):
     assert res.returncode == 2
     assert 'tpl-study_T2starw.nii.gz not found' in res.stderr
     assert '--build-study-template' in res.stderr and 'Traceback' not in res.stderr
+
+
+def test_build_needs_the_template_brain_mask(tmp_path):
+    """Without the registration template's brain mask the first pass registered heads, not
+    brains: building on it is refused with the fix (the real-anatomy phantom's labels came
+    out at Dice 0.3 through such a template)."""
+    from qsmflow.atlases.study_template import build_study_template
+    from qsmflow.errors import InputError
+
+    with pytest.raises(InputError, match='no brain mask .* rerun the participant level'):
+        build_study_template(tmp_path, tmp_path, template='MNI152NLin2009cAsym',
+                             template_files={'image': str(tmp_path / 'T1w.nii.gz'),
+                                             'mask': None})
