@@ -372,6 +372,12 @@ def _participant(run_cli, bids, out):
     return chi, mask, res.stdout
 
 
+def _qc_row(out):
+    from qsmflow.reports.qc_table import read_row
+
+    return read_row(out / 'sub-01' / 'anat' / 'sub-01_desc-qc_metrics.tsv')
+
+
 def _deep_gm(truth_anat):
     from qsmflow.phantom.head import DEEP_GM
 
@@ -415,6 +421,7 @@ def test_round_trip_gives_the_phantoms_chi(phantom_chi, vendor_dicom, tmp_path, 
                    '01').returncode == 0
     chi, mask, stdout = _participant(run_cli, bids, tmp_path / 'out')
     assert 'phase polarity looks inverted' not in stdout
+    assert _qc_row(tmp_path / 'out')['phase_polarity_inverted'] == 0
     assert (mask != ref_mask).sum() <= 0.01 * ref_mask.sum()
     diffs, means = {}, {}
     for name, roi in regions.items():
@@ -441,5 +448,7 @@ def test_round_trip_without_ge_polarity_fix_inverts_chi(phantom_chi, vendor_dico
                                       'sub-01_echo-1_part-imag_MEGRE.nii.gz')['PhaseConversion']
     chi, mask, stdout = _participant(run_cli, bids, tmp_path / 'out')
     assert 'WARNING: phase polarity looks inverted' in stdout  # pre-flight noticed
+    qc = _qc_row(tmp_path / 'out')  # and the QC table carries it
+    assert qc['phase_polarity_inverted'] == 1 and qc['phase_polarity_score'] < 0
     for name in ('putamen_left', 'globus_pallidus_left', 'caudate_left'):
         assert chi[regions[name] & mask].mean() < chi[mask].mean() - 0.02

@@ -33,6 +33,17 @@ def test_flag_table_names_the_metric_and_absolute_flags():
     assert flagged.loc[2, 'flags'].startswith('mask_volume_ml 1600: outside median 790')
 
 
+def test_inverted_polarity_is_flagged_on_its_own_and_the_score_never():
+    table = pd.DataFrame({'participant_id': ['sub-01', 'sub-02', 'sub-03'],
+                          'session': '', 'acquisition': '', 'run': '',
+                          'phase_polarity_score': [0.3, 0.31, -0.4],
+                          'phase_polarity_inverted': [0.0, math.nan, 1.0]})
+    flagged = flag_table(table)
+    assert flagged['n_flags'].tolist() == [0, 0, 1]
+    assert flagged.loc[2, 'flags'] == ('phase_polarity_inverted 1: phase polarity looks '
+                                       'inverted (pre-flight)')
+
+
 @pytest.fixture(scope='module')
 def broken_mask_cohort(tmp_path_factory):
     """Three tiny participants, each with a given mask: the true brain for sub-01/02, the

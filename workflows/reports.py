@@ -100,6 +100,8 @@ def connect_reports(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
                     if any(n.startswith(f'atlas_{a["name"].lower()}_wf.') for n in names))
     reports_wf = init_qsm_reports_wf(output_dir=output_dir, entities=acq.entities,
                                      registration=has_reg, atlases=atlases)
+    if getattr(acq, 'polarity', None):
+        reports_wf.inputs.qc_metrics.polarity = acq.polarity
     workflow.connect([
         (qsm_wf, reports_wf, [('load_megre.magnitude', 'inputnode.magnitude'),
                               ('brain_mask.out_mask', 'inputnode.brain_mask')]

@@ -55,6 +55,9 @@ class Acquisition:
     #: The user's spin-echo R2 map in 1/s (``--r2-map``), found and checked by pre-flight;
     #: None for the scalar R2 of χ-separation.
     r2_map: str | None = None
+    #: Pre-flight phase-polarity check (:func:`qsmflow.qsm.polarity.polarity_score`:
+    #: ``score``, ``inverted``, ...); None before pre-flight or when it could not say.
+    polarity: dict | None = None
 
     @property
     def name(self) -> str:

@@ -144,6 +144,7 @@ def check_images(acq: Acquisition) -> dict:
     zooms = tuple(float(z) for z in img0.header.get_zooms()[:3])
     polarity = check_polarity(acq, np.concatenate(volumes['mag'], -1),
                               np.concatenate(volumes['phase'], -1), img0.affine)
+    acq.polarity = polarity  # into the QC table (qsmflow.reports.qc_table)
     return {'shape': ref[0], 'voxel_size_mm': zooms, 'n_echoes': n_echo,
             'phase_scaling': 'real/imag' if real_imag else acq.phase_units,
             'nonfinite': int(bad.sum()), 'polarity': polarity}

@@ -22,7 +22,10 @@ MIN_N = 3
 ABSOLUTE_FLAGS = {
     'mask_looks_like_head': (lambda v: v >= 1, 'brain mask looks like a head'),
     'n_warnings': (lambda v: v > 0, 'QC warnings in the chi sidecar'),
+    'phase_polarity_inverted': (lambda v: v >= 1, 'phase polarity looks inverted (pre-flight)'),
 }
+#: Columns never flagged themselves (another column carries their verdict).
+UNFLAGGED = ('phase_polarity_score',)
 _ENTITIES = ('sub', 'ses', 'acq', 'run')
 
 
@@ -69,7 +72,7 @@ def robust_flags(values: np.ndarray, n_mad: float = N_MAD) -> np.ndarray:
 def flag_table(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with ``n_flags`` and ``flags`` (``metric: why; …``) columns."""
     metrics = [c for c in table.columns if c not in ('participant_id', 'session',
-                                                     'acquisition', 'run')]
+                                                     'acquisition', 'run', *UNFLAGGED)]
     reasons = [[] for _ in range(len(table))]
     for col in metrics:
         values = table[col].to_numpy(dtype=float)

@@ -60,6 +60,12 @@ COLUMNS = {
     'registration_mask_dice': ('Dice of the registered brain mask with the template brain '
                                'mask (n/a without registration)', '1'),
     'n_warnings': ('Number of QC warnings in the chi sidecar', '1'),
+    'phase_polarity_score': ('Pre-flight phase-polarity score, -1 to 1 (tail asymmetry of a '
+                             'quick chi map: positive when paramagnetic outliers such as '
+                             'veins dominate, as they should; n/a when undetermined)', '1'),
+    'phase_polarity_inverted': ('1 when the phase polarity looks inverted (score below the '
+                                'pre-flight threshold: a warning; paramagnetic sources would '
+                                'come out negative), 0 when not, n/a when undetermined', '1'),
 }
 #: Per-atlas columns (``atlas_<name>_<key>``).
 ATLAS_COLUMNS = {
@@ -72,7 +78,7 @@ ATLAS_COLUMNS = {
 
 def acquisition_qc(*, magnitude, brain_mask, mask, noise, local_field, chimap,
                    in_registered=None, template=None, template_mask=None, atlas_names=(),
-                   in_dsegs=(), atlas_images=()) -> dict:
+                   in_dsegs=(), atlas_images=(), polarity=None) -> dict:
     """The QC row of one acquisition from its files (paths); see :data:`COLUMNS`."""
     from qsmflow.interfaces import base
     from qsmflow.qsm.kernels import b0_dir_from_affine
@@ -121,6 +127,9 @@ def acquisition_qc(*, magnitude, brain_mask, mask, noise, local_field, chimap,
             moved, tpl.reshape(moved.shape), tmask)
         row['registration_mask_dice'] = metrics.dice(moved > 0, tmask)
     row['n_warnings'] = sum(1 for s in steps if (s.get('QC') or {}).get('Warning'))
+    row['phase_polarity_score'] = (polarity or {}).get('score', math.nan)
+    row['phase_polarity_inverted'] = (int(bool(polarity['inverted'])) if polarity
+                                      else math.nan)
     for name, dseg, atlas in zip(atlas_names, in_dsegs, atlas_images):
         native_lab, nimg = base.load(dseg)
         tpl_lab, timg = base.load(atlas)
