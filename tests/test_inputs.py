@@ -100,3 +100,37 @@ def test_real_imag_parts_are_found(tmp_path):
     acq = acqs['01'][0]
     assert errors == {} and acq.complex_parts == 'real/imag' and acq.phase_units == 'rad'
     assert acq.mag_files[0].endswith('sub-01_echo-1_part-real_MEGRE.nii.gz')
+
+
+def _add_coil_files(bids, subject='01'):
+    """Per-coil copies of the skeleton's echoes, named as dcm2niix/QSMxT write them."""
+    import shutil
+
+    anat = bids / f'sub-{subject}' / 'anat'
+    for path in sorted(anat.glob('*_MEGRE.*')):
+        for coil in ('01', '02'):
+            name = path.name.replace(f'sub-{subject}_', f'sub-{subject}_rec-uncombined_'
+                                     f'coil-{coil}_')
+            shutil.copy(path, anat / name)
+    return anat
+
+
+def test_uncombined_coil_files_are_set_aside_with_a_warning(tmp_path):
+    bids = _skeleton(tmp_path / 'ds', subjects=('01',))
+    _add_coil_files(bids)
+    acqs, errors = find_acquisitions(bids)
+    assert errors == {} and len(acqs['01']) == 1
+    acq = acqs['01'][0]
+    assert all('coil-' not in p for p in acq.mag_files + acq.phase_files)
+    assert any('coil-<n> file(s) ignored' in w for w in acq.warnings)
+
+
+def test_only_uncombined_coil_files_fail_with_one_line(tmp_path):
+    bids = _skeleton(tmp_path / 'ds', subjects=('01',))
+    anat = _add_coil_files(bids)
+    for path in anat.glob('sub-01_echo-*'):
+        path.unlink()
+    acqs, errors = find_acquisitions(bids)
+    assert acqs == {}
+    assert '_coil-01_' in errors['01'] and 'scanner-combined echoes' in errors['01']
+    assert '\n' not in errors['01']

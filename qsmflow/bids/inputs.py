@@ -19,6 +19,10 @@ from qsmflow.errors import InputError
 
 
 _LABEL_RE = re.compile(r'^[A-Za-z0-9]+$')
+#: Uncombined receive-coil images (``coil-<n>``; pybids has no such entity).
+_COIL_RE = re.compile(r'_coil-[0-9A-Za-z]+_')
+_COIL_FIX = ('uncombined receive-coil images (coil-<n>) are not combined by qsmflow yet; give '
+             'the scanner-combined echoes (files without coil-) or combine the coils first')
 
 
 @dataclass
@@ -237,6 +241,8 @@ def _subject_acquisitions(layout, spec, subject, session_labels, field_strength,
     except ValueError as exc:  # pybids: unknown entity in a filter
         raise InputError(f'BIDS filter {filters}: {exc}'.splitlines()[0] +
                          '; use BIDS entity names (session, acquisition, run, ...)') from None
+    coil_files = [f for f in files if _COIL_RE.search(Path(f.path).name)]
+    files = [f for f in files if f not in coil_files]
     groups: dict[tuple, dict] = {}
     for f in files:
         ents = f.get_entities()
@@ -249,6 +255,11 @@ def _subject_acquisitions(layout, spec, subject, session_labels, field_strength,
     for key in sorted(groups, key=lambda k: tuple(str(v) for _, v in k)):
         entities = {k: v for k, v in key if v is not None}
         acqs.append(_check_group(layout, spec, entities, groups[key], field_strength))
+    if coil_files and not acqs:
+        raise InputError(f'{coil_files[0].path}: {_COIL_FIX}')
+    for acq in acqs if coil_files else ():
+        acq.warnings.append(f'{len(coil_files)} coil-<n> file(s) ignored (e.g. '
+                            f'{Path(coil_files[0].path).name}): {_COIL_FIX}')
     return acqs
 
 
