@@ -115,22 +115,27 @@ def _add_coil_files(bids, subject='01'):
     return anat
 
 
-def test_uncombined_coil_files_are_set_aside_with_a_warning(tmp_path):
+def test_uncombined_coils_form_one_acquisition(tmp_path):
     bids = _skeleton(tmp_path / 'ds', subjects=('01',))
     _add_coil_files(bids)
     acqs, errors = find_acquisitions(bids)
-    assert errors == {} and len(acqs['01']) == 1
-    acq = acqs['01'][0]
-    assert all('coil-' not in p for p in acq.mag_files + acq.phase_files)
-    assert any('coil-<n> file(s) ignored' in w for w in acq.warnings)
+    assert errors == {} and len(acqs['01']) == 2
+    combined, coils = sorted(acqs['01'], key=lambda a: bool(a.coil_files))
+    assert combined.coil_files == [] and coils.entities['reconstruction'] == 'uncombined'
+    assert [[p.rsplit('_coil-', 1)[1] for p in mags + phases] for mags, phases in
+            coils.coil_files][1] == ['02_echo-1_part-mag_MEGRE.nii.gz',
+                                     '02_echo-2_part-mag_MEGRE.nii.gz',
+                                     '02_echo-1_part-phase_MEGRE.nii.gz',
+                                     '02_echo-2_part-phase_MEGRE.nii.gz']
+    assert coils.echo_times_s == [0.004, 0.012]
 
 
-def test_only_uncombined_coil_files_fail_with_one_line(tmp_path):
+def test_coil_missing_an_echo_fails_with_one_line(tmp_path):
     bids = _skeleton(tmp_path / 'ds', subjects=('01',))
     anat = _add_coil_files(bids)
-    for path in anat.glob('sub-01_echo-*'):
+    for path in anat.glob('*_coil-02_echo-2_part-phase_*'):
         path.unlink()
     acqs, errors = find_acquisitions(bids)
     assert acqs == {}
-    assert '_coil-01_' in errors['01'] and 'scanner-combined echoes' in errors['01']
-    assert '\n' not in errors['01']
+    assert 'coil-02 part-phase has echoes' in errors['01'] and 'add the missing file' in \
+        errors['01'] and '\n' not in errors['01']

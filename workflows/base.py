@@ -67,7 +67,10 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
     for field, value in (('mag_files', acq.mag_files), ('phase_files', acq.phase_files),
                          ('echo_times', acq.echo_times_s), ('b0_tesla', acq.b0_tesla),
                          ('phase_units', acq.phase_units)):
-        setattr(qsm_wf.inputs.inputnode, field, value)
+        if not (acq.coil_files and field in ('mag_files', 'phase_files', 'phase_units')):
+            setattr(qsm_wf.inputs.inputnode, field, value)
+    if acq.coil_files:  # uncombined coils: MCPC-3D-S before everything else
+        _connect_coil_combination(workflow, qsm_wf, acq, n_voxels)
     if pipeline['masking'].get('brain_masks'):
         qsm_wf.inputs.inputnode.brain_mask = acq.brain_mask
     if (pipeline.get('chi_separation') or {}).get('r2_maps'):
@@ -96,3 +99,19 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
     connect_reports(workflow, qsm_wf, acq=acq, output_dir=output_dir, regions_opts=regions_opts,
                     omp_nthreads=omp_nthreads)
     return workflow
+
+
+def _connect_coil_combination(workflow, qsm_wf, acq, n_voxels):
+    """Feed ``qsm_wf`` the MCPC-3D-S combination of ``acq.coil_files`` (4D, phase in rad)."""
+    from qsmflow.interfaces.coils import CombineCoils
+
+    n_echoes = len(acq.echo_times_s)
+    combine_coils = pe.Node(CombineCoils(coil_files=acq.coil_files,
+                                         echo_times=acq.echo_times_s,
+                                         phase_units=acq.phase_units),
+                            name='combine_coils', mem_gb=0.5 + 36e-9 * n_voxels * n_echoes)
+    qsm_wf.inputs.inputnode.phase_units = 'rad'
+    workflow.connect([
+        (combine_coils, qsm_wf, [('mag_files', 'inputnode.mag_files'),
+                                 ('phase_files', 'inputnode.phase_files')]),
+    ])  # fmt:skip

@@ -20,9 +20,7 @@ from qsmflow.errors import InputError
 
 _LABEL_RE = re.compile(r'^[A-Za-z0-9]+$')
 #: Uncombined receive-coil images (``coil-<n>``; pybids has no such entity).
-_COIL_RE = re.compile(r'_coil-[0-9A-Za-z]+_')
-_COIL_FIX = ('uncombined receive-coil images (coil-<n>) are not combined by qsmflow yet; give '
-             'the scanner-combined echoes (files without coil-) or combine the coils first')
+_COIL_RE = re.compile(r'_coil-([0-9A-Za-z]+)_')
 
 
 @dataclass
@@ -59,6 +57,11 @@ class Acquisition:
     #: The user's spin-echo R2 map in 1/s (``--r2-map``), found and checked by pre-flight;
     #: None for the scalar R2 of χ-separation.
     r2_map: str | None = None
+    #: Uncombined receive coils (``coil-<n>``): ``[(mag files, phase files), ...]`` per coil,
+    #: one file per echo in echo order; ``mag_files``/``phase_files`` are then the first
+    #: coil's (for pre-flight) and the run combines the coils first (MCPC-3D-S). Empty for
+    #: combined data.
+    coil_files: list = field(default_factory=list)
     #: Pre-flight phase-polarity check (:func:`qsmflow.qsm.polarity.polarity_score`:
     #: ``score``, ``inverted``, ...); None before pre-flight or when it could not say.
     polarity: dict | None = None
@@ -241,26 +244,58 @@ def _subject_acquisitions(layout, spec, subject, session_labels, field_strength,
     except ValueError as exc:  # pybids: unknown entity in a filter
         raise InputError(f'BIDS filter {filters}: {exc}'.splitlines()[0] +
                          '; use BIDS entity names (session, acquisition, run, ...)') from None
-    coil_files = [f for f in files if _COIL_RE.search(Path(f.path).name)]
-    files = [f for f in files if f not in coil_files]
     groups: dict[tuple, dict] = {}
     for f in files:
         ents = f.get_entities()
         part = ents.get('part')
         if part not in spec['parts'].values():
             continue
+        coil = _COIL_RE.search(Path(f.path).name)
         key = tuple((k, ents.get(k)) for k in spec['group_by'])
-        groups.setdefault(key, {}).setdefault(part, []).append(f)
+        groups.setdefault(key, {}).setdefault(coil and coil.group(1), {}).setdefault(
+            part, []).append(f)
     acqs = []
     for key in sorted(groups, key=lambda k: tuple(str(v) for _, v in k)):
         entities = {k: v for k, v in key if v is not None}
-        acqs.append(_check_group(layout, spec, entities, groups[key], field_strength))
-    if coil_files and not acqs:
-        raise InputError(f'{coil_files[0].path}: {_COIL_FIX}')
-    for acq in acqs if coil_files else ():
-        acq.warnings.append(f'{len(coil_files)} coil-<n> file(s) ignored (e.g. '
-                            f'{Path(coil_files[0].path).name}): {_COIL_FIX}')
+        coils = groups[key]
+        if None in coils and len(coils) > 1:
+            raise InputError(f'{coils[None][next(iter(coils[None]))][0].path}: combined and '
+                             'coil-<n> files share the same entities; give the coil files '
+                             'their own rec- label (e.g. rec-uncombined)')
+        if None in coils:
+            acqs.append(_check_group(layout, spec, entities, coils[None], field_strength))
+        else:
+            acqs.append(_check_coils(layout, spec, entities, coils, field_strength))
     return acqs
+
+
+def _check_coils(layout, spec, entities, coils, field_strength) -> Acquisition:
+    """The acquisition of uncombined coils ``{coil label: {part: [files]}}``: every coil
+    must have the first coil's echoes as magnitude and phase files (one per echo)."""
+    labels = sorted(coils, key=lambda c: (len(c), c))
+    acq = _check_group(layout, spec, entities, coils[labels[0]], field_strength)
+    anyfile = Path(acq.phase_files[0])
+    if acq.complex_parts != 'mag/phase' or acq.layout != 'echo' or len(acq.echo_times_s) < 2:
+        raise InputError(f'{anyfile}: uncombined coils need one part-mag and one part-phase '
+                         'file per echo and at least two echoes (MCPC-3D-S); export '
+                         'magnitude/phase per echo or use the scanner-combined images')
+    for label in labels:
+        parts = coils[label]
+        got = {p: sorted(str(e) for e in _by_echo(parts.get(spec['parts'][k], [])))
+               for p, k in (('mag', 'magnitude'), ('phase', 'phase'))}
+        want = sorted(str(i + 1) for i in range(len(acq.echo_times_s)))
+        for part, echoes in got.items():
+            if echoes != want:
+                missing = sorted(set(want) - set(echoes)) or sorted(set(echoes) - set(want))
+                raise InputError(f'{anyfile.parent}: coil-{label} part-{part} has echoes '
+                                 f'{echoes or "none"}, coil-{labels[0]} has {want} (echo '
+                                 f'{missing[0]} differs); add the missing file or remove '
+                                 f'coil-{label}')
+        acq.coil_files.append(tuple(
+            [str(f) for _, f in sorted(_by_echo(parts[spec['parts'][p]]).items(),
+                                       key=lambda kv: int(kv[0]))]
+            for p in ('magnitude', 'phase')))
+    return acq
 
 
 def _pick_parts(spec, parts) -> tuple[str, str]:

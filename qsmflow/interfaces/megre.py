@@ -65,10 +65,11 @@ class LoadMEGRE(SimpleInterface):
         mag, phase, n_bad = zero_nonfinite(mag, phase, copy=False)
         b0_dir = b0_dir_from_affine(ref.affine)
         rec = input_record(self.inputs, b0_dir, real_imag, n_bad)
+        steps = [*base.read_steps(self.inputs.phase_files[0]), rec]  # e.g. coil combination
         for key in ('magnitude', 'phase'):
             out = fname_presuffix('megre.nii.gz', suffix=f'_{key}', newpath=runtime.cwd)
             self._results[key] = base.save(mag if key == 'magnitude' else phase, ref, out,
-                                           steps=[rec])
+                                           steps=steps)
             mag = None  # written: freed before the phase is
         self._results.update(echo_times=list(self.inputs.echo_times),
                              b0_tesla=self.inputs.b0_tesla, b0_dir=b0_dir.tolist())
