@@ -504,3 +504,17 @@ def test_uncombined_coils_give_the_phantoms_chi(phantom_chi, tiny, tmp_path, run
     steps = _sidecar(anat / 'sub-01_rec-uncombined_Chimap.nii.gz')['QSMProcessing']
     combo = next(s for s in steps if s['Step'] == 'coil-combination')
     assert combo['NumberOfCoils'] == 4 and combo['Algorithm'].endswith('combine_coils_mcpc3ds')
+
+
+def test_a_coil_on_another_grid_fails_pre_flight_with_one_line(tiny, tmp_path):
+    from qsmflow.bids.inputs import find_acquisitions
+    from qsmflow.bids.preflight import preflight
+
+    root, (mag, phase, affine, _) = tiny
+    bids = _write_coils(root / 'raw', tmp_path / 'bids', mag[:, :, :20], phase[:, :, :20],
+                        affine, n_coils=2)
+    bad = next((bids / 'sub-01' / 'anat').glob('*_coil-02_echo-3_part-phase_MEGRE.nii.gz'))
+    nb.Nifti1Image(np.zeros((5, 5, 5), np.float32), affine).to_filename(bad)
+    acqs, failures = find_acquisitions(bids)
+    preflight(acqs, failures, log=lambda line: None)
+    assert acqs == {} and failures['01'].startswith(f'{bad}: shape (5, 5, 5) differs')

@@ -141,6 +141,7 @@ def check_images(acq: Acquisition) -> dict:
             acq.phase_units = infer_phase_units(lo, hi, integer, acq.phase_units)
         except ValueError as exc:
             raise InputError(f'{acq.phase_files[0]}: {exc}') from None
+    _check_coil_grids(acq, per_file, ref)
     zooms = tuple(float(z) for z in img0.header.get_zooms()[:3])
     polarity = check_polarity(acq, np.concatenate(volumes['mag'], -1),
                               np.concatenate(volumes['phase'], -1), img0.affine)
@@ -148,6 +149,21 @@ def check_images(acq: Acquisition) -> dict:
     return {'shape': ref[0], 'voxel_size_mm': zooms, 'n_echoes': n_echo,
             'phase_scaling': 'real/imag' if real_imag else acq.phase_units,
             'nonfinite': int(bad.sum()), 'polarity': polarity}
+
+
+def _check_coil_grids(acq: Acquisition, per_file: int, ref) -> None:
+    """Headers of the other coils' files (uncombined coils; the first coil's files are
+    ``acq.mag_files``/``phase_files``, checked in full) against the first coil's grid."""
+    import nibabel as nb
+
+    for mags, phases in acq.coil_files[1:]:
+        for path in [*mags, *phases]:
+            try:
+                img = nb.load(path)
+            except Exception as exc:  # nibabel raises several types for broken files
+                raise InputError(f'{path}: cannot read NIfTI header ({type(exc).__name__}); '
+                                 f'{_REEXPORT}') from None
+            _check_grid(path, img, per_file, ref)
 
 
 def check_polarity(acq: Acquisition, first, second, affine) -> dict | None:
