@@ -518,3 +518,14 @@ def test_a_coil_on_another_grid_fails_pre_flight_with_one_line(tiny, tmp_path):
     acqs, failures = find_acquisitions(bids)
     preflight(acqs, failures, log=lambda line: None)
     assert acqs == {} and failures['01'].startswith(f'{bad}: shape (5, 5, 5) differs')
+
+
+def test_compare_refuses_uncombined_coils_with_one_line(tiny, tmp_path, run_cli):
+    root, (mag, phase, affine, _) = tiny
+    bids = _write_coils(root / 'raw', tmp_path / 'bids', mag[:, :, :20], phase[:, :, :20],
+                        affine, n_coils=2)
+    (tmp_path / 'seg').mkdir()
+    res = run_cli('compare', bids, tmp_path / 'o', '--pipelines', 'default', 'consensus',
+                  '--segmentations', tmp_path / 'seg', '--skip-bids-validation')
+    assert res.returncode != 0
+    assert 'uncombined coils (coil-<n>) are not supported by compare' in res.stdout + res.stderr

@@ -106,6 +106,11 @@ def run_compare(bids_dir, out_dir, pipelines: dict, *, selection, segmentations=
     runs_acq, entities = [], {}
     for subject, acqs in acquisitions.items():
         try:
+            for acq in acqs:
+                if acq.coil_files:  # compare starts at LoadMEGRE: no coil combination
+                    raise InputError(f'{acq.mag_files[0]}: uncombined coils (coil-<n>) are not '
+                                     'supported by compare; run participant, or give the '
+                                     'scanner-combined echoes')
             runs = [{'acq_name': acq.name, 'mag_files': list(acq.mag_files),
                      'phase_files': list(acq.phase_files),
                      'echo_times': list(acq.echo_times_s), 'b0_tesla': float(acq.b0_tesla),
