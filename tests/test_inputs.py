@@ -34,6 +34,15 @@ def test_finds_echoes_in_order(tmp_path):
     assert acq.name == 'sub_01'
 
 
+@pytest.mark.parametrize('parent', ['perf', 'anat', 'func'])
+def test_dataset_under_a_folder_named_like_a_datatype(tmp_path, parent):
+    """pybids finds its ``datatype`` entity anywhere in the absolute path; qsmflow must not."""
+    bids = _skeleton(tmp_path / parent / 'ds', subjects=('01',))
+    acqs, errors = find_acquisitions(bids)
+    assert errors == {}
+    assert len(acqs['01'][0].phase_files) == 2
+
+
 def test_missing_echo_time_names_file_and_fix(tmp_path):
     bids = _skeleton(tmp_path / 'ds', subjects=('01', '02'))
     _edit(bids / 'sub-02/anat/sub-02_echo-2_part-phase_MEGRE.json', EchoTime=None)

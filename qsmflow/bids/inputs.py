@@ -233,8 +233,10 @@ def find_acquisitions(bids_dir, participant_labels=None, session_labels=None,
 
 
 def _subject_acquisitions(layout, spec, subject, session_labels, field_strength, filters):
-    query = dict(suffix=spec['suffix'], datatype=spec['datatype'],
-                 extension=spec['extensions'])
+    # The datatype is the file's folder, not pybids' ``datatype`` entity: pybids finds that
+    # entity anywhere in the absolute path, so a dataset under e.g. /data/perf/ or /scratch/anat/
+    # would lose (or gain) files.
+    query = dict(suffix=spec['suffix'], extension=spec['extensions'])
     query.update(filters)
     query.update(subject=subject, return_type='object')
     if session_labels:
@@ -246,6 +248,8 @@ def _subject_acquisitions(layout, spec, subject, session_labels, field_strength,
                          '; use BIDS entity names (session, acquisition, run, ...)') from None
     groups: dict[tuple, dict] = {}
     for f in files:
+        if Path(f.path).parent.name != spec['datatype']:
+            continue
         ents = f.get_entities()
         part = ents.get('part')
         if part not in spec['parts'].values():
