@@ -111,3 +111,34 @@ def test_build_needs_the_template_brain_mask(tmp_path):
         build_study_template(tmp_path, tmp_path, template='MNI152NLin2009cAsym',
                              template_files={'image': str(tmp_path / 'T1w.nii.gz'),
                                              'mask': None})
+
+
+def test_uncombined_coils_give_their_root_sum_of_squares_magnitude(tmp_path):
+    """A coil run's template magnitude is the coils' RSS (not the first coil alone)."""
+    from qsmflow.atlases.study_template import combined_magnitude_file
+    from qsmflow.bids.inputs import Acquisition
+
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    signal = rng.uniform(1.0, 2.0, (6, 5, 4, 2)).astype(np.float32)
+    ramp = np.linspace(0.2, 1.0, 6, dtype=np.float32)[:, None, None]
+    sensitivities = (ramp, 1.2 - ramp, np.full_like(ramp, 0.5))  # vary across the grid
+    coils = []
+    for c, sens in enumerate(sensitivities):
+        mags = []
+        for e in range(2):
+            path = tmp_path / f'coil{c}_echo{e}_mag.nii.gz'
+            nb.Nifti1Image(sens * signal[..., e], affine).to_filename(path)
+            mags.append(str(path))
+        coils.append((mags, []))
+    mask_path = tmp_path / 'mask.nii.gz'
+    nb.Nifti1Image(np.ones((6, 5, 4), np.uint8), affine).to_filename(mask_path)
+    acq = Acquisition(entities={'subject': '01'}, mag_files=coils[0][0],
+                      echo_times_s=[0.005, 0.010], coil_files=coils)
+    got = np.asarray(nb.load(combined_magnitude_file(
+        acq, str(mask_path), tmp_path / 'rss.nii.gz')).dataobj)
+    coil_rss = np.sqrt(sum(np.square(s) for s in sensitivities))
+    ref = coil_rss * np.sqrt(np.square(signal).sum(-1))  # over coils, then over echoes
+    np.testing.assert_allclose(got, ref / np.median(ref), rtol=1e-4)
+    first = sensitivities[0] * np.sqrt(np.square(signal).sum(-1))
+    assert not np.allclose(got, first / np.median(first), rtol=1e-2)

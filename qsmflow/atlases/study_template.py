@@ -111,13 +111,21 @@ def participant_inputs(out_dir: Path, bids_dir: Path, template: str,
 def combined_magnitude_file(acq, mask_path, dest) -> str:
     """The acquisition's root-sum-of-squares magnitude inside the first pass's brain mask,
     scaled to a median of 1 there (scanners and coils differ in scale), written to
-    ``dest``."""
+    ``dest``. Uncombined coils (``acq.coil_files``) are first joined by their
+    root-sum-of-squares per echo, as the reconstruction's combined magnitude is."""
     from qsmflow.interfaces.megre import part_of, read_volumes
     from qsmflow.interfaces.registration import combined_magnitude
 
     n_echo = len(acq.echo_times_s)
-    mag = read_volumes(acq.mag_files, n_echo)
-    if part_of(acq.mag_files[0]) == 'real':
+    if acq.coil_files:  # uncombined coils: root-sum-of-squares over the coils, per echo
+        mag = None
+        for coil_mag_files, _ in acq.coil_files:
+            sq = np.square(read_volumes(coil_mag_files, n_echo))
+            mag = sq if mag is None else np.add(mag, sq, out=mag)
+        mag = np.sqrt(mag, out=mag)
+    else:
+        mag = read_volumes(acq.mag_files, n_echo)
+    if not acq.coil_files and part_of(acq.mag_files[0]) == 'real':
         mag = np.hypot(mag, read_volumes(acq.phase_files, n_echo))
     mag = np.nan_to_num(mag, nan=0.0, posinf=0.0, neginf=0.0)
     mask_img = nb.load(mask_path)
