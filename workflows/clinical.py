@@ -80,9 +80,8 @@ def init_clinical_wf(*, output_dir: str, entities: dict, source_files: list,
     out_files : list of str
         Stored derivatives.
     """
-    from qsmflow.interfaces.bids import DerivativesSink
+    from qsmflow.interfaces.bids import DerivativesSink, FileSink
     from qsmflow.interfaces.clinical import OEF, Foci, Venography
-    from qsmflow.interfaces.regions import FileSink
     from qsmflow.qsm import veins as veins_mod
 
     gb = n_voxels * 4 / 1e9

@@ -90,8 +90,8 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
     stats : str
         Stored ``_stats.tsv``.
     """
-    from qsmflow.interfaces.bids import DerivativesSink
-    from qsmflow.interfaces.regions import FileSink, RegionalStats
+    from qsmflow.interfaces.bids import DerivativesSink, FileSink
+    from qsmflow.interfaces.regions import RegionalStats
     from qsmflow.qsm.regions import MIN_ERODED_VOXELS
 
     workflow = pe.Workflow(name=name)

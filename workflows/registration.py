@@ -158,8 +158,7 @@ def init_registration_wf(*, template: str, template_image: str, template_mask: s
     study_affine, study_warp, study_inverse_warp : str
         With ``study``: the transforms native → study template.
     """
-    from qsmflow.interfaces.bids import DerivativesSink
-    from qsmflow.interfaces.regions import FileSink
+    from qsmflow.interfaces.bids import DerivativesSink, FileSink
     from qsmflow.interfaces.registration import ApplyTransforms, RegisterToTemplate
 
     workflow = pe.Workflow(name=name)

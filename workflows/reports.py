@@ -44,7 +44,7 @@ def init_qsm_reports_wf(*, output_dir: str, entities: dict, registration: bool =
     dsegs : list of str
         Native labels of ``atlases``, in order.
     """
-    from qsmflow.interfaces.regions import FileSink
+    from qsmflow.interfaces.bids import FileSink
     from qsmflow.interfaces.reports import FigureSink, QCMetrics, Reportlets
 
     workflow = pe.Workflow(name=name)

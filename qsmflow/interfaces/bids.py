@@ -14,31 +14,48 @@ from qsmflow.bids.atomic import copy_file as atomic_copy
 from qsmflow.interfaces import base
 
 
-class _SinkInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc='image to store')
+class _FileSinkInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc='file to store')
     base_directory = traits.Str(mandatory=True, desc='root of the derivatives dataset')
     kind = traits.Str(mandatory=True, desc='output kind, a key of bids_specs/outputs.json')
-    entities = traits.Dict(mandatory=True, desc='BIDS entities of the source acquisition')
+    entities = traits.Dict(mandatory=True, desc='BIDS entities of the output')
+
+
+class _SinkInputSpec(_FileSinkInputSpec):
     source_files = traits.List(traits.Str, desc='raw files this output derives from')
     bids_dir = traits.Str(desc='root of the raw dataset (for relative Sources)')
 
 
 class _SinkOutputSpec(TraitedSpec):
-    out_file = traits.Str(desc='path of the stored derivative')
+    out_file = traits.Str(desc='path of the stored file')
 
 
-class DerivativesSink(SimpleInterface):
-    """Copy an image and its provenance sidecar to its BIDS-derivatives name, atomically."""
+class FileSink(SimpleInterface):
+    """Copy a file (table, sidecar, lookup table, transform) to its BIDS name, atomically."""
 
-    input_spec = _SinkInputSpec
+    input_spec = _FileSinkInputSpec
     output_spec = _SinkOutputSpec
     always_run = True
 
     def _run_interface(self, runtime):
+        self._results['out_file'] = str(self._store())
+        return runtime
+
+    def _store(self) -> Path:
         dest = bids_specs.output_path(self.inputs.base_directory, self.inputs.kind,
                                       self.inputs.entities)
         dest.parent.mkdir(parents=True, exist_ok=True)
         atomic_copy(self.inputs.in_file, dest)
+        return dest
+
+
+class DerivativesSink(FileSink):
+    """Copy an image and its provenance sidecar to its BIDS-derivatives name, atomically."""
+
+    input_spec = _SinkInputSpec
+
+    def _run_interface(self, runtime):
+        dest = self._store()
         meta = _read(base.sidecar_of(self.inputs.in_file))
         meta.update(bids_specs.load('outputs')['outputs'][self.inputs.kind]['meta'])
         if self.inputs.source_files:

@@ -342,32 +342,3 @@ def _read_json(path) -> dict:
             return json.load(fobj)
     except (OSError, ValueError):
         return {}
-
-
-class _FileSinkInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc='file to store as is')
-    base_directory = traits.Str(mandatory=True, desc='root of the derivatives dataset')
-    kind = traits.Str(mandatory=True, desc='output kind, a key of bids_specs/outputs.json')
-    entities = traits.Dict(mandatory=True, desc='BIDS entities of the output')
-
-
-class _FileSinkOutputSpec(TraitedSpec):
-    out_file = traits.Str(desc='path of the stored file')
-
-
-class FileSink(SimpleInterface):
-    """Copy a file (table, sidecar, lookup table, transform) to its BIDS name, atomically."""
-
-    input_spec = _FileSinkInputSpec
-    output_spec = _FileSinkOutputSpec
-    always_run = True
-
-    def _run_interface(self, runtime):
-        from qsmflow.interfaces.bids import atomic_copy
-
-        dest = bids_specs.output_path(self.inputs.base_directory, self.inputs.kind,
-                                      self.inputs.entities)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_copy(self.inputs.in_file, dest)
-        self._results['out_file'] = str(dest)
-        return runtime
