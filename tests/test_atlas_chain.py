@@ -197,10 +197,11 @@ def test_template_transform_is_cached_once_and_reused(chain):
     """The first run computes SUIT → QSMPhantom into QSMFLOW_CACHE; the second (fresh
     work folder, another participant) reads it: the files are untouched, none is added."""
     first, second = chain['cache_first'], chain['cache_second']
-    warps = [n for n in first if n.endswith('_warp.nii.gz')]
+    warps = [n for n in first if n.endswith('_warp.nii.gz') and '_inverse_' not in n]
     assert len(warps) == 1 and warps[0].startswith('from-SUIT_to-QSMPhantom_'), first
     key = warps[0][:-len('_warp.nii.gz')]
-    assert set(first) == {f'{key}_warp.nii.gz', f'{key}_affine.mat', f'{key}.json'}
+    assert set(first) == {f'{key}_warp.nii.gz', f'{key}_inverse_warp.nii.gz',
+                          f'{key}_affine.mat', f'{key}.json'}
     assert second == first  # same names, inodes and modification times
     record = json.loads((chain['root'] / 'cache' / 'xfm' / f'{key}.json').read_text())
     assert record['From'] == 'SUIT' and record['To'] == 'QSMPhantom'
