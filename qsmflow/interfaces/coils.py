@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nb
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits)
 
@@ -36,17 +37,22 @@ class CombineCoils(SimpleInterface):
     def _run_interface(self, runtime):
         import numpy as np
 
+        from qsmflow.interfaces.megre import read_volumes
         from qsmflow.qsm.coil_combination import combine_coils_mcpc3ds
         from qsmflow.qsm.phase import to_radians
 
         coils = self.inputs.coil_files
-        ref = base.load(coils[0][0][0])[1]
+        n_echo = len(self.inputs.echo_times)
+        ref = nb.load(coils[0][0][0])
+
+        def read(files):  # one preallocated stack per coil and part, NaN/Inf as 0
+            return np.nan_to_num(read_volumes(files, n_echo), copy=False, nan=0.0,
+                                 posinf=0.0, neginf=0.0)
 
         def load_coil(c):
             mags, phases = coils[c]
-            mag = np.stack([base.load(p)[0] for p in mags], -1)
-            phase = np.stack([base.load(p)[0] for p in phases], -1)
-            return mag, to_radians(phase, self.inputs.phase_units, out=phase)
+            phase = read(phases)
+            return read(mags), to_radians(phase, self.inputs.phase_units, out=phase)
 
         params = {'echo_times_s': list(self.inputs.echo_times)}
         mag, phase = combine_coils_mcpc3ds(load_coil, len(coils), base.voxel_size(ref),
