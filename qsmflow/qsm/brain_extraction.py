@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from qsmflow.qsm._morphology import distance_transform as _distance_transform
 from qsmflow.qsm._morphology import fill_holes as _fill_holes
 from qsmflow.qsm._morphology import largest_component as _largest_component
 from qsmflow.qsm._morphology import otsu as _otsu
@@ -226,23 +227,23 @@ def _brain_intensity(mag, vox):
 
 def _ball_erode(mask, vox, radius_mm):
     """Erosion by a ball of ``radius_mm`` (exact Euclidean distance; grid faces are outside)."""
-    return ndi.distance_transform_edt(np.pad(mask, 1), sampling=vox)[1:-1, 1:-1, 1:-1] > radius_mm
+    return _distance_transform(np.pad(mask, 1), vox)[1:-1, 1:-1, 1:-1] > radius_mm
 
 
 def _ball_dilate(mask, vox, radius_mm):
     """Dilation by a ball of ``radius_mm`` (exact Euclidean distance)."""
-    return ndi.distance_transform_edt(~mask, sampling=vox) <= radius_mm
+    return _distance_transform(~mask, vox) <= radius_mm
 
 
 def _separate(tissue, head, vox, radii, max_voxels, margin_mm, max_share):
     """Adaptive opening (step 4): the first brain-like reconstruction, else the one with
     the least share near the head surface."""
-    dist = ndi.distance_transform_edt(np.pad(tissue, 1), sampling=vox)[1:-1, 1:-1, 1:-1]
+    dist = _distance_transform(np.pad(tissue, 1), vox)[1:-1, 1:-1, 1:-1]
     shallow = None
     if head is not None and not head.all():
         # near the head surface; the grid's faces are not a surface (neck or crop cut by the
         # field of view)
-        shallow = ndi.distance_transform_edt(head, sampling=vox) <= margin_mm
+        shallow = _distance_transform(head, vox) <= margin_mm
     best, best_share = None, np.inf
     for radius in radii:
         core = dist > radius
@@ -434,7 +435,7 @@ def mask_qc(
     voxel_ml = float(vox.prod()) / 1000.0
     share = 0.0
     if frac.sum() > 0:
-        depth = ndi.distance_transform_edt(head, sampling=cvox)
+        depth = _distance_transform(head, cvox)
         share = float(frac[depth <= band_mm].sum() / frac.sum())
     volume = n * voxel_ml
     head_like = bool(share > max_surface_share or volume > max_volume_ml)

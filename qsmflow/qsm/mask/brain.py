@@ -249,7 +249,7 @@ def csf_mask(
         raise ValueError('mask is empty')
     r2 = r2star_map(mag, msk, echo_times_s=echo_times_s)
     box = bounding_box(msk, 1)
-    depth = ndi.distance_transform_edt(msk[box], sampling=vox)
+    depth = morph.distance_transform(msk[box], vox)
     first = mag[..., 0][box]
     cand = (msk[box] & (depth >= min_depth_mm) & (r2[box] < max_r2star_hz)
             & (first >= np.median(first[msk[box]])))
