@@ -129,23 +129,28 @@ def otsu(values, nbins=256) -> float:
 
 
 @numba.njit(parallel=True, cache=True)
-def _edt_pass(f, step_mm):  # pragma: no cover - compiled
+def _edt_pass(f, step_mm, idx):  # pragma: no cover - compiled
     """Squared-distance lower envelope along the last axis of ``f`` (in place).
 
     ``f[i, j, p] <- min_q f[i, j, q] + ((p - q) · step_mm)²``, exactly (Felzenszwalb &
-    Huttenlocher 2012, parabolas through the finite ``f[q]`` only); one line per
-    iteration, the lines of ``f[i]`` on one thread, so the result does not depend on the
-    thread count.
+    Huttenlocher 2012, parabolas through the finite ``f[q]`` only), and
+    ``idx[:, i, j, p] <- idx[:, i, j, q]`` at the minimising ``q`` (``idx`` may have no
+    rows); one line per iteration, the lines of ``f[i]`` on one thread, so the result does
+    not depend on the thread count.
     """
     n0, n1, n = f.shape
+    nc = idx.shape[0]
     s2 = step_mm * step_mm
     for i in numba.prange(n0):
         v = np.empty(n, np.int64)  # apexes of the envelope's parabolas
         z = np.empty(n + 1)  # where parabola k takes over from k - 1 (in units of voxels)
         line = np.empty(n)
+        carried = np.empty((nc, n), idx.dtype)
         for j in range(n1):
             for q in range(n):
                 line[q] = f[i, j, q]
+                for c in range(nc):
+                    carried[c, q] = idx[c, i, j, q]
             k = -1
             for q in range(n):
                 fq = line[q]
@@ -170,6 +175,8 @@ def _edt_pass(f, step_mm):  # pragma: no cover - compiled
                     m += 1
                 d = p - v[m]
                 f[i, j, p] = line[v[m]] + s2 * d * d
+                for c in range(nc):
+                    idx[c, i, j, p] = carried[c, v[m]]
 
 
 def distance_transform(mask, voxel_size) -> np.ndarray:
@@ -191,7 +198,29 @@ def distance_transform(mask, voxel_size) -> np.ndarray:
     vox = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
     if mask.ndim != 3 or mask.all():
         return ndi.distance_transform_edt(mask, sampling=vox)
+    return np.sqrt(_squared_transform(mask, vox, np.empty((0,) + mask.shape, np.int32)))
+
+
+def feature_transform(mask, voxel_size) -> np.ndarray:
+    """Index of the nearest voxel outside ``mask`` (in mm) for every voxel, as the
+    ``(3, n0, n1, n2)`` int32 array :func:`scipy.ndimage.distance_transform_edt`
+    ``(mask, sampling=voxel_size, return_distances=False, return_indices=True)`` returns
+    (where two voxels are equally near, either may be given), computed in parallel as
+    :func:`distance_transform`.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    vox = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
+    if mask.ndim != 3 or mask.all():
+        return ndi.distance_transform_edt(mask, sampling=vox, return_distances=False,
+                                          return_indices=True)
+    idx = np.indices(mask.shape, np.int32)
+    _squared_transform(mask, vox, idx)
+    return idx
+
+
+def _squared_transform(mask, vox, idx):
+    """Squared distances (mm²) of :func:`distance_transform`; carries ``idx`` along."""
     f = np.where(mask, np.inf, 0.0)
     for axis in (2, 1, 0):  # the last axis first: its lines are contiguous
-        _edt_pass(np.moveaxis(f, axis, 2), float(vox[axis]))
-    return np.sqrt(f, out=f)
+        _edt_pass(np.moveaxis(f, axis, 2), float(vox[axis]), np.moveaxis(idx, axis + 1, 3))
+    return f

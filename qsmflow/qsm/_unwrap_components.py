@@ -4,7 +4,7 @@ axis and the 2π alignment of separately grown components."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
+from qsmflow.qsm._morphology import feature_transform
 
 
 def _axis_pairs(axis):
@@ -40,8 +40,7 @@ def _align_components(out, label, n_comp, vox):
     sizes[0] = 0
     ref = int(np.argmax(sizes))
     in_ref = label == ref
-    idx = ndi.distance_transform_edt(~in_ref, sampling=vox, return_distances=False,
-                                     return_indices=True)
+    idx = feature_transform(~in_ref, vox)
     other = (label > 0) & ~in_ref
     lab = label[other]
     near = tuple(i[other] for i in idx)

@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from qsmflow.qsm import threads
-from qsmflow.qsm._morphology import distance_transform
+from qsmflow.qsm._morphology import distance_transform, feature_transform
 
 
 @pytest.mark.parametrize('shape, vox', [((20, 30, 25), (1.0, 1.0, 1.0)),
@@ -31,3 +31,20 @@ def test_thread_count_does_not_change_the_result_and_full_masks_fall_back():
     assert np.array_equal(one, two) and one.max() > 5
     full = np.ones((4, 5, 6), bool)
     assert np.array_equal(distance_transform(full, 1.0), ndi.distance_transform_edt(full))
+
+
+@pytest.mark.parametrize('vox', [(1.0, 1.0, 1.0), (0.7, 1.3, 2.0)])
+def test_feature_transform_gives_a_nearest_background_voxel(vox):
+    mask = np.random.default_rng(3).random((17, 9, 33)) < 0.97
+    mask.flat[5] = False
+    ours = feature_transform(mask, vox)
+    theirs = ndi.distance_transform_edt(mask, sampling=vox, return_distances=False,
+                                        return_indices=True)
+    grid = np.indices(mask.shape)
+
+    def dist(idx):
+        return np.sqrt(sum(((idx[a] - grid[a]) * vox[a]) ** 2 for a in range(3)))
+
+    assert ours.shape == theirs.shape and ours.dtype == np.int32
+    assert not mask[tuple(ours)].any()  # every index is a background voxel ...
+    np.testing.assert_allclose(dist(ours), dist(theirs), rtol=1e-13)  # ... and a nearest one
