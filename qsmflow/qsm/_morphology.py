@@ -201,21 +201,24 @@ def distance_transform(mask, voxel_size) -> np.ndarray:
     return np.sqrt(_squared_transform(mask, vox, np.empty((0,) + mask.shape, np.int32)))
 
 
-def feature_transform(mask, voxel_size) -> np.ndarray:
-    """Index of the nearest voxel outside ``mask`` (in mm) for every voxel, as the
-    ``(3, n0, n1, n2)`` int32 array :func:`scipy.ndimage.distance_transform_edt`
-    ``(mask, sampling=voxel_size, return_distances=False, return_indices=True)`` returns
-    (where two voxels are equally near, either may be given), computed in parallel as
-    :func:`distance_transform`.
+def nearest_outside(mask, voxel_size) -> np.ndarray:
+    """Flat (C-order) index of the nearest voxel outside ``mask`` (in mm), for every voxel.
+
+    The voxels that :func:`scipy.ndimage.distance_transform_edt` ``(mask,
+    sampling=voxel_size, return_indices=True)`` names (where two voxels are equally near,
+    either may be given), as one integer per voxel (int32 below 2³¹ voxels), not three, computed in parallel as
+    :func:`distance_transform`; ``np.unravel_index`` gives the indices.
     """
     mask = np.asarray(mask, dtype=bool)
     vox = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
     if mask.ndim != 3 or mask.all():
-        return ndi.distance_transform_edt(mask, sampling=vox, return_distances=False,
-                                          return_indices=True)
-    idx = np.indices(mask.shape, np.int32)
-    _squared_transform(mask, vox, idx)
-    return idx
+        idx = ndi.distance_transform_edt(mask, sampling=vox, return_distances=False,
+                                         return_indices=True)
+        return np.ravel_multi_index(tuple(idx), mask.shape)
+    flat = np.arange(mask.size, dtype=np.int32 if mask.size < 2**31 else np.int64)
+    flat = flat.reshape((1,) + mask.shape)
+    _squared_transform(mask, vox, flat)
+    return flat[0]
 
 
 def _squared_transform(mask, vox, idx):

@@ -4,7 +4,7 @@ axis and the 2π alignment of separately grown components."""
 from __future__ import annotations
 
 import numpy as np
-from qsmflow.qsm._morphology import feature_transform
+from qsmflow.qsm._morphology import nearest_outside
 
 
 def _axis_pairs(axis):
@@ -40,11 +40,9 @@ def _align_components(out, label, n_comp, vox):
     sizes[0] = 0
     ref = int(np.argmax(sizes))
     in_ref = label == ref
-    idx = feature_transform(~in_ref, vox)
     other = (label > 0) & ~in_ref
     lab = label[other]
-    near = tuple(i[other] for i in idx)
-    del idx
+    near = np.unravel_index(nearest_outside(~in_ref, vox)[other], label.shape)
     where = np.nonzero(other)
     d = _distances_mm(near, where, vox)
     pred = out[near].astype(np.float64)
