@@ -206,8 +206,9 @@ def nearest_outside(mask, voxel_size) -> np.ndarray:
 
     The voxels that :func:`scipy.ndimage.distance_transform_edt` ``(mask,
     sampling=voxel_size, return_indices=True)`` names (where two voxels are equally near,
-    either may be given), as one integer per voxel (int32 below 2³¹ voxels), not three, computed in parallel as
-    :func:`distance_transform`; ``np.unravel_index`` gives the indices.
+    either may be given), as one integer per voxel (int32 below 2³¹ voxels), not three,
+    computed in parallel as :func:`distance_transform`; ``np.unravel_index`` gives the
+    indices.
     """
     mask = np.asarray(mask, dtype=bool)
     vox = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
