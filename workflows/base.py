@@ -11,7 +11,11 @@ def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipel
     """Build the participant-level workflow for a list of acquisitions.
 
     Each acquisition gets its own sub-workflow (``<sub_ses_acq_run>_wf``), so that a
-    failure in one leaves the others running; Nipype's plugin runs them in parallel.
+    failure in one leaves the others running; Nipype's plugin runs them in parallel. The
+    acquisitions of a session share one template registration: each but the first is
+    registered rigidly to the first and goes through its registration
+    (:func:`qsmflow.workflows.registration.session_references`), so a failure of the first
+    one's registration also fails the others' labels and tables.
 
     Parameters
     ----------
@@ -33,16 +37,28 @@ def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipel
         Template registration, atlases and regional tables (see
         :func:`init_single_acquisition_wf`); None skips them.
     """
+    from qsmflow.execution.staging import name_prefix
+    from qsmflow.workflows.registration import registers, session_references, through_run_edges
+
     workflow = pe.Workflow(name=name)
+    references = session_references(acquisitions) if registers(regions_opts) else {}
+    acq_wfs = {}
     for acq in acquisitions:
-        workflow.add_nodes([init_single_acquisition_wf(
+        reference = references.get(acq.name)
+        acq_wfs[acq.name] = init_single_acquisition_wf(
             acq=acq, output_dir=output_dir, bids_dir=bids_dir, pipeline=pipeline,
-            omp_nthreads=omp_nthreads, regions_opts=regions_opts)])
+            omp_nthreads=omp_nthreads, regions_opts=regions_opts,
+            reference_run=name_prefix(reference) if reference else None)
+        workflow.add_nodes([acq_wfs[acq.name]])
+    for name, reference in references.items():
+        workflow.connect([(acq_wfs[reference.name], acq_wfs[name],
+                           through_run_edges(regions_opts))])
     return workflow
 
 
 def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline: dict,
                                omp_nthreads: int = 1, regions_opts: dict | None = None,
+                               reference_run: str | None = None,
                                name: str | None = None) -> pe.Workflow:
     """Reconstruction and derivatives of one acquisition, inputs filled in.
 
@@ -55,6 +71,11 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
         ``template`` (templateflow name; None skips registration), ``template_files``,
         ``atlases`` (list of atlas dicts from :func:`qsmflow.atlases.specs.resolve_atlases`),
         ``erode`` (bool): :func:`qsmflow.atlases.options.regions_options`.
+    reference_run : str, optional
+        The session's reference run this one is registered through (its name,
+        ``sub-01_run-1``; :func:`qsmflow.workflows.registration.connect_regions`); the
+        caller connects that run's workflow
+        (:func:`qsmflow.workflows.registration.through_run_edges`).
     """
     from qsmflow.workflows.clinical import clinical_enabled, connect_clinical
     from qsmflow.workflows.outputs import init_qsm_derivatives_wf, qsm_outputs
@@ -93,7 +114,8 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
         segmentation = (acq.segmentation, acq.segmentation_lut) if acq.segmentation else None
         connect_regions(workflow, qsm_wf, acq=acq, output_dir=output_dir,
                         regions_opts=regions_opts, segmentation=segmentation,
-                        omp_nthreads=omp_nthreads, maps=table_maps(outputs))
+                        omp_nthreads=omp_nthreads, maps=table_maps(outputs),
+                        reference_run=reference_run)
     from qsmflow.workflows.reports import connect_reports
 
     connect_reports(workflow, qsm_wf, acq=acq, output_dir=output_dir, regions_opts=regions_opts,

@@ -119,7 +119,7 @@ def connect_reports(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
             reports_wf.inputs.qc_metrics.template_mask = files['mask']
             reports_wf.inputs.reportlets.template_mask = files['mask']
         workflow.connect([
-            (reg_wf, to_template, [('register.moving', 'in_file'),
+            (reg_wf, to_template, [('outputnode.moving', 'in_file'),
                                    ('fwd_list.out', 'transforms')]),
             (to_template, reports_wf, [('out_file', 'inputnode.registered')]),
         ])  # fmt:skip

@@ -21,7 +21,7 @@ def regions_options(regions) -> dict:
     -------
     dict
         ``erode``, ``refine``, ``segment`` (``--segment-nuclei``) and ``fast``
-        (``--fast-registration``) (bool), ``template``
+        (``--fast-registration``) (bool), ``pyramid`` (``--registration-pyramid``), ``template``
         (name, or None: no registration), ``study_template`` (``--study-template``: its
         files, :func:`qsmflow.atlases.study_template.find_study_template`, or None),
         ``template_files`` (:func:`qsmflow.atlases.specs.template_files`) and ``atlases``
@@ -34,6 +34,7 @@ def regions_options(regions) -> dict:
     out = {'erode': bool(regions.erode), 'refine': bool(regions.refine_nuclei),
            'segment': bool(regions.segment_nuclei),
            'fast': bool(regions.fast_registration),
+           'pyramid': regions.registration_pyramid,
            'template': None, 'atlases': [], 'study_template': None}
     if regions.skip_registration:
         return out

@@ -182,6 +182,7 @@ def regions_from_args(opts, *, templateflow_home=None) -> RegionsConfig:
         refine_nuclei=bool(opts.refine_nuclei),
         segment_nuclei=bool(opts.segment_nuclei),
         fast_registration=bool(opts.fast_registration),
+        registration_pyramid=opts.registration_pyramid,
         skip_registration=bool(opts.skip_registration),
         templateflow_home=Path(templateflow_home) if templateflow_home else None,
         study_template=study, build_study_template=bool(opts.build_study_template),

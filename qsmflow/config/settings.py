@@ -152,6 +152,10 @@ class RegionsConfig:
     #: Registrations on every allowed thread (``--fast-registration``): faster, but not
     #: bitwise reproducible.
     fast_registration: bool = False
+    #: Registration settings (``--registration-pyramid``): a key of
+    #: :data:`qsmflow.interfaces.registration.PYRAMIDS` (``'quick'``: linear stages at low
+    #: resolution only, about 20 % less CPU, mean Dice −0.004 on the real-anatomy phantom).
+    registration_pyramid: str = 'default'
     #: No template registration (``--skip-registration``).
     skip_registration: bool = False
     #: Folder the templateflow client is rooted at; None: ``$TEMPLATEFLOW_HOME`` or
