@@ -10,8 +10,11 @@ seeded and single-threaded, so that it is bitwise reproducible (``--fast N``: as
 ``--fast-registration``, on N threads; ``--pyramid quick``: the cheaper
 :data:`~qsmflow.interfaces.registration.REGISTRATION_QUICK`). Then the χ-driven
 refinement of the atlas labels (:func:`~qsmflow.interfaces.registration.refine_to_prior`,
-the phantom's true χ map to the prior of the template's atlas) is timed the same way.
-Each prints its wall time and the CPU time of its process.
+the phantom's true χ map to the prior of the template's atlas) is timed the same way, and
+the rigid registration that brings another run of the session to this one instead of a
+registration of its own (:data:`~qsmflow.interfaces.registration.RIGID_TO_RUN`; the same
+head moved by :data:`SECOND_RUN_POSE`). Each prints its wall time and the CPU time of its
+process.
 """
 from __future__ import annotations
 
@@ -23,6 +26,10 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
+
+
+#: Pose of the benchmark's second run of the session against the first (a head that moved).
+SECOND_RUN_POSE = {'pitch_deg': 3.0, 'yaw_deg': -2.0, 'shift_mm': (2.0, -1.5, 3.0)}
 
 
 def _moving(head, tes_s, affine) -> nb.Nifti1Image:
@@ -44,18 +51,17 @@ def main(argv=None) -> int:
     from qsmflow.cli.demo import DEMO_POSE
     from qsmflow.interfaces.regions import read_lut
     from qsmflow.interfaces.registration import (
-        REGISTRATION, REGISTRATION_QUICK, refine_to_prior, register, registration_threads,
-        write_prior)
+        PYRAMIDS, RIGID_TO_RUN, refine_to_prior, register, registration_threads, write_prior)
     from qsmflow.phantom.bids import DEFAULT_ECHO_TIMES_S, oblique_affine
     from qsmflow.phantom.head import make_head
-    from qsmflow.phantom.template import write_template
+    from qsmflow.phantom.template import pose_affine, write_template
 
     parser = argparse.ArgumentParser(prog='python -m qsmflow.bench.registration')
     parser.add_argument('--size', choices=['full', 'small', 'tiny'], default='full')
     parser.add_argument('--template-size', choices=['full', 'small', 'tiny'], default='small')
-    parser.add_argument('--pyramid', choices=['default', 'quick'], default='default',
-                        help='registration settings: REGISTRATION (default) or the cheaper '
-                             'REGISTRATION_QUICK of qsmflow.interfaces.registration')
+    parser.add_argument('--pyramid', choices=list(PYRAMIDS), default='default',
+                        help='registration settings (--registration-pyramid): PYRAMIDS of '
+                             'qsmflow.interfaces.registration')
     parser.add_argument('--fast', type=int, metavar='N', default=None,
                         help='--fast-registration with N threads (default: reproducible, '
                              'one thread)')
@@ -75,8 +81,16 @@ def main(argv=None) -> int:
         xfm = register(folder / f'tpl-QSMPhantom_{res}_T1w.nii.gz', tmp / 'moving.nii.gz', tmp,
                        fixed_mask=folder / f'tpl-QSMPhantom_{res}_desc-brain_mask.nii.gz',
                        nthreads=opts.fast or 1, fast=bool(opts.fast),
-                       settings=REGISTRATION_QUICK if opts.pyramid == 'quick' else REGISTRATION)
+                       settings=PYRAMIDS[opts.pyramid])
         seconds, cpu = time.perf_counter() - t0, _children_cpu_s() - c0
+        second = nb.load(tmp / 'moving.nii.gz')
+        nb.Nifti1Image(np.asarray(second.dataobj), pose_affine(second.affine, **SECOND_RUN_POSE)
+                       ).to_filename(tmp / 'second.nii.gz')
+        (tmp / 'rigid').mkdir()
+        t0, c0 = time.perf_counter(), _children_cpu_s()
+        register(tmp / 'moving.nii.gz', tmp / 'second.nii.gz', tmp / 'rigid',
+                 nthreads=opts.fast or 1, fast=bool(opts.fast), settings=RIGID_TO_RUN)
+        rigid_s, rigid_cpu = time.perf_counter() - t0, _children_cpu_s() - c0
         prior = write_prior(folder / f'tpl-QSMPhantom_{res}_atlas-Phantom_dseg.nii.gz',
                             read_lut(folder / 'tpl-QSMPhantom_atlas-Phantom_dseg.tsv'),
                             tmp / 'prior.nii.gz')
@@ -90,6 +104,8 @@ def main(argv=None) -> int:
           f'{seconds:.1f} s '
           f'({cpu:.1f} s CPU)')
     print(f'chi-driven refinement of the atlas nuclei: {refine_s:.1f} s ({refine_cpu:.1f} s CPU)')
+    print(f'another run of the session, rigidly to this one (RIGID_TO_RUN) instead of its own '
+          f'registration: {rigid_s:.1f} s ({rigid_cpu:.1f} s CPU)')
     return 0
 
 

@@ -253,7 +253,7 @@ def _add_regions_arguments(parser) -> None:
     group.add_argument('--registration-pyramid', choices=['default', 'quick'],
                        default='default',
                        help='registration settings: quick runs the rigid and affine stages at '
-                            'about 8 and 4 mm only (about 20%% less CPU, bitwise reproducible; '
+                            'about 8 and 4 mm only (20-30%% less CPU, bitwise reproducible; '
                             'atlas labels\' mean Dice 0.004 lower on the real-anatomy '
                             'phantom; default: %(default)s)')
 

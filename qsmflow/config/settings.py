@@ -154,7 +154,7 @@ class RegionsConfig:
     fast_registration: bool = False
     #: Registration settings (``--registration-pyramid``): a key of
     #: :data:`qsmflow.interfaces.registration.PYRAMIDS` (``'quick'``: linear stages at low
-    #: resolution only, about 20 % less CPU, mean Dice −0.004 on the real-anatomy phantom).
+    #: resolution only, 20–30 % less CPU, mean Dice −0.004 on the real-anatomy phantom).
     registration_pyramid: str = 'default'
     #: No template registration (``--skip-registration``).
     skip_registration: bool = False
