@@ -17,8 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow
-
 #: Pose of run-2 against run-1: about the world z axis (the field), so χ does not change.
 RUN2_POSE = {'yaw_deg': 5.0, 'shift_mm': (4.0, -3.0, 2.0)}
 
@@ -60,6 +58,7 @@ def _table(anat, run):
     return table.set_index(['region', 'hemisphere'])
 
 
+@pytest.mark.slow
 def test_second_run_goes_through_the_first(two_runs):
     anat, work = two_runs['out'], two_runs['work']
     wf = work / 'qsmflow_wf'
@@ -82,6 +81,7 @@ def test_second_run_goes_through_the_first(two_runs):
         assert same is (desc == 'warp'), desc
 
 
+@pytest.mark.slow
 def test_second_run_labels_and_table_agree_with_the_first(two_runs):
     from qsmflow.phantom.head import DEEP_GM
     from qsmflow.qsm.regions import dice
@@ -102,3 +102,57 @@ def test_second_run_labels_and_table_agree_with_the_first(two_runs):
     assert rows
     diff = (one.loc[rows, 'mean'] - two.loc[rows, 'mean']).abs()
     assert diff.max() <= MEAN_TOLERANCE_PPM, diff.sort_values().tail()
+
+
+@pytest.mark.parametrize('study', [False, True])
+def test_session_graph(tmp_path, study):
+    """The graph of a session with three runs (built, not run): the first in run order is
+    registered to the template and to the custom atlas's template; the others get a rigid
+    stage to it and its transforms (through the study template's too), nothing else."""
+    from qsmflow.bids.inputs import Acquisition
+    from qsmflow.config.presets import load_preset
+    from qsmflow.workflows.base import init_qsmflow_wf
+
+    files = {k: tmp_path / f'{k}.nii.gz' for k in ('tpl', 'mask', 'atlas', 'lut', 'own')}
+    for path in files.values():
+        path.write_bytes(b'')
+    custom = {'name': 'custom', 'image': str(files['atlas']), 'lut': str(files['lut']),
+              'source': {}, 'via': None, 'template_image': str(files['own'])}
+    builtin = {'name': 'Phantom', 'image': str(files['atlas']), 'lut': str(files['lut']),
+               'source': {}, 'via': None}
+    regions_opts = {'template': 'T', 'template_files': {'image': str(files['tpl']),
+                                                        'mask': str(files['mask'])},
+                    'atlases': [builtin, custom], 'refine': True,
+                    'study_template': ({'image': str(files['tpl']), 'mask': str(files['mask']),
+                                        'meta': {}} if study else None)}
+    acqs = [Acquisition(entities={'subject': '01', 'session': 'a', 'run': run},
+                        mag_files=['m'] * 3, phase_files=['p'] * 3,
+                        echo_times_s=[0.004, 0.008, 0.012], b0_tesla=3.0, n_voxels=1000)
+            for run in ('10', '2', '1')]
+    wf = init_qsmflow_wf(acquisitions=acqs, output_dir=str(tmp_path / 'out'),
+                         bids_dir=str(tmp_path), pipeline=load_preset('default'),
+                         regions_opts=regions_opts)
+    graph = wf._create_flat_graph()
+    names = {str(n).split('.', 1)[1] for n in graph.nodes()}
+    first, others = 'sub_01_ses_a_run_1_wf', ('sub_01_ses_a_run_2_wf', 'sub_01_ses_a_run_10_wf')
+    assert f'{first}.registration_wf.register' in names
+    assert f'{first}.register_to_run' not in names
+    own = 'register_own' if not study else 'through_study_template'
+    assert f'{first}.atlas_custom_wf.{own}' in names
+    for other in others:
+        assert f'{other}.register_to_run' in names
+        # no registration (a custom atlas through the study template: a composition with
+        # the study template's cached registration, as in the first run)
+        assert not {n for n in names if n.startswith(other) and n.endswith(
+            ('.register', '.register_own', 'registration_wf.through_study_template'))}
+        assert f'{other}.registration_wf.through_run' in names
+        assert (f'{other}.registration_wf.through_run_study' in names) is study
+        assert (f'{other}.atlas_custom_wf.through_run' in names) is not study
+        meta = next(n for n in graph.nodes()
+                    if str(n).endswith(f'{other}.atlas_phantom_wf.to_native')).inputs.meta
+        assert meta['RegistrationThroughRun']['Run'] == 'sub-01_ses-a_run-1'
+        # the rigid stage reads the first run's magnitude and brain mask
+        rigid = next(n for n in graph.nodes() if str(n).endswith(f'{other}.register_to_run'))
+        fed = {(str(src).split('.', 1)[1], dst) for src, _, d in graph.in_edges(rigid, data=True)
+               for _, dst in d['connect']}
+        assert (f'{first}.qsm_wf.load_megre', 'reference_magnitude') in fed
