@@ -21,13 +21,20 @@ from nipype.interfaces.base import (
 #: Where ITK keeps the centre of rotation in a ``.mat`` transform file.
 _CENTRE_KEY = 'fixed'
 
+#: ITK transform types whose 12 parameters are a matrix and a translation about a centre.
+_AFFINE_TYPES = ('AffineTransform', 'MatrixOffsetTransformBase')
 
-def read_itk_affine(path) -> tuple[np.ndarray, str]:
-    """An ITK affine transform file (``.mat``, as antsRegistration writes it) as a 4×4
-    matrix acting on points (mm, ITK's LPS world), and the name of its parameter array.
+
+def read_itk_affine(path) -> np.ndarray:
+    """An ITK affine transform file (``.mat``, as antsRegistration writes it: single
+    precision) as a 4×4 matrix acting on points (mm, ITK's LPS world).
 
     ITK stores the matrix ``M`` and translation ``t`` (12 parameters) and a centre ``c``
-    apart: a point ``x`` goes to ``M (x − c) + t + c``.
+    apart: a point ``x`` goes to ``M (x − c) + t + c``. Read with antspyx
+    (``ants.read_transform``), whose parameter access is single precision: exact for the
+    files antsRegistration writes, rounded to float32 for a double-precision file.
+    Imports ANTs: call it in a fresh process (see
+    :func:`qsmflow.interfaces.registration.in_fresh_process`).
 
     Examples
     --------
@@ -35,38 +42,48 @@ def read_itk_affine(path) -> tuple[np.ndarray, str]:
     >>> h = np.eye(4); h[:3, 3] = (1.0, -2.0, 0.5)
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     write_itk_affine(h, os.path.join(tmp, 'x.mat'))
-    ...     bool(np.allclose(read_itk_affine(os.path.join(tmp, 'x.mat'))[0], h))
+    ...     bool(np.array_equal(read_itk_affine(os.path.join(tmp, 'x.mat')), h))
     True
     """
-    from scipy.io import loadmat
+    import ants
 
-    content = loadmat(str(path))
-    keys = [k for k in content if not k.startswith('__') and k != _CENTRE_KEY]
-    if len(keys) != 1:
-        raise ValueError(f'{path}: not an ITK affine transform file (arrays: {sorted(content)})')
-    params = content[keys[0]].ravel().astype(np.float64)
-    centre = content[_CENTRE_KEY].ravel().astype(np.float64)
+    xfm = ants.read_transform(str(path), precision='double')
+    if xfm.transform_type not in _AFFINE_TYPES or xfm.dimension != 3:
+        raise ValueError(f'{path}: not a 3D ITK affine transform ({xfm.transform_type})')
+    params = np.asarray(xfm.parameters, dtype=np.float64)
+    centre = np.asarray(xfm.fixed_parameters, dtype=np.float64)
     matrix = np.eye(4)
     matrix[:3, :3] = params[:9].reshape(3, 3)
     matrix[:3, 3] = params[9:12] + centre - matrix[:3, :3] @ centre
-    return matrix, keys[0]
+    return matrix
 
 
-def write_itk_affine(matrix: np.ndarray, path, key: str = 'AffineTransform_double_3_3') -> None:
-    """Write a 4×4 point transform (mm, LPS) as an ITK ``.mat`` file (centre at the origin;
-    ``key`` names the parameter array and its precision)."""
+def write_itk_affine(matrix: np.ndarray, path) -> None:
+    """Write a 4×4 point transform (mm, LPS) as an ITK ``.mat`` file in double precision
+    (centre at the origin).
+
+    Not antspyx: its parameter setters (``set_parameters``, ``create_ants_transform``) pass
+    the parameters through single precision (antspyx 0.6.3: 0.99 is stored as
+    0.99000001), so a composed affine would lose its double precision and the written
+    transform would no longer be the product of the two read ones.
+    """
     from scipy.io import savemat
 
-    dtype = np.float32 if '_float_' in key else np.float64
     params = np.concatenate([matrix[:3, :3].ravel(), matrix[:3, 3]])
-    savemat(str(path), {key: params[:, None].astype(dtype),
-                        _CENTRE_KEY: np.zeros((3, 1), dtype)}, format='4')
+    savemat(str(path), {'AffineTransform_double_3_3': params[:, None].astype(np.float64),
+                        _CENTRE_KEY: np.zeros((3, 1))}, format='4')
 
 
 def compose_affines(first, then, out_path) -> str:
     """One ITK affine file equal to ``first`` followed by ``then`` on points, i.e. to the
-    ANTs transform list ``[first, then]``; return its path (double precision)."""
-    matrix = read_itk_affine(then)[0] @ read_itk_affine(first)[0]
+    ANTs transform list ``[first, then]``; return its path (double precision).
+
+    The product of the two 4×4 matrices, not ``ants.compose_ants_transforms``: that returns
+    an ITK ``CompositeTransform`` holding both affines (24 parameters, written as
+    ``CompositeTransform_double_3_3``), not the one affine that the ``desc-affine`` output
+    and the transform lists of the later steps take. Imports ANTs (:func:`read_itk_affine`).
+    """
+    matrix = read_itk_affine(then) @ read_itk_affine(first)
     write_itk_affine(matrix, out_path)
     return str(out_path)
 
@@ -134,9 +151,11 @@ class ThroughRun(SimpleInterface):
     output_spec = _ThroughRunOutputSpec
 
     def _run_interface(self, runtime):
+        from qsmflow.interfaces.registration import in_fresh_process
+
         # ANTs point order (template → native): warp, the reference's affine, then the rigid
-        affine = compose_affines(self.inputs.affine, self.inputs.rigid,
-                                 Path(runtime.cwd) / 'affine.mat')
+        affine = in_fresh_process(compose_affines, self.inputs.affine, self.inputs.rigid,
+                                  str(Path(runtime.cwd) / 'affine.mat'))
         self._results.update(affine=affine, warp=self.inputs.warp,
                              inverse_warp=self.inputs.inverse_warp)
         return runtime
