@@ -90,13 +90,22 @@ def _fit_field(ph, msk, te, mag):
     return tuple(outs)
 
 
+def _gather_echoes(arr, idx):
+    """``arr`` (X, Y, Z, N) at the flat voxel indices ``idx``, echo-first: (N, V)."""
+    flat = arr.reshape(-1, arr.shape[3])
+    out = np.empty((arr.shape[3], idx.size), arr.dtype)
+    for n in range(arr.shape[3]):
+        out[n] = flat[idx, n]
+    return out
+
+
 def _fit_masked(ph, idx, te, mag):
     """:func:`fit_field` of the voxels ``idx`` (flat indices): ``(field, offset, noise)``
     as (V,) arrays."""
     n_echo = ph.shape[3]
-    # (N, V): each echo's masked voxels, contiguous
-    y = ph.reshape(-1, n_echo)[idx].T.copy()
-    m = None if mag is None else mag.reshape(-1, n_echo)[idx].T.copy()
+    # (N, V): each echo's masked voxels, contiguous, gathered echo by echo (no (V, N) copy)
+    y = _gather_echoes(ph, idx)
+    m = None if mag is None else _gather_echoes(mag, idx)
     ref = None if m is None else _magnitude_ref(m[0])
     weights = [_echo_weight(None if m is None else m[n], ref) for n in range(n_echo)]
     if n_echo == 1:

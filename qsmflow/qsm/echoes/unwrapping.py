@@ -108,20 +108,31 @@ def unwrap_echoes(
     if method not in UNWRAPPING_METHODS:
         raise ValueError(f'unknown unwrapping method {method!r}; use one of {UNWRAPPING_METHODS}')
     box = bounding_box(msk)
-    # echo-first, cropped, padded by one voxel: (N, X', Y', Z'), contiguous per echo
-    phb = _crop_pad(np.moveaxis(ph, -1, 0), box).astype(np.float32, copy=False)
-    magb = None
-    if mag is not None:
-        magb = _crop_pad(np.moveaxis(mag, -1, 0), box).astype(np.float32, copy=False)
+    # echo-first, cropped, padded by one voxel, (N, X', Y', Z'): each echo cropped when
+    # it is read, so that at most a few cropped echoes are held at a time
+    phb = _EchoBox(ph, box)
+    magb = None if mag is None else _EchoBox(mag, box)
     mb = _crop_pad(msk, box, False)
     if method == 'romeo':
         outb = _unwrap_echoes_romeo(phb, mb, vox, te, magb)
     else:
         outb = _unwrap_echoes_laplacian(phb, mb, vox, te, magb)
-    del phb, magb  # free the cropped inputs before the full-size output
     out = np.zeros(ph.shape, np.float32)
     out[box] = np.moveaxis(outb[:, 1:-1, 1:-1, 1:-1], 0, -1)  # outb is 0 outside the mask
     return out
+
+
+class _EchoBox:
+    """The echoes of ``arr`` (X, Y, Z, N) cropped to ``box`` and padded by one voxel
+    (:func:`~qsmflow.qsm.unwrap._crop_pad`), as float32: ``[n]`` crops echo ``n`` anew
+    (the same values as cropping the whole stack at once); ``shape`` is (N, X', Y', Z')."""
+
+    def __init__(self, arr, box):
+        self.arr, self.box = arr, box
+        self.shape = (arr.shape[3],) + tuple(s.stop - s.start + 2 for s in box)
+
+    def __getitem__(self, n):
+        return _crop_pad(self.arr[..., n], self.box).astype(np.float32, copy=False)
 
 
 def _global_shift(values):
@@ -148,6 +159,7 @@ def _unwrap_echoes_romeo(phb, mb, vox, te, magb):
         m1, m2 = magb[0], magb[1]
         with np.errstate(invalid='ignore', divide='ignore'):
             mag_d = np.nan_to_num(m1 * m2 / np.sqrt(m1 * m1 + m2 * m2))
+        del m1, m2
     phase2 = ratio = None
     if n_echo >= 3:
         phase2 = wrap_phase(phb[2] - phb[0])
@@ -165,8 +177,10 @@ def _unwrap_echoes_romeo(phb, mb, vox, te, magb):
     out = np.zeros(phb.shape, np.float32)
     d = delta_u[sel]
     y0 = _temporal_unwrap(phb[0][sel], offset_u[sel] + d * scale1)
+    del delta_u, offset, offset_u  # free before the later echoes' line fits
     out[0][sel] = y0
     out[1][sel] = y0 + d
+    del y0, d
     if n_echo > 2:
         _unwrap_later_echoes(out, phb, sel, te, magb)
     return out
