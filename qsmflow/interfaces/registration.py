@@ -56,7 +56,9 @@ REGISTRATION_LINEAR = (
 #: 2 mm template in 10.7 s of CPU instead of 13.0 s (``python -m qsmflow.bench.registration
 #: --pyramid quick``); mean Dice of the atlas labels on the tiny demo 0.975 / 0.973 against
 #: 0.983 / 0.985 (an affine without the rigid stage before it: 0.94 / 0.90, and one run
-#: of 0.80); on the 2 mm real-anatomy phantom see the README.
+#: of 0.80), least Dice (the dentate) 0.788 / 0.750 against 0.839 / 0.875 (measured
+#: 2026-12-05 10:00); on the 2 mm real-anatomy phantom see the README. Hence not the
+#: default; no cheaper pyramid tried held Dice (README, Performance).
 REGISTRATION_QUICK = {**{k: v for k, v in REGISTRATION.items() if not k.startswith('aff_')},
                       'type_of_transform': 'SyNOnly', 'linear': REGISTRATION_LINEAR}
 
