@@ -381,6 +381,31 @@ REFINEMENT = {'type_of_transform': 'SyNOnly', 'initial_transform': 'Identity',
               'syn_metric': 'CC', 'syn_sampling': 2, 'reg_iterations': (40, 20, 0),
               'grad_step': 0.1, 'flow_sigma': 8, 'total_sigma': 4}
 
+#: Iterations of the refinement's full-resolution level when the χ map resolves it (voxels
+#: of at most :data:`FINE_LEVEL_MAX_VOXEL_MM`); at coarser χ the level only fits the
+#: interpolation of the coarse voxels and stays at 0 (:data:`REFINEMENT`).
+FINE_LEVEL_ITERATIONS = 5
+
+#: Largest voxel edge (mm) of the χ map for which the refinement runs its full-resolution
+#: level (:data:`FINE_LEVEL_ITERATIONS`).
+FINE_LEVEL_MAX_VOXEL_MM = 1.2
+
+
+def refinement_settings(voxel_size_mm) -> dict:
+    """:data:`REFINEMENT` for a χ map of voxel size ``voxel_size_mm`` (mm): its last level
+    gets :data:`FINE_LEVEL_ITERATIONS` when the largest voxel edge is at most
+    :data:`FINE_LEVEL_MAX_VOXEL_MM`.
+
+    >>> refinement_settings((2, 2, 2))['reg_iterations']
+    (40, 20, 0)
+    >>> refinement_settings((1, 1, 1.1))['reg_iterations']
+    (40, 20, 5)
+    """
+    settings = dict(REFINEMENT)
+    if max(float(v) for v in voxel_size_mm) <= FINE_LEVEL_MAX_VOXEL_MM:
+        settings['reg_iterations'] = (*REFINEMENT['reg_iterations'][:-1], FINE_LEVEL_ITERATIONS)
+    return settings
+
 
 def refine_to_prior(prior_path, chi_path, transforms, out_dir, *, nthreads: int = 1,
                     settings: dict | None = None, fast: bool = False) -> dict:
@@ -401,7 +426,8 @@ def refine_to_prior(prior_path, chi_path, transforms, out_dir, *, nthreads: int 
         As :func:`register`: at most :data:`REGISTRATION_THREADS` are used, all with
         ``fast``.
     settings : dict, optional
-        ``ants.registration`` keyword arguments (default :data:`REFINEMENT`).
+        ``ants.registration`` keyword arguments (default :func:`refinement_settings` of
+        the χ map's voxel size).
 
     Returns
     -------
@@ -412,7 +438,13 @@ def refine_to_prior(prior_path, chi_path, transforms, out_dir, *, nthreads: int 
     """
     return in_fresh_process(_refine, str(prior_path), str(chi_path), [str(t) for t in transforms],
                             str(out_dir), nthreads=registration_threads(nthreads, fast),
-                            settings=dict(REFINEMENT if settings is None else settings))
+                            settings=dict(settings if settings is not None else
+                                          refinement_settings(_voxel_size(chi_path))))
+
+
+def _voxel_size(path) -> tuple:
+    """Voxel size (mm) of an image's first three axes."""
+    return tuple(float(v) for v in nb.load(path).header.get_zooms()[:3])
 
 
 def _refine(prior_path, chi_path, transforms, out_dir, *, nthreads=1, settings=None) -> dict:
@@ -508,8 +540,9 @@ class RefineNuclei(SimpleInterface):
                             'to a chi-contrast prior of the atlas nuclei',
                   'PriorChiPpm': {p: v for p, v in cp.TYPICAL_CHI_PPM},
                   'PriorSmoothingMm': cp.PRIOR_SMOOTH_MM, 'BoxMarginMm': cp.PRIOR_MARGIN_MM,
-                  'Settings': {k: list(v) if isinstance(v, tuple) else v
-                               for k, v in REFINEMENT.items()}}
+                  'Settings': {k: list(v) if isinstance(v, tuple) else v for k, v in
+                               refinement_settings(_voxel_size(self.inputs.in_chimap)).items()},
+                  'FineLevelMaxVoxelMm': FINE_LEVEL_MAX_VOXEL_MM}
         if self.inputs.fast:  # --fast-registration
             record.update(FastRegistration=True, BitwiseReproducible=False,
                           Threads=registration_threads(self.inputs.nthreads, True))
