@@ -11,3 +11,11 @@ with :mod:`~qsmflow.qsm.kernels` (dipole and SMV kernels, FFT geometry) and the 
 in ppm and the voxel size in mm. :func:`qsmflow.qsm.threads.limit` sets how many threads
 the FFTs and compiled loops use; results do not depend on it.
 """
+
+import os as _os
+
+# OpenMP threads of the numba kernels (numba's "omp" layer, libgomp) sleep when idle
+# instead of spinning: a spinning worker would take the core the next FFT (scipy's own
+# worker threads) or vector chunk (qsmflow.qsm._vector) needs. libgomp reads this when
+# numba first launches its pool, which no qsmflow.qsm import does; a value the user set wins.
+_os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')

@@ -18,6 +18,7 @@ import numba
 import numpy as np
 from scipy import fft as sfft
 
+from qsmflow.qsm import _vector
 from qsmflow.qsm._validation import check_field_mask  # noqa: F401 - public name, kept
 
 #: Proton gyromagnetic ratio over 2π, in Hz/T.
@@ -471,25 +472,32 @@ def conjugate_gradient(op, rhs, x=None, *, tol=0.0, max_iter=100):
     Returns
     -------
     x : ndarray of float32
-        The solution estimate (same array as ``x`` when one was given).
+        The solution estimate (same array as ``x`` when one was given and contiguous
+        float32).
+
+    Notes
+    -----
+    The vector updates and inner products run on the FFT worker count in force, over fixed
+    chunks with float64 partial sums (:mod:`qsmflow.qsm._vector`): the iterates are bitwise
+    the same for any thread count.
     """
+    rhs = np.ascontiguousarray(rhs, dtype=np.float32)
+    if x is not None:
+        x = np.ascontiguousarray(x, dtype=np.float32)
     if x is None:
         x = np.zeros(rhs.shape, np.float32)
         r = rhs.copy()
     else:
-        r = rhs - op(x)
+        r = np.ascontiguousarray(rhs - op(x))
     p = r.copy()
-    rr = float(np.vdot(r, r))
-    stop = tol**2 * float(np.vdot(rhs, rhs))
+    rr = _vector.dot(r, r)
+    stop = tol**2 * _vector.dot(rhs, rhs)
     for _ in range(max_iter):
         if rr <= stop or rr == 0:
             break
-        q = op(p)
-        alpha = rr / float(np.vdot(p, q))
-        x += np.float32(alpha) * p
-        r -= np.float32(alpha) * q
-        rr_new = float(np.vdot(r, r))
-        p *= np.float32(rr_new / rr)
-        p += r
+        q = np.ascontiguousarray(op(p), dtype=np.float32)
+        alpha = rr / _vector.dot(p, q)
+        rr_new = _vector.cg_step(x, r, p, q, alpha)  # x += αp, r -= αq
+        _vector.xpby(r, p, rr_new / rr)  # p ← r + βp
         rr = rr_new
     return x

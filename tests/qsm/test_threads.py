@@ -183,3 +183,27 @@ def test_one_thread_uses_one_core_and_gives_the_same_chimap(tmp_path):
     print(f'CPU time / wall time: {ratios}')
     assert ratios[1] <= 1.05, ratios
     assert chis[1].tobytes() == chis[2].tobytes()
+
+
+def test_vector_chunks_give_the_same_bits_for_any_thread_count():
+    """The CG vector work (qsmflow.qsm._vector) over several fixed chunks: the same bits
+    with 1 and 2 threads, and the inner product close to the float64 one."""
+    from qsmflow.qsm import _vector
+
+    rng = np.random.default_rng(3)
+    n = 5 * _vector.CHUNK + 123
+    a, b = (rng.standard_normal(n).astype(np.float32) for _ in range(2))
+    results = []
+    for n_threads in (1, 2):
+        x, r, p = np.zeros(n, np.float32), a.copy(), b.copy()
+        with threads.limit(n_threads):
+            d = _vector.dot(a, b)
+            rr = _vector.cg_step(x, r, p, b, 0.5)
+            _vector.xpby(r, p, 0.25)
+        results.append((d, rr, x, r, p))
+    (d1, rr1, *v1), (d2, rr2, *v2) = results
+    assert d1 == d2 and rr1 == rr2
+    assert all(np.array_equal(u, w) for u, w in zip(v1, v2))
+    assert d1 == pytest.approx(float(np.dot(a.astype(np.float64), b)), rel=1e-12)
+    np.testing.assert_array_equal(v1[0], np.float32(0.5) * b)
+    np.testing.assert_array_equal(v1[2], v1[1] + np.float32(0.25) * (b))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsmflow.qsm import _vector
 from qsmflow.qsm._validation import check_field_mask, iterations
 from qsmflow.qsm.kernels import PaddedBox, conjugate_gradient, dipole_kernel, irfft, rfft
 
@@ -104,22 +105,29 @@ def _pdf_core(field, mask, vsz, b0, tol, max_iter, pad):
     d = dipole_kernel(shape, vsz, b0)
     f = grid.to_grid(np.where(mask, field, 0), np.float32)
 
-    def dipole_conv(x):
+    def dipole_conv(x, keep=None):
+        """``d ∗ x``, times the boolean ``keep`` when given (element-wise work in slabs
+        on the FFT worker count, :func:`qsmflow.qsm._vector.slabwise`)."""
         spec = rfft(x)
-        spec *= d
-        return irfft(spec, shape).astype(np.float32, copy=False)
+
+        def kspace_slab(s):
+            spec[s] *= d[s]
+
+        _vector.slabwise(kspace_slab, spec.shape[0])
+        y = irfft(spec, shape).astype(np.float32, copy=False)
+        if keep is not None:
+            def keep_slab(s):
+                y[s] *= keep[s]
+
+            _vector.slabwise(keep_slab, y.shape[0])
+        return y
 
     def normal_op(x):
         """``M̄ · d ∗ (M · d ∗ (M̄ x))`` (``x`` is already zero in the mask)."""
-        y = dipole_conv(x)
-        y *= m
-        y = dipole_conv(y)
-        y *= out
-        return y
+        return dipole_conv(dipole_conv(x, m), out)
 
     # CG on the normal equations  Aᵀ A x = Aᵀ f
-    rhs = dipole_conv(f)
-    rhs *= out
+    rhs = dipole_conv(f, out)
     x = conjugate_gradient(normal_op, rhs, tol=tol, max_iter=max_iter)
     local = f - dipole_conv(x)
     local *= m

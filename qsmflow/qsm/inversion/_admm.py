@@ -11,6 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from qsmflow.qsm import _vector
 from qsmflow.qsm.kernels import gradient_adjoint, irfft, rfft
 
 
@@ -108,8 +109,12 @@ def _admm_tv(numerator, precision, L, rho, weight, v, vsz, max_iter, tol, *, rel
     res_prev = np.inf
     for it in range(max_iter):
         W = rfft(gradient_adjoint(v, vsz))
-        W *= rho_iden
-        W += Q
+
+        def filter_slab(s, W=W, Q=Q, rho_iden=rho_iden):
+            W[s] *= rho_iden[s]
+            W[s] += Q[s]
+
+        _vector.slabwise(filter_slab, W.shape[0])  # W = W·ρ/(precision + ρL) + Q
         chi = irfft(W, shape)
         if it == max_iter - 1:
             break

@@ -1,0 +1,105 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Vector work of the iterative solvers split over threads (private): the conjugate-gradient
+updates and inner products, and element-wise work on FFT spectra.
+
+The work is cut into FIXED chunks (:data:`CHUNK` elements of the flattened arrays, or
+slabs along the first axis) whatever the thread count; chunks run on a persistent
+:class:`~concurrent.futures.ThreadPoolExecutor` with as many threads as FFT workers are in
+force (:func:`scipy.fft.get_workers`, set by :func:`qsmflow.qsm.threads.limit`). The
+compiled chunk kernels are serial numba functions that release the GIL (no OpenMP pool
+that would spin-wait on the cores the next FFT needs). Inner products are per-chunk
+float64 partial sums added in chunk order, so results are bitwise the same for any thread
+count.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+from scipy import fft as sfft
+
+#: Elements per chunk of the flattened vectors (fixed: the partial sums, hence the rounding
+#: of the inner products, do not depend on the thread count).
+CHUNK = 1 << 16
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _map(func, n_chunks: int) -> list:
+    """``[func(c) for c in range(n_chunks)]``, on :func:`scipy.fft.get_workers` threads."""
+    workers = min(sfft.get_workers(), n_chunks)
+    if workers <= 1:
+        return [func(c) for c in range(n_chunks)]
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(workers, 'qsmflow-vector')
+    return list(pool.map(func, range(n_chunks)))
+
+
+def _n_chunks(size: int) -> int:
+    return max(1, -(-size // CHUNK))
+
+
+@numba.njit(nogil=True, fastmath=False, cache=True)
+def _dot_nb(a, b, lo, hi):  # pragma: no cover - compiled
+    s = 0.0
+    for i in range(lo, hi):
+        s += np.float64(a[i]) * np.float64(b[i])
+    return s
+
+
+@numba.njit(nogil=True, fastmath=False, cache=True)
+def _cg_step_nb(x, r, p, q, alpha, lo, hi):  # pragma: no cover - compiled
+    """``x += α p``; ``r -= α q`` on ``[lo, hi)``; returns that chunk's ``Σ r²``."""
+    s = 0.0
+    for i in range(lo, hi):
+        x[i] += alpha * p[i]
+        ri = r[i] - alpha * q[i]
+        r[i] = ri
+        s += np.float64(ri) * np.float64(ri)
+    return s
+
+
+@numba.njit(nogil=True, fastmath=False, cache=True)
+def _xpby_nb(r, p, beta, lo, hi):  # pragma: no cover - compiled
+    """``p ← r + β p`` on ``[lo, hi)``."""
+    for i in range(lo, hi):
+        p[i] = r[i] + beta * p[i]
+
+
+def _bounds(c, size):
+    return c * CHUNK, min(size, (c + 1) * CHUNK)
+
+
+def dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``Σ a·b`` of two contiguous float32 arrays (float64 partial sums per fixed chunk)."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    parts = _map(lambda c: _dot_nb(a, b, *_bounds(c, a.size)), _n_chunks(a.size))
+    return float(sum(parts))
+
+
+def cg_step(x, r, p, q, alpha: float) -> float:
+    """In place ``x += α p``, ``r -= α q`` (float32); returns ``‖r‖²`` after the update."""
+    x, r, p, q = (v.reshape(-1) for v in (x, r, p, q))
+    a = np.float32(alpha)
+    parts = _map(lambda c: _cg_step_nb(x, r, p, q, a, *_bounds(c, x.size)),
+                 _n_chunks(x.size))
+    return float(sum(parts))
+
+
+def xpby(r, p, beta: float) -> None:
+    """In place ``p ← r + β p`` (float32)."""
+    r, p = r.reshape(-1), p.reshape(-1)
+    b = np.float32(beta)
+    _map(lambda c: _xpby_nb(r, p, b, *_bounds(c, r.size)), _n_chunks(r.size))
+
+
+def slabwise(func, n0: int, slab: int = 8) -> None:
+    """``func(slice)`` for fixed slabs of ``slab`` indices along the first axis (element-wise
+    numpy work on large arrays releases the GIL, so slabs run side by side)."""
+    n = -(-n0 // slab)
+    _map(lambda c: func(slice(c * slab, min(n0, (c + 1) * slab))), n)
