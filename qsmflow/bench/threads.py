@@ -9,7 +9,7 @@ wall time of the chain (best of ``--repeat``), its speed-up over the first count
 peak resident memory of the process during the chain (:mod:`qsmflow.bench.rss`; it
 includes the simulated echoes the chain reads, not the phantom's truth maps, which are
 dropped; each step's result is dropped once no later step reads it, as in the
-pipeline) and that peak per grid voxel; then the slowest step. The χ maps of all thread counts are compared bitwise.
+pipeline) and that peak per grid voxel; then the slowest step, and a line with every step's time in that run. The χ maps of all thread counts are compared bitwise.
 """
 from __future__ import annotations
 
@@ -83,5 +83,7 @@ def main(thread_counts, *, size: str = 'full', phantom: str = 'realistic', snr=N
         label, (slow_s, _) = max(steps.items(), key=lambda item: item[1][0])
         print(f'  {n:>7} {size:>6} {total:9.2f} {first / total:8.2f}x {peak / 1e9:14.2f} '
               f'{peak / n_vox:8.0f}  {label} {slow_s:.2f} s', flush=True)
+        print('          steps (s): ' + ', '.join(f'{name} {t:.2f}' for name, (t, _) in
+                                        steps.items()), flush=True)
     print(f'  chi bitwise identical across thread counts: {"yes" if same else "NO"}')
     return 0 if same else 1
