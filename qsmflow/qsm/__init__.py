@@ -5,8 +5,9 @@ One module or small package per step: :mod:`~qsmflow.qsm.mask`, :mod:`~qsmflow.q
 :mod:`~qsmflow.qsm.echoes`, :mod:`~qsmflow.qsm.bgremove`, :mod:`~qsmflow.qsm.inversion`,
 :mod:`~qsmflow.qsm.reference`, :mod:`~qsmflow.qsm.regions`, :mod:`~qsmflow.qsm.metrics`,
 with :mod:`~qsmflow.qsm.kernels` (dipole and SMV kernels, FFT geometry) and the private
-:mod:`~qsmflow.qsm._validation` (argument checks) and :mod:`~qsmflow.qsm._morphology`
-(binary morphology) shared between them. Each step is called
+:mod:`~qsmflow.qsm._validation` (argument checks), :mod:`~qsmflow.qsm._morphology`
+(binary morphology) and :mod:`~qsmflow.qsm._vector` (the iterative solvers' vector work
+in fixed chunks over threads) shared between them. Each step is called
 ``qsmflow.qsm.<step>.<method>(data, mask, voxel_size, b0_dir=..., **options)`` with fields
 in ppm and the voxel size in mm. :func:`qsmflow.qsm.threads.limit` sets how many threads
 the FFTs and compiled loops use; results do not depend on it.
