@@ -383,7 +383,12 @@ REFINEMENT = {'type_of_transform': 'SyNOnly', 'initial_transform': 'Identity',
 
 #: Iterations of the refinement's full-resolution level when the χ map resolves it (voxels
 #: of at most :data:`FINE_LEVEL_MAX_VOXEL_MM`); at coarser χ the level only fits the
-#: interpolation of the coarse voxels and stays at 0 (:data:`REFINEMENT`).
+#: interpolation of the coarse voxels and stays at 0 (:data:`REFINEMENT`). Measured on
+#: 2026-12-05 on the 1 mm real-anatomy phantom (seed 0, 2 participants, the CLI with the
+#: custom atlas, both participants at once on 2 cores, load ~2): 5 iterations gave mean Dice
+#: 0.922 / 0.924, least 0.85 / 0.83, table mean |error| 0.0076 / 0.0065 ppm, largest 17 % /
+#: 11 %, in 79 / 94 s per refinement (0 iterations: 0.888 / 0.903, least 0.77 / 0.71,
+#: 29-38 s; 10 iterations, offline: 0.928 / 0.933, least 0.84 / 0.86, 164-176 s).
 FINE_LEVEL_ITERATIONS = 5
 
 #: Largest voxel edge (mm) of the χ map for which the refinement runs its full-resolution
