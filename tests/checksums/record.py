@@ -61,14 +61,28 @@ def checksums(root) -> dict:
 
 
 def stack_versions() -> dict:
-    """Installed versions of :data:`STACK` (``None`` for one that is not installed)."""
+    """Installed versions of :data:`STACK` (``None`` for one that is not installed), and the
+    CPU's SIMD features as numpy detects them (``cpu``).
+
+    The CPU is part of the stack: on 2026-12-05 the same versions of every package in
+    :data:`STACK` gave other bits for the FFT-based Laplacian unwrapping and the field maps
+    on an AMD EPYC with AVX-512 than on the machine the earlier record was taken on.
+    """
     versions = {}
     for name in STACK:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    versions['cpu'] = cpu_features()
     return versions
+
+
+def cpu_features() -> str:
+    """The SIMD features numpy's runtime dispatch finds on this CPU, space-separated."""
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    return ' '.join(sorted(k for k, on in __cpu_features__.items() if on))
 
 
 def run_demo(directory) -> int:

@@ -261,10 +261,13 @@ def test_one_piece_bitwise_unchanged():
                                                   magnitude=mag, method='laplacian')),
         'laplacian': _digest(unwrap_laplacian(phase[..., 0], mask, (1, 1, 1))),
     }
-    assert got == {
+    assert {k: got[k] for k in ('romeo', 'romeo_mag_ph2', 'echoes_romeo')} == {
         'romeo': 'e69f5cd3e56636f4',
         'romeo_mag_ph2': 'e69f5cd3e56636f4',
         'echoes_romeo': 'ea3490c36dac789f',
-        'echoes_laplacian': 'a191ffadb0ac5499',
-        'laplacian': '4c632ba24a1318b0',
     }
+    # The FFT-based Laplacian unwrapping gives other bits on other CPUs with the same
+    # numpy/scipy/numba (2026-12-05: qsmflow at fd0a86e on an AMD EPYC with AVX-512 gave the
+    # second digests, the machine of the first record the first): either machine's bits.
+    assert got['echoes_laplacian'] in {'a191ffadb0ac5499', 'd2bac9eb3829f2d2'}
+    assert got['laplacian'] in {'4c632ba24a1318b0', 'b2881534feb77edf'}
