@@ -541,12 +541,13 @@ class RefineNuclei(SimpleInterface):
         from qsmflow.interfaces.regions import read_lut
 
         base_xfms = [self.inputs.affine, self.inputs.inverse_warp]
+        settings = refinement_settings(_voxel_size(self.inputs.in_chimap))
         record = {'Method': 'chi-driven SyN refinement of the atlas registration (antspyx) '
                             'to a chi-contrast prior of the atlas nuclei',
                   'PriorChiPpm': {p: v for p, v in cp.TYPICAL_CHI_PPM},
                   'PriorSmoothingMm': cp.PRIOR_SMOOTH_MM, 'BoxMarginMm': cp.PRIOR_MARGIN_MM,
-                  'Settings': {k: list(v) if isinstance(v, tuple) else v for k, v in
-                               refinement_settings(_voxel_size(self.inputs.in_chimap)).items()},
+                  'Settings': {k: list(v) if isinstance(v, tuple) else v
+                               for k, v in settings.items()},
                   'FineLevelMaxVoxelMm': FINE_LEVEL_MAX_VOXEL_MM}
         if self.inputs.fast:  # --fast-registration
             record.update(FastRegistration=True, BitwiseReproducible=False,
@@ -560,7 +561,8 @@ class RefineNuclei(SimpleInterface):
         self._results['prior'] = prior_path
         out = refine_to_prior(prior_path, self.inputs.in_chimap,
                               [self.inputs.warp, self.inputs.affine], runtime.cwd,
-                              nthreads=self.inputs.nthreads, fast=self.inputs.fast)
+                              nthreads=self.inputs.nthreads, settings=settings,
+                              fast=self.inputs.fast)
         record.update(Software=f'antspyx {out["version"]}',
                       CorrelationBefore=round(out['correlation_before'], 4),
                       CorrelationAfter=round(out['correlation_after'], 4))

@@ -21,20 +21,16 @@ from nipype.interfaces.base import (
 #: Where ITK keeps the centre of rotation in a ``.mat`` transform file.
 _CENTRE_KEY = 'fixed'
 
-#: ITK transform types whose 12 parameters are a matrix and a translation about a centre.
-_AFFINE_TYPES = ('AffineTransform', 'MatrixOffsetTransformBase')
-
-
 def read_itk_affine(path) -> np.ndarray:
-    """An ITK affine transform file (``.mat``, as antsRegistration writes it: single
-    precision) as a 4×4 matrix acting on points (mm, ITK's LPS world).
+    """An ITK affine transform file (``.mat``, MATLAB v4, as antsRegistration and
+    :func:`write_itk_affine` write it, single or double precision) as a 4×4 matrix acting on
+    points (mm, ITK's LPS world).
 
     ITK stores the matrix ``M`` and translation ``t`` (12 parameters) and a centre ``c``
-    apart: a point ``x`` goes to ``M (x − c) + t + c``. Read with antspyx
-    (``ants.read_transform``), whose parameter access is single precision: exact for the
-    files antsRegistration writes, rounded to float32 for a double-precision file.
-    Imports ANTs: call it in a fresh process (see
-    :func:`qsmflow.interfaces.registration.in_fresh_process`).
+    apart: a point ``x`` goes to ``M (x − c) + t + c``. Read with ``scipy.io.loadmat``, the
+    pair of the writer: ``ants.read_transform`` would need ANTs imported (hence a fresh
+    process, :func:`qsmflow.interfaces.registration.in_fresh_process`, to multiply two
+    matrices) and its parameter access is single precision (a double file would be rounded).
 
     Examples
     --------
@@ -45,13 +41,15 @@ def read_itk_affine(path) -> np.ndarray:
     ...     bool(np.array_equal(read_itk_affine(os.path.join(tmp, 'x.mat')), h))
     True
     """
-    import ants
+    from scipy.io import loadmat
 
-    xfm = ants.read_transform(str(path), precision='double')
-    if xfm.transform_type not in _AFFINE_TYPES or xfm.dimension != 3:
-        raise ValueError(f'{path}: not a 3D ITK affine transform ({xfm.transform_type})')
-    params = np.asarray(xfm.parameters, dtype=np.float64)
-    centre = np.asarray(xfm.fixed_parameters, dtype=np.float64)
+    content = loadmat(str(path))
+    keys = [k for k in content if not k.startswith('__') and k != _CENTRE_KEY]
+    affine = ('AffineTransform_', 'MatrixOffsetTransformBase_')
+    if len(keys) != 1 or not keys[0].startswith(affine):
+        raise ValueError(f'{path}: not an ITK affine transform file (arrays: {sorted(content)})')
+    params = content[keys[0]].ravel().astype(np.float64)
+    centre = content[_CENTRE_KEY].ravel().astype(np.float64)
     matrix = np.eye(4)
     matrix[:3, :3] = params[:9].reshape(3, 3)
     matrix[:3, 3] = params[9:12] + centre - matrix[:3, :3] @ centre
@@ -81,7 +79,7 @@ def compose_affines(first, then, out_path) -> str:
     The product of the two 4×4 matrices, not ``ants.compose_ants_transforms``: that returns
     an ITK ``CompositeTransform`` holding both affines (24 parameters, written as
     ``CompositeTransform_double_3_3``), not the one affine that the ``desc-affine`` output
-    and the transform lists of the later steps take. Imports ANTs (:func:`read_itk_affine`).
+    and the transform lists of the later steps take.
     """
     matrix = read_itk_affine(then) @ read_itk_affine(first)
     write_itk_affine(matrix, out_path)
@@ -151,11 +149,9 @@ class ThroughRun(SimpleInterface):
     output_spec = _ThroughRunOutputSpec
 
     def _run_interface(self, runtime):
-        from qsmflow.interfaces.registration import in_fresh_process
-
         # ANTs point order (template → native): warp, the reference's affine, then the rigid
-        affine = in_fresh_process(compose_affines, self.inputs.affine, self.inputs.rigid,
-                                  str(Path(runtime.cwd) / 'affine.mat'))
+        affine = compose_affines(self.inputs.affine, self.inputs.rigid,
+                                 Path(runtime.cwd) / 'affine.mat')
         self._results.update(affine=affine, warp=self.inputs.warp,
                              inverse_warp=self.inputs.inverse_warp)
         return runtime

@@ -80,7 +80,10 @@ def stack_versions() -> dict:
 
 def cpu_features() -> str:
     """The SIMD features numpy's runtime dispatch finds on this CPU, space-separated."""
-    from numpy._core._multiarray_umath import __cpu_features__
+    try:  # numpy >= 2
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy 1.x (setup.cfg allows numpy >= 1.24)
+        from numpy.core._multiarray_umath import __cpu_features__
 
     return ' '.join(sorted(k for k, on in __cpu_features__.items() if on))
 
