@@ -482,12 +482,11 @@ def conjugate_gradient(op, rhs, x=None, *, tol=0.0, max_iter=100):
     the same for any thread count.
     """
     rhs = np.ascontiguousarray(rhs, dtype=np.float32)
-    if x is not None:
-        x = np.ascontiguousarray(x, dtype=np.float32)
     if x is None:
         x = np.zeros(rhs.shape, np.float32)
         r = rhs.copy()
     else:
+        x = np.ascontiguousarray(x, dtype=np.float32)
         r = np.ascontiguousarray(rhs - op(x))
     p = r.copy()
     rr = _vector.dot(r, r)
