@@ -137,13 +137,15 @@ def _admm_tv(numerator, precision, L, rho, weight, v, vsz, max_iter, tol, *, rel
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _data_update(dchi, wf, w2, inside, q, u, rho, alpha, chi, chi_prev):  # pragma: no cover
+def _data_update(dchi, wf, code, weights, q, u, rho, alpha, chi, prev, offsets):  # pragma: no cover
     """One ADMM y/u step for ``y ≈ Dχ`` under the weighted data term ``½‖W(y − f)‖²``.
 
     With ``y_old = q + u``: ``p = α Dχ + (1 − α) y_old + u``;
-    ``y = (W²f + ρp) / (W² + ρ)`` (``wf`` holds ``W²f``); ``u ← p − y``; ``q ← y − u``.
-    Pointwise, in place. Returns ``(‖χ − χ_prev‖, ‖χ‖)`` over the voxels of ``inside``
-    (per-slab partial sums added in order: independent of the number of threads).
+    ``y = (W²f + ρp) / (W² + ρ)`` (``wf`` holds ``W²f``, ``W² = weights[code]``: ``code``
+    is 1 in the mask, whose voxels the norms cover); ``u ← p − y``; ``q ← y − u``.
+    Pointwise, in place. ``prev`` holds χ of the mask's voxels in C order (slab ``i``'s from
+    ``offsets[i]``) and is overwritten with this χ. Returns ``(‖χ − χ_prev‖, ‖χ‖)`` over the
+    mask (per-slab partial sums added in order: independent of the number of threads).
     """
     n0, n1, n2 = dchi.shape
     dnorm_i = np.zeros(n0)
@@ -151,20 +153,23 @@ def _data_update(dchi, wf, w2, inside, q, u, rho, alpha, chi, chi_prev):  # prag
     for i in numba.prange(n0):
         dnorm = 0.0
         cnorm = 0.0
+        n = offsets[i]
         for j in range(n1):
             for k in range(n2):
                 uu = u[i, j, k]
-                w = w2[i, j, k]
+                c = code[i, j, k]
                 p = alpha * dchi[i, j, k] + (1.0 - alpha) * (q[i, j, k] + uu) + uu
-                y = (wf[i, j, k] + rho * p) / (w + rho)
+                y = (wf[i, j, k] + rho * p) / (weights[c] + rho)
                 uu = p - y
                 u[i, j, k] = uu
                 q[i, j, k] = y - uu
-                if inside[i, j, k]:
-                    c = chi[i, j, k]
-                    dc = c - chi_prev[i, j, k]
+                if c == 1:
+                    x = chi[i, j, k]
+                    dc = x - prev[n]
+                    prev[n] = x
+                    n += 1
                     dnorm += dc * dc
-                    cnorm += c * c
+                    cnorm += x * x
         dnorm_i[i] = dnorm
         cnorm_i[i] = cnorm
     dnorm = 0.0
@@ -173,3 +178,23 @@ def _data_update(dchi, wf, w2, inside, q, u, rho, alpha, chi, chi_prev):  # prag
         dnorm += dnorm_i[i]
         cnorm += cnorm_i[i]
     return np.sqrt(dnorm), np.sqrt(cnorm)
+
+
+@numba.njit(parallel=True, cache=True)
+def _kspace_update(X, Y, grad_gain, data_gain, D):  # pragma: no cover
+    """The χ update of :func:`~qsmflow.qsm.inversion.tv` in k-space, in place and pointwise
+    (no fastmath: each product and sum rounded as numpy's ``X *= g; Y *= d; X += Y``):
+    ``X ← X·grad_gain + Y·data_gain`` (F χ) and ``Y ← X·D`` (F Dχ)."""
+    n0, n1, n2 = X.shape
+    for i in numba.prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                a = X[i, j, k]
+                b = Y[i, j, k]
+                g = grad_gain[i, j, k]
+                h = data_gain[i, j, k]
+                re = a.real * g + b.real * h
+                im = a.imag * g + b.imag * h
+                d = D[i, j, k]
+                X[i, j, k] = complex(re, im)
+                Y[i, j, k] = complex(re * d, im * d)

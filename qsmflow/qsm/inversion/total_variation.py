@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from qsmflow.qsm._morphology import dilate
 from qsmflow.qsm._validation import non_negative
-from qsmflow.qsm.inversion._admm import _admm_tv, _data_update, _shrink_update
+from qsmflow.qsm.inversion._admm import (
+    _admm_tv, _data_update, _kspace_update, _shrink_update)
 from qsmflow.qsm.inversion._common import _iterations, _positive, _Problem, _validate
 from qsmflow.qsm.inversion.regularisation import (
     TV_SHELL_MM, choose_shell_weight, choose_tv_weight, estimate_noise)
@@ -207,13 +209,26 @@ def _shell(prob, shell_mm):
 
 
 def _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm=0.0, shell_weight=0.0):
+    """The ADMM loop of :func:`tv`; returns χ on the padded grid (float32).
+
+    Work arrays (bytes per padded voxel): ``v``, ``u`` (24), ``q``, ``uy`` (8), the weight
+    code (1, uint8: 0 outside, 1 mask, 2 shell), χ of the previous step in the mask only
+    (4 per mask voxel), two k-space gains (two half spectra, ~4), χ (4) and per step two
+    half spectra (8) and one real grid (4, the inverse FFTs overwrite their input); the
+    input's padded field and kernel are :class:`_Problem`'s.
+    """
     D, shape, vsz = prob.D, prob.shape, prob.vsz
     ih = (1.0 / vsz).astype(np.float32)
     wf = prob.field  # the field times the mask: _Problem's field is 0 outside it
-    w2 = prob.mask.astype(np.float32)
+    code = prob.mask.view(np.uint8).copy()
+    weights = np.array([0, 1, 0], np.float32)
     if shell_weight > 0 and shell_mm > 0:
         # the shell prior: the field of χ is asked to be 0 there, with weight shell_weight
-        w2[_shell(prob, shell_mm)] = np.float32(shell_weight)
+        code[_shell(prob, shell_mm)] = 2
+        weights[2] = shell_weight
+    counts = np.count_nonzero(prob.mask.reshape(shape[0], -1), axis=1)
+    offsets = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    prev = np.zeros(int(counts.sum()), np.float32)  # χ of the last step in the mask
     den = np.float32(rho) * laplacian_kernel(shape, vsz) + np.float32(rho_data) * D * D
     iden = np.zeros_like(den)
     np.divide(1, den, out=iden, where=den > 0)
@@ -227,27 +242,24 @@ def _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm=0.0, shell
     uy = np.zeros(shape, np.float32)
     thr = np.float32(lam / rho)
     alpha = np.float32(TV_RELAXATION)
-    chi_prev = None
     for it in range(max_iter):
         X = rfft(gradient_adjoint(v, vsz))
-        X *= grad_gain
         Y = rfft(q)
-        Y *= data_gain
-        X += Y
-        del Y
-        chi = irfft(X, shape)
+        _kspace_update(X, Y, grad_gain, data_gain, D)  # X = F χ, Y = F Dχ
+        chi = sfft.irfftn(X, s=shape, overwrite_x=True)
+        del X
         if it == max_iter - 1:
             break
-        X *= D
         # the stopping norms cover χ inside the mask, what is returned (χ outside, which
         # only carries field into the mask, settles much more slowly and does not matter)
-        dnorm, cnorm = _data_update(irfft(X, shape), wf, w2, prob.mask, q, uy,
-                                    np.float32(rho_data), alpha, chi,
-                                    chi if chi_prev is None else chi_prev)
+        dnorm, cnorm = _data_update(sfft.irfftn(Y, s=shape, overwrite_x=True), wf, code,
+                                    weights, q, uy, np.float32(rho_data), alpha, chi, prev,
+                                    offsets)
+        del Y
         _shrink_update(chi, chi, u, v, ih[0], ih[1], ih[2], thr, alpha)
-        if chi_prev is not None and dnorm <= tol * cnorm:
+        if it > 0 and dnorm <= tol * cnorm:
             break
-        chi_prev = chi
+        del chi  # not held through the next step's transforms
     return chi
 
 
