@@ -353,7 +353,7 @@ def test_tv_work_arrays_stay_within_their_budget():
     """TV's ADMM holds v, u (24 bytes per padded voxel), q, u_y (8), a uint8 weight code, χ
     and per step two half spectra and one grid: ≤ 53 bytes per padded voxel at its peak
     (tracemalloc; 56.5 before the weights became a code, χ_prev a masked vector and the
-    inverse FFTs worked in place)."""
+    previous χ was dropped between steps)."""
     import tracemalloc
 
     from qsmflow.qsm.inversion.total_variation import _tv_masked_core

@@ -157,13 +157,13 @@ def _data_update(dchi, wf, code, weights, q, u, rho, alpha, chi, prev, offsets):
         for j in range(n1):
             for k in range(n2):
                 uu = u[i, j, k]
-                c = code[i, j, k]
                 p = alpha * dchi[i, j, k] + (1.0 - alpha) * (q[i, j, k] + uu) + uu
-                y = (wf[i, j, k] + rho * p) / (weights[c] + rho)
+                y = (wf[i, j, k] + rho * p) / (weights[code[i, j, k]] + rho)
                 uu = p - y
                 u[i, j, k] = uu
                 q[i, j, k] = y - uu
-                if c == 1:
+            for k in range(n2):  # apart: the running index n would keep the loop above scalar
+                if code[i, j, k] == 1:
                     x = chi[i, j, k]
                     dc = x - prev[n]
                     prev[n] = x

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from qsmflow.qsm._morphology import dilate
@@ -214,8 +213,8 @@ def _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm=0.0, shell
     Work arrays (bytes per padded voxel): ``v``, ``u`` (24), ``q``, ``uy`` (8), the weight
     code (1, uint8: 0 outside, 1 mask, 2 shell), χ of the previous step in the mask only
     (4 per mask voxel), two k-space gains (two half spectra, ~4), χ (4) and per step two
-    half spectra (8) and one real grid (4, the inverse FFTs overwrite their input); the
-    input's padded field and kernel are :class:`_Problem`'s.
+    half spectra (8) and one real grid (4); the padded field and kernel are
+    :class:`_Problem`'s.
     """
     D, shape, vsz = prob.D, prob.shape, prob.vsz
     ih = (1.0 / vsz).astype(np.float32)
@@ -246,15 +245,14 @@ def _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm=0.0, shell
         X = rfft(gradient_adjoint(v, vsz))
         Y = rfft(q)
         _kspace_update(X, Y, grad_gain, data_gain, D)  # X = F χ, Y = F Dχ
-        chi = sfft.irfftn(X, s=shape, overwrite_x=True)
+        chi = irfft(X, shape)
         del X
         if it == max_iter - 1:
             break
         # the stopping norms cover χ inside the mask, what is returned (χ outside, which
         # only carries field into the mask, settles much more slowly and does not matter)
-        dnorm, cnorm = _data_update(sfft.irfftn(Y, s=shape, overwrite_x=True), wf, code,
-                                    weights, q, uy, np.float32(rho_data), alpha, chi, prev,
-                                    offsets)
+        dnorm, cnorm = _data_update(irfft(Y, shape), wf, code, weights, q, uy,
+                                    np.float32(rho_data), alpha, chi, prev, offsets)
         del Y
         _shrink_update(chi, chi, u, v, ih[0], ih[1], ih[2], thr, alpha)
         if it > 0 and dnorm <= tol * cnorm:
