@@ -153,3 +153,25 @@ def test_shell_weight_follows_the_noise_and_can_be_set_or_switched_off(brain_noi
     with pytest.raises(ValueError, match='shell_mm'):
         inversion.tv(b['local_noisy'], m, vs, shell_mm=-1)
 
+
+
+def test_noise_estimate_on_the_masks_box_equals_that_on_the_whole_grid():
+    """estimate_noise works on the mask's bounding box (started at even indices): the same
+    σ, bit for bit, as the 2 × 2 × 2 blocks and Haar coefficients of the whole grid."""
+    from scipy import ndimage as ndi
+
+    from qsmflow.qsm.inversion import regularisation as reg
+
+    rng = np.random.default_rng(4)
+    shape = (31, 40, 37)
+    field = rng.standard_normal(shape)
+    centre = np.array([15.3, 21.7, 17.1])[:, None, None, None]
+    axes = np.array([9.0, 12.0, 10.0])[:, None, None, None]
+    mask = (((np.indices(shape) - centre) / axes) ** 2).sum(0) < 1
+    inner = ndi.binary_erosion(mask, iterations=2)
+    full = np.where(mask, field, 0.0)
+    s1 = reg._haar_detail_mad(full, inner)
+    s2 = reg._haar_detail_mad(*reg._block_mean(full, inner)) * np.sqrt(8.0)
+    est = reg.estimate_noise(field, mask)
+    assert (est['sigma_voxel_ppm'], est['sigma_2voxel_ppm']) == (s1, s2)
+    assert [s.start % 2 for s in reg._even_box(mask)] == [0, 0, 0]
