@@ -39,6 +39,7 @@ from qsmflow.qsm._morphology import largest_component as _largest_component
 from qsmflow.qsm._morphology import otsu as _otsu
 from qsmflow.qsm._validation import as_image as _as_image
 from qsmflow.qsm._validation import as_voxel_size as _as_voxel_size
+from qsmflow.qsm._vector import slabwise
 from qsmflow.qsm.kernels import bounding_box
 
 #: Brain-tissue intensity window, as fractions of the median magnitude at the head centre.
@@ -316,7 +317,8 @@ def root_sum_of_squares(magnitude: np.ndarray, slab: int = 8) -> np.ndarray:
     axis at a time: numpy adds each voxel's echoes in the same order as on the whole
     array (the order follows the memory layout, which a slab keeps), so the result is
     bitwise that of the one-shot expression, at 8 bytes per voxel of the slab instead of
-    8 bytes per voxel and echo of the whole grid.
+    8 bytes per voxel and echo of the whole grid. The slabs run side by side on
+    :func:`qsmflow.qsm.threads.limit`'s thread count (:func:`~qsmflow.qsm._vector.slabwise`).
 
     Examples
     --------
@@ -326,9 +328,11 @@ def root_sum_of_squares(magnitude: np.ndarray, slab: int = 8) -> np.ndarray:
     True
     """
     out = np.empty(magnitude.shape[:3], np.float32)
-    for i in range(0, magnitude.shape[0], slab):
-        part = magnitude[i:i + slab]
-        out[i:i + slab] = np.sqrt(np.sum(np.square(part, dtype=np.float64), axis=-1))
+
+    def one(s):
+        out[s] = np.sqrt(np.sum(np.square(magnitude[s], dtype=np.float64), axis=-1))
+
+    slabwise(one, magnitude.shape[0], slab)
     return out
 
 

@@ -207,3 +207,15 @@ def test_vector_chunks_give_the_same_bits_for_any_thread_count():
     assert d1 == pytest.approx(float(np.dot(a.astype(np.float64), b)), rel=1e-12)
     np.testing.assert_array_equal(v1[0], np.float32(0.5) * b)
     np.testing.assert_array_equal(v1[2], v1[1] + np.float32(0.25) * (b))
+
+
+def test_root_sum_of_squares_slabs_give_the_one_shot_bits_for_any_thread_count():
+    """brain_extraction.root_sum_of_squares runs its slabs on the thread pool: 1 and 2
+    threads give the bits of the whole-array expression (several slabs, a short last one)."""
+    from qsmflow.qsm.brain_extraction import root_sum_of_squares
+
+    m = np.random.default_rng(5).random((21, 6, 5, 4), dtype=np.float32)
+    ref = np.sqrt(np.sum(np.square(m, dtype=np.float64), axis=-1)).astype(np.float32)
+    for n_threads in (1, 2):
+        with threads.limit(n_threads):
+            np.testing.assert_array_equal(root_sum_of_squares(m, slab=4), ref)
