@@ -219,3 +219,20 @@ def test_root_sum_of_squares_slabs_give_the_one_shot_bits_for_any_thread_count()
     for n_threads in (1, 2):
         with threads.limit(n_threads):
             np.testing.assert_array_equal(root_sum_of_squares(m, slab=4), ref)
+
+
+def test_block_mean_slabs_give_the_one_shot_bits_for_any_thread_count():
+    """brain_extraction._block_mean (the working-grid downsampling) in slabs of blocks on
+    the thread pool: the bits of the whole-array mean with 1 and 2 threads."""
+    from qsmflow.qsm.brain_extraction import _block_mean
+
+    img = np.random.default_rng(6).random((37, 22, 19), dtype=np.float32)
+    f = (3, 2, 2)
+    n = [s // k for s, k in zip(img.shape, f)]
+    ref = img[:n[0] * 3, :n[1] * 2, :n[2] * 2].reshape(
+        n[0], 3, n[1], 2, n[2], 2).mean(axis=(1, 3, 5))
+    for n_threads in (1, 2):
+        with threads.limit(n_threads):
+            out = _block_mean(img, f)
+        assert out.dtype == ref.dtype
+        np.testing.assert_array_equal(out, ref)
