@@ -45,6 +45,7 @@ from qsmflow.qsm._validation import as_image as _as_image
 from qsmflow.qsm._validation import as_mask as _as_mask
 from qsmflow.qsm._validation import as_voxel_size
 from qsmflow.qsm._validation import check_finite_in_mask as _check_finite_in_mask
+from qsmflow.qsm._vector import slabwise
 
 TWO_PI = 2.0 * np.pi
 
@@ -254,58 +255,92 @@ def _edge_weights(phase, mask, magnitude, phase2, te_ratio):
     ``v + e_a`` (flat C order); ``quality`` sums the weights of a voxel's edges. The level
     is ``round(255·(1 − w)²)``: fine steps for poor edges, where the visiting order
     matters, and coarse ones for good edges, which keeps the queue's memory access local.
+    Fixed slabs of 8 planes of the first axis run side by side on the thread pool
+    (:func:`~qsmflow.qsm._vector.slabwise`); a slab recomputes the weights of the edges
+    that cross into it from the plane before, and adds every voxel's edge weights in the
+    same order as a whole-grid pass, so the bits do not depend on the thread count.
     """
     shape = phase.shape
     bins = np.full((3,) + shape, _N_BINS - 1, dtype=np.uint8)
     quality = np.zeros(shape, dtype=np.float32)
-    inv_pi = np.float32(1 / np.pi)
+    mref = None
     if magnitude is not None:
         mref = float(np.median(magnitude[mask]))
         if not mref > 0:
             mref = max(float(magnitude[mask].max()), 1e-30)
-        inv_mref = np.float32(1 / mref)
-        tiny = np.float32(np.finfo(np.float32).tiny)
-    for a in range(3):
-        # in place, one temporary at a time: the same float32 operations as
-        # ``1 − |wrap_phase(Δφ)|/π`` etc., so the same bits, at half the peak memory
-        lo, hi = _axis_pairs(a)
-        d = _wrap_in_place(np.subtract(phase[hi], phase[lo]))
-        w = np.abs(d)
-        w *= inv_pi
-        np.subtract(1, w, out=w)
-        if phase2 is not None:
-            d2 = _wrap_in_place(np.subtract(phase2[hi], phase2[lo]))
-            d2 *= np.float32(1 / te_ratio)
-            d -= d2
-            del d2
-            np.abs(d, out=d)
-            d *= inv_pi
-            np.subtract(1, d, out=d)
-            np.maximum(d, 0, out=d)
-            w *= d
-        del d
-        if magnitude is not None:
-            m_lo = np.minimum(magnitude[hi], magnitude[lo])
-            m_hi = np.maximum(magnitude[hi], magnitude[lo])
-            np.maximum(m_hi, tiny, out=m_hi)
-            np.divide(m_lo, m_hi, out=m_hi)
-            w *= m_hi
-            w *= m_hi
-            del m_hi
-            m_lo *= inv_mref
-            np.minimum(m_lo, 1, out=m_lo)
-            w *= m_lo
-            del m_lo
-        np.clip(w, 0, 1, out=w)
-        w *= mask[hi] & mask[lo]
-        quality[lo] += w
-        quality[hi] += w
-        np.subtract(1, w, out=w)
-        w *= w
-        w *= _N_BINS - 1
-        w += 0.5
-        bins[a][lo] = w
+    args = (phase, mask, magnitude, phase2, te_ratio, mref)
+    n0 = shape[0]
+
+    def slab(rows):
+        s0, s1 = rows.start, rows.stop
+        for a in range(3):
+            if a == 0:  # edges (r, r + 1) for r in [e0, e1): those touching rows s0..s1-1
+                e0, e1 = max(s0 - 1, 0), min(s1, n0 - 1)
+                if e1 <= e0:
+                    continue
+                w = _axis_weights(0, e0, e1, *args)
+                quality[s0:e1] += w[s0 - e0:]
+                h0, h1 = max(s0, 1), min(s1, e1 + 1)
+                quality[h0:h1] += w[h0 - 1 - e0:h1 - 1 - e0]
+                own, lo = w[s0 - e0:], (slice(s0, e1),)
+            else:
+                w = _axis_weights(a, s0, s1, *args)
+                lo, hi = _axis_pairs(a)
+                lo, hi = (rows,) + lo[1:], (rows,) + hi[1:]
+                quality[lo] += w
+                quality[hi] += w
+                own = w
+            np.subtract(1, own, out=own)
+            own *= own
+            own *= _N_BINS - 1
+            own += 0.5
+            bins[a][lo] = own
+
+    slabwise(slab, n0, 8)
     return bins.reshape(3, -1), quality.ravel()
+
+
+def _axis_weights(a, r0, r1, phase, mask, magnitude, phase2, te_ratio, mref):
+    """Weights (float32, in [0, 1]) of the edges ``(v, v + e_a)`` whose voxel ``v`` lies in
+    the planes ``r0:r1`` of the first axis (in place, one temporary at a time: the same
+    float32 operations as ``1 − |wrap_phase(Δφ)|/π`` etc., so the same bits, at half the
+    peak memory)."""
+    lo, hi = _axis_pairs(a)
+    if a == 0:
+        lo, hi = (slice(r0, r1),), (slice(r0 + 1, r1 + 1),)
+    else:
+        lo, hi = (slice(r0, r1),) + lo[1:], (slice(r0, r1),) + hi[1:]
+    inv_pi = np.float32(1 / np.pi)
+    d = _wrap_in_place(np.subtract(phase[hi], phase[lo]))
+    w = np.abs(d)
+    w *= inv_pi
+    np.subtract(1, w, out=w)
+    if phase2 is not None:
+        d2 = _wrap_in_place(np.subtract(phase2[hi], phase2[lo]))
+        d2 *= np.float32(1 / te_ratio)
+        d -= d2
+        del d2
+        np.abs(d, out=d)
+        d *= inv_pi
+        np.subtract(1, d, out=d)
+        np.maximum(d, 0, out=d)
+        w *= d
+    del d
+    if magnitude is not None:
+        m_lo = np.minimum(magnitude[hi], magnitude[lo])
+        m_hi = np.maximum(magnitude[hi], magnitude[lo])
+        np.maximum(m_hi, np.float32(np.finfo(np.float32).tiny), out=m_hi)
+        np.divide(m_lo, m_hi, out=m_hi)
+        w *= m_hi
+        w *= m_hi
+        del m_hi
+        m_lo *= np.float32(1 / mref)
+        np.minimum(m_lo, 1, out=m_lo)
+        w *= m_lo
+        del m_lo
+    np.clip(w, 0, 1, out=w)
+    w *= mask[hi] & mask[lo]
+    return w
 
 
 def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_components):

@@ -236,3 +236,30 @@ def test_block_mean_slabs_give_the_one_shot_bits_for_any_thread_count():
             out = _block_mean(img, f)
         assert out.dtype == ref.dtype
         np.testing.assert_array_equal(out, ref)
+
+
+def test_romeo_edge_weights_in_slabs_match_a_whole_grid_pass_for_any_thread_count():
+    """unwrap._edge_weights runs slabs of 8 planes on the thread pool, recomputing the
+    edges that cross a slab's border: the bits of one whole-grid pass with 1 and 2 threads."""
+    from qsmflow.qsm import unwrap
+    from qsmflow.qsm._unwrap_components import _axis_pairs
+
+    rng = np.random.default_rng(7)
+    shape = (21, 6, 5)  # three slabs, the last one short
+    ph, ph2 = (rng.uniform(-9, 9, shape).astype(np.float32) for _ in range(2))
+    mag = rng.random(shape, dtype=np.float32)
+    m = rng.random(shape) > 0.2
+    mref = float(np.median(mag[m]))
+    quality = np.zeros(shape, np.float32)
+    ref_bins = np.full((3,) + shape, 255, np.uint8)
+    for a in range(3):
+        lo, hi = _axis_pairs(a)
+        w = unwrap._axis_weights(a, 0, shape[0] - (a == 0), ph, m, mag, ph2, 1.5, mref)
+        quality[lo] += w
+        quality[hi] += w
+        ref_bins[a][lo] = (np.float32(1) - w) ** 2 * np.float32(255) + np.float32(0.5)
+    for n_threads in (1, 2):
+        with threads.limit(n_threads):
+            bins, q = unwrap._edge_weights(ph, m, mag, ph2, 1.5)
+        np.testing.assert_array_equal(q, quality.ravel())
+        np.testing.assert_array_equal(bins, ref_bins.reshape(3, -1))
