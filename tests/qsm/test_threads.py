@@ -263,3 +263,18 @@ def test_romeo_edge_weights_in_slabs_match_a_whole_grid_pass_for_any_thread_coun
             bins, q = unwrap._edge_weights(ph, m, mag, ph2, 1.5)
         np.testing.assert_array_equal(q, quality.ravel())
         np.testing.assert_array_equal(bins, ref_bins.reshape(3, -1))
+
+
+@pytest.mark.parametrize('user', [None, 'ACTIVE'])
+def test_numba_parallel_modules_get_the_passive_omp_wait_policy_first(user):
+    """Importing a numba-parallel module directly (here _morphology, which does not import
+    qsmflow.qsm.threads) runs qsmflow/qsm/__init__.py first, which sets OMP_WAIT_POLICY
+    to PASSIVE before any OpenMP pool starts; a value the user set wins."""
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_WAIT_POLICY'}
+    if user:
+        env['OMP_WAIT_POLICY'] = user
+    code = ('import os, qsmflow.qsm._morphology as m; '
+            'print(os.environ.get("OMP_WAIT_POLICY"))')
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == (user or 'PASSIVE')
