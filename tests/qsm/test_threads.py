@@ -278,3 +278,14 @@ def test_numba_parallel_modules_get_the_passive_omp_wait_policy_first(user):
     out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == (user or 'PASSIVE')
+
+
+def test_echo_gather_on_the_thread_pool_gives_the_same_array():
+    """echoes.fit._gather_echoes gathers the echoes side by side: (N, V) echo-first."""
+    from qsmflow.qsm.echoes.fit import _gather_echoes
+
+    a = np.random.default_rng(8).random((6, 5, 4, 3), dtype=np.float32)
+    idx = np.flatnonzero(a[..., 0] > 0.4)
+    for n_threads in (1, 2):
+        with threads.limit(n_threads):
+            np.testing.assert_array_equal(_gather_echoes(a, idx), a.reshape(-1, 3)[idx].T)

@@ -13,6 +13,7 @@ from qsmflow.qsm.echoes._common import _check_inputs, _echo_weight, _LineSums, _
 from qsmflow.qsm.echoes.units import _ppm_per_hz, hz_to_ppm
 from qsmflow.qsm.echoes.unwrapping import unwrap_echoes
 from qsmflow.qsm.unwrap import TWO_PI
+from qsmflow.qsm._vector import slabwise
 
 
 def fit_field(
@@ -91,11 +92,15 @@ def _fit_field(ph, msk, te, mag):
 
 
 def _gather_echoes(arr, idx):
-    """``arr`` (X, Y, Z, N) at the flat voxel indices ``idx``, echo-first: (N, V)."""
+    """``arr`` (X, Y, Z, N) at the flat voxel indices ``idx``, echo-first: (N, V); the
+    echoes are gathered side by side on the thread pool (plain copies: the same bits)."""
     flat = arr.reshape(-1, arr.shape[3])
     out = np.empty((arr.shape[3], idx.size), arr.dtype)
-    for n in range(arr.shape[3]):
-        out[n] = flat[idx, n]
+
+    def one(echoes):
+        out[echoes.start] = flat[idx, echoes.start]
+
+    slabwise(one, arr.shape[3], 1)
     return out
 
 
