@@ -289,3 +289,23 @@ def test_echo_gather_on_the_thread_pool_gives_the_same_array():
     for n_threads in (1, 2):
         with threads.limit(n_threads):
             np.testing.assert_array_equal(_gather_echoes(a, idx), a.reshape(-1, 3)[idx].T)
+
+
+def test_quality_curvature_slabs_match_a_whole_grid_pass_for_any_thread_count():
+    """mask.quality's second-difference term in slabs of 8 planes on the thread pool (the
+    centre voxels' neighbours may lie in the next slab): the bits of one whole-grid call."""
+    from qsmflow.qsm._vector import slabwise
+    from qsmflow.qsm.mask.quality import _curvature_slab
+
+    rng = np.random.default_rng(9)
+    img = rng.uniform(-3, 3, (21, 6, 5)).astype(np.float32)
+    m = rng.random(img.shape) > 0.1
+    ref = [np.zeros(img.shape, np.float32) for _ in range(2)]
+    _curvature_slab(img, m, *ref, slice(0, img.shape[0]))
+    assert ref[1].max() == 3  # some voxels have all three axes' triples in the mask
+    for n_threads in (1, 2):
+        out = [np.zeros(img.shape, np.float32) for _ in range(2)]
+        with threads.limit(n_threads):  # three slabs, the last one short
+            slabwise(lambda rows: _curvature_slab(img, m, *out, rows), img.shape[0], 8)
+        np.testing.assert_array_equal(out[0], ref[0])
+        np.testing.assert_array_equal(out[1], ref[1])

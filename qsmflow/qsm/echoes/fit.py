@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from qsmflow.qsm._vector import slabwise
 from qsmflow.qsm.echoes._common import _check_inputs, _echo_weight, _LineSums, _magnitude_ref
 from qsmflow.qsm.echoes.units import _ppm_per_hz, hz_to_ppm
 from qsmflow.qsm.echoes.unwrapping import unwrap_echoes
 from qsmflow.qsm.unwrap import TWO_PI
-from qsmflow.qsm._vector import slabwise
 
 
 def fit_field(

@@ -24,6 +24,7 @@ from qsmflow.qsm._validation import (
     check_finite_in_mask,
     fraction,
 )
+from qsmflow.qsm._vector import slabwise
 from qsmflow.qsm.kernels import bounding_box
 
 #: Default cut-off of :func:`quality_mask` (dimensionless quality in [0, 1]).
@@ -110,6 +111,35 @@ def _wrap(x):
     return x - 2 * np.pi * np.round(x / (2 * np.pi))
 
 
+def _curvature_slab(img, m, cos_sum, count, rows):
+    """Add ``cos`` of the second differences of ``img`` along each axis, and the count of
+    the in-mask triples, at the centre voxels in the planes ``rows`` of the first axis
+    (their neighbours may lie in the planes either side); each voxel gets its three axes
+    in order, as a whole-grid pass, so slabs side by side give the same bits."""
+    n0 = img.shape[0]
+    for a in range(3):
+        lo = [slice(None)] * 3
+        mid = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[a], mid[a], hi[a] = slice(None, -2), slice(1, -1), slice(2, None)
+        c0, c1 = rows.start, rows.stop  # centre planes
+        if a == 0:
+            c0, c1 = max(c0, 1), min(c1, n0 - 1)
+            if c1 <= c0:
+                continue
+        lo[0], mid[0], hi[0] = (slice(c0 - (a == 0), c1 - (a == 0)), slice(c0, c1),
+                                slice(c0 + (a == 0), c1 + (a == 0)))
+        lo, mid, hi = tuple(lo), tuple(mid), tuple(hi)
+        d2 = img[hi] + img[lo]
+        d2 -= 2 * img[mid]
+        ok = m[lo] & m[mid] & m[hi]
+        np.cos(d2, out=d2)
+        d2 *= ok
+        cos_sum[mid] += d2
+        del d2
+        count[mid] += ok
+
+
 def _quality_map(ph, mag, msk, vox, te):
     box = bounding_box(msk, 1)
     m = msk[box]
@@ -132,20 +162,7 @@ def _quality_map(ph, mag, msk, vox, te):
     img = echo(1) - echo(0) if n_echo > 1 else echo(0)
     cos_sum = np.zeros(m.shape, np.float32)
     count = np.zeros(m.shape, np.float32)
-    for a in range(3):
-        lo = [slice(None)] * 3
-        mid = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[a], mid[a], hi[a] = slice(None, -2), slice(1, -1), slice(2, None)
-        lo, mid, hi = tuple(lo), tuple(mid), tuple(hi)
-        d2 = img[hi] + img[lo]
-        d2 -= 2 * img[mid]
-        ok = m[lo] & m[mid] & m[hi]
-        np.cos(d2, out=d2)
-        d2 *= ok
-        cos_sum[mid] += d2
-        del d2
-        count[mid] += ok
+    slabwise(lambda rows: _curvature_slab(img, m, cos_sum, count, rows), m.shape[0], 8)
     del img
     with np.errstate(invalid='ignore', divide='ignore'):
         q = np.where(count > 0, cos_sum / count, 0).astype(np.float32)
