@@ -145,8 +145,8 @@ def _quality_map(ph, mag, msk, vox, te):
     m = msk[box]
     n_echo = ph.shape[3]
 
-    def echo(n):  # echoes are cropped when needed, not all held at once
-        return ph[box + (n,)].astype(np.float32)
+    def echo(n, rows=slice(None)):  # echoes are cropped when needed, not all held at once
+        return ph[box + (n,)][rows].astype(np.float32)
 
     size = [max(3, 2 * round(QUALITY_WINDOW_MM / (2 * h)) + 1) for h in vox]
     mf = m.astype(np.float32)
@@ -170,16 +170,18 @@ def _quality_map(ph, mag, msk, vox, te):
     q = box_mean(q)
     if n_echo >= 3:
         qt = np.zeros(m.shape, np.float32)
-        p2, p1 = echo(0), echo(1)  # echoes n - 2 and n - 1
-        for n in range(2, n_echo):
-            ratio = np.float32((te[n] - te[n - 1]) / (te[n - 1] - te[n - 2]))
-            p0 = echo(n)
-            r = p0 - p1
-            r -= _wrap(p1 - p2) * ratio
-            qt += np.cos(r)
-            del r
-            p2, p1 = p1, p0
-        del p2, p1, p0
+
+        def temporal(rows):  # voxel-wise: slabs of planes side by side, the same bits
+            p2, p1 = echo(0, rows), echo(1, rows)  # echoes n - 2 and n - 1
+            for n in range(2, n_echo):
+                ratio = np.float32((te[n] - te[n - 1]) / (te[n - 1] - te[n - 2]))
+                p0 = echo(n, rows)
+                r = p0 - p1
+                r -= _wrap(p1 - p2) * ratio
+                qt[rows] += np.cos(r)
+                p2, p1 = p1, p0
+
+        slabwise(temporal, m.shape[0], 8)
         q *= box_mean(qt / np.float32(n_echo - 2))
     if mag is not None:
         m1 = mag[box + (0,)].astype(np.float32)
