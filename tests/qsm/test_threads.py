@@ -309,3 +309,17 @@ def test_quality_curvature_slabs_match_a_whole_grid_pass_for_any_thread_count():
             slabwise(lambda rows: _curvature_slab(img, m, *out, rows), img.shape[0], 8)
         np.testing.assert_array_equal(out[0], ref[0])
         np.testing.assert_array_equal(out[1], ref[1])
+
+
+def test_quality_box_filter_in_slabs_gives_scipys_bits_for_any_thread_count():
+    """mask.quality._box_filter (the quality map's box means) runs each axis's pass in
+    slabs on the thread pool: the bits of scipy.ndimage.uniform_filter."""
+    from scipy import ndimage as ndi
+
+    from qsmflow.qsm.mask.quality import _box_filter
+
+    x = np.random.default_rng(10).random((21, 17, 9), dtype=np.float32)
+    ref = ndi.uniform_filter(x, (3, 7, 5))
+    for n_threads in (1, 2):
+        with threads.limit(n_threads):
+            np.testing.assert_array_equal(_box_filter(x, (3, 7, 5)), ref)
