@@ -109,13 +109,14 @@ def bounding_box(mask: np.ndarray, margin=0) -> tuple[slice, ...]:
     >>> bounding_box(m, 1)
     (slice(1, 5, None), slice(4, 7, None), slice(5, 10, None))
     """
-    idx = np.nonzero(mask)
-    if idx[0].size == 0:
-        raise ValueError('mask is empty')
-    return tuple(
-        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + 1 + margin, n))
-        for i, n in zip(idx, mask.shape)
-    )
+    mask = np.asarray(mask)
+    box = []
+    for axis, n in enumerate(mask.shape):  # projections: no index array per mask voxel
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            raise ValueError('mask is empty')
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, n)))
+    return tuple(box)
 
 
 def kspace_grid(shape, voxel_size, dtype=np.float32):

@@ -305,10 +305,10 @@ def _axis_weights(a, r0, r1, phase, mask, magnitude, phase2, te_ratio, mref):
     the planes ``r0:r1`` of the first axis (in place, one temporary at a time: the same
     float32 operations as ``1 − |wrap_phase(Δφ)|/π`` etc., so the same bits, at half the
     peak memory)."""
-    lo, hi = _axis_pairs(a)
     if a == 0:
         lo, hi = (slice(r0, r1),), (slice(r0 + 1, r1 + 1),)
     else:
+        lo, hi = _axis_pairs(a)
         lo, hi = (slice(r0, r1),) + lo[1:], (slice(r0, r1),) + hi[1:]
     inv_pi = np.float32(1 / np.pi)
     d = _wrap_in_place(np.subtract(phase[hi], phase[lo]))

@@ -130,17 +130,17 @@ def _curvature_slab(img, m, cos_sum, count, rows):
     in order, as a whole-grid pass, so slabs side by side give the same bits."""
     n0 = img.shape[0]
     for a in range(3):
-        lo = [slice(None)] * 3
-        mid = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[a], mid[a], hi[a] = slice(None, -2), slice(1, -1), slice(2, None)
         c0, c1 = rows.start, rows.stop  # centre planes
         if a == 0:
             c0, c1 = max(c0, 1), min(c1, n0 - 1)
             if c1 <= c0:
                 continue
-        lo[0], mid[0], hi[0] = (slice(c0 - (a == 0), c1 - (a == 0)), slice(c0, c1),
-                                slice(c0 + (a == 0), c1 + (a == 0)))
+        step = int(a == 0)  # the neighbours' planes: the centre's, or one either side
+        lo = [slice(c0 - step, c1 - step), slice(None), slice(None)]
+        mid = [slice(c0, c1), slice(None), slice(None)]
+        hi = [slice(c0 + step, c1 + step), slice(None), slice(None)]
+        if a:
+            lo[a], mid[a], hi[a] = slice(None, -2), slice(1, -1), slice(2, None)
         lo, mid, hi = tuple(lo), tuple(mid), tuple(hi)
         d2 = img[hi] + img[lo]
         d2 -= 2 * img[mid]
