@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     from qsmflow.cli.demo import DEMO_POSE
     from qsmflow.interfaces.regions import read_lut
     from qsmflow.interfaces.registration import (
-        PYRAMIDS, RIGID_TO_RUN, refine_to_prior, register, registration_threads, write_prior)
+        PYRAMIDS, RIGID_TO_RUN, refine_to_prior, register, registration_threads,
+        template_voxel_mm, write_moving, write_prior)
     from qsmflow.phantom.bids import DEFAULT_ECHO_TIMES_S, oblique_affine
     from qsmflow.phantom.head import make_head
     from qsmflow.phantom.template import pose_affine, write_template
@@ -74,21 +75,27 @@ def main(argv=None) -> int:
         affine = oblique_affine(head.shape, head.voxel_size_mm)
         pose = oblique_affine((1, 1, 1), 1.0, DEMO_POSE['yaw_deg'], axis='z')
         pose[:3, 3] = DEMO_POSE['shift_mm']
-        _moving(head, DEFAULT_ECHO_TIMES_S, pose @ affine).to_filename(tmp / 'moving.nii.gz')
+        _moving(head, DEFAULT_ECHO_TIMES_S, pose @ affine).to_filename(tmp / 'native.nii.gz')
+        nb.Nifti1Image(head.brain_mask.astype(np.uint8), pose @ affine).to_filename(
+            tmp / 'mask.nii.gz')
+        fixed = folder / f'tpl-QSMPhantom_{res}_T1w.nii.gz'
         nb.Nifti1Image(head.chi_ppm.astype(np.float32) * head.brain_mask,
                        pose @ affine).to_filename(tmp / 'chi.nii.gz')
         t0, c0 = time.perf_counter(), _children_cpu_s()
-        xfm = register(folder / f'tpl-QSMPhantom_{res}_T1w.nii.gz', tmp / 'moving.nii.gz', tmp,
+        # as RegisterToTemplate: the moving image averaged to the template's voxel size
+        moving = write_moving(tmp / 'native.nii.gz', tmp / 'mask.nii.gz', tmp / 'moving.nii.gz',
+                              voxel_mm=template_voxel_mm(fixed))
+        xfm = register(fixed, moving, tmp,
                        fixed_mask=folder / f'tpl-QSMPhantom_{res}_desc-brain_mask.nii.gz',
                        nthreads=opts.fast or 1, fast=bool(opts.fast),
                        settings=PYRAMIDS[opts.pyramid])
         seconds, cpu = time.perf_counter() - t0, _children_cpu_s() - c0
-        second = nb.load(tmp / 'moving.nii.gz')
+        second = nb.load(tmp / 'native.nii.gz')
         nb.Nifti1Image(np.asarray(second.dataobj), pose_affine(second.affine, **SECOND_RUN_POSE)
                        ).to_filename(tmp / 'second.nii.gz')
         (tmp / 'rigid').mkdir()
         t0, c0 = time.perf_counter(), _children_cpu_s()
-        register(tmp / 'moving.nii.gz', tmp / 'second.nii.gz', tmp / 'rigid',
+        register(tmp / 'native.nii.gz', tmp / 'second.nii.gz', tmp / 'rigid',
                  nthreads=opts.fast or 1, fast=bool(opts.fast), settings=RIGID_TO_RUN)
         rigid_s, rigid_cpu = time.perf_counter() - t0, _children_cpu_s() - c0
         prior = write_prior(folder / f'tpl-QSMPhantom_{res}_atlas-Phantom_dseg.nii.gz',

@@ -26,6 +26,7 @@ from nipype.interfaces.base import (
     BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits)
 
 from qsmflow.interfaces import base
+from qsmflow.qsm.blocks import block_affine, block_factors, block_mean
 
 #: antspyx registration settings: rigid + affine with Mattes mutual information, then a
 #: regularised SyN (small gradient step, smooth update and total fields), which keeps small
@@ -259,14 +260,35 @@ def _shrink_factors(stage: dict, fixed) -> dict:
     return stage
 
 
-def write_moving(in_magnitude, in_mask, out_path) -> str:
+def write_moving(in_magnitude, in_mask, out_path, *, voxel_mm: float | None = None) -> str:
     """Write the moving image of a registration: the root-sum-of-squares magnitude over
-    echoes (a.u.) inside the brain mask, on the magnitude's grid; return its path."""
+    echoes (a.u.) inside the brain mask, on the magnitude's grid or, with ``voxel_mm``, as
+    block means on the coarsest grid of whole blocks whose voxels are at most ``voxel_mm``
+    (:func:`qsmflow.qsm.blocks.block_factors`); return its path."""
     mag, img = base.load(in_magnitude)
     mask = base.load(in_mask)[0].reshape(mag.shape[:3]) > 0
     ref = img.slicer[..., 0] if mag.ndim == 4 else img
-    nb.Nifti1Image(combined_magnitude(mag, mask), ref.affine).to_filename(out_path)
+    moving, affine = combined_magnitude(mag, mask), ref.affine
+    if voxel_mm is not None:
+        factors = block_factors(ref.header.get_zooms()[:3], voxel_mm)
+        moving, affine = block_mean(moving, factors), block_affine(affine, factors)
+    nb.Nifti1Image(moving, affine).to_filename(out_path)
     return str(out_path)
+
+
+def template_voxel_mm(template) -> float:
+    """The largest voxel size (mm) of a template image: the grid a registration to it
+    resolves, to which :func:`write_moving` averages the moving image.
+
+    Averaging a finer moving image to it (2 × 2 × 2 blocks of a 1 mm head for a 2 mm
+    template) is the anti-aliased image the metric samples at the template's grid points.
+    Measured 2026-12-05 on the 1 mm real-anatomy phantom (MNI152NLin2009cAsym res-02,
+    CIT168 + dentate labels, seeds 0 and 1, two participants each): CPU time of the
+    default registration 27–32 s → 16.5–17.3 s, mean Dice of the atlas labels 0.893 /
+    0.779 / 0.809 / 0.894 → 0.898 / 0.825 / 0.822 / 0.904, least Dice 0.81 / 0.55 / 0.67
+    / 0.80 → 0.82 / 0.66 / 0.70 / 0.82.
+    """
+    return float(max(nb.load(template).header.get_zooms()[:3]))
 
 
 class _RegInputSpec(BaseInterfaceInputSpec):
@@ -299,7 +321,8 @@ class RegisterToTemplate(SimpleInterface):
 
     def _run_interface(self, runtime):
         moving = write_moving(self.inputs.in_magnitude, self.inputs.in_mask,
-                              Path(runtime.cwd) / 'magnitude_combined.nii.gz')
+                              Path(runtime.cwd) / 'magnitude_combined.nii.gz',
+                              voxel_mm=template_voxel_mm(self.inputs.template))
         out = register(self.inputs.template, moving, runtime.cwd,
                        fixed_mask=self.inputs.template_mask or None,
                        nthreads=self.inputs.nthreads, fast=self.inputs.fast,

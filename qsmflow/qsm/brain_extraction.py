@@ -40,6 +40,7 @@ from qsmflow.qsm._morphology import otsu as _otsu
 from qsmflow.qsm._validation import as_image as _as_image
 from qsmflow.qsm._validation import as_voxel_size as _as_voxel_size
 from qsmflow.qsm._vector import slabwise
+from qsmflow.qsm.blocks import block_factors, block_mean
 from qsmflow.qsm.kernels import bounding_box
 
 #: Brain-tissue intensity window, as fractions of the median magnitude at the head centre.
@@ -190,26 +191,9 @@ def extract_brain(
                           float(working_voxel_mm), float(rim_mm), float(rim_fraction))
 
 
-def _block_mean(img, factors):
-    """Mean over blocks of ``factors`` voxels (the grid cropped to whole blocks), in slabs
-    of blocks along the first axis side by side on the thread pool (each block's sum in
-    the same order as on the whole array: the same bits for any thread count)."""
-    if all(f == 1 for f in factors):
-        return img
-    n = [s // f for s, f in zip(img.shape, factors)]
-    sub = img[:n[0] * factors[0], :n[1] * factors[1], :n[2] * factors[2]]
-    blocks = sub.reshape(n[0], factors[0], n[1], factors[1], n[2], factors[2])
-    out = np.empty(n, blocks[:0].mean(axis=(1, 3, 5)).dtype)
-
-    def one(s):
-        out[s] = blocks[s].mean(axis=(1, 3, 5))
-
-    slabwise(one, n[0], 4)
-    return out
-
-
 def _upsample(mask, factors, shape):
-    """Nearest-neighbour inverse of :func:`_block_mean` onto ``shape`` (edge-padded)."""
+    """Nearest-neighbour inverse of :func:`~qsmflow.qsm.blocks.block_mean` onto ``shape``
+    (edge-padded)."""
     out = mask
     for axis, f in enumerate(factors):
         out = np.repeat(out, f, axis=axis)
@@ -279,9 +263,9 @@ def _separate(tissue, head, vox, radii, max_voxels, margin_mm, max_share):
 
 def _extract_brain(mag, vox, q, lo, hi, qthr, max_volume_ml, margin_mm, max_surface_share,
                    radii, work_mm, rim_mm, rim):
-    factors = tuple(max(1, int(work_mm / h + 1e-6)) for h in vox)
+    factors = block_factors(vox, work_mm)
     wvox = vox * np.asarray(factors)
-    level = _brain_intensity(_block_mean(mag, factors), wvox)
+    level = _brain_intensity(block_mean(mag, factors), wvox)
     # work on the box around everything above the tissue window's lower end (whole blocks)
     fg = mag > lo * level
     if not fg.any():
@@ -296,8 +280,8 @@ def _extract_brain(mag, vox, q, lo, hi, qthr, max_volume_ml, margin_mm, max_surf
             t &= qual >= qthr
         return t
 
-    coarse_mag = _block_mean(sub, factors)
-    coarse = tissue_of(coarse_mag, None if subq is None else _block_mean(subq, factors))
+    coarse_mag = block_mean(sub, factors)
+    coarse = tissue_of(coarse_mag, None if subq is None else block_mean(subq, factors))
     max_voxels = max_volume_ml * 1000.0 / float(wvox.prod())
     head = head_mask(coarse_mag, wvox) if margin_mm > 0 else None
     brain = _separate(coarse, head, wvox, radii, max_voxels, margin_mm, max_surface_share)
@@ -440,10 +424,10 @@ def mask_qc(
         raise ValueError(f'mask has shape {m.shape}, expected {mag.shape}')
     # on a grid of about DEFAULT_WORKING_VOXEL_MM (whole blocks): the mask as the fraction
     # of each block it covers
-    factors = tuple(max(1, int(DEFAULT_WORKING_VOXEL_MM / h + 1e-6)) for h in vox)
+    factors = block_factors(vox, DEFAULT_WORKING_VOXEL_MM)
     cvox = vox * np.asarray(factors)
-    frac = _block_mean(m.astype(np.float32), factors)
-    head = head_mask(_block_mean(mag, factors), cvox) | (frac >= 0.5)
+    frac = block_mean(m.astype(np.float32), factors)
+    head = head_mask(block_mean(mag, factors), cvox) | (frac >= 0.5)
     n = int(m.sum())
     voxel_ml = float(vox.prod()) / 1000.0
     share = 0.0

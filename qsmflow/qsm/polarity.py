@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from qsmflow.qsm.bgremove import vsharp
+from qsmflow.qsm.blocks import block_factors, block_mean
 from qsmflow.qsm.brain_extraction import extract_brain
 from qsmflow.qsm.inversion.direct import tkd
 from qsmflow.qsm.unwrap import unwrap_laplacian
@@ -69,25 +70,18 @@ def _head_mask(magnitude):
     return ndi.binary_fill_holes(mask)
 
 
-def _block_mean(arr, factors):
-    shape = np.asarray(arr.shape[:3]) // factors * factors
-    arr = arr[:shape[0], :shape[1], :shape[2]]
-    return arr.reshape(shape[0] // factors[0], factors[0], shape[1] // factors[1], factors[1],
-                       shape[2] // factors[2], factors[2], *arr.shape[3:]).mean(axis=(1, 3, 5))
-
-
 def _working_grid(phase, mag, voxel_size_mm):
     """(field proxy in rad, root-sum-of-squares magnitude, voxel size) on voxels of about
     :data:`WORKING_VOXEL_MM` (whole blocks; complex and magnitude averages)."""
     vox = np.asarray(voxel_size_mm, dtype=float)
-    factors = np.maximum(1, np.floor(WORKING_VOXEL_MM / vox + 1e-6)).astype(int)
+    factors = np.asarray(block_factors(vox, WORKING_VOXEL_MM))
     rss = np.sqrt(np.sum(np.square(mag, dtype=np.float32), axis=-1))
     last = -1 if phase.shape[-1] >= 2 else 0
     # one echo: its phase; several: the phase of z_last * conj(z_first)
     z = (mag[..., last] * mag[..., 0]) ** 0.5 * np.exp(1j * (phase[..., last] - phase[..., 0]
                                                               if last else phase[..., 0]))
     if np.any(factors > 1):
-        z, rss = _block_mean(z, factors), _block_mean(rss, factors)
+        z, rss = block_mean(z, factors), block_mean(rss, factors)
     return (np.angle(z).astype(np.float32), rss.astype(np.float32),
             tuple(float(v) for v in vox * factors))
 

@@ -222,9 +222,9 @@ def test_root_sum_of_squares_slabs_give_the_one_shot_bits_for_any_thread_count()
 
 
 def test_block_mean_slabs_give_the_one_shot_bits_for_any_thread_count():
-    """brain_extraction._block_mean (the working-grid downsampling) in slabs of blocks on
+    """blocks.block_mean (the working-grid downsampling of brain extraction) in slabs of blocks on
     the thread pool: the bits of the whole-array mean with 1 and 2 threads."""
-    from qsmflow.qsm.brain_extraction import _block_mean
+    from qsmflow.qsm.blocks import block_mean
 
     img = np.random.default_rng(6).random((37, 22, 19), dtype=np.float32)
     f = (3, 2, 2)
@@ -233,7 +233,7 @@ def test_block_mean_slabs_give_the_one_shot_bits_for_any_thread_count():
         n[0], 3, n[1], 2, n[2], 2).mean(axis=(1, 3, 5))
     for n_threads in (1, 2):
         with threads.limit(n_threads):
-            out = _block_mean(img, f)
+            out = block_mean(img, f)
         assert out.dtype == ref.dtype
         np.testing.assert_array_equal(out, ref)
 
