@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsmflow.qsm.device import resolve
 from qsmflow.qsm.inversion._common import _positive, _Problem, _validate
 from qsmflow.qsm.kernels import irfft, laplacian_kernel, rfft
 
@@ -16,6 +17,7 @@ def tkd(
     b0_dir=(0, 0, 1),
     *,
     threshold: float = 0.19,
+    device: str = 'cpu',
 ) -> np.ndarray:
     """Thresholded k-space division (TKD).
 
@@ -36,6 +38,8 @@ def tkd(
     threshold : float, optional
         Kernel truncation level in (0, 1/3] (dimensionless). Default 0.19, the value used
         with TKD in the 2016 QSM reconstruction challenge evaluations [2]_.
+    device : str, optional
+        Where the FFTs run (:func:`qsmflow.qsm.device.resolve`; default ``'cpu'``, numpy).
 
     Returns
     -------
@@ -68,17 +72,18 @@ def tkd(
     field, mask, vsz, b0 = _validate(local_field, mask, voxel_size, b0_dir)
     if not (np.isscalar(threshold) and 0 < threshold <= 1 / 3):
         raise ValueError(f'threshold must be in (0, 1/3], got {threshold!r}')
+    dev = resolve(device)
     prob = _Problem(field, mask, vsz, b0)
-    return prob.finish(_tkd_core(prob, float(threshold)), field.dtype)
+    return prob.finish(_tkd_core(prob, float(threshold), dev), field.dtype)
 
 
-def _tkd_core(prob, threshold):
+def _tkd_core(prob, threshold, dev=None):
     D = prob.D
     Dt = np.where(np.abs(D) > threshold, D, np.sign(D) * np.float32(threshold))
     inv = np.zeros_like(D)
     nz = Dt != 0
     inv[nz] = 1.0 / Dt[nz]
-    return irfft(rfft(prob.field) * inv, prob.shape)
+    return _filtered(prob, inv, dev)
 
 
 def tikhonov(
@@ -89,6 +94,7 @@ def tikhonov(
     *,
     lam: float = 1e-2,
     reg: str = 'gradient',
+    device: str = 'cpu',
 ) -> np.ndarray:
     """Closed-form Tikhonov (L2) regularised inversion.
 
@@ -113,6 +119,8 @@ def tikhonov(
         L-curve for quantitative work [1]_).
     reg : {'gradient', 'identity'}, optional
         Regulariser ``Γ``.
+    device : str, optional
+        Where the FFTs run (:func:`qsmflow.qsm.device.resolve`; default ``'cpu'``, numpy).
 
     Returns
     -------
@@ -141,15 +149,24 @@ def tikhonov(
     lam = _positive('lam', lam)
     if reg not in ('gradient', 'identity'):
         raise ValueError(f"reg must be 'gradient' or 'identity', got {reg!r}")
+    dev = resolve(device)
     prob = _Problem(field, mask, vsz, b0)
-    return prob.finish(_tikhonov_core(prob, lam, reg), field.dtype)
+    return prob.finish(_tikhonov_core(prob, lam, reg, dev), field.dtype)
 
 
-def _tikhonov_core(prob, lam, reg):
+def _tikhonov_core(prob, lam, reg, dev=None):
     D = prob.D
     gamma2 = laplacian_kernel(prob.shape, prob.vsz) if reg == 'gradient' else np.float32(1)
     den = D * D + np.float32(lam) * gamma2
     filt = np.zeros_like(D)
     nz = den > 0
     filt[nz] = D[nz] / den[nz]
-    return irfft(rfft(prob.field) * filt, prob.shape)
+    return _filtered(prob, filt, dev)
+
+
+def _filtered(prob, kernel, dev):
+    """``F⁻¹[F(field) · kernel]`` on the problem's grid, in numpy (``dev`` None) or torch."""
+    if dev is None:
+        return irfft(rfft(prob.field) * kernel, prob.shape)
+    from qsmflow.qsm._torch_ops import fft_filter
+    return fft_filter(prob.field, kernel, prob.shape, dev)
