@@ -62,3 +62,24 @@ def test_a_dead_child_is_an_error_with_its_exit_code(probe, tmp_path):
         in_fresh_process(probe.die, 3)
     # the call's scratch folder is gone
     assert not list((tmp_path / 'node').glob('.qsmflow-call-*'))
+
+
+def test_the_ants_calls_load_without_nipype_in_the_child():
+    """The child unpickles the called function and so imports its module: the registration,
+    resampling and refinement calls must not bring Nipype or nibabel with them (about half
+    a second per call)."""
+    import pickle
+    import subprocess
+
+    from qsmflow.interfaces import registration as reg
+
+    calls = [reg.register_images, reg.apply_to_reference, reg.refine_chi]
+    code = ('import pickle, sys; pickle.loads(sys.stdin.buffer.read()); '
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'nipype', 'nibabel'}))")
+    out = subprocess.run([sys.executable, '-c', code], input=pickle.dumps(calls),
+                         capture_output=True, check=True)
+    assert out.stdout.decode().strip() == '[]'
+    # and the interfaces' module does bring them (the check can fail)
+    out = subprocess.run([sys.executable, '-c', code], input=pickle.dumps(reg.register),
+                         capture_output=True, check=True)
+    assert out.stdout.decode().strip() == "['nibabel', 'nipype']"

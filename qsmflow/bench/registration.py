@@ -40,7 +40,7 @@ def _moving(head, tes_s, affine) -> nb.Nifti1Image:
 
 def _children_cpu_s() -> float:
     """CPU time (user + system, s) of this process's finished children: each registration
-    runs in its own process (:func:`~qsmflow.interfaces.registration.in_fresh_process`),
+    runs in its own process (:func:`~qsmflow.interfaces.ants_calls.in_fresh_process`),
     and its CPU time depends less on the machine's load than its wall time."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime

@@ -16,8 +16,6 @@ threads.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import nibabel as nb
@@ -26,6 +24,12 @@ from nipype.interfaces.base import (
     BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits)
 
 from qsmflow.interfaces import base
+# the calls that run in a fresh process live in a module without Nipype (a lighter child);
+# RANDOM_SEED, LINEAR_TYPES, in_fresh_process and _threads are used from here too
+from qsmflow.interfaces.ants_calls import (  # noqa: F401
+    LINEAR_TYPES, RANDOM_SEED, apply_to_reference, in_fresh_process, refine_chi,
+    register_images)
+from qsmflow.interfaces.ants_calls import prepare_ants as _threads  # noqa: F401
 from qsmflow.qsm.blocks import block_affine, block_factors, block_mean
 
 #: antspyx registration settings: rigid + affine with Mattes mutual information, then a
@@ -76,11 +80,6 @@ RIGID_TO_RUN = {'type_of_transform': 'Rigid', 'aff_metric': 'mattes',
                 'aff_iterations': (1000, 500), 'levels_mm': (8.0, 4.0),
                 'aff_smoothing_sigmas': (2, 1)}
 
-#: Seed of ANTs' random numbers (the sample jitter of the affine stages' metric). It is
-#: passed as ``ANTS_RANDOM_SEED``, which ``antsRegistration`` reads in every antspyx
-#: version (antspyx 0.6 silently ignores a ``random_seed`` argument).
-RANDOM_SEED = 1
-
 #: ITK threads of every registration, whatever the caller allows. With more than one
 #: thread the Mattes metric's result depends on thread timing (see the module docstring).
 #: The cost, for the 1 mm phantom head on the 2 mm template: 16–20 s of CPU time with one
@@ -98,20 +97,6 @@ def registration_threads(nthreads: int, fast: bool = False) -> int:
     return nthreads if fast else min(nthreads, REGISTRATION_THREADS)
 
 
-def _threads(n: int) -> int:
-    """Prepare ANTs in this (freshly spawned) process, before ``import ants``.
-
-    ITK gets ``n`` threads from the platform threader (no persistent pool: ITK's default
-    thread pool can deadlock in Nipype's forked MultiProc workers) and ANTs the fixed
-    :data:`RANDOM_SEED`. Returns the thread count.
-    """
-    n = max(1, int(n))
-    os.environ['ITK_GLOBAL_DEFAULT_THREADER'] = 'Platform'
-    os.environ['ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS'] = str(n)
-    os.environ['ANTS_RANDOM_SEED'] = str(RANDOM_SEED)
-    return n
-
-
 def combined_magnitude(mag: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Root-sum-of-squares magnitude over echoes (a.u.), zero outside ``mask`` if given.
 
@@ -126,54 +111,6 @@ def combined_magnitude(mag: np.ndarray, mask: np.ndarray | None = None) -> np.nd
     if mask is not None:
         rss = np.where(mask, rss, 0.0)
     return rss.astype(np.float32)
-
-
-#: Runs in the fresh interpreter: load ``(func, args, kwargs)``, call, store the outcome.
-_RUNNER = """
-import pickle, sys
-with open(sys.argv[1], 'rb') as fobj:
-    sys.path[:] = pickle.load(fobj)
-    func, args, kwargs = pickle.load(fobj)
-try:
-    outcome = (True, func(*args, **kwargs))
-except BaseException as exc:
-    outcome = (False, exc)
-with open(sys.argv[2], 'wb') as fobj:
-    pickle.dump(outcome, fobj)
-"""
-
-
-def in_fresh_process(func, *args, **kwargs):
-    """Run ``func`` in a new Python interpreter and return its result (or raise its error).
-
-    ITK keeps process-wide thread state that does not survive ``fork`` (Nipype's MultiProc
-    workers are forked, possibly from a process that already used ANTs), so every ANTs
-    call runs in its own process (about a second of start-up). A plain subprocess, not a
-    ``multiprocessing`` spawn: spawn re-imports ``__main__``, which in a cluster job is
-    Nipype's unguarded batch script and would run the node again. Call and result travel
-    through pickle files in the current (node) directory, not stdout, which ANTs prints to.
-    """
-    import pickle
-    import subprocess
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix='.qsmflow-call-', dir=os.getcwd()) as tmp:
-        call, result = Path(tmp) / 'call.pkl', Path(tmp) / 'result.pkl'
-        # the caller's import path first: the child starts in the node folder, where a
-        # bare ``python -c`` would resolve imports differently
-        call.write_bytes(pickle.dumps([os.path.abspath(p) for p in sys.path])
-                         + pickle.dumps((func, args, kwargs)))
-        proc = subprocess.run([sys.executable, '-c', _RUNNER, str(call), str(result)],
-                              check=False, capture_output=True, text=True)
-        if not result.exists():
-            tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
-            raise RuntimeError(f'{func.__name__} died in its process (exit {proc.returncode}): '
-                               f'{tail}')
-        ok, value = pickle.loads(result.read_bytes())
-    if not ok:
-        raise value
-    return value
 
 
 def register(fixed_path, moving_path, out_dir, *, fixed_mask=None, nthreads: int = 1,
@@ -203,61 +140,10 @@ def register(fixed_path, moving_path, out_dir, *, fixed_mask=None, nthreads: int
         a linear ``type_of_transform`` such as :data:`RIGID_TO_RUN`'s) paths and the antspyx
         ``version``.
     """
-    return in_fresh_process(_register, str(fixed_path), str(moving_path), str(out_dir),
+    return in_fresh_process(register_images, str(fixed_path), str(moving_path), str(out_dir),
                             fixed_mask=str(fixed_mask) if fixed_mask else None,
                             nthreads=registration_threads(nthreads, fast),
                             settings=dict(REGISTRATION if settings is None else settings))
-
-
-def _register(fixed_path, moving_path, out_dir, *, fixed_mask=None, nthreads=1,
-              settings=None) -> dict:
-    _threads(nthreads)
-    import ants
-
-    fixed, moving = ants.image_read(str(fixed_path)), ants.image_read(str(moving_path))
-    if fixed_mask:
-        fixed = fixed * ants.image_read(str(fixed_mask))
-    settings = _shrink_factors(dict(REGISTRATION if settings is None else settings), fixed)
-    start = settings.pop('initial_transform', None)
-    for n, stage in enumerate(settings.pop('linear', ())):
-        stage = _shrink_factors(dict(stage), fixed)
-        if start is not None:  # the caller's start, then each stage's result
-            stage['initial_transform'] = start
-        start = ants.registration(fixed, moving, outprefix=str(Path(out_dir) / f'linear{n}_'),
-                                  **stage)['fwdtransforms']
-    if start is not None:
-        settings['initial_transform'] = start
-    reg = ants.registration(fixed, moving, outprefix=str(Path(out_dir) / 'reg_'), **settings)
-    out = {'version': ants.__version__}
-    warp = [p for p in reg['fwdtransforms'] if p.endswith('.nii.gz')]
-    inv = [p for p in reg['invtransforms'] if p.endswith('.nii.gz')]
-    mat = [p for p in reg['fwdtransforms'] if p.endswith('.mat')]
-    outputs = (('affine', mat, 'affine.mat'), ('warp', warp, 'warp.nii.gz'),
-               ('inverse_warp', inv, 'inverse_warp.nii.gz'))
-    if settings['type_of_transform'] in LINEAR_TYPES:
-        outputs = outputs[:1]
-    for key, src, name in outputs:
-        if len(src) != 1:
-            raise RuntimeError(f'antspyx returned {reg["fwdtransforms"]} / '
-                               f'{reg["invtransforms"]}: expected one {name}')
-        dest = Path(out_dir) / name
-        shutil.copyfile(src[0], dest)
-        out[key] = str(dest)
-    return out
-
-
-#: antspyx ``type_of_transform`` values without a warp (an affine .mat only).
-LINEAR_TYPES = ('Translation', 'Rigid', 'Similarity', 'Affine')
-
-
-def _shrink_factors(stage: dict, fixed) -> dict:
-    """``stage`` with ``levels_mm`` (if any) turned into ``aff_shrink_factors`` of the fixed
-    image's grid: ``round(level / voxel size)``, at least 1."""
-    if 'levels_mm' in stage:
-        voxel_mm = min(fixed.spacing)
-        stage['aff_shrink_factors'] = tuple(max(1, round(level / voxel_mm))
-                                            for level in stage.pop('levels_mm'))
-    return stage
 
 
 def write_moving(in_magnitude, in_mask, out_path, *, voxel_mm: float | None = None) -> str:
@@ -359,8 +245,8 @@ class ApplyTransforms(SimpleInterface):
         invert = (list(self.inputs.invert) if isdefined(self.inputs.invert)
                   else [False] * len(self.inputs.transforms))
         data, version = in_fresh_process(
-            _apply, self.inputs.reference, self.inputs.in_file, list(self.inputs.transforms),
-            invert, self.inputs.interpolation, self.inputs.nthreads)
+            apply_to_reference, self.inputs.reference, self.inputs.in_file,
+            list(self.inputs.transforms), invert, self.inputs.interpolation, self.inputs.nthreads)
         ref = nb.load(self.inputs.reference)
         labels = self.inputs.interpolation != 'linear'
         dtype = np.int32 if labels else np.float32
@@ -374,20 +260,6 @@ class ApplyTransforms(SimpleInterface):
         self._results['out_file'] = base.save(data, hdr_ref, out, dtype=dtype, steps=steps,
                                               meta=dict(self.inputs.meta))
         return runtime
-
-
-def _apply(reference, in_file, transforms, invert, interpolation, nthreads):
-    """antspyx ``apply_transforms`` onto the reference grid; returns (array, version)."""
-    _threads(nthreads)
-    import ants
-
-    fixed = ants.image_read(reference)
-    if fixed.dimension == 4:
-        fixed = ants.slice_image(fixed, axis=3, idx=0)
-    moving = ants.image_read(in_file)
-    out = ants.apply_transforms(fixed, moving, transforms, interpolator=interpolation,
-                                whichtoinvert=invert)
-    return out.numpy(), ants.__version__
 
 
 #: antspyx settings of the χ-driven refinement (:class:`RefineNuclei`): SyN only, from the
@@ -464,8 +336,9 @@ def refine_to_prior(prior_path, chi_path, transforms, out_dir, *, nthreads: int 
         ``correlation_after`` (Pearson correlation of χ with the prior over the box) and the
         antspyx ``version``.
     """
-    return in_fresh_process(_refine, str(prior_path), str(chi_path), [str(t) for t in transforms],
-                            str(out_dir), nthreads=registration_threads(nthreads, fast),
+    return in_fresh_process(refine_chi, str(prior_path), str(chi_path),
+                            [str(t) for t in transforms], str(out_dir),
+                            nthreads=registration_threads(nthreads, fast),
                             settings=dict(settings if settings is not None else
                                           refinement_settings(_voxel_size(chi_path))))
 
@@ -473,34 +346,6 @@ def refine_to_prior(prior_path, chi_path, transforms, out_dir, *, nthreads: int 
 def _voxel_size(path) -> tuple:
     """Voxel size (mm) of an image's first three axes."""
     return tuple(float(v) for v in nb.load(path).header.get_zooms()[:3])
-
-
-def _refine(prior_path, chi_path, transforms, out_dir, *, nthreads=1, settings=None) -> dict:
-    _threads(nthreads)
-    import ants
-
-    fixed = ants.image_read(prior_path)
-    moving = ants.apply_transforms(fixed, ants.image_read(chi_path), transforms,
-                                   interpolator='linear')
-    reg = ants.registration(fixed, moving, outprefix=str(Path(out_dir) / 'refine_'),
-                            **(REFINEMENT if settings is None else settings))
-    inv = [p for p in reg['invtransforms'] if p.endswith('.nii.gz')]
-    if len(inv) != 1:
-        raise RuntimeError(f'antspyx returned {reg["invtransforms"]}: expected one warp')
-    dest = Path(out_dir) / 'refine_inverse_warp.nii.gz'
-    shutil.copyfile(inv[0], dest)
-    prior = fixed.numpy()
-    return {'inverse_warp': str(dest), 'version': ants.__version__,
-            'correlation_before': _correlation(prior, moving.numpy()),
-            'correlation_after': _correlation(prior, reg['warpedmovout'].numpy())}
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two images (NaN when one is constant)."""
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else float('nan')
 
 
 def write_prior(atlas_path, lut: dict, out_path) -> str:
