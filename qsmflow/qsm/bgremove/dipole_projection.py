@@ -8,6 +8,7 @@ import numpy as np
 
 from qsmflow.qsm import _vector
 from qsmflow.qsm._validation import check_field_mask, iterations
+from qsmflow.qsm.device import resolve
 from qsmflow.qsm.kernels import PaddedBox, conjugate_gradient, dipole_kernel, irfft, rfft
 
 #: Padding (voxels, each side) around the mask's bounding box for the PDF source region.
@@ -23,6 +24,7 @@ def pdf(
     tol: float = 1e-3,
     max_iter: int = 30,
     pad_voxels: int = PDF_PAD_VOXELS,
+    device: str = 'cpu',
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove the background field by projection onto dipole fields (PDF).
 
@@ -54,6 +56,8 @@ def pdf(
         Zero padding (voxels) added around the mask's bounding box, where background sources
         may also lie (default 4; sources between the mask and its bounding box are always
         allowed).
+    device : str, optional
+        Where the FFTs run (:func:`qsmflow.qsm.device.resolve`; default ``'cpu'``, numpy).
 
     Returns
     -------
@@ -92,7 +96,12 @@ def pdf(
     iterations(max_iter, tol, tol_positive=True)
     if int(pad_voxels) < 0:
         raise ValueError(f'pad_voxels must be ≥ 0, got {pad_voxels}')
-    local = _pdf_core(field, mask, vsz, b0, float(tol), int(max_iter), int(pad_voxels))
+    dev = resolve(device)  # device: 'cpu' (numpy), 'gpu', 'auto', 'torch-cpu' (torch)
+    if dev is not None:
+        from qsmflow.qsm.bgremove._bg_torch import pdf_core
+        local = pdf_core(field, mask, vsz, b0, float(tol), int(max_iter), int(pad_voxels), dev)
+    else:
+        local = _pdf_core(field, mask, vsz, b0, float(tol), int(max_iter), int(pad_voxels))
     return local.astype(field.dtype, copy=False), mask.copy()
 
 

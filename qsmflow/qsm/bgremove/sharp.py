@@ -13,6 +13,7 @@ from scipy import fft as sfft
 
 from qsmflow.qsm._morphology import ball_count
 from qsmflow.qsm._validation import check_field_mask, iterations, positive
+from qsmflow.qsm.device import resolve
 from qsmflow.qsm.kernels import PaddedBox, conjugate_gradient, irfft, rfft, sphere_kernel
 
 #: Largest V-SHARP SMV radius (mm) of the default radius ladder.
@@ -65,6 +66,7 @@ def vsharp(
     *,
     radii_mm=None,
     threshold: float = 0.05,
+    device: str = 'cpu',
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove the background field with V-SHARP (variable-radius SHARP).
 
@@ -94,6 +96,8 @@ def vsharp(
         one voxel at the edge) [1]_.
     threshold : float, optional
         Truncation threshold of the deconvolution (dimensionless, default 0.05 [1]_ [2]_).
+    device : str, optional
+        Where the FFTs run (:func:`qsmflow.qsm.device.resolve`; default ``'cpu'``, numpy).
 
     Returns
     -------
@@ -137,7 +141,13 @@ def vsharp(
     if not 0 < threshold < 1:
         raise ValueError(f'threshold must be in (0, 1), got {threshold}')
     radii = np.unique(radii)[::-1]
-    local, used = _vsharp_core(field, mask, vsz, radii, float(threshold))
+    dev = resolve(device)  # device: 'cpu' (numpy), 'gpu', 'auto', 'torch-cpu' (torch)
+    if dev is not None:
+        from qsmflow.qsm.bgremove._bg_torch import vsharp_core
+        local, used = vsharp_core(field, mask, vsz, radii, float(threshold),
+                                  VSHARP_PAD_VOXELS, dev)
+    else:
+        local, used = _vsharp_core(field, mask, vsz, radii, float(threshold))
     if not used.any():
         raise ValueError(f'mask is too thin: no voxel is {radii[-1]} mm inside it')
     return local.astype(field.dtype, copy=False), used
