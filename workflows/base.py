@@ -7,7 +7,7 @@ from nipype.pipeline import engine as pe
 
 def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipeline: dict,
                     omp_nthreads: int = 1, regions_opts: dict | None = None,
-                    name: str = 'qsmflow_wf') -> pe.Workflow:
+                    device: str = 'cpu', name: str = 'qsmflow_wf') -> pe.Workflow:
     """Build the participant-level workflow for a list of acquisitions.
 
     Each acquisition gets its own sub-workflow (``<sub_ses_acq_run>_wf``), so that a
@@ -33,6 +33,8 @@ def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipel
         (:func:`qsmflow.workflows.clinical.connect_clinical`).
     omp_nthreads : int
         Threads per node.
+    device : {'cpu', 'gpu', 'auto'}
+        Where the FFT-bound steps compute (``--device``, :mod:`qsmflow.qsm.device`).
     regions_opts : dict, optional
         Template registration, atlases and regional tables (see
         :func:`init_single_acquisition_wf`); None skips them.
@@ -47,7 +49,7 @@ def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipel
         reference = references.get(acq.name)
         acq_wfs[acq.name] = init_single_acquisition_wf(
             acq=acq, output_dir=output_dir, bids_dir=bids_dir, pipeline=pipeline,
-            omp_nthreads=omp_nthreads, regions_opts=regions_opts,
+            omp_nthreads=omp_nthreads, regions_opts=regions_opts, device=device,
             reference_run=name_prefix(reference) if reference else None)
         workflow.add_nodes([acq_wfs[acq.name]])
     for name, reference in references.items():
@@ -58,7 +60,7 @@ def init_qsmflow_wf(*, acquisitions: list, output_dir: str, bids_dir: str, pipel
 
 def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline: dict,
                                omp_nthreads: int = 1, regions_opts: dict | None = None,
-                               reference_run: str | None = None,
+                               reference_run: str | None = None, device: str = 'cpu',
                                name: str | None = None) -> pe.Workflow:
     """Reconstruction and derivatives of one acquisition, inputs filled in.
 
@@ -84,7 +86,8 @@ def init_single_acquisition_wf(*, acq, output_dir: str, bids_dir: str, pipeline:
     n_voxels = int(acq.n_voxels or 2_000_000)
     workflow = pe.Workflow(name=name or f'{acq.name}_wf')
     qsm_wf = init_qsm_wf(pipeline=pipeline, n_voxels=n_voxels,
-                         n_echoes=len(acq.echo_times_s), omp_nthreads=omp_nthreads)
+                         n_echoes=len(acq.echo_times_s), omp_nthreads=omp_nthreads,
+                         device=device)
     for field, value in (('mag_files', acq.mag_files), ('phase_files', acq.phase_files),
                          ('echo_times', acq.echo_times_s), ('b0_tesla', acq.b0_tesla),
                          ('phase_units', acq.phase_units)):

@@ -20,7 +20,8 @@ MAPS_OUTPUTS = ('r2starmap', 't2starmap', 'swi', 'minip', 'chimap_para', 'chimap
 
 
 def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
-                omp_nthreads: int = 1, name: str = 'qsm_wf') -> pe.Workflow:
+                omp_nthreads: int = 1, device: str = 'cpu',
+                name: str = 'qsm_wf') -> pe.Workflow:
     """Build the QSM reconstruction of one multi-echo GRE acquisition.
 
     Magnitude and phase of every echo are read and the phase rescaled to radians; the
@@ -72,6 +73,9 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         Size of the acquisition, used to estimate each node's memory (GB).
     omp_nthreads : int
         Threads a node may use (FFT workers).
+    device : {'cpu', 'gpu', 'auto'}
+        Where background removal and the inversion compute (``--device``,
+        :mod:`qsmflow.qsm.device`; steps without a torch path stay on the CPU).
     name : str
         Workflow name.
 
@@ -179,13 +183,13 @@ def init_qsm_wf(*, pipeline: dict, n_voxels: int = 2_000_000, n_echoes: int = 5,
         suffix = '' if pass_name in (None, 'filled') else f'_{pass_name}'
         bg_removal = pe.Node(RemoveBackground(method=pipeline['bf_removal']['method'],
                                               params=pipeline['bf_removal'].get('params', {}),
-                                              num_threads=omp_nthreads),
+                                              num_threads=omp_nthreads, device=device),
                              name=f'bg_removal{suffix}', n_procs=omp_nthreads,
                              mem_gb=node_mem_gb('bg_removal', n_voxels,
                                                 method=pipeline['bf_removal']['method']))
         inversion = pe.Node(InvertDipole(method=pipeline['inversion']['method'],
                                          params=pipeline['inversion'].get('params', {}),
-                                         num_threads=omp_nthreads),
+                                         num_threads=omp_nthreads, device=device),
                             name=f'inversion{suffix}', n_procs=omp_nthreads,
                             mem_gb=node_mem_gb('inversion', n_voxels,
                                                method=pipeline['inversion']['method']))

@@ -204,12 +204,23 @@ def _custom_atlas(opts) -> CustomAtlas | None:
     return CustomAtlas(**{k: Path(parts[k]).absolute() for k in given})
 
 
+def _device(name: str) -> str:
+    """``--device``, checked here (``gpu`` without CUDA is a one-line error before any work)."""
+    from qsmflow.qsm.device import resolve
+
+    try:
+        resolve(name)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    return name
+
+
 def engine_from_args(opts) -> EngineConfig:
-    """``--nprocs``, ``--omp-nthreads``, ``--mem-gb``, ``--plugin`` and ``--plugin-args``."""
+    """``--nprocs``, ``--omp-nthreads``, ``--device``, ``--mem-gb``, ``--plugin`` and ``--plugin-args``."""
     from qsmflow.execution.engines import load_plugin_args
 
     return EngineConfig(
         nprocs=opts.nprocs, omp_nthreads=opts.omp_nthreads or opts.nprocs,
-        mem_gb=opts.mem_gb,
+        device=_device(opts.device), mem_gb=opts.mem_gb,
         plugin=opts.plugin or ('linear' if opts.nprocs == 1 else 'multiproc'),
         plugin_args=load_plugin_args(opts.plugin_args))

@@ -179,6 +179,9 @@ class EngineConfig:
     nprocs: int = 1
     #: Threads per process (``--omp-nthreads``; resolved: ``nprocs`` when not given).
     omp_nthreads: int = 1
+    #: Where the FFT-bound steps compute (``--device``: ``cpu``, ``gpu``, ``auto``;
+    #: :mod:`qsmflow.qsm.device`).
+    device: str = 'cpu'
     #: Memory MultiProc may use at once in GB (``--mem-gb``), or None: what the machine has.
     mem_gb: float | None = None
     #: ``--plugin`` choice (:data:`qsmflow.execution.engines.NIPYPE_PLUGINS`); resolved:

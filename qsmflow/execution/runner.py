@@ -59,6 +59,7 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
                                bids_dir=str(config.paths.bids_dir),
                                pipeline=config.pipeline.steps,
                                omp_nthreads=config.engine.omp_nthreads,
+                               device=config.engine.device,
                                regions_opts=regions_options(config.regions))
     workflow.base_dir = str(work_dir)
     apply_resources(workflow, choice, plugin_args, config.engine.nprocs)

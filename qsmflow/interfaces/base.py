@@ -36,6 +36,14 @@ class StepInputSpec(BaseInterfaceInputSpec):
                                   'it is not hashed')
 
 
+class FFTStepInputSpec(StepInputSpec):
+    """Inputs of a step whose qsm/ function may run on a torch device (--device)."""
+
+    device = traits.Enum('cpu', 'gpu', 'auto', usedefault=True,
+                         desc="where the qsm/ call's FFTs run (qsmflow.qsm.device); results "
+                              'agree within 1e-4 ppm, not bitwise, so it is hashed')
+
+
 def load(path):
     """Return ``(data, img)`` with data as float32 (NaN/Inf replaced by 0)."""
     img = nb.load(path)

@@ -7,11 +7,11 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
-from qsmflow.qsm import bgremove, threads
+from qsmflow.qsm import bgremove, device, threads
 from qsmflow.qsm.kernels import b0_dir_from_affine
 
 
-class _BgInputSpec(base.StepInputSpec):
+class _BgInputSpec(base.FFTStepInputSpec):
     in_file = File(exists=True, mandatory=True, desc='total field in ppm of B0')
     in_mask = File(exists=True, mandatory=True, desc='brain mask')
     method = traits.Str('vsharp', usedefault=True, desc='function name in qsmflow.qsm.bgremove')
@@ -36,12 +36,13 @@ class RemoveBackground(SimpleInterface):
         mask = base.load(self.inputs.in_mask)[0] > 0
         func = getattr(bgremove, self.inputs.method)
         b0_dir = b0_dir_from_affine(img.affine)
+        params = {**self.inputs.params, **device.step_kwargs(func, self.inputs.device)}
         with threads.limit(self.inputs.num_threads):
             local, new_mask = func(field, mask, base.voxel_size(img), b0_dir,
-                                   **self.inputs.params)
+                                   **params)
         steps = base.read_steps(self.inputs.in_file, self.inputs.in_mask)
         extra = {'Pass': self.inputs.pass_name} if isdefined(self.inputs.pass_name) else {}
-        steps.append(base.step('background-removal', func, self.inputs.params,
+        steps.append(base.step('background-removal', func, params,
                                B0Direction=b0_dir.tolist(), **extra))
         out = fname_presuffix('local.nii.gz', suffix='_field_ppm', newpath=runtime.cwd)
         self._results['out_file'] = base.save(local, img, out, steps=steps, meta={'Units': 'ppm'})

@@ -8,11 +8,11 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow.interfaces import base
-from qsmflow.qsm import echoes, inversion, threads
+from qsmflow.qsm import device, echoes, inversion, threads
 from qsmflow.qsm.kernels import b0_dir_from_affine
 
 
-class _InvInputSpec(base.StepInputSpec):
+class _InvInputSpec(base.FFTStepInputSpec):
     in_file = File(exists=True, mandatory=True, desc='local field in ppm of B0')
     in_mask = File(exists=True, mandatory=True, desc='mask of valid local field')
     method = traits.Either(None, traits.Str, default=None, usedefault=True,
@@ -52,12 +52,13 @@ class InvertDipole(SimpleInterface):
                 worst = float(noise.max()) if noise.max() > 0 else 1.0
                 extra['noise'] = np.where(noise > 0, noise, worst).astype(np.float32)
         report = func is inversion.tv  # the TV weight it used: chosen from the data by default
+        params = {**self.inputs.params, **device.step_kwargs(func, self.inputs.device)}
         with threads.limit(self.inputs.num_threads):
-            chi = func(field, mask, base.voxel_size(img), b0_dir, **extra, **self.inputs.params,
+            chi = func(field, mask, base.voxel_size(img), b0_dir, **extra, **params,
                        **({'return_info': True} if report else {}))
         chi, info = chi if report else (chi, None)
         steps = base.read_steps(self.inputs.in_file, self.inputs.in_mask)
-        steps.append(base.step('dipole-inversion', func, self.inputs.params,
+        steps.append(base.step('dipole-inversion', func, params,
                                B0Direction=b0_dir.tolist(),
                                Weighting=sorted(extra) or None,
                                **({'Regularisation': info} if info else {}),

@@ -14,6 +14,8 @@ arithmetic as on the GPU, for tests and comparisons on machines without one.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 #: The choices of ``--device``.
@@ -83,6 +85,22 @@ def used(device='cpu') -> str:
     ``'torch-cpu'`` (``'auto'`` resolved)."""
     dev = resolve(device)
     return 'cpu' if dev is None else ('gpu' if dev == 'cuda' else 'torch-cpu')
+
+
+def step_kwargs(func, device='cpu') -> dict:
+    """Keyword arguments that run step ``func`` on ``device``: ``{'device': name}`` with the
+    name :func:`used` gives (what provenance records), or ``{}`` for a step without a
+    ``device`` parameter (it runs in numpy whatever was asked).
+
+    Examples
+    --------
+    >>> from qsmflow.qsm.inversion import medi, tv
+    >>> step_kwargs(tv, 'cpu'), step_kwargs(medi, 'auto')
+    ({'device': 'cpu'}, {})
+    """
+    if 'device' not in inspect.signature(func).parameters:
+        return {}
+    return {'device': used(device)}
 
 
 def tensor(array, dev, dtype=None):
