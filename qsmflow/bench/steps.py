@@ -57,7 +57,8 @@ def _run_steps(opts) -> int:
     import numba
     from scipy import fft as sfft
 
-    from qsmflow.qsm import bgremove, echoes, inversion, kernels, mask, metrics, reference
+    from qsmflow.qsm import (
+        bgremove, device, echoes, inversion, kernels, mask, metrics, reference)
     from qsmflow.qsm.inversion.regularisation import choose_shell_weight, choose_tv_weight
 
     size = opts.size or 'full'
@@ -69,10 +70,13 @@ def _run_steps(opts) -> int:
     print(f'  machine: {platform.machine()}, {os.cpu_count()} CPUs, '
           f'python {platform.python_version()}, threads {sfft.get_workers()} '
           f'(FFT workers; numba {numba.get_num_threads()})')
+    dev = opts.device
+    print(f'  device: {device.used(dev)} (PDF, V-SHARP, TKD, Tikhonov, TV; torch '
+          f'{device.torch_version()})' if device.used(dev) != 'cpu' else '  device: cpu (numpy)')
     print(f'  {"step":<34}{"time":>10} {"peak alloc":>11}')
     rows = []
     timed = lambda label, func: _timed(label, func, opts.repeat, rows)  # noqa: E731
-    out = default_chain(mag, phase, vox, b0_dir, tes, timed)
+    out = default_chain(mag, phase, vox, b0_dir, tes, timed, device=dev)
     brain, fit, reliable = out['brain'], out['fit'], out['reliable']
     local, used, chi = out['local'], out['used'], out['chi']
     total = sum(r[1] for r in rows)
@@ -88,8 +92,8 @@ def _run_steps(opts) -> int:
           'inversion time above)')
 
     print('  other methods:')
-    _timed('V-SHARP', lambda: bgremove.vsharp(fit['field_ppm'], reliable, vox, b0_dir),
-           opts.repeat, rows)
+    _timed('V-SHARP', lambda: bgremove.vsharp(fit['field_ppm'], reliable, vox, b0_dir,
+                                              device=dev), opts.repeat, rows)
     for name in ('resharp', 'lbv', 'ismv'):
         if hasattr(bgremove, name):
             func = getattr(bgremove, name)
@@ -117,6 +121,7 @@ def _run_steps(opts) -> int:
             extra = {'magnitude': mag[..., 0],
                      'noise': echoes.hz_to_ppm(fit['noise_hz'], DEFAULT_B0_TESLA)}
         func = getattr(inversion, name)
+        extra.update(device.step_kwargs(func, dev))
         est = _timed(f'inversion {name}', lambda func=func, kw=extra: func(
             local, eroded, vox, b0_dir, **kw), opts.repeat, rows)
         print(f'      RMSE {metrics.rmse(est, chi_true, eroded):6.1f} %   deep-GM error '
@@ -165,7 +170,8 @@ def simulated(phantom: str, size: str, snr=None, oblique_deg: float = 15.0) -> d
             'affine': affine, 'b0_dir': b0_dir, 'tes': list(DEFAULT_ECHO_TIMES_S)}
 
 
-def default_chain(mag, phase, vox, b0_dir, tes, timed, *, keep: bool = True) -> dict:
+def default_chain(mag, phase, vox, b0_dir, tes, timed, *, keep: bool = True,
+                  device: str = 'cpu') -> dict:
     """The default reconstruction chain as the pipeline runs it, each step through
     ``timed(label, func)`` (which calls ``func`` and returns its result).
 
@@ -173,7 +179,8 @@ def default_chain(mag, phase, vox, b0_dir, tes, timed, *, keep: bool = True) -> 
     of :func:`~qsmflow.qsm.echoes.estimate_field`), ``reliable``, ``local``, ``used``,
     ``chi``, ``chi_ref``. With ``keep=False`` only ``chi`` and ``chi_ref``: each result is
     dropped as soon as no later step reads it, as in the pipeline, whose nodes hold only
-    their own inputs (the peak memory of the chain is then that of its steps).
+    their own inputs (the peak memory of the chain is then that of its steps). ``device``:
+    where PDF and the inversion compute (:mod:`qsmflow.qsm.device`).
     """
     from qsmflow.phantom.bids import DEFAULT_B0_TESLA
     from qsmflow.qsm import bgremove, echoes, inversion, mask, reference
@@ -189,11 +196,11 @@ def default_chain(mag, phase, vox, b0_dir, tes, timed, *, keep: bool = True) -> 
     res['reliable'] = timed('phase-quality mask', lambda: mask.quality_mask(mask.quality_map(
         phase, mag, res['brain'], vox, echo_times_s=tes), res['brain']))
     res['local'], res['used'] = timed('PDF', lambda: bgremove.pdf(
-        res['fit']['field_ppm'], res['reliable'], vox, b0_dir))
+        res['fit']['field_ppm'], res['reliable'], vox, b0_dir, device=device))
     if not keep:
         del res['brain'], res['fit'], res['reliable']
     res['chi'] = timed(f'inversion default ({inversion.DEFAULT_METHOD})', lambda: inversion.invert(
-        res['local'], res['used'], vox, b0_dir))
+        res['local'], res['used'], vox, b0_dir, device=device))
     res['chi_ref'] = timed('reference (mean)', lambda: reference.reference(
         res['chi'], res['used']))[0]
     if not keep:

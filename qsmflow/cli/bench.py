@@ -7,6 +7,18 @@ import sys
 
 def run_bench(opts) -> int:
     """Run the benchmark that ``opts`` asks for; returns the exit code."""
+    if opts.device != 'cpu':
+        from qsmflow.qsm.device import resolve
+
+        if opts.cohort or opts.threads:
+            print('qsmflow bench: --device is for the reconstruction steps, not --cohort or '
+                  '--threads', file=sys.stderr)
+            return 2
+        try:
+            resolve(opts.device)
+        except ValueError as err:
+            print(f'qsmflow bench: {err}', file=sys.stderr)
+            return 2
     if opts.cohort:
         if opts.size == 'hires':
             print('qsmflow bench: --size hires is for the reconstruction steps; --cohort '

@@ -366,6 +366,9 @@ def build_tools_parser() -> argparse.ArgumentParser:
                             'tables included) of N demo participants each, e.g. 1 2 4 8')
     bench.add_argument('--nprocs', type=_positive_int, default=2,
                        help='with --cohort: Nipype processes (default: %(default)s)')
+    bench.add_argument('--device', choices=DEVICES, default='cpu',
+                       help='where PDF, V-SHARP, TKD, Tikhonov and TV compute (as the '
+                            'participant level; default: %(default)s)')
     bench.add_argument('--threads', nargs='+', type=_positive_int, metavar='N',
                        help='instead: the default reconstruction with N threads for every '
                             'step, one line per N (time, speed-up, peak RSS), e.g. 1 2')

@@ -87,6 +87,12 @@ def used(device='cpu') -> str:
     return 'cpu' if dev is None else ('gpu' if dev == 'cuda' else 'torch-cpu')
 
 
+def torch_version() -> str | None:
+    """torch's version, or None when it is not installed."""
+    torch = _torch()
+    return None if torch is None else torch.__version__
+
+
 def step_kwargs(func, device='cpu') -> dict:
     """Keyword arguments that run step ``func`` on ``device``: ``{'device': name}`` with the
     name :func:`used` gives (what provenance records), or ``{}`` for a step without a
