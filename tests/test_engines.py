@@ -23,7 +23,7 @@ def _opts(**kw):
     from qsmflow.cli.config import engine_from_args
 
     base = {'plugin': None, 'plugin_args': None, 'nprocs': 2, 'mem_gb': None,
-            'omp_nthreads': None}
+            'omp_nthreads': None, 'device': 'cpu'}
     base.update(kw)
     return engine_from_args(Namespace(**base))
 
