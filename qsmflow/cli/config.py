@@ -216,7 +216,8 @@ def _device(name: str) -> str:
 
 
 def engine_from_args(opts) -> EngineConfig:
-    """``--nprocs``, ``--omp-nthreads``, ``--device``, ``--mem-gb``, ``--plugin`` and ``--plugin-args``."""
+    """``--nprocs``, ``--omp-nthreads``, ``--device``, ``--mem-gb``, ``--plugin`` and
+    ``--plugin-args``."""
     from qsmflow.execution.engines import load_plugin_args
 
     return EngineConfig(
