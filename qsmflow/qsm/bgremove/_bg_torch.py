@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""PDF and V-SHARP in torch (private; for ``device='gpu'``/``'torch-cpu'``,
+"""PDF, V-SHARP and RESHARP in torch (private; for ``device='gpu'``/``'torch-cpu'``,
 :mod:`qsmflow.qsm.device`): the grids and kernels of the numpy cores
 (:mod:`~qsmflow.qsm.bgremove.dipole_projection`, :mod:`~qsmflow.qsm.bgremove.sharp`), their
 FFTs, CG and element-wise work as tensors. Full-size numpy arrays out, as the numpy cores.
@@ -59,3 +59,24 @@ def vsharp_core(field, mask, vsz, radii, threshold, pad, dev):
     inv[keep] = 1.0 / h[keep]
     local = irfft(rfft(assembled) * tensor(inv, dev), shape) * inside_prev
     return grid.to_full(numpy32(local)), grid.to_full(inside_prev.cpu().numpy())
+
+
+def resharp_core(field, mask, vsz, radius, lam, tol, max_iter, pad, dev):
+    """RESHARP by CG on ``(C M_r C + lam) x = C M_r C f`` on the padded box (as
+    ``sharp._resharp_core``). Returns the local field and the mask where it is valid."""
+    grid = PaddedBox(mask, margin_voxels=0, pad_voxels=pad)
+    shape = grid.shape
+    s = sphere_kernel(shape, vsz, radius)
+    c = tensor(1.0 - s, dev)
+    m = tensor(grid.to_grid(mask, np.float32), dev)
+    used = irfft(rfft(m) * tensor(s, dev), shape) > 1.0 - 0.5 / ball_count(vsz, radius)
+    f = tensor(grid.to_grid(np.where(mask, field, 0), np.float32), dev)
+
+    def conv_c(x):
+        return irfft(rfft(x) * c, shape)
+
+    def normal_op(x):
+        return conv_c(conv_c(x) * used) + lam * x
+
+    x = conjugate_gradient(normal_op, conv_c(conv_c(f) * used), tol=tol, max_iter=max_iter)
+    return grid.to_full(numpy32(x * used)), grid.to_full(used.cpu().numpy())

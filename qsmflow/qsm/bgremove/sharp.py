@@ -203,6 +203,7 @@ def resharp(
     lam: float = 1e-4,
     tol: float = 1e-3,
     max_iter: int = 100,
+    device: str = 'cpu',
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove the background field with regularisation-enabled SHARP (RESHARP).
 
@@ -234,6 +235,8 @@ def resharp(
         Relative residual at which CG stops (dimensionless, default 1e-3).
     max_iter : int, optional
         Maximum CG iterations (default 100).
+    device : str, optional
+        Where the FFTs run (:func:`qsmflow.qsm.device.resolve`; default ``'cpu'``, numpy).
 
     Returns
     -------
@@ -267,8 +270,14 @@ def resharp(
                          f'got {radius_mm!r}')
     positive('lam', lam)
     iterations(max_iter, tol, tol_positive=True)
-    local, used = _resharp_core(field, mask, vsz, float(radius_mm), float(lam), float(tol),
-                                int(max_iter))
+    dev = resolve(device)  # device: 'cpu' (numpy), 'gpu', 'auto', 'torch-cpu' (torch)
+    if dev is not None:
+        from qsmflow.qsm.bgremove._bg_torch import resharp_core
+        local, used = resharp_core(field, mask, vsz, float(radius_mm), float(lam), float(tol),
+                                   int(max_iter), VSHARP_PAD_VOXELS, dev)
+    else:
+        local, used = _resharp_core(field, mask, vsz, float(radius_mm), float(lam),
+                                    float(tol), int(max_iter))
     if not used.any():
         raise ValueError(f'mask is too thin: no voxel is {radius_mm} mm inside it')
     return local.astype(field.dtype, copy=False), used
