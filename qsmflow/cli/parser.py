@@ -166,10 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     g_perf.add_argument('--omp-nthreads', type=_positive_int,
                         help='threads per process (FFT workers; default: nprocs)')
     g_perf.add_argument('--device', choices=DEVICES, default='cpu',
-                        help='where background removal (V-SHARP, PDF) and the inversion (TV, '
-                             'TKD, Tikhonov) compute: cpu (numpy, default), gpu (torch on '
-                             "CUDA; pip install 'qsmflow[gpu]') or auto (gpu when present); "
-                             'results agree within 1e-4 ppm')
+                        help='where background removal (PDF, V-SHARP, RESHARP) and the '
+                             'inversion (TV, TKD, Tikhonov) compute: cpu (numpy, default), '
+                             "gpu (torch on CUDA; pip install 'qsmflow[gpu]') or auto (gpu "
+                             'when present); not bitwise the cpu results (rounding, see README)')
     g_perf.add_argument('--mem-gb', '--mem_gb', type=_positive_float, metavar='GB',
                         help='memory MultiProc may use at once (default: what the machine has)')
     g_perf.add_argument('--plugin', choices=PLUGINS, type=str.lower,
@@ -367,7 +367,7 @@ def build_tools_parser() -> argparse.ArgumentParser:
     bench.add_argument('--nprocs', type=_positive_int, default=2,
                        help='with --cohort: Nipype processes (default: %(default)s)')
     bench.add_argument('--device', choices=DEVICES, default='cpu',
-                       help='where PDF, V-SHARP, TKD, Tikhonov and TV compute (as the '
+                       help='where PDF, V-SHARP, RESHARP, TKD, Tikhonov and TV compute (as the '
                             'participant level; default: %(default)s)')
     bench.add_argument('--threads', nargs='+', type=_positive_int, metavar='N',
                        help='instead: the default reconstruction with N threads for every '

@@ -41,7 +41,7 @@ class FFTStepInputSpec(StepInputSpec):
 
     device = traits.Enum('cpu', 'gpu', 'auto', usedefault=True,
                          desc="where the qsm/ call's FFTs run (qsmflow.qsm.device); results "
-                              'agree within 1e-4 ppm, not bitwise, so it is hashed')
+                              'differ by rounding, not bitwise the same: hashed')
 
 
 def load(path):
