@@ -71,7 +71,7 @@ def _run_steps(opts) -> int:
           f'python {platform.python_version()}, threads {sfft.get_workers()} '
           f'(FFT workers; numba {numba.get_num_threads()})')
     dev = opts.device
-    print(f'  device: {device.used(dev)} (PDF, V-SHARP, RESHARP, TKD, Tikhonov, TV; torch '
+    print(f'  device: {device.used(dev)} (PDF, V-SHARP, RESHARP, TKD, Tikhonov, TV, RTS; torch '
           f'{device.torch_version()})' if device.used(dev) != 'cpu' else '  device: cpu (numpy)')
     print(f'  {"step":<34}{"time":>10} {"peak alloc":>11}')
     rows = []

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='threads per process (FFT workers; default: nprocs)')
     g_perf.add_argument('--device', choices=DEVICES, default='cpu',
                         help='where background removal (PDF, V-SHARP, RESHARP) and the '
-                             'inversion (TV, TKD, Tikhonov) compute: cpu (numpy, default), '
+                             'inversion (TV, TKD, Tikhonov, RTS) compute: cpu (numpy, default), '
                              "gpu (torch on CUDA; pip install 'qsmflow[gpu]') or auto (gpu "
                              'when present); not bitwise the cpu results (rounding, see README)')
     g_perf.add_argument('--mem-gb', '--mem_gb', type=_positive_float, metavar='GB',
@@ -367,7 +367,8 @@ def build_tools_parser() -> argparse.ArgumentParser:
     bench.add_argument('--nprocs', type=_positive_int, default=2,
                        help='with --cohort: Nipype processes (default: %(default)s)')
     bench.add_argument('--device', choices=DEVICES, default='cpu',
-                       help='where PDF, V-SHARP, RESHARP, TKD, Tikhonov and TV compute (as the '
+                       help='where PDF, V-SHARP, RESHARP, TKD, Tikhonov, TV and RTS compute (as '
+                            'the '
                             'participant level; default: %(default)s)')
     bench.add_argument('--threads', nargs='+', type=_positive_int, metavar='N',
                        help='instead: the default reconstruction with N threads for every '

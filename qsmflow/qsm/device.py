@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """Where the FFT-bound steps compute: numpy/scipy.fft on the CPU, or torch on a GPU.
 
-The steps that accept ``device=`` (PDF, V-SHARP, RESHARP, TKD, Tikhonov, TV) keep their numpy code
-for ``'cpu'`` and hand the heavy loop to a torch twin (``qsmflow/qsm/*/_*_torch.py``) for a
-torch device; arrays go in and come back as numpy float32 either way. torch is optional
+The steps that accept ``device=`` (PDF, V-SHARP, RESHARP, TKD, Tikhonov, TV, RTS) keep
+their numpy code for ``'cpu'`` and hand the heavy loop to a torch twin
+(``qsm/_torch_ops.py``, ``qsm/bgremove/_bg_torch.py``, ``qsm/inversion/_tv_torch.py``) for
+a torch device; arrays go in and come back as numpy float32 either way. torch is optional
 (``pip install qsmflow[gpu]``): nothing imports it unless a torch device is asked for.
 
 Device names (:data:`DEVICES`): ``'cpu'`` numpy (the default; bitwise as before),

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The optional torch device of the FFT-bound steps (qsmflow.qsm.device): the torch code on
 torch's CPU device (and on CUDA when there is one) agrees with the numpy code within
-1e-4 ppm on small grids (PDF, V-SHARP, RESHARP, TKD, Tikhonov, TV); the device names resolve as documented."""
+1e-4 ppm on small grids (PDF, V-SHARP, RESHARP, TKD, Tikhonov, TV, RTS); the device names resolve as documented."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from qsmflow.qsm import device as device_mod
 from qsmflow.qsm.bgremove import pdf, resharp, vsharp
-from qsmflow.qsm.inversion import tikhonov, tkd, tv
+from qsmflow.qsm.inversion import rts, tikhonov, tkd, tv
 from qsmflow.qsm.kernels import dipole_kernel, irfft, rfft
 
 TOL_PPM = 1e-4  # the issue's bar between the CPU and the GPU path
@@ -40,6 +40,7 @@ STEPS = {
     'resharp': lambda f, m, d: resharp(f, m, (1, 1, 1), radius_mm=3, device=d)[0],
     'tkd': lambda f, m, d: tkd(f, m, (1, 1, 1), device=d),
     'tikhonov': lambda f, m, d: tikhonov(f, m, (1, 1, 1), device=d),
+    'rts': lambda f, m, d: rts(f, m, (1, 1, 1), device=d),
     'tv': lambda f, m, d: tv(f, m, (1, 1, 1), device=d),  # weights chosen, shell on
     'tv-fixed': lambda f, m, d: tv(f, m, (1, 1, 1), lam=1e-3, max_iter=15, tol=0, device=d),
 }

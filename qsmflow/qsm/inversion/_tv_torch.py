@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ADMM loop of :func:`~qsmflow.qsm.inversion.tv` in torch (private; for
-``device='gpu'``/``'torch-cpu'``, :mod:`qsmflow.qsm.device`).
+"""The ADMM loops of :func:`~qsmflow.qsm.inversion.tv` and
+:func:`~qsmflow.qsm.inversion.rts` in torch (private; for ``device='gpu'``/``'torch-cpu'``,
+:mod:`qsmflow.qsm.device`).
 
-The same iteration as :func:`~qsmflow.qsm.inversion.total_variation._tv_masked_core`:
+:func:`tv_masked_core` is the iteration of
+:func:`~qsmflow.qsm.inversion.total_variation._tv_masked_core`, :func:`admm_tv` that of
+:func:`~qsmflow.qsm.inversion._admm._admm_tv`:
 the k-space χ update, the weighted data (y) step and the isotropic shrinkage (z) step of
 :mod:`~qsmflow.qsm.inversion._admm` written as tensor expressions, with the stopping norms
 summed in float64. The set-up (weights, shell, kernels) is the numpy code's.
@@ -65,4 +68,51 @@ def tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, code, weights, grad_
         v = z - u
         if it > 0 and dnorm <= tol * cnorm:
             break
+    return numpy32(chi)
+
+
+def _filter(numerator, precision, L, rho):
+    """``numerator / (precision + ρL)`` and ``ρ / (precision + ρL)`` (0 where undefined)."""
+    den = precision + rho * L
+    iden = torch.where(den > 0, 1.0 / torch.where(den > 0, den, 1.0), 0.0)
+    return numerator * iden, iden * rho
+
+
+def admm_tv(numerator, precision, L, rho, weight, v, vsz, max_iter, tol, *, relaxation=1.0,
+            tau=None, gamma=None, dev='cpu'):
+    """:func:`~qsmflow.qsm.inversion._admm._admm_tv` on torch device ``dev`` (numpy in, the
+    same arguments; χ out as numpy float32): the ADMM loop of :func:`rts`."""
+    ih = 1.0 / np.asarray(vsz, np.float64)
+    shape = v.shape[1:]
+    numerator, precision, L = (tensor(a, dev) for a in (numerator, precision, L))
+    v = tensor(v, dev)
+    u = torch.zeros_like(v)
+    Q, rho_iden = _filter(numerator, precision, L, float(rho))
+    thr, a = float(weight / rho), float(relaxation)
+    chi_prev, res_prev = None, np.inf
+    for it in range(max_iter):
+        chi = irfft(rfft(gradient_adjoint(v, ih)) * rho_iden + Q, shape)
+        if it == max_iter - 1:
+            break
+        g = gradient(chi, ih)
+        p = a * g + (1.0 - a) * (v + u) + u
+        nrm = torch.sqrt(torch.sum(p * p, dim=0))
+        z = torch.where(nrm > thr, 1.0 - thr / torch.clamp(nrm, min=thr), 0.0) * p
+        u = p - z
+        v = z - u
+        res = float(torch.sqrt(torch.sum((g - z).double() ** 2)))
+        if chi_prev is not None:
+            diff = (chi - chi_prev).double()
+            if float(torch.sqrt(torch.sum(diff * diff))) <= tol * float(
+                    torch.sqrt(torch.sum(chi.double() ** 2))):
+                break
+        chi_prev = chi
+        if tau is not None:
+            if res > tau * res_prev:
+                v = v + (1 - 1 / gamma) * u  # ρ ← γρ, the scaled dual rescaled
+                u = u * (1 / gamma)
+                rho *= gamma
+                Q, rho_iden = _filter(numerator, precision, L, float(rho))
+                thr = float(weight / rho)
+            res_prev = res
     return numpy32(chi)
