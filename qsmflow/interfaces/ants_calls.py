@@ -1,17 +1,24 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The antspyx calls of the registrations, each run in a fresh interpreter.
+"""The ANTs calls of the registrations, each run in a fresh interpreter.
 
 :func:`in_fresh_process` starts a new Python process per ANTs call; the process unpickles
 the called function and so imports the function's module. That is this module: it imports
-only the standard library, numpy and (inside the calls) antspyx, not Nipype, nibabel or
-the interfaces (:mod:`qsmflow.interfaces.registration`, whose import costs the child
-about half a second more). The settings (pyramids, refinement) and the interfaces stay in
+only the standard library and numpy (nibabel and antspyx inside the calls), not Nipype or
+the interfaces (:mod:`qsmflow.interfaces.registration`, whose import costs the child about
+half a second more). Registrations (:func:`register_images`) call ``antsRegistration``
+through ANTs' compiled library alone (:func:`ants_library`), with the arguments antspyx
+would give it (:func:`registration_args`): the same transforms bit for bit, without the
+1.5–2 s of ``import ants``. The χ-driven refinement (:func:`refine_chi`) does the same;
+resampling (:func:`apply_to_reference`) still goes through antspyx's Python functions.
+The settings (pyramids, refinement) and the interfaces stay in
 :mod:`qsmflow.interfaces.registration`; every call here gets its settings from there.
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,47 +99,164 @@ def register_images(fixed_path, moving_path, out_dir, *, settings, fixed_mask=No
     """antspyx registration of ``moving`` to ``fixed`` (``settings``: the keyword arguments
     of ``ants.registration``, with the optional ``linear`` stages run first, see
     :func:`qsmflow.interfaces.registration.register`); the transforms copied to
-    ``out_dir`` as ``affine.mat``, ``warp.nii.gz`` and ``inverse_warp.nii.gz``."""
-    prepare_ants(nthreads)
-    import ants
+    ``out_dir`` as ``affine.mat``, ``warp.nii.gz`` and ``inverse_warp.nii.gz``.
 
-    fixed, moving = ants.image_read(str(fixed_path)), ants.image_read(str(moving_path))
-    if fixed_mask:
-        fixed = fixed * ants.image_read(str(fixed_mask))
-    settings = _shrink_factors(dict(settings), fixed)
+    ``antsRegistration`` is called with the arguments ``ants.registration`` gives it
+    (:func:`registration_args`), on files, through ANTs' compiled library alone
+    (:func:`ants_library`): the same transforms bit for bit, without the 1.5–2 s of
+    ``import ants`` (which imports matplotlib, scikit-learn and statsmodels).
+    """
+    prepare_ants(nthreads)
+    import nibabel as nb
+
+    out_dir = Path(out_dir)
+    fixed = nb.load(str(fixed_path))
+    spacing = fixed.header.get_zooms()[:3]
+    if fixed_mask:  # as antspyx's image product: float32 voxels, the fixed image's header
+        data = (np.asarray(fixed.dataobj, dtype=np.float32)
+                * np.asarray(nb.load(str(fixed_mask)).dataobj, dtype=np.float32))
+        header = fixed.header.copy()
+        header.set_data_dtype(np.float32)
+        fixed_path = out_dir / 'fixed_masked.nii.gz'
+        nb.Nifti1Image(data, fixed.affine, header).to_filename(fixed_path)
+    files = (str(fixed_path), str(moving_path))
+    settings = _shrink_factors(dict(settings), spacing)
     start = settings.pop('initial_transform', None)
     for n, stage in enumerate(settings.pop('linear', ())):
-        stage = _shrink_factors(dict(stage), fixed)
+        stage = _shrink_factors(dict(stage), spacing)
         if start is not None:  # the caller's start, then each stage's result
             stage['initial_transform'] = start
-        start = ants.registration(fixed, moving, outprefix=str(Path(out_dir) / f'linear{n}_'),
-                                  **stage)['fwdtransforms']
+        start = _run_registration(*files, str(out_dir / f'linear{n}_'), stage)[0]
     if start is not None:
         settings['initial_transform'] = start
-    reg = ants.registration(fixed, moving, outprefix=str(Path(out_dir) / 'reg_'), **settings)
-    out = {'version': ants.__version__}
-    warp = [p for p in reg['fwdtransforms'] if p.endswith('.nii.gz')]
-    inv = [p for p in reg['invtransforms'] if p.endswith('.nii.gz')]
-    mat = [p for p in reg['fwdtransforms'] if p.endswith('.mat')]
+    fwd, inv = _run_registration(*files, str(out_dir / 'reg_'), settings)
+    out = {'version': antspyx_version()}
+    warp = [p for p in fwd if p.endswith('.nii.gz')]
+    inv = [p for p in inv if p.endswith('.nii.gz')]
+    mat = [p for p in fwd if p.endswith('.mat')]
     outputs = (('affine', mat, 'affine.mat'), ('warp', warp, 'warp.nii.gz'),
                ('inverse_warp', inv, 'inverse_warp.nii.gz'))
     if settings['type_of_transform'] in LINEAR_TYPES:
         outputs = outputs[:1]
     for key, src, name in outputs:
         if len(src) != 1:
-            raise RuntimeError(f'antspyx returned {reg["fwdtransforms"]} / '
-                               f'{reg["invtransforms"]}: expected one {name}')
-        dest = Path(out_dir) / name
+            raise RuntimeError(f'antsRegistration wrote {fwd} / {inv}: expected one {name}')
+        dest = out_dir / name
         shutil.copyfile(src[0], dest)
         out[key] = str(dest)
     return out
 
 
-def _shrink_factors(stage: dict, fixed) -> dict:
+def antspyx_version() -> str:
+    """The installed antspyx's version (without importing it)."""
+    from importlib.metadata import version
+
+    return version('antspyx')
+
+
+def ants_library():
+    """ANTs' compiled library of antspyx (``ants.lib``: ``antsRegistration`` and the other
+    command-line tools as functions of an argument list), loaded on its own, without
+    running the ``ants`` package's ``__init__`` (1.5–2 s of imports; loading the library:
+    0.03 s). Falls back to the ordinary import where antspyx lays its files out otherwise."""
+    import importlib
+    import importlib.util
+
+    name = 'ants.lib'
+    if name in sys.modules:
+        return sys.modules[name]
+    package = importlib.util.find_spec('ants')
+    found = sorted(Path(package.origin).parent.glob('lib.*.so')) if package else []
+    if len(found) != 1:
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(name, found[0])
+    lib = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lib)
+    sys.modules[name] = lib
+    return lib
+
+
+def registration_args(fixed: str, moving: str, prefix: str, settings: dict,
+                      warped: str | None = None) -> list[str]:
+    """The ``antsRegistration`` arguments that ``ants.registration(fixed, moving,
+    outprefix=prefix, **settings)`` passes (antspyx 0.6), with the images as files, for the
+    transform types qsmflow uses: ``SyNRA``, ``SyNOnly`` and the linear ones
+    (:data:`LINEAR_TYPES`), no masks, single precision; the moving image warped to the
+    file ``warped`` if given."""
+    kind = settings['type_of_transform']
+    opts = {**_ANTSPYX_DEFAULTS, **{k: v for k, v in settings.items()
+                                    if k not in ('type_of_transform', 'initial_transform')}}
+    unknown = set(opts) - set(_ANTSPYX_DEFAULTS)
+    if unknown or kind not in ('SyNRA', 'SyNOnly') + LINEAR_TYPES:
+        raise ValueError(f'registration_args: {kind} with {sorted(unknown)} not supported')
+    start = settings.get('initial_transform')
+    if start is None:
+        start = ['Identity'] if kind == 'SyNOnly' else [f'[{fixed},{moving},1]']
+    elif isinstance(start, str):
+        start = [start]
+    pair = f'{fixed},{moving},1'
+
+    def linear(transform, iterations, sigmas, shrink):
+        return ['--metric', f"{opts['aff_metric']}[{pair},{opts['aff_sampling']},regular,"
+                            f"{opts['aff_random_sampling_rate']}]",
+                '--transform', f'{transform}[0.25]', '--convergence', iterations,
+                '--smoothing-sigmas', sigmas, '--shrink-factors', shrink]
+
+    levels = len(opts['reg_iterations'])
+    syn = ['--metric', f"{opts['syn_metric']}[{pair},{opts['syn_sampling']}]",
+           '--transform', f"SyN[{opts['grad_step']:f},{opts['flow_sigma']:f},"
+                          f"{opts['total_sigma']:f}]",
+           '--convergence', f"[{_x(opts['reg_iterations'])},1e-7,8]",
+           '--smoothing-sigmas', _x(range(levels - 1, -1, -1)),
+           '--shrink-factors', _x(2 ** k for k in range(levels - 1, -1, -1))]
+    if kind == 'SyNRA':  # antspyx fixes these linear stages (its aff_* do not apply)
+        fixed_levels = ('2100x1200x1200x0', '3x2x1x0', '4x2x2x1')
+        stages = (linear('Rigid', *fixed_levels) + ['-x', '[NA,NA]']
+                  + linear('Affine', *fixed_levels) + ['-x', '[NA,NA]'] + syn)
+    elif kind == 'SyNOnly':
+        stages = syn
+    else:
+        stages = linear(kind, _x(opts['aff_iterations']), _x(opts['aff_smoothing_sigmas']),
+                        _x(opts['aff_shrink_factors']))
+    return (['--dimensionality', '3', '-r', *start] + stages
+            + ['-u', '0', '-z', '1',
+               '--output', f'[{prefix},{warped}]' if warped else f'[{prefix}]', '-x', '[NA,NA]',
+               '--float', '1', '--write-composite-transform', '0'])
+
+
+#: ``ants.registration``'s defaults (antspyx 0.6) of the settings :func:`registration_args`
+#: takes.
+_ANTSPYX_DEFAULTS = {
+    'grad_step': 0.2, 'flow_sigma': 3, 'total_sigma': 0, 'aff_metric': 'mattes',
+    'aff_sampling': 32, 'aff_random_sampling_rate': 0.2, 'syn_metric': 'mattes',
+    'syn_sampling': 32, 'reg_iterations': (40, 20, 0), 'aff_iterations': (2100, 1200, 1200, 10),
+    'aff_shrink_factors': (6, 4, 2, 1), 'aff_smoothing_sigmas': (3, 2, 1, 0)}
+
+
+def _x(values) -> str:
+    return 'x'.join(str(v) for v in values)
+
+
+def _run_registration(fixed: str, moving: str, prefix: str, settings: dict,
+                      warped: str | None = None):
+    """Run ``antsRegistration`` (the moving image warped to ``warped`` if given); return the
+    forward and inverse transforms in antspyx's order (forward: warp, then affine; inverse:
+    affine, then inverse warp)."""
+    code = ants_library().antsRegistration(
+        registration_args(fixed, moving, prefix, settings, warped))
+    if code != 0:
+        raise RuntimeError(f'antsRegistration failed with error code {code}')
+    affine = sorted(glob.glob(prefix + '[0-9]GenericAffine.mat'))
+    warp = sorted(glob.glob(prefix + '[0-9]Warp.nii.gz'))
+    inverse = sorted(glob.glob(prefix + '[0-9]InverseWarp.nii.gz'))
+    return warp + affine, affine + inverse
+
+
+def _shrink_factors(stage: dict, spacing) -> dict:
     """``stage`` with ``levels_mm`` (if any) turned into ``aff_shrink_factors`` of the fixed
-    image's grid: ``round(level / voxel size)``, at least 1."""
+    image's grid (voxel size ``spacing``, mm): ``round(level / voxel size)``, at least 1."""
     if 'levels_mm' in stage:
-        voxel_mm = min(fixed.spacing)
+        voxel_mm = min(float(v) for v in spacing)
         stage['aff_shrink_factors'] = tuple(max(1, round(level / voxel_mm))
                                             for level in stage.pop('levels_mm'))
     return stage
@@ -153,26 +277,36 @@ def apply_to_reference(reference, in_file, transforms, invert, interpolation, nt
 
 
 def refine_chi(prior_path, chi_path, transforms, out_dir, *, settings, nthreads=1) -> dict:
-    """antspyx registration of the χ map, brought to the prior's grid through
-    ``transforms``, to the prior (``settings``: ``ants.registration`` keyword arguments, see
-    :func:`qsmflow.interfaces.registration.refine_to_prior`)."""
+    """Registration of the χ map, brought to the prior's grid through ``transforms``
+    (linear interpolation), to the prior (``settings``: ``ants.registration`` keyword
+    arguments, see :func:`qsmflow.interfaces.registration.refine_to_prior`); through ANTs'
+    library alone, with antspyx's arguments, as :func:`register_images`."""
     prepare_ants(nthreads)
-    import ants
+    import nibabel as nb
 
-    fixed = ants.image_read(prior_path)
-    moving = ants.apply_transforms(fixed, ants.image_read(chi_path), transforms,
-                                   interpolator='linear')
-    reg = ants.registration(fixed, moving, outprefix=str(Path(out_dir) / 'refine_'),
-                            **settings)
-    inv = [p for p in reg['invtransforms'] if p.endswith('.nii.gz')]
+    out_dir = Path(out_dir)
+    moved = str(out_dir / 'refine_moving.nii.gz')
+    # as antspyx's apply_transforms: double precision, the result read back as float32
+    args = ['-d', '3', '-i', str(chi_path), '-o', moved, '-r', str(prior_path), '-n', 'linear']
+    for transform in transforms:
+        args += ['-t', str(transform)]
+    code = ants_library().antsApplyTransforms(
+        args + ['-z', '1', '-v', '0', '--float', '0', '-e', '0', '-f', '0'])
+    if code != 0:
+        raise RuntimeError(f'antsApplyTransforms failed with error code {code}')
+    warped = str(out_dir / 'refine_warped.nii.gz')
+    _, inv = _run_registration(str(prior_path), moved, str(out_dir / 'refine_'), settings,
+                               warped=warped)
+    inv = [p for p in inv if p.endswith('.nii.gz')]
     if len(inv) != 1:
-        raise RuntimeError(f'antspyx returned {reg["invtransforms"]}: expected one warp')
-    dest = Path(out_dir) / 'refine_inverse_warp.nii.gz'
+        raise RuntimeError(f'antsRegistration wrote {inv}: expected one inverse warp')
+    dest = out_dir / 'refine_inverse_warp.nii.gz'
     shutil.copyfile(inv[0], dest)
-    prior = fixed.numpy()
-    return {'inverse_warp': str(dest), 'version': ants.__version__,
-            'correlation_before': _correlation(prior, moving.numpy()),
-            'correlation_after': _correlation(prior, reg['warpedmovout'].numpy())}
+    prior, moving, after = (np.asarray(nb.load(p).dataobj, dtype=np.float32)
+                            for p in (prior_path, moved, warped))
+    return {'inverse_warp': str(dest), 'version': antspyx_version(),
+            'correlation_before': _correlation(prior, moving),
+            'correlation_after': _correlation(prior, after)}
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:

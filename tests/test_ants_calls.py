@@ -1,0 +1,150 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``register_images`` calls ``antsRegistration`` through ANTs' compiled library alone, with
+the arguments it builds itself (:func:`qsmflow.interfaces.ants_calls.registration_args`):
+its transforms must be those of antspyx's ``ants.registration`` with the same settings, bit
+for bit, for every kind of registration qsmflow runs, and the ``ants`` package must stay
+unimported in its process."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+#: Short versions of the registrations qsmflow runs (the template pyramid, ``quick``'s
+#: linear stages and SyN, the run-to-run rigid), to keep the test to seconds.
+SETTINGS = {
+    'SyNRA': {'type_of_transform': 'SyNRA', 'aff_metric': 'mattes', 'syn_metric': 'mattes',
+              'reg_iterations': (10, 0), 'grad_step': 0.05, 'flow_sigma': 6, 'total_sigma': 3},
+    'linear_then_SyNOnly': {
+        'type_of_transform': 'SyNOnly', 'reg_iterations': (10, 0), 'grad_step': 0.05,
+        'flow_sigma': 6, 'total_sigma': 3,
+        'linear': ({'type_of_transform': 'Rigid', 'aff_metric': 'mattes',
+                    'aff_iterations': (100,), 'levels_mm': (6.0,),
+                    'aff_smoothing_sigmas': (2,)},
+                   {'type_of_transform': 'Affine', 'aff_metric': 'mattes',
+                    'aff_iterations': (100, 50), 'levels_mm': (6.0, 3.0),
+                    'aff_smoothing_sigmas': (2, 1)})},
+    'Rigid': {'type_of_transform': 'Rigid', 'aff_metric': 'mattes',
+              'aff_iterations': (100, 50), 'levels_mm': (6.0, 3.0),
+              'aff_smoothing_sigmas': (2, 1)},
+}
+
+
+def _with_antspyx(fixed_path, moving_path, out_dir, settings, fixed_mask):
+    """The same registration through antspyx's own ``ants.registration`` (fresh process)."""
+    from qsmflow.interfaces.ants_calls import _shrink_factors, prepare_ants
+
+    prepare_ants(1)
+    import ants
+
+    fixed, moving = ants.image_read(fixed_path), ants.image_read(moving_path)
+    fixed = fixed * ants.image_read(fixed_mask)
+    settings = _shrink_factors(dict(settings), fixed.spacing)
+    start = None
+    for n, stage in enumerate(settings.pop('linear', ())):
+        stage = _shrink_factors(dict(stage), fixed.spacing)
+        if start is not None:
+            stage['initial_transform'] = start
+        start = ants.registration(fixed, moving, outprefix=f'{out_dir}/linear{n}_',
+                                  **stage)['fwdtransforms']
+    if start is not None:
+        settings['initial_transform'] = start
+    reg = ants.registration(fixed, moving, outprefix=f'{out_dir}/reg_', **settings)
+    return [Path(p).read_bytes() if p.endswith('.mat') else
+            np.asarray(nb.load(p).dataobj).tobytes()
+            for p in reg['fwdtransforms'] + reg['invtransforms'][1:]]
+
+
+def _with_qsmflow(fixed_path, moving_path, out_dir, settings, fixed_mask):
+    from qsmflow.interfaces.ants_calls import register_images
+
+    out = register_images(fixed_path, moving_path, out_dir, settings=settings,
+                          fixed_mask=fixed_mask)
+    keys = ('warp', 'affine', 'inverse_warp') if 'warp' in out else ('affine',)
+    return [Path(out[k]).read_bytes() if k == 'affine' else
+            np.asarray(nb.load(out[k]).dataobj).tobytes() for k in keys], 'ants' in sys.modules
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):
+    from qsmflow.bench.registration import _moving
+    from qsmflow.cli.demo import DEMO_POSE
+    from qsmflow.phantom.bids import DEFAULT_ECHO_TIMES_S, oblique_affine
+    from qsmflow.phantom.head import make_head
+    from qsmflow.phantom.template import write_template
+
+    root = tmp_path_factory.mktemp('ants-calls')
+    folder = write_template(root / 'tf', size='tiny')
+    head = make_head(size='tiny', age_years=60.0)
+    pose = oblique_affine((1, 1, 1), 1.0, DEMO_POSE['yaw_deg'], axis='z')
+    pose[:3, 3] = DEMO_POSE['shift_mm']
+    moving = root / 'moving.nii.gz'
+    _moving(head, DEFAULT_ECHO_TIMES_S, pose @ oblique_affine(head.shape, head.voxel_size_mm)
+            ).to_filename(moving)
+    return (str(next(folder.glob('*_T1w.nii.gz'))), str(moving),
+            str(next(folder.glob('*_desc-brain_mask.nii.gz'))))
+
+
+@pytest.mark.parametrize('name', list(SETTINGS))
+def test_same_transforms_as_antspyx_without_importing_it(images, tmp_path, name):
+    from qsmflow.interfaces.ants_calls import in_fresh_process
+
+    fixed, moving, mask = images
+    for sub in ('antspyx', 'qsmflow'):
+        (tmp_path / sub).mkdir()
+    expected = in_fresh_process(_with_antspyx, fixed, moving, str(tmp_path / 'antspyx'),
+                                SETTINGS[name], mask)
+    got, imported = in_fresh_process(_with_qsmflow, fixed, moving, str(tmp_path / 'qsmflow'),
+                                     SETTINGS[name], mask)
+    assert len(got) == len(expected) == (1 if name == 'Rigid' else 3)
+    assert all(a == b for a, b in zip(got, expected))
+    assert not imported
+
+
+def _refine_with_antspyx(prior_path, chi_path, transforms, out_dir, settings):
+    """The χ-driven refinement through antspyx's own functions (fresh process)."""
+    from qsmflow.interfaces.ants_calls import _correlation, prepare_ants
+
+    prepare_ants(1)
+    import ants
+
+    fixed = ants.image_read(prior_path)
+    moving = ants.apply_transforms(fixed, ants.image_read(chi_path), transforms,
+                                   interpolator='linear')
+    reg = ants.registration(fixed, moving, outprefix=f'{out_dir}/refine_', **settings)
+    inv = [p for p in reg['invtransforms'] if p.endswith('.nii.gz')]
+    return (np.asarray(nb.load(inv[0]).dataobj).tobytes(),
+            _correlation(fixed.numpy(), moving.numpy()),
+            _correlation(fixed.numpy(), reg['warpedmovout'].numpy()))
+
+
+def _refine_with_qsmflow(prior_path, chi_path, transforms, out_dir, settings):
+    from qsmflow.interfaces.ants_calls import refine_chi
+
+    out = refine_chi(prior_path, chi_path, transforms, out_dir, settings=settings)
+    return ((np.asarray(nb.load(out['inverse_warp']).dataobj).tobytes(),
+             out['correlation_before'], out['correlation_after']), 'ants' in sys.modules)
+
+
+def test_refinement_same_as_antspyx_without_importing_it(images, tmp_path):
+    from qsmflow.interfaces.ants_calls import in_fresh_process, register_images
+
+    fixed, moving, mask = images
+    for sub in ('rigid', 'antspyx', 'qsmflow'):
+        (tmp_path / sub).mkdir()
+    affine = in_fresh_process(register_images, fixed, moving, str(tmp_path / 'rigid'),
+                              settings=SETTINGS['Rigid'], fixed_mask=mask)['affine']
+    settings = {'type_of_transform': 'SyNOnly', 'initial_transform': 'Identity',
+                'syn_metric': 'CC', 'syn_sampling': 2, 'reg_iterations': (5, 0),
+                'grad_step': 0.1, 'flow_sigma': 8, 'total_sigma': 4}
+    expected = in_fresh_process(_refine_with_antspyx, fixed, moving, [affine],
+                                str(tmp_path / 'antspyx'), settings)
+    got, imported = in_fresh_process(_refine_with_qsmflow, fixed, moving, [affine],
+                                     str(tmp_path / 'qsmflow'), settings)
+    assert got == expected
+    assert not imported
