@@ -72,20 +72,15 @@ def _with_qsmflow(fixed_path, moving_path, out_dir, settings, fixed_mask):
 
 @pytest.fixture(scope='module')
 def images(tmp_path_factory):
-    from qsmflow.bench.registration import _moving
-    from qsmflow.cli.demo import DEMO_POSE
-    from qsmflow.phantom.bids import DEFAULT_ECHO_TIMES_S, oblique_affine
+    from qsmflow.bench.registration import write_moving_head
     from qsmflow.phantom.head import make_head
     from qsmflow.phantom.template import write_template
 
     root = tmp_path_factory.mktemp('ants-calls')
     folder = write_template(root / 'tf', size='tiny')
     head = make_head(size='tiny', age_years=60.0)
-    pose = oblique_affine((1, 1, 1), 1.0, DEMO_POSE['yaw_deg'], axis='z')
-    pose[:3, 3] = DEMO_POSE['shift_mm']
     moving = root / 'moving.nii.gz'
-    _moving(head, DEFAULT_ECHO_TIMES_S, pose @ oblique_affine(head.shape, head.voxel_size_mm)
-            ).to_filename(moving)
+    write_moving_head(head, moving)
     return (str(next(folder.glob('*_T1w.nii.gz'))), str(moving),
             str(next(folder.glob('*_desc-brain_mask.nii.gz'))))
 

@@ -12,11 +12,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_pyramid_is_reproducible_and_registers(tmp_path):
-    from qsmflow.bench.registration import _moving
-    from qsmflow.cli.demo import DEMO_POSE
+    from qsmflow.bench.registration import write_moving_head
     from qsmflow.interfaces.registration import (
         REGISTRATION_QUICK, ApplyTransforms, register)
-    from qsmflow.phantom.bids import DEFAULT_ECHO_TIMES_S, oblique_affine
     from qsmflow.interfaces.regions import read_lut
     from qsmflow.phantom.head import DEEP_GM, make_head
     from qsmflow.qsm.regions import dice
@@ -26,11 +24,8 @@ def test_quick_pyramid_is_reproducible_and_registers(tmp_path):
     fixed = next(folder.glob('*_T1w.nii.gz'))
     mask = next(folder.glob('*_desc-brain_mask.nii.gz'))
     head = make_head(size='tiny', age_years=60.0)
-    pose = oblique_affine((1, 1, 1), 1.0, DEMO_POSE['yaw_deg'], axis='z')
-    pose[:3, 3] = DEMO_POSE['shift_mm']
     moving = tmp_path / 'moving.nii.gz'
-    _moving(head, DEFAULT_ECHO_TIMES_S, pose @ oblique_affine(head.shape, head.voxel_size_mm)
-            ).to_filename(moving)
+    write_moving_head(head, moving)
     runs = []
     for name in ('a', 'b'):
         (tmp_path / name).mkdir()

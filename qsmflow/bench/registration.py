@@ -38,6 +38,27 @@ def _moving(head, tes_s, affine) -> nb.Nifti1Image:
     return nb.Nifti1Image(rss.astype(np.float32), affine)
 
 
+def posed_affine(head) -> np.ndarray:
+    """Voxel-to-world affine of the phantom ``head`` turned and shifted in the scanner as
+    the demo's participants are (:data:`qsmflow.cli.demo.DEMO_POSE`)."""
+    from qsmflow.cli.demo import DEMO_POSE
+    from qsmflow.phantom.bids import oblique_affine
+
+    pose = oblique_affine((1, 1, 1), 1.0, DEMO_POSE['yaw_deg'], axis='z')
+    pose[:3, 3] = DEMO_POSE['shift_mm']
+    return pose @ oblique_affine(head.shape, head.voxel_size_mm)
+
+
+def write_moving_head(head, path) -> np.ndarray:
+    """Write the moving image of the benchmark (:func:`_moving` over the default echoes)
+    of ``head`` at the demo's pose (:func:`posed_affine`) to ``path``; return the affine."""
+    from qsmflow.phantom.bids import DEFAULT_ECHO_TIMES_S
+
+    affine = posed_affine(head)
+    _moving(head, DEFAULT_ECHO_TIMES_S, affine).to_filename(path)
+    return affine
+
+
 def _children_cpu_s() -> float:
     """CPU time (user + system, s) of this process's finished children: each registration
     runs in its own process (:func:`~qsmflow.interfaces.ants_calls.in_fresh_process`),
@@ -48,12 +69,10 @@ def _children_cpu_s() -> float:
 
 def main(argv=None) -> int:
     """Time one registration of the phantom to its template; print the seconds."""
-    from qsmflow.cli.demo import DEMO_POSE
     from qsmflow.interfaces.regions import read_lut
     from qsmflow.interfaces.registration import (
         PYRAMIDS, RIGID_TO_RUN, refine_to_prior, register, registration_threads,
         template_voxel_mm, write_moving, write_prior)
-    from qsmflow.phantom.bids import DEFAULT_ECHO_TIMES_S, oblique_affine
     from qsmflow.phantom.head import make_head
     from qsmflow.phantom.template import pose_affine, write_template
 
@@ -72,15 +91,12 @@ def main(argv=None) -> int:
         folder = write_template(tmp / 'tf', size=opts.template_size)
         res = next(folder.glob('*_T1w.nii.gz')).name.split('_')[1]
         head = make_head(size=opts.size, age_years=60.0)
-        affine = oblique_affine(head.shape, head.voxel_size_mm)
-        pose = oblique_affine((1, 1, 1), 1.0, DEMO_POSE['yaw_deg'], axis='z')
-        pose[:3, 3] = DEMO_POSE['shift_mm']
-        _moving(head, DEFAULT_ECHO_TIMES_S, pose @ affine).to_filename(tmp / 'native.nii.gz')
-        nb.Nifti1Image(head.brain_mask.astype(np.uint8), pose @ affine).to_filename(
+        affine = write_moving_head(head, tmp / 'native.nii.gz')
+        nb.Nifti1Image(head.brain_mask.astype(np.uint8), affine).to_filename(
             tmp / 'mask.nii.gz')
         fixed = folder / f'tpl-QSMPhantom_{res}_T1w.nii.gz'
         nb.Nifti1Image(head.chi_ppm.astype(np.float32) * head.brain_mask,
-                       pose @ affine).to_filename(tmp / 'chi.nii.gz')
+                       affine).to_filename(tmp / 'chi.nii.gz')
         t0, c0 = time.perf_counter(), _children_cpu_s()
         # as RegisterToTemplate: the moving image averaged to the template's voxel size
         moving = write_moving(tmp / 'native.nii.gz', tmp / 'mask.nii.gz', tmp / 'moving.nii.gz',
