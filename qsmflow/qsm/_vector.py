@@ -3,9 +3,9 @@
 updates and inner products, and element-wise work on FFT spectra.
 
 The work is cut into FIXED chunks (:data:`CHUNK` elements of the flattened arrays, or
-slabs along the first axis) whatever the thread count; chunks run on a persistent
-:class:`~concurrent.futures.ThreadPoolExecutor` with as many threads as FFT workers are in
-force (:func:`scipy.fft.get_workers`, set by :func:`qsmflow.qsm.threads.limit`). The
+slabs along the first axis) whatever the thread count; chunks run in contiguous blocks on
+the calling thread and a persistent :class:`~concurrent.futures.ThreadPoolExecutor`, as
+many threads in all as FFT workers are in force (:func:`scipy.fft.get_workers`, set by :func:`qsmflow.qsm.threads.limit`). The
 compiled chunk kernels are serial numba functions that release the GIL (no OpenMP pool
 that would spin-wait on the cores the next FFT needs). Inner products are per-chunk
 float64 partial sums added in chunk order, so results are bitwise the same for any thread
@@ -14,7 +14,7 @@ count.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numba
 import numpy as np
@@ -29,15 +29,32 @@ _pools_lock = threading.Lock()
 
 
 def _map(func, n_chunks: int) -> list:
-    """``[func(c) for c in range(n_chunks)]``, on :func:`scipy.fft.get_workers` threads."""
+    """``[func(c) for c in range(n_chunks)]``, on :func:`scipy.fft.get_workers` threads.
+
+    The chunks are dealt out in contiguous blocks, one per thread, the calling thread
+    running the first: one hand-over per thread and call instead of one per chunk (the GIL
+    hand-overs cost more than a small chunk's work). Which thread runs a chunk does not
+    change its result."""
     workers = min(sfft.get_workers(), n_chunks)
     if workers <= 1:
         return [func(c) for c in range(n_chunks)]
     with _pools_lock:
-        pool = _pools.get(workers)
+        pool = _pools.get(workers - 1)
         if pool is None:
-            pool = _pools[workers] = ThreadPoolExecutor(workers, 'qsmflow-vector')
-    return list(pool.map(func, range(n_chunks)))
+            pool = _pools[workers - 1] = ThreadPoolExecutor(workers - 1, 'qsmflow-vector')
+    ends = [n_chunks * w // workers for w in range(workers + 1)]
+
+    def block(w):
+        return [func(c) for c in range(ends[w], ends[w + 1])]
+
+    others = [pool.submit(block, w) for w in range(1, workers)]
+    try:
+        out = block(0)
+    finally:  # no chunk may still be running when this returns or raises
+        wait(others)
+    for future in others:
+        out.extend(future.result())
+    return out
 
 
 def _n_chunks(size: int) -> int:
