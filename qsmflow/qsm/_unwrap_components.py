@@ -27,6 +27,26 @@ def _distances_mm(near, where, vox):
     return np.sqrt(np.add.reduce(sq, axis=0))
 
 
+def _ref_step(out, in_ref, near, axis):
+    """Phase step (float32) along ``axis`` inside the component ``in_ref`` at the voxels
+    ``near`` (index tuple): the backward difference where the voxel before is in it, else
+    the forward one, else 0 — evaluated at these voxels only (the same float32
+    subtractions as on the whole box)."""
+    i = near[axis]
+    n = out.shape[axis]
+
+    def shifted(by):  # index tuple of the neighbours ``near + by·e_axis`` (clipped)
+        return near[:axis] + (np.clip(i + by, 0, n - 1),) + near[axis + 1:]
+
+    before, after = shifted(-1), shifted(1)
+    here = in_ref[near]
+    has_bwd = (i > 0) & here & in_ref[before]
+    has_fwd = (i < n - 1) & here & in_ref[after]
+    bwd = np.where(has_bwd, out[near] - out[before], 0)
+    fwd = np.where(has_fwd, out[after] - out[near], 0)
+    return np.where(has_bwd, bwd, np.where(has_fwd, fwd, 0))
+
+
 def _align_components(out, label, n_comp, vox):
     """Shift components by 2π·k to continue the largest one across the gaps (in place).
 
@@ -48,18 +68,7 @@ def _align_components(out, label, n_comp, vox):
     pred = out[near].astype(np.float64)
     for a in range(3):
         # one-sided difference inside the reference component at the nearest voxel
-        lo, hi = _axis_pairs(a)
-        fwd = np.zeros(out.shape, np.float32)
-        ok = in_ref[hi] & in_ref[lo]
-        fwd[lo] = np.where(ok, out[hi] - out[lo], 0)
-        has_fwd = np.zeros(out.shape, bool)
-        has_fwd[lo] = ok
-        bwd = np.zeros(out.shape, np.float32)
-        bwd[hi] = fwd[lo]
-        has_bwd = np.zeros(out.shape, bool)
-        has_bwd[hi] = ok
-        step = np.where(has_bwd[near], bwd[near], np.where(has_fwd[near], fwd[near], 0))
-        pred += step * (where[a] - near[a])
+        pred += _ref_step(out, in_ref, near, a) * (where[a] - near[a])
     dmin = np.full(n_comp + 1, np.inf)
     np.minimum.at(dmin, lab, d)
     close = d <= dmin[lab] + float(np.max(vox))
