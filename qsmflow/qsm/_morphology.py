@@ -67,16 +67,6 @@ def dilate(mask, voxel_size, radius_mm):
     return ball_filter(mask, voxel_size, radius_mm, erode=False)
 
 
-def largest_component(mask) -> np.ndarray:
-    """Largest face-connected component of ``mask`` (``mask`` itself if empty)."""
-    lab, n = ndi.label(mask)
-    if n <= 1:
-        return lab > 0
-    counts = np.bincount(lab.ravel())
-    counts[0] = 0
-    return lab == np.argmax(counts)
-
-
 def fill_holes_axis(mask, axis=None):
     """Fill background regions not connected to the array border.
 
@@ -264,3 +254,103 @@ def _squared_transform(mask, vox, idx):
     for axis in (2, 1, 0):  # the last axis first: its lines are contiguous
         _edt_pass(np.moveaxis(f, axis, 2), float(vox[axis]), np.moveaxis(idx, axis + 1, 3))
     return f
+
+
+# --- face-connected components by a union-find forest, slabs in parallel ---------------------
+#: Planes of the first axis per slab of :func:`_forest` (fixed: the forest, hence every
+#: result, does not depend on the thread count).
+COMPONENT_SLAB = 8
+
+
+@numba.njit(cache=True, nogil=True)
+def _root(parent, v):  # pragma: no cover - compiled
+    """Root of ``v``, halving the path on the way (only for voxels this thread owns)."""
+    while parent[v] != v:
+        parent[v] = parent[parent[v]]
+        v = parent[v]
+    return v
+
+
+@numba.njit(cache=True, nogil=True)
+def _root_read(parent, v):  # pragma: no cover - compiled
+    while parent[v] != v:
+        v = parent[v]
+    return v
+
+
+@numba.njit(cache=True, nogil=True)
+def _join(parent, size, a, b):  # pragma: no cover - compiled
+    """Merge the trees of ``a`` and ``b`` under the smaller root index."""
+    ra, rb = _root(parent, a), _root(parent, b)
+    if ra != rb:
+        lo, hi = min(ra, rb), max(ra, rb)
+        parent[hi] = lo
+        size[lo] += size[hi]
+        size[hi] = 0
+
+
+@numba.njit(parallel=True, cache=True)
+def _forest(f, n1, n2, slab):  # pragma: no cover - compiled
+    """Face-connected components of the flat C-order 3D bool ``f`` (planes of ``n1·n2``,
+    under 2³¹ voxels): ``parent`` (int32; −1 off ``f``) whose roots are each component's
+    first voxel in C order, and ``size`` (voxels, at the roots; 0 elsewhere). Slabs of ``slab`` planes are joined
+    within themselves in parallel, then across their faces in order."""
+    plane = n1 * n2
+    n0 = f.size // plane
+    parent = np.full(f.size, -1, np.int32)
+    size = np.zeros(f.size, np.int32)
+    n_slab = -(-n0 // slab)
+    for s in numba.prange(n_slab):
+        i0, i1 = s * slab, min(n0, (s + 1) * slab)
+        for i in range(i0, i1):
+            for j in range(n1):
+                row = (i * n1 + j) * n2
+                for v in range(row, row + n2):
+                    if not f[v]:
+                        continue
+                    # the neighbours before v: the root of the first one is v's root
+                    if v > row and f[v - 1]:
+                        r = _root(parent, v - 1)
+                        parent[v] = r
+                        size[r] += 1
+                    else:
+                        parent[v] = v
+                        size[v] = 1
+                    if j > 0 and f[v - n2]:
+                        _join(parent, size, v - n2, v)
+                    if i > i0 and f[v - plane]:
+                        _join(parent, size, v - plane, v)
+    for s in range(1, n_slab):
+        for v in range(s * slab * plane, (s * slab + 1) * plane):
+            if f[v] and f[v - plane]:
+                _join(parent, size, v - plane, v)
+    return parent, size
+
+
+@numba.njit(parallel=True, cache=True)
+def _keep_root(f, parent, best, slab_voxels):  # pragma: no cover - compiled
+    """Which voxels of ``f`` have the root ``best`` (read-only walks, slabs in parallel)."""
+    out = np.zeros(f.size, np.bool_)
+    for s in numba.prange(-(-f.size // slab_voxels)):
+        for v in range(s * slab_voxels, min(f.size, (s + 1) * slab_voxels)):
+            out[v] = f[v] and _root_read(parent, v) == best
+    return out
+
+
+def largest_component(mask) -> np.ndarray:
+    """Largest face-connected component of ``mask`` (``mask`` itself if empty; of equal
+    ones, the first in C order, as :func:`scipy.ndimage.label` numbers them). A union-find
+    forest built by slabs on numba's threads (:func:`_forest`)."""
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    if mask.ndim != 3 or mask.size == 0 or mask.size >= 2**31:
+        lab, n = ndi.label(mask)
+        if n <= 1:
+            return lab > 0
+        counts = np.bincount(lab.ravel())
+        counts[0] = 0
+        return lab == np.argmax(counts)
+    f = mask.ravel()
+    plane = mask.shape[1] * mask.shape[2]
+    parent, size = _forest(f, mask.shape[1], mask.shape[2], COMPONENT_SLAB)
+    best = int(np.argmax(size))  # only roots carry sizes; ties: the first root in C order
+    return _keep_root(f, parent, best, COMPONENT_SLAB * plane).reshape(mask.shape)

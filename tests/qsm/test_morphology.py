@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Slice-wise hole filling (a compiled flood fill) against SciPy, for any thread count."""
+"""Slice-wise hole filling and the largest component (compiled, threaded) against SciPy,
+for any thread count."""
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
 from qsmflow.qsm import threads
-from qsmflow.qsm._morphology import fill_holes_axis
+from qsmflow.qsm._morphology import fill_holes_axis, largest_component
 
 
 def _scipy_slicewise(mask, axis):
@@ -35,3 +36,34 @@ def test_ring_hole_is_filled_in_its_slices_only():
     assert fill_holes_axis(mask, 0)[1:4, 4, 4].all()
     assert not fill_holes_axis(mask, 1)[1:4, 4, 4].any()
     assert not fill_holes_axis(mask)[1:4, 4, 4].any()  # 3D: it opens at slices 0 and 4
+
+
+def _scipy_largest(mask):
+    lab, n = ndi.label(mask)
+    if n <= 1:
+        return lab > 0
+    counts = np.bincount(lab.ravel())
+    counts[0] = 0
+    return lab == np.argmax(counts)  # of equal sizes, the first label: first in C order
+
+
+@pytest.mark.parametrize('shape', [(21, 18, 23), (1, 7, 5), (17, 3, 4), (2, 2, 2)])
+@pytest.mark.parametrize('density', [0.1, 0.3, 0.5, 0.7])
+def test_largest_component_matches_scipy_for_any_thread_count(shape, density):
+    mask = np.random.default_rng(3).random(shape) < density  # sparse: many ties
+    want = _scipy_largest(mask)
+    for n in (1, 3):
+        with threads.limit(n):
+            got = largest_component(mask)
+        assert got.dtype == bool and np.array_equal(got, want), n
+
+
+def test_largest_component_joins_across_slabs_and_keeps_the_first_of_equals():
+    mask = np.zeros((20, 4, 4), bool)
+    mask[:, 0, 0] = True  # one column through every slab of the forest: 20 voxels
+    mask[2:12, 3, 3] = mask[8:18, 3, 1] = True  # two of 10, the second not first in C order
+    assert np.array_equal(largest_component(mask), mask & (np.arange(4)[None, :, None] == 0)
+                          & (np.arange(4)[None, None, :] == 0))
+    mask[:, 0, 0] = False
+    assert np.array_equal(np.argwhere(largest_component(mask))[:, 0], np.arange(2, 12))
+    assert not largest_component(np.zeros((3, 3, 3), bool)).any()
