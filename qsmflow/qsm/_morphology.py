@@ -15,6 +15,7 @@ import numba
 import numpy as np
 from scipy import ndimage as ndi
 
+from qsmflow.qsm._vector import slabwise
 from qsmflow.qsm.kernels import irfft, padded_shape, rfft, sphere_kernel
 
 
@@ -224,7 +225,13 @@ def distance_transform(mask, voxel_size) -> np.ndarray:
     vox = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
     if mask.ndim != 3 or mask.all():
         return ndi.distance_transform_edt(mask, sampling=vox)
-    return np.sqrt(_squared_transform(mask, vox, np.empty((0,) + mask.shape, np.int32)))
+    dist = _squared_transform(mask, vox, np.empty((0,) + mask.shape, np.int32))
+
+    def root(s):
+        np.sqrt(dist[s], out=dist[s])
+
+    slabwise(root, dist.shape[0])
+    return dist
 
 
 def nearest_outside(mask, voxel_size) -> np.ndarray:
@@ -250,7 +257,12 @@ def nearest_outside(mask, voxel_size) -> np.ndarray:
 
 def _squared_transform(mask, vox, idx):
     """Squared distances (mm²) of :func:`distance_transform`; carries ``idx`` along."""
-    f = np.where(mask, np.inf, 0.0)
+    f = np.zeros(mask.shape)
+
+    def start(s):  # np.where(mask, inf, 0) in slabs side by side
+        np.copyto(f[s], np.inf, where=mask[s])
+
+    slabwise(start, f.shape[0])
     for axis in (2, 1, 0):  # the last axis first: its lines are contiguous
         _edt_pass(np.moveaxis(f, axis, 2), float(vox[axis]), np.moveaxis(idx, axis + 1, 3))
     return f
