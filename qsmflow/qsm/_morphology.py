@@ -305,8 +305,9 @@ def _join(parent, size, a, b):  # pragma: no cover - compiled
 def _forest(f, n1, n2, slab):  # pragma: no cover - compiled
     """Face-connected components of the flat C-order 3D bool ``f`` (planes of ``n1·n2``,
     under 2³¹ voxels): ``parent`` (int32; −1 off ``f``) whose roots are each component's
-    first voxel in C order, and ``size`` (voxels, at the roots; 0 elsewhere). Slabs of ``slab`` planes are joined
-    within themselves in parallel, then across their faces in order."""
+    first voxel in C order, and ``size`` (voxels, at the roots; 0 elsewhere). Slabs of
+    ``slab`` planes are joined within themselves in parallel, then across their faces in
+    order."""
     plane = n1 * n2
     n0 = f.size // plane
     parent = np.full(f.size, -1, np.int32)

@@ -5,11 +5,11 @@ updates and inner products, and element-wise work on FFT spectra.
 The work is cut into FIXED chunks (:data:`CHUNK` elements of the flattened arrays, or
 slabs along the first axis) whatever the thread count; chunks run in contiguous blocks on
 the calling thread and a persistent :class:`~concurrent.futures.ThreadPoolExecutor`, as
-many threads in all as FFT workers are in force (:func:`scipy.fft.get_workers`, set by :func:`qsmflow.qsm.threads.limit`). The
-compiled chunk kernels are serial numba functions that release the GIL (no OpenMP pool
-that would spin-wait on the cores the next FFT needs). Inner products are per-chunk
-float64 partial sums added in chunk order, so results are bitwise the same for any thread
-count.
+many threads in all as FFT workers are in force (:func:`scipy.fft.get_workers`, set by
+:func:`qsmflow.qsm.threads.limit`). The compiled chunk kernels are serial numba
+functions that release the GIL (no OpenMP pool that would spin-wait on the cores the next
+FFT needs). Inner products are per-chunk float64 partial sums added in chunk order, so
+results are bitwise the same for any thread count.
 """
 from __future__ import annotations
 
