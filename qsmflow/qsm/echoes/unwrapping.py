@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from qsmflow.qsm._validation import as_voxel_size
+from qsmflow.qsm._vector import slabwise
 from qsmflow.qsm.echoes._common import _check_inputs, _echo_weight, _LineSums, _magnitude_ref
 from qsmflow.qsm.kernels import bounding_box
 from qsmflow.qsm.unwrap import (
@@ -145,6 +146,30 @@ def _temporal_unwrap(phi, pred):
     return phi + np.float32(TWO_PI) * np.round((pred - phi) / np.float32(TWO_PI))
 
 
+def _by_slabs(func, *arrays):
+    """``func(*arrays)`` for element-wise numpy work on 3D arrays, evaluated in slabs of
+    planes side by side on the thread pool (:func:`~qsmflow.qsm._vector.slabwise`): each
+    voxel gets the same operations, so the same bits."""
+    out = np.empty(arrays[0].shape, func(*(a[:1, :1, :1] for a in arrays)).dtype)
+
+    def one(s):
+        out[s] = func(*(a[s] for a in arrays))
+
+    slabwise(one, out.shape[0])
+    return out
+
+
+def _wrapped_difference(a, b):
+    return wrap_phase(a - b)
+
+
+def _difference_magnitude(m1, m2):
+    """Noise-level magnitude ``m₁m₂/√(m₁² + m₂²)`` of a phase difference (0 where both
+    vanish)."""
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.nan_to_num(m1 * m2 / np.sqrt(m1 * m1 + m2 * m2))
+
+
 def _unwrap_echoes_romeo(phb, mb, vox, te, magb):
     n_echo = phb.shape[0]
     sel = mb
@@ -153,22 +178,19 @@ def _unwrap_echoes_romeo(phb, mb, vox, te, magb):
         u[sel] -= _global_shift(u[sel])
         return u[None]
     dte = te[1] - te[0]
-    delta = wrap_phase(phb[1] - phb[0])
+    delta = _by_slabs(_wrapped_difference, phb[1], phb[0])
     mag_d = None
     if magb is not None:
-        m1, m2 = magb[0], magb[1]
-        with np.errstate(invalid='ignore', divide='ignore'):
-            mag_d = np.nan_to_num(m1 * m2 / np.sqrt(m1 * m1 + m2 * m2))
-        del m1, m2
+        mag_d = _by_slabs(_difference_magnitude, magb[0], magb[1])
     phase2 = ratio = None
     if n_echo >= 3:
-        phase2 = wrap_phase(phb[2] - phb[0])
+        phase2 = _by_slabs(_wrapped_difference, phb[2], phb[0])
         ratio = (te[2] - te[0]) / dte
     delta_u = _romeo_box(delta, mb, vox, mag_d, phase2, ratio, None, True)
     del delta, mag_d, phase2  # free before the next growing
     delta_u[sel] -= _global_shift(delta_u[sel])
     scale1 = np.float32(te[0] / dte)
-    offset = wrap_phase(phb[0] - delta_u * scale1)
+    offset = _by_slabs(lambda p0, d: wrap_phase(p0 - d * scale1), phb[0], delta_u)
     offset_u = _romeo_box(
         offset, mb, vox, None if magb is None else magb[0], None, None, None, True
     )
