@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from qsmflow.qsm._unwrap_box import _crop_pad
 from qsmflow.qsm._validation import as_voxel_size
 from qsmflow.qsm._vector import slabwise
 from qsmflow.qsm.echoes._common import _check_inputs, _echo_weight, _LineSums, _magnitude_ref
@@ -16,7 +17,6 @@ from qsmflow.qsm.unwrap import (
     DEFAULT_LAPLACIAN_MAX_ITER,
     DEFAULT_LAPLACIAN_TOL,
     TWO_PI,
-    _crop_pad,
     _inverse_laplacian_symbol,
     _laplacian_box,
     _romeo_box,
@@ -125,7 +125,7 @@ def unwrap_echoes(
 
 class _EchoBox:
     """The echoes of ``arr`` (X, Y, Z, N) cropped to ``box`` and padded by one voxel
-    (:func:`~qsmflow.qsm.unwrap._crop_pad`), as float32: ``[n]`` crops echo ``n`` anew
+    (:func:`~qsmflow.qsm._unwrap_box._crop_pad`), as float32: ``[n]`` crops echo ``n`` anew
     (the same values as cropping the whole stack at once); ``shape`` is (N, X', Y', Z')."""
 
     def __init__(self, arr, box):
