@@ -143,3 +143,41 @@ def test_refinement_same_as_antspyx_without_importing_it(images, tmp_path):
                                      str(tmp_path / 'qsmflow'), settings)
     assert got == expected
     assert not imported
+
+
+def test_brain_margin_crops_the_fixed_image_and_keeps_the_warps_on_its_grid(images, tmp_path):
+    """``brain_margin_mm`` (the default pyramid's): the registration runs on the masked
+    template cropped to the mask's box grown by the margin; the warps come back on the
+    template's whole grid, zero outside the box, equal inside it to those of the same
+    registration to the cropped template, and they move the atlas labels exactly as those."""
+    from qsmflow.interfaces.ants_calls import (
+        apply_to_reference, brain_box, in_fresh_process, register_images)
+
+    fixed, moving, mask = images
+    settings = {**SETTINGS['SyNRA'], 'brain_margin_mm': 6.0}
+    grid, mask_img = nb.load(fixed), nb.load(mask)
+    box = brain_box(np.asarray(mask_img.dataobj) > 0, grid.header.get_zooms()[:3], 6.0)
+    assert all(s.stop - s.start < n for s, n in zip(box, grid.shape)), box  # it crops
+    cropped = tmp_path / 'cropped'
+    cropped.mkdir()
+    grid.slicer[box].to_filename(cropped / 'fixed.nii.gz')
+    mask_img.slicer[box].to_filename(cropped / 'mask.nii.gz')
+    (tmp_path / 'margin').mkdir()
+    got = in_fresh_process(register_images, fixed, moving, str(tmp_path / 'margin'),
+                           settings=settings, fixed_mask=mask)
+    plain = {k: v for k, v in settings.items() if k != 'brain_margin_mm'}
+    ref = in_fresh_process(register_images, str(cropped / 'fixed.nii.gz'), moving,
+                           str(cropped), settings=plain, fixed_mask=str(cropped / 'mask.nii.gz'))
+    assert Path(got['affine']).read_bytes() == Path(ref['affine']).read_bytes()
+    for key in ('warp', 'inverse_warp'):
+        full, part = nb.load(got[key]), nb.load(ref[key])
+        assert full.shape[:3] == grid.shape[:3] and np.allclose(full.affine, grid.affine)
+        data = np.asarray(full.dataobj)
+        assert np.array_equal(data[box], np.asarray(part.dataobj)), key
+        data[box] = 0
+        assert not data.any(), key
+    labels = next(Path(fixed).parent.glob('*_atlas-Phantom_dseg.nii.gz'))
+    moved = [in_fresh_process(apply_to_reference, moving, str(labels),
+                              [xfm['affine'], xfm['inverse_warp']], [True, False],
+                              'genericLabel', 1)[0] for xfm in (got, ref)]
+    assert np.array_equal(*moved) and len(np.unique(moved[0])) > 5

@@ -99,12 +99,18 @@ def register_images(fixed_path, moving_path, out_dir, *, settings, fixed_mask=No
     """antspyx registration of ``moving`` to ``fixed`` (``settings``: the keyword arguments
     of ``ants.registration``, with the optional ``linear`` stages run first, see
     :func:`qsmflow.interfaces.registration.register`); the transforms copied to
-    ``out_dir`` as ``affine.mat``, ``warp.nii.gz`` and ``inverse_warp.nii.gz``.
+    ``out_dir`` as ``affine.mat``, ``warp.nii.gz`` and ``inverse_warp.nii.gz``. With a
+    ``fixed_mask`` and ``settings['brain_margin_mm']``, every stage registers to the masked
+    fixed image cropped to the mask's bounding box grown by that margin
+    (:func:`brain_box`: fewer voxels at every level, and a metric histogram less filled
+    with background), and the warps are written on the fixed image's whole grid, zero
+    outside the box (the same transforms, :func:`_pad_field`).
 
     ``antsRegistration`` is called with the arguments ``ants.registration`` gives it
     (:func:`registration_args`), on files, through ANTs' compiled library alone
-    (:func:`ants_library`): the same transforms bit for bit, without the 1.5–2 s of
-    ``import ants`` (which imports matplotlib, scikit-learn and statsmodels).
+    (:func:`ants_library`): the same transforms bit for bit (on the same fixed image),
+    without the 1.5–2 s of ``import ants`` (which imports matplotlib, scikit-learn and
+    statsmodels).
     """
     prepare_ants(nthreads)
     import nibabel as nb
@@ -112,15 +118,21 @@ def register_images(fixed_path, moving_path, out_dir, *, settings, fixed_mask=No
     out_dir = Path(out_dir)
     fixed = nb.load(str(fixed_path))
     spacing = fixed.header.get_zooms()[:3]
+    settings = dict(settings)
+    margin_mm, box = settings.pop('brain_margin_mm', None), None
     if fixed_mask:  # as antspyx's image product: float32 voxels, the fixed image's header
-        data = (np.asarray(fixed.dataobj, dtype=np.float32)
-                * np.asarray(nb.load(str(fixed_mask)).dataobj, dtype=np.float32))
+        mask = np.asarray(nb.load(str(fixed_mask)).dataobj, dtype=np.float32)
+        data = np.asarray(fixed.dataobj, dtype=np.float32) * mask
         header = fixed.header.copy()
         header.set_data_dtype(np.float32)
+        masked = nb.Nifti1Image(data, fixed.affine, header)
+        if margin_mm is not None:
+            box = brain_box(mask > 0, spacing, margin_mm)
+            masked = masked.slicer[box]
         fixed_path = out_dir / 'fixed_masked.nii.gz'
-        nb.Nifti1Image(data, fixed.affine, header).to_filename(fixed_path)
+        masked.to_filename(fixed_path)
     files = (str(fixed_path), str(moving_path))
-    settings = _shrink_factors(dict(settings), spacing)
+    settings = _shrink_factors(settings, spacing)
     start = settings.pop('initial_transform', None)
     for n, stage in enumerate(settings.pop('linear', ())):
         stage = _shrink_factors(dict(stage), spacing)
@@ -142,9 +154,48 @@ def register_images(fixed_path, moving_path, out_dir, *, settings, fixed_mask=No
         if len(src) != 1:
             raise RuntimeError(f'antsRegistration wrote {fwd} / {inv}: expected one {name}')
         dest = out_dir / name
-        shutil.copyfile(src[0], dest)
+        if box is not None and key != 'affine':
+            _pad_field(src[0], dest, fixed, box)
+        else:
+            shutil.copyfile(src[0], dest)
         out[key] = str(dest)
     return out
+
+
+def brain_box(mask: np.ndarray, spacing, margin_mm: float) -> tuple:
+    """Slices of the bounding box of ``mask`` grown by ``margin_mm`` (mm; whole voxels of
+    size ``spacing``, at least the margin) on every side, within the grid; the whole grid
+    for an empty mask.
+
+    >>> m = np.zeros((10, 10, 10), bool); m[4:6, 4:6, 4:6] = True
+    >>> brain_box(m, (2.0, 2.0, 2.0), 3.0)
+    (slice(2, 8, None), slice(2, 8, None), slice(2, 8, None))
+    """
+    found = np.argwhere(mask)
+    if not found.size:
+        return tuple(slice(0, n) for n in mask.shape)
+    pad = np.ceil(margin_mm / np.asarray(spacing, dtype=float)).astype(int)
+    low = np.maximum(found.min(0) - pad, 0)
+    high = np.minimum(found.max(0) + 1 + pad, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+
+def _pad_field(path, dest, grid, box) -> None:
+    """Write the displacement field ``path`` (ANTs' warp on the ``box`` of ``grid``'s voxels)
+    to ``dest`` on the whole of ``grid`` (a NIfTI image), zero outside the box: the same
+    transform, since ANTs' transforms move no point outside a field's grid, and SyN keeps its
+    field's border voxels at zero (so interpolation across the box's edge changes nothing)."""
+    import nibabel as nb
+
+    field = nb.load(str(path))
+    data = np.asarray(field.dataobj)
+    full = np.zeros(tuple(grid.shape[:3]) + data.shape[3:], dtype=data.dtype)
+    full[box] = data
+    header = field.header.copy()
+    out = nb.Nifti1Image(full, grid.affine, header)
+    out.set_qform(grid.affine, int(header['qform_code']))
+    out.set_sform(grid.affine, int(header['sform_code']))
+    out.to_filename(str(dest))
 
 
 def antspyx_version() -> str:
