@@ -28,6 +28,15 @@ _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
+def _pool(n_threads: int) -> ThreadPoolExecutor:
+    """The persistent pool of ``n_threads`` threads (made on first use)."""
+    with _pools_lock:
+        pool = _pools.get(n_threads)
+        if pool is None:
+            pool = _pools[n_threads] = ThreadPoolExecutor(n_threads, 'qsmflow-vector')
+    return pool
+
+
 def _map(func, n_chunks: int) -> list:
     """``[func(c) for c in range(n_chunks)]``, on :func:`scipy.fft.get_workers` threads.
 
@@ -38,10 +47,7 @@ def _map(func, n_chunks: int) -> list:
     workers = min(sfft.get_workers(), n_chunks)
     if workers <= 1:
         return [func(c) for c in range(n_chunks)]
-    with _pools_lock:
-        pool = _pools.get(workers - 1)
-        if pool is None:
-            pool = _pools[workers - 1] = ThreadPoolExecutor(workers - 1, 'qsmflow-vector')
+    pool = _pool(workers - 1)
     ends = [n_chunks * w // workers for w in range(workers + 1)]
 
     def block(w):
@@ -120,3 +126,67 @@ def slabwise(func, n0: int, slab: int = 8) -> None:
     numpy work on large arrays releases the GIL, so slabs run side by side)."""
     n = -(-n0 // slab)
     _map(lambda c: func(slice(c * slab, min(n0, (c + 1) * slab))), n)
+
+
+def chunkwise(func, size: int) -> None:
+    """``func(slice)`` for the fixed chunks of :data:`CHUNK` elements of ``range(size)``
+    (element-wise work on long 1D arrays), side by side as :func:`slabwise`."""
+    _map(lambda c: func(slice(*_bounds(c, size))), _n_chunks(size))
+
+
+class Selection:
+    """The voxels of a 3D boolean ``mask`` in the order ``arr[mask]`` gives them, gathered
+    and scattered by fixed slabs of ``slab`` planes of the first axis side by side on the
+    thread pool (:func:`slabwise`): each slab's voxels sit at its own offset, so the values
+    and their order do not depend on the thread count."""
+
+    def __init__(self, mask: np.ndarray, slab: int = 8):
+        self.mask, self.slab = mask, slab
+        n0 = mask.shape[0]
+        counts = _map(lambda c: int(np.count_nonzero(mask[c * slab:(c + 1) * slab])),
+                      -(-n0 // slab))
+        self.starts = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
+        self.size = int(self.starts[-1])
+
+    def each(self, func) -> None:
+        """``func(planes, voxels)`` per slab: its planes (slice of the first axis) and the
+        range of its voxels in the selection (slice)."""
+        n0, slab, starts = self.mask.shape[0], self.slab, self.starts
+        _map(lambda c: func(slice(c * slab, min(n0, (c + 1) * slab)),
+                            slice(int(starts[c]), int(starts[c + 1]))), starts.size - 1)
+
+    def gather(self, arr: np.ndarray, dtype=None) -> np.ndarray:
+        """``arr[mask]`` (``arr`` 3D of the mask's shape; cast to ``dtype`` if given)."""
+        out = np.empty(self.size, arr.dtype if dtype is None else dtype)
+
+        def one(planes, voxels):
+            out[voxels] = arr[planes][self.mask[planes]]
+
+        self.each(one)
+        return out
+
+    def scatter(self, out: np.ndarray, values: np.ndarray) -> None:
+        """``out[mask] = values`` in place (``out`` 3D of the mask's shape)."""
+        def one(planes, voxels):
+            out[planes][self.mask[planes]] = values[voxels]
+
+        self.each(one)
+
+
+def beside(func):
+    """Start ``func()`` (on one thread) beside the caller when :func:`scipy.fft.get_workers`
+    gives two threads or more, else run it at once; returns a callable that waits for
+    ``func`` and returns its result. Meant for work that overlaps a serial compiled loop
+    (which releases the GIL) of the caller; no :func:`slabwise` work may be handed out
+    until the result was waited for (the pool's thread is busy)."""
+    from qsmflow.qsm import threads
+
+    def alone():
+        with threads.limit(1):
+            return func()
+
+    workers = sfft.get_workers()
+    if workers <= 1:
+        result = alone()
+        return lambda: result
+    return _pool(workers - 1).submit(alone).result

@@ -46,6 +46,7 @@ from qsmflow.qsm._validation import as_image as _as_image
 from qsmflow.qsm._validation import as_mask as _as_mask
 from qsmflow.qsm._validation import as_voxel_size
 from qsmflow.qsm._validation import check_finite_in_mask as _check_finite_in_mask
+from qsmflow.qsm import _vector
 from qsmflow.qsm._vector import slabwise
 
 TWO_PI = 2.0 * np.pi
@@ -222,7 +223,7 @@ def _wrap_in_place(d):
     return d
 
 
-def _edge_weights(phase, mask, magnitude, phase2, te_ratio):
+def _edge_weights(phase, mask, magnitude, phase2, te_ratio, mref=None):
     """Edge priority levels ``(3, N)`` uint8 and per-voxel quality ``(N,)`` float32.
 
     ``bins[a, v]`` is the priority level (0 best) of the edge between voxel ``v`` and
@@ -233,12 +234,14 @@ def _edge_weights(phase, mask, magnitude, phase2, te_ratio):
     (:func:`~qsmflow.qsm._vector.slabwise`); a slab recomputes the weights of the edges
     that cross into it from the plane before, and adds every voxel's edge weights in the
     same order as a whole-grid pass, so the bits do not depend on the thread count.
+    ``mref``: the median of ``magnitude`` in ``mask`` when the caller knows it (> 0).
     """
     shape = phase.shape
     bins = np.full((3,) + shape, _N_BINS - 1, dtype=np.uint8)
     quality = np.zeros(shape, dtype=np.float32)
-    mref = None
-    if magnitude is not None:
+    if magnitude is None:
+        mref = None
+    elif mref is None:
         mref = float(np.median(magnitude[mask]))
         if not mref > 0:
             mref = max(float(magnitude[mask].max()), 1e-30)
@@ -317,10 +320,13 @@ def _axis_weights(a, r0, r1, phase, mask, magnitude, phase2, te_ratio, mref):
     return w
 
 
-def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_components):
+def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_components, *,
+               mref=None, beside=None):
     """Region growing on a box whose border voxels lie outside ``mask``.
 
-    All arrays are 3D of one shape; returns float32 with 0 outside the mask.
+    All arrays are 3D of one shape; returns float32 with 0 outside the mask. ``mref``:
+    the median magnitude in the mask, if known (:func:`_edge_weights`); ``beside``: work
+    (a callable) run beside the serial growing (:func:`qsmflow.qsm._vector.beside`).
     """
     shape = phase.shape
     phase = _zero_outside(np.ascontiguousarray(phase, dtype=np.float32), mask)
@@ -328,23 +334,28 @@ def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_compon
         magnitude = _zero_outside(np.ascontiguousarray(magnitude, dtype=np.float32), mask)
     if phase2 is not None:
         phase2 = _zero_outside(np.ascontiguousarray(phase2, dtype=np.float32), mask)
-    bins, quality = _edge_weights(phase, mask, magnitude, phase2, te_ratio)
-    mflat = mask.ravel()
-    state = np.zeros(mflat.size, dtype=np.int32)
-    state[mflat] = -1
-    pflat = phase.ravel()
-    out = np.zeros(pflat.size, dtype=np.float32)
-    if seed is None:
-        first = int(np.argmax(np.where(mflat, quality, -1)))
-    else:
-        first = int(np.ravel_multi_index(seed, shape))
-    s0, s1 = shape[1] * shape[2], shape[2]
-    n_comp = _grow(pflat, state, bins, s0, s1, np.array([first], np.int64), out, 0)
-    left = np.flatnonzero(state < 0)
-    if left.size:
-        # further components, each from its best voxel (rare: only for split masks)
-        order = left[np.argsort(-quality[left], kind='stable')].astype(np.int64)
-        n_comp = _grow(pflat, state, bins, s0, s1, order, out, n_comp)
+    bins, quality = _edge_weights(phase, mask, magnitude, phase2, te_ratio, mref)
+    done = None if beside is None else _vector.beside(beside)  # no slabwise work until done
+    try:
+        mflat = mask.ravel()
+        state = np.zeros(mflat.size, dtype=np.int32)
+        state[mflat] = -1
+        pflat = phase.ravel()
+        out = np.zeros(pflat.size, dtype=np.float32)
+        if seed is None:
+            first = int(np.argmax(np.where(mflat, quality, -1)))
+        else:
+            first = int(np.ravel_multi_index(seed, shape))
+        s0, s1 = shape[1] * shape[2], shape[2]
+        n_comp = _grow(pflat, state, bins, s0, s1, np.array([first], np.int64), out, 0)
+        left = np.flatnonzero(state < 0)
+        if left.size:
+            # further components, each from its best voxel (rare: only for split masks)
+            order = left[np.argsort(-quality[left], kind='stable')].astype(np.int64)
+            n_comp = _grow(pflat, state, bins, s0, s1, order, out, n_comp)
+    finally:
+        if done is not None:
+            done()
     out = out.reshape(shape)
     if n_comp > 1 and align_components:
         _align_components(out, state.reshape(shape), n_comp, vox)

@@ -323,3 +323,74 @@ def test_quality_box_filter_in_slabs_gives_scipys_bits_for_any_thread_count():
     for n_threads in (1, 2):
         with threads.limit(n_threads):
             np.testing.assert_array_equal(_box_filter(x, (3, 7, 5)), ref)
+
+
+def test_selection_gathers_and_scatters_as_boolean_indexing_for_any_thread_count():
+    """_vector.Selection: arr[mask] and out[mask] = values by slabs of planes (3D and with a
+    trailing axis), the same arrays with 1 and 2 threads."""
+    from qsmflow.qsm import _vector
+
+    rng = np.random.default_rng(5)
+    a = rng.random((19, 6, 5, 3), dtype=np.float32)
+    mask = a[..., 0] > 0.3
+    for n_threads in (1, 2):
+        with threads.limit(n_threads):
+            sel = _vector.Selection(mask, slab=4)
+            assert sel.size == mask.sum()
+            got = sel.gather(a[..., 1], np.float64)
+            assert got.dtype == np.float64
+            np.testing.assert_array_equal(got, a[..., 1][mask].astype(np.float64))
+            out = np.zeros_like(a)
+            sel.scatter(out, a[mask])
+            np.testing.assert_array_equal(out, np.where(mask[..., None], a, 0))
+
+
+def test_beside_runs_on_one_other_thread_and_returns_its_result():
+    """_vector.beside: with 2 threads the work runs on another thread with a limit of one
+    (while the caller goes on), with 1 thread at once on the caller."""
+    import threading
+
+    from qsmflow.qsm import _vector
+
+    def work():
+        return threading.get_ident(), sfft.get_workers(), numba.get_num_threads()
+
+    for n_threads in (1, 2):
+        with threads.limit(n_threads):
+            ident, workers, numba_threads = _vector.beside(work)()
+            assert sfft.get_workers() == n_threads
+        assert (ident == threading.get_ident()) == (n_threads == 1)
+        assert (workers, numba_threads) == (1, 1)
+
+
+def test_estimate_field_continues_the_unwrapping_sums_with_fit_fields_bits(monkeypatch):
+    """estimate_field's ROMEO + WLS path fits from the unwrapping's masked voxels, weights
+    and line sums: the same bits as fit_field on unwrap_echoes' grid (magnitude, none;
+    2 and 4 echoes; 1 and 2 threads, several chunks of voxels)."""
+    from qsmflow.qsm import _vector
+    from qsmflow.qsm.echoes import estimate_field, fit_field, unwrap_echoes
+    from qsmflow.qsm.unwrap import wrap_phase
+
+    monkeypatch.setattr(_vector, 'CHUNK', 4096)
+    rng = np.random.default_rng(11)
+    shape = (40, 44, 42)
+    g = np.indices(shape, dtype=np.float32)
+    te = np.array([0.004, 0.009, 0.014, 0.019])
+    field = 30.0 * np.sin(g[0] / 9.0) + 0.5 * g[1] - 10.0
+    phase = 0.7 + 2 * np.pi * field[..., None] * te + 0.2 * rng.standard_normal(shape + (4,))
+    phase = wrap_phase(phase.astype(np.float32))
+    mag = (rng.random(shape + (4,)) + 0.2).astype(np.float32)
+    mask = ((g - 20.5) ** 2).sum(0) < 19.0 ** 2
+    assert mask.sum() > 5 * _vector.CHUNK
+    for n_echo, magnitude in ((4, mag), (4, None), (2, mag)):
+        args = (phase[..., :n_echo], mask, (1.0, 1.0, 1.2))
+        kw = dict(echo_times_s=te[:n_echo],
+                  magnitude=None if magnitude is None else magnitude[..., :n_echo])
+        for n_threads in (1, 2):
+            with threads.limit(n_threads):
+                got = estimate_field(*args, b0_tesla=3.0, **kw)
+                unwrapped = unwrap_echoes(*args, **kw)
+                want = fit_field(unwrapped, mask, **kw)
+            assert got['unwrapped'].tobytes() == unwrapped.tobytes()
+            for key, arr in zip(('field_hz', 'phase_offset_rad', 'noise_hz'), want):
+                assert got[key].tobytes() == arr.tobytes(), (n_echo, n_threads, key)

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qsmflow.qsm._vector import slabwise
+from qsmflow.qsm._vector import chunkwise, slabwise
 from qsmflow.qsm.echoes._common import _check_inputs, _echo_weight, _LineSums, _magnitude_ref
 from qsmflow.qsm.echoes.units import _ppm_per_hz, hz_to_ppm
-from qsmflow.qsm.echoes.unwrapping import unwrap_echoes
+from qsmflow.qsm.echoes.unwrapping import _romeo_voxels, _unwrap_inputs, unwrap_echoes
 from qsmflow.qsm.unwrap import TWO_PI
 
 
@@ -117,28 +117,56 @@ def _fit_masked(ph, idx, te, mag):
         field = y[0] / (TWO_PI * te[0])
         offset = np.zeros_like(field)
         noise = 1.0 / (TWO_PI * te[0] * np.sqrt(weights[0]))
-    else:
+        return field, offset, noise
+    return _fit_lines(y, weights, te, m is not None)
+
+
+def _fit_lines(y, weights, te, weighted, sums=None):
+    """``(field, offset, noise)`` of :func:`fit_field` from the N ≥ 2 echoes ``y`` (N, V)
+    and their ``weights`` (``weighted``: not all 1.0); ``sums``: the :class:`_LineSums` of
+    the first echoes when they were added already (they are added on)."""
+    n_echo = len(y)
+    if sums is None:
         sums = _LineSums(te.mean())
+    for n in range(len(sums.terms), n_echo):
+        sums.add(y[n], weights[n], te[n])
+    a_c, slope = sums.fit()
+    stt = sums.centred_stt()  # Σ w (TE − T̄)²
+    if n_echo > 2:
+        rss = np.zeros_like(slope)
         for n in range(n_echo):
-            sums.add(y[n], weights[n], te[n])
-        a_c, slope = sums.fit()
-        stt = sums.centred_stt()  # Σ w (TE − T̄)²
-        if n_echo > 2:
-            rss = np.zeros_like(slope)
-            for n in range(n_echo):
-                r = y[n] - a_c
-                r -= slope * np.float32(te[n] - sums.t_c)
-                r *= r
-                if m is not None:
-                    r *= weights[n]
-                rss += r
-            s2 = rss / (n_echo - 2)
-        else:
-            s2 = 1.0
-        field = slope / np.float32(TWO_PI)
-        offset = a_c - slope * np.float32(sums.t_c)
-        noise = np.sqrt(s2 / stt) / np.float32(TWO_PI)
+            r = y[n] - a_c
+            r -= slope * np.float32(te[n] - sums.t_c)
+            r *= r
+            if weighted:
+                r *= weights[n]
+            rss += r
+        s2 = rss / (n_echo - 2)
+    else:
+        s2 = 1.0
+    field = slope / np.float32(TWO_PI)
+    offset = a_c - slope * np.float32(sums.t_c)
+    noise = np.sqrt(s2 / stt) / np.float32(TWO_PI)
     return field, offset, noise
+
+
+def _fit_voxels(voxels, te):
+    """:func:`fit_field` of ROMEO's unwrapped voxels (:func:`_romeo_voxels`, its weights
+    and line sums), in its fixed chunks side by side: ``(field, offset, noise)`` (X, Y, Z)
+    float32, 0 outside the mask."""
+    y, weights, sums = voxels.unwrapped, voxels.weights, voxels.sums
+    weighted = not isinstance(weights[0], float)
+    out = np.empty((3, y.shape[1]), np.float32)
+
+    def chunk(c):
+        out[:, c] = _fit_lines(y[:, c], [w if isinstance(w, float) else w[c] for w in weights],
+                               te, weighted, None if sums is None else sums[c.start])
+
+    chunkwise(chunk, y.shape[1])
+    fitted = np.zeros((3,) + voxels.sel.mask.shape, np.float32)
+    for f, v in zip(fitted, out):
+        voxels.sel.scatter(f, v)
+    return tuple(fitted)
 
 
 #: Echo-combination methods of :func:`estimate_field`.
@@ -315,17 +343,19 @@ def estimate_field(
     if combination not in COMBINATION_METHODS:
         raise ValueError(f'unknown echo combination {combination!r}; use one of '
                          f'{COMBINATION_METHODS}')
-    unwrapped = unwrap_echoes(
-        phase,
-        mask,
-        voxel_size,
-        echo_times_s=echo_times_s,
-        magnitude=magnitude,
-        method=unwrapping,
-    )
-    field_hz, offset, noise = fit_field(
-        unwrapped, mask, echo_times_s=echo_times_s, magnitude=magnitude
-    )
+    ph, msk, te, mag, vox = _unwrap_inputs(phase, mask, voxel_size, echo_times_s, magnitude,
+                                           unwrapping)
+    if unwrapping == 'romeo' and ph.shape[3] > 1 and (mag is None or mag.dtype == np.float32):
+        # the fit continues from the unwrapping's masked voxels, weights and line sums
+        # (the same numbers fit_field computes from the unwrapped grid)
+        voxels = _romeo_voxels(ph, msk, vox, te, mag)
+        field_hz, offset, noise = _fit_voxels(voxels, te)
+        unwrapped = voxels.full()
+        del voxels
+    else:
+        unwrapped = unwrap_echoes(ph, msk, vox, echo_times_s=te, magnitude=mag,
+                                  method=unwrapping)
+        field_hz, offset, noise = fit_field(unwrapped, msk, echo_times_s=te, magnitude=mag)
     if combination == 'nlcomplex' and np.ndim(phase) == 4 and np.shape(phase)[3] > 1:
         field_hz, offset, noise = fit_field_complex(
             phase, mask, echo_times_s=echo_times_s, magnitude=magnitude, init_hz=field_hz,

@@ -10,7 +10,7 @@ import numpy as np
 
 from qsmflow.qsm._unwrap_box import _crop_pad
 from qsmflow.qsm._validation import as_voxel_size
-from qsmflow.qsm._vector import slabwise
+from qsmflow.qsm._vector import Selection, chunkwise, slabwise
 from qsmflow.qsm.echoes._common import _check_inputs, _echo_weight, _LineSums, _magnitude_ref
 from qsmflow.qsm.kernels import bounding_box
 from qsmflow.qsm.unwrap import (
@@ -104,10 +104,10 @@ def unwrap_echoes(
     >>> bool(np.allclose(u, truth, atol=1e-4))
     True
     """
-    ph, msk, te, mag = _check_inputs(phase, mask, echo_times_s, magnitude)
-    vox = as_voxel_size(voxel_size)
-    if method not in UNWRAPPING_METHODS:
-        raise ValueError(f'unknown unwrapping method {method!r}; use one of {UNWRAPPING_METHODS}')
+    ph, msk, te, mag, vox = _unwrap_inputs(phase, mask, voxel_size, echo_times_s, magnitude,
+                                           method)
+    if method == 'romeo' and ph.shape[3] > 1:
+        return _romeo_voxels(ph, msk, vox, te, mag).full()
     box = bounding_box(msk)
     # echo-first, cropped, padded by one voxel, (N, X', Y', Z'): each echo cropped when
     # it is read, so that at most a few cropped echoes are held at a time
@@ -115,12 +115,21 @@ def unwrap_echoes(
     magb = None if mag is None else _EchoBox(mag, box)
     mb = _crop_pad(msk, box, False)
     if method == 'romeo':
-        outb = _unwrap_echoes_romeo(phb, mb, vox, te, magb)
+        outb = _unwrap_echo_romeo(phb, mb, vox, magb)
     else:
         outb = _unwrap_echoes_laplacian(phb, mb, vox, te, magb)
     out = np.zeros(ph.shape, np.float32)
     out[box] = np.moveaxis(outb[:, 1:-1, 1:-1, 1:-1], 0, -1)  # outb is 0 outside the mask
     return out
+
+
+def _unwrap_inputs(phase, mask, voxel_size, echo_times_s, magnitude, method):
+    """The checked arguments of :func:`unwrap_echoes`: ``(ph, msk, te, mag, vox)``."""
+    ph, msk, te, mag = _check_inputs(phase, mask, echo_times_s, magnitude)
+    vox = as_voxel_size(voxel_size)
+    if method not in UNWRAPPING_METHODS:
+        raise ValueError(f'unknown unwrapping method {method!r}; use one of {UNWRAPPING_METHODS}')
+    return ph, msk, te, mag, vox
 
 
 class _EchoBox:
@@ -170,13 +179,54 @@ def _difference_magnitude(m1, m2):
         return np.nan_to_num(m1 * m2 / np.sqrt(m1 * m1 + m2 * m2))
 
 
-def _unwrap_echoes_romeo(phb, mb, vox, te, magb):
-    n_echo = phb.shape[0]
-    sel = mb
-    if n_echo == 1:
-        u = _romeo_box(phb[0], mb, vox, None if magb is None else magb[0], None, None, None, True)
-        u[sel] -= _global_shift(u[sel])
-        return u[None]
+def _unwrap_echo_romeo(phb, mb, vox, magb):
+    """One echo: ROMEO, median in [−π, π); (1, X', Y', Z')."""
+    u = _romeo_box(phb[0], mb, vox, None if magb is None else magb[0], None, None, None, True)
+    u[mb] -= _global_shift(u[mb])
+    return u[None]
+
+
+class _RomeoVoxels:
+    """ROMEO echo unwrapping of ≥ 2 echoes (steps 1-3 of :func:`unwrap_echoes`), kept as
+    the masked voxels: ``sel`` (:class:`~qsmflow.qsm._vector.Selection` of the mask),
+    ``unwrapped`` (N, V) float32 in the order of ``sel``, ``weights`` the N fit weights
+    ``(m/ref)²`` of :func:`_echo_weight` (of the magnitude as float32; 1.0 without) and
+    ``sums``: per fixed chunk of :func:`~qsmflow.qsm._vector.chunkwise` (by its first
+    voxel), the weighted line sums of echoes 1…N−1 (None for 2 echoes). Every voxel gets
+    the operations of a whole-mask pass, so the same bits for any thread count."""
+
+    def __init__(self, sel, unwrapped, weights, sums):
+        self.sel, self.unwrapped, self.weights, self.sums = sel, unwrapped, weights, sums
+
+    def full(self):
+        """The unwrapped echoes on the grid, (X, Y, Z, N) float32, 0 outside the mask."""
+        out = np.zeros(self.sel.mask.shape + self.unwrapped.shape[:1], np.float32)
+        self.sel.scatter(out, self.unwrapped.T)
+        return out
+
+
+def _romeo_voxels(ph, msk, vox, te, mag):
+    """:class:`_RomeoVoxels` of the checked echoes ``ph`` (≥ 2) and ``mag`` (or None). The
+    masked echoes and their weights are gathered beside the first (serial) growing."""
+    n_echo = ph.shape[3]
+    box = bounding_box(msk)
+    phb = _EchoBox(ph, box)
+    magb = None if mag is None else _EchoBox(mag, box)
+    mb = _crop_pad(msk, box, False)
+    sel, bsel = Selection(msk), Selection(mb)
+    side = {}
+
+    def echo_inputs():  # beside the first growing: the masked echoes and their weights
+        side['phase'] = [sel.gather(ph[..., n], np.float32) for n in range(n_echo)]
+        if mag is None:
+            side['median'], side['weights'] = None, [1.0] * n_echo
+            return
+        m0 = sel.gather(mag[..., 0], np.float32)
+        side['median'] = float(np.median(m0))
+        ref = side['median'] if side['median'] > 0 else 1.0
+        side['weights'] = [_echo_weight(m0 if n == 0 else sel.gather(mag[..., n], np.float32),
+                                        ref) for n in range(n_echo)]
+
     dte = te[1] - te[0]
     delta = _by_slabs(_wrapped_difference, phb[1], phb[0])
     mag_d = None
@@ -186,37 +236,55 @@ def _unwrap_echoes_romeo(phb, mb, vox, te, magb):
     if n_echo >= 3:
         phase2 = _by_slabs(_wrapped_difference, phb[2], phb[0])
         ratio = (te[2] - te[0]) / dte
-    delta_u = _romeo_box(delta, mb, vox, mag_d, phase2, ratio, None, True)
+    delta_u = _romeo_box(delta, mb, vox, mag_d, phase2, ratio, None, True, beside=echo_inputs)
     del delta, mag_d, phase2  # free before the next growing
-    delta_u[sel] -= _global_shift(delta_u[sel])
+    d = _centred(delta_u, bsel)
+    bsel.scatter(delta_u, d)
     scale1 = np.float32(te[0] / dte)
-    offset = _by_slabs(lambda p0, d: wrap_phase(p0 - d * scale1), phb[0], delta_u)
-    offset_u = _romeo_box(
-        offset, mb, vox, None if magb is None else magb[0], None, None, None, True
-    )
-    offset_u[sel] -= _global_shift(offset_u[sel])
-    # temporal unwrapping of the masked voxels, vectorised
-    out = np.zeros(phb.shape, np.float32)
-    d = delta_u[sel]
-    y0 = _temporal_unwrap(phb[0][sel], offset_u[sel] + d * scale1)
-    del delta_u, offset, offset_u  # free before the later echoes' line fits
-    out[0][sel] = y0
-    out[1][sel] = y0 + d
-    del y0, d
-    if n_echo > 2:
-        _unwrap_later_echoes(out, phb, sel, te, magb)
-    return out
+    offset = _by_slabs(lambda p0, du: wrap_phase(p0 - du * scale1), phb[0], delta_u)
+    del delta_u
+    mref = side['median'] if side['median'] is not None and side['median'] > 0 else None
+    offset_u = _romeo_box(offset, mb, vox, None if magb is None else magb[0], None, None,
+                          None, True, mref=mref)
+    del offset
+    off = _centred(offset_u, bsel)
+    del offset_u
+    # temporal unwrapping of the masked voxels, vectorised, in fixed chunks
+    phase, weights = side['phase'], side['weights']
+    out = np.empty((n_echo, sel.size), np.float32)
+    sums = {}
+
+    def chunk(c):
+        y0 = _temporal_unwrap(phase[0][c], off[c] + d[c] * scale1)
+        out[0][c] = y0
+        out[1][c] = y0 + d[c]
+        if n_echo > 2:
+            sums[c.start] = _unwrap_later_echoes(
+                out[:, c], [p[c] for p in phase], te,
+                [w if isinstance(w, float) else w[c] for w in weights])
+
+    chunkwise(chunk, sel.size)
+    return _RomeoVoxels(sel, out, weights, sums if n_echo > 2 else None)
 
 
-def _unwrap_later_echoes(out, phb, sel, te, magb):
-    """Unwrap echoes 3…N in place against the weighted line through the earlier ones."""
-    ref = None if magb is None else _magnitude_ref(magb[0][sel])
+def _centred(u, sel):
+    """``u[sel]`` less the 2π·k of :func:`_global_shift` (float32, as ``u[sel] -= …``)."""
+    v = sel.gather(u)
+    v -= _global_shift(v)
+    return v
+
+
+def _unwrap_later_echoes(out, phase, te, weights):
+    """Unwrap echoes 3…N of ``out`` (N, V) in place against the weighted line through the
+    earlier ones (``phase``: the wrapped echoes, ``weights`` their fit weights); returns the
+    line sums of echoes 1…N−1."""
     sums = _LineSums(te.mean())
-    for n in range(out.shape[0]):
+    for n in range(out.shape[0] - 1):
         if n >= 2:
-            out[n][sel] = _temporal_unwrap(phb[n][sel], sums.predict(te[n]))
-        if n < out.shape[0] - 1:
-            sums.add(out[n][sel], _echo_weight(None if magb is None else magb[n][sel], ref), te[n])
+            out[n] = _temporal_unwrap(phase[n], sums.predict(te[n]))
+        sums.add(out[n], weights[n], te[n])
+    out[-1] = _temporal_unwrap(phase[-1], sums.predict(te[-1]))
+    return sums
 
 
 def _unwrap_echoes_laplacian(phb, mb, vox, te, magb):
