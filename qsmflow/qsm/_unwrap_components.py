@@ -4,7 +4,7 @@ axis and the 2π alignment of separately grown components."""
 from __future__ import annotations
 
 import numpy as np
-from qsmflow.qsm._morphology import nearest_outside
+from qsmflow.qsm._morphology import largest_component, nearest_outside
 
 
 def _axis_pairs(axis):
@@ -47,14 +47,25 @@ def _ref_step(out, in_ref, near, axis):
     return np.where(has_bwd, bwd, np.where(has_fwd, fwd, 0))
 
 
-def _align_components(out, label, n_comp, vox):
+def _nearest_reference(mask, vox):
+    """``(main, near)``: the largest face-connected component of ``mask`` and, for every
+    voxel, the flat index of its nearest voxel of it (:func:`nearest_outside` of
+    ``~main``), or None when ``mask`` is one piece (nothing to align)."""
+    main = largest_component(mask)
+    if np.count_nonzero(main) == np.count_nonzero(mask):
+        return None
+    return main, nearest_outside(~main, vox)
+
+
+def _align_components(out, label, n_comp, vox, known=None):
     """Shift components by 2π·k to continue the largest one across the gaps (in place).
 
     For each voxel of a smaller component, the unwrapped phase of the largest component
     is extrapolated linearly from the nearest voxel (in mm) of that component, with
     one-sided differences inside it as gradient; the mean mismatch over the voxels
     closest to the largest component (within one voxel of the smallest distance) gives
-    the component's 2π·k.
+    the component's 2π·k. ``known``: :func:`_nearest_reference` of the mask if computed
+    already (used when its component is the largest one grown, else computed anew).
     """
     sizes = np.bincount(label.ravel(), minlength=n_comp + 1)
     sizes[0] = 0
@@ -62,7 +73,11 @@ def _align_components(out, label, n_comp, vox):
     in_ref = label == ref
     other = (label > 0) & ~in_ref
     lab = label[other]
-    near = np.unravel_index(nearest_outside(~in_ref, vox)[other], label.shape)
+    if known is not None and np.array_equal(known[0], in_ref):
+        nearest = known[1]
+    else:
+        nearest = nearest_outside(~in_ref, vox)
+    near = np.unravel_index(nearest[other], label.shape)
     where = np.nonzero(other)
     d = _distances_mm(near, where, vox)
     pred = out[near].astype(np.float64)

@@ -321,12 +321,15 @@ def _axis_weights(a, r0, r1, phase, mask, magnitude, phase2, te_ratio, mref):
 
 
 def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_components, *,
-               mref=None, beside=None):
+               mref=None, beside=None, known=None):
     """Region growing on a box whose border voxels lie outside ``mask``.
 
     All arrays are 3D of one shape; returns float32 with 0 outside the mask. ``mref``:
     the median magnitude in the mask, if known (:func:`_edge_weights`); ``beside``: work
-    (a callable) run beside the serial growing (:func:`qsmflow.qsm._vector.beside`).
+    (a callable) run beside the serial growing (:func:`qsmflow.qsm._vector.beside`);
+    ``known``: a callable giving the mask's
+    :func:`~qsmflow.qsm._unwrap_components._nearest_reference` once ``beside`` is done (or
+    None), for the component alignment.
     """
     shape = phase.shape
     phase = _zero_outside(np.ascontiguousarray(phase, dtype=np.float32), mask)
@@ -358,7 +361,8 @@ def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_compon
             done()
     out = out.reshape(shape)
     if n_comp > 1 and align_components:
-        _align_components(out, state.reshape(shape), n_comp, vox)
+        _align_components(out, state.reshape(shape), n_comp, vox,
+                          None if known is None else known())
     return out
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from qsmflow.qsm._unwrap_box import _crop_pad
+from qsmflow.qsm._unwrap_components import _nearest_reference
 from qsmflow.qsm._validation import as_voxel_size
 from qsmflow.qsm._vector import Selection, chunkwise, slabwise
 from qsmflow.qsm.echoes._common import _check_inputs, _echo_weight, _LineSums, _magnitude_ref
@@ -207,7 +208,8 @@ class _RomeoVoxels:
 
 def _romeo_voxels(ph, msk, vox, te, mag):
     """:class:`_RomeoVoxels` of the checked echoes ``ph`` (≥ 2) and ``mag`` (or None). The
-    masked echoes and their weights are gathered beside the first (serial) growing."""
+    masked echoes, their weights and what the component alignment needs are prepared
+    beside the two (serial) growings."""
     n_echo = ph.shape[3]
     box = bounding_box(msk)
     phb = _EchoBox(ph, box)
@@ -216,14 +218,20 @@ def _romeo_voxels(ph, msk, vox, te, mag):
     sel, bsel = Selection(msk), Selection(mb)
     side = {}
 
-    def echo_inputs():  # beside the first growing: the masked echoes and their weights
+    def first_inputs():  # beside the first growing: the first-echo median, the alignment
+        side['median'] = None
+        if mag is not None:
+            side['m0'] = sel.gather(mag[..., 0], np.float32)
+            side['median'] = float(np.median(side['m0']))
+        side['known'] = _nearest_reference(mb, vox)
+
+    def echo_inputs():  # beside the second: the masked echoes and their weights
         side['phase'] = [sel.gather(ph[..., n], np.float32) for n in range(n_echo)]
         if mag is None:
-            side['median'], side['weights'] = None, [1.0] * n_echo
+            side['weights'] = [1.0] * n_echo
             return
-        m0 = sel.gather(mag[..., 0], np.float32)
-        side['median'] = float(np.median(m0))
         ref = side['median'] if side['median'] > 0 else 1.0
+        m0 = side.pop('m0')
         side['weights'] = [_echo_weight(m0 if n == 0 else sel.gather(mag[..., n], np.float32),
                                         ref) for n in range(n_echo)]
 
@@ -236,7 +244,8 @@ def _romeo_voxels(ph, msk, vox, te, mag):
     if n_echo >= 3:
         phase2 = _by_slabs(_wrapped_difference, phb[2], phb[0])
         ratio = (te[2] - te[0]) / dte
-    delta_u = _romeo_box(delta, mb, vox, mag_d, phase2, ratio, None, True, beside=echo_inputs)
+    delta_u = _romeo_box(delta, mb, vox, mag_d, phase2, ratio, None, True,
+                         beside=first_inputs, known=lambda: side['known'])
     del delta, mag_d, phase2  # free before the next growing
     d = _centred(delta_u, bsel)
     bsel.scatter(delta_u, d)
@@ -245,7 +254,8 @@ def _romeo_voxels(ph, msk, vox, te, mag):
     del delta_u
     mref = side['median'] if side['median'] is not None and side['median'] > 0 else None
     offset_u = _romeo_box(offset, mb, vox, None if magb is None else magb[0], None, None,
-                          None, True, mref=mref)
+                          None, True, mref=mref, beside=echo_inputs,
+                          known=lambda: side.pop('known'))
     del offset
     off = _centred(offset_u, bsel)
     del offset_u
