@@ -271,3 +271,25 @@ def test_one_piece_bitwise_unchanged():
     # second digests, the machine of the first record the first): either machine's bits.
     assert got['echoes_laplacian'] in {'a191ffadb0ac5499', 'd2bac9eb3829f2d2'}
     assert got['laplacian'] in {'4c632ba24a1318b0', 'b2881534feb77edf'}
+
+
+def test_alignment_with_the_precomputed_nearest_voxels_gives_the_same_bits(monkeypatch):
+    """_align_components with the mask's _nearest_reference (what unwrap_echoes computes
+    beside the growing) shifts the pieces exactly as when it computes the transform itself;
+    a mask in one piece needs none."""
+    from qsmflow.qsm._unwrap_components import _align_components, _nearest_reference
+
+    mask = _pieces()
+    label, n = ndi.label(mask)
+    wrapped = wrap_phase(_smooth_phase(mask.shape, 40.0)).astype(np.float32)
+    vox = (1.0, 1.0, 1.5)
+    known = _nearest_reference(mask, vox)
+    assert known is not None and known[0].sum() == np.bincount(label.ravel())[1:].max()
+    plain, reused = wrapped.copy(), wrapped.copy()
+    _align_components(plain, label, n, vox)
+    with monkeypatch.context() as m:  # the transform is not computed again
+        m.setattr('qsmflow.qsm._unwrap_components.nearest_outside', None)
+        _align_components(reused, label, n, vox, known)
+    assert not np.array_equal(plain, wrapped)
+    assert plain.tobytes() == reused.tobytes()
+    assert _nearest_reference(_ball(mask.shape, (20, 20, 18), 8), vox) is None
