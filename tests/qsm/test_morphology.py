@@ -29,6 +29,25 @@ def test_slicewise_fill_matches_scipy_for_any_thread_count(shape, density):
             assert got.dtype == bool and np.array_equal(got, want), (axis, n)
 
 
+@pytest.mark.parametrize('shape', [(29, 23, 17), (1, 6, 5), (4, 1, 9), (2, 2, 2), (11, 9, 1)])
+@pytest.mark.parametrize('density', [0.35, 0.6, 0.85, 1.0])
+def test_3d_fill_matches_scipy_for_any_thread_count(shape, density):
+    """The 3D fill (background components by the parallel forest, those off the faces
+    filled) against scipy, with holes that span several slabs of the forest."""
+    mask = np.random.default_rng(5).random(shape) < density
+    if shape[0] > 20:
+        mask[2:-2, 2:-2, 2:-2] = True
+        mask[3:-3, 3:-3, 3:-3] = np.random.default_rng(6).random(
+            (shape[0] - 6, shape[1] - 6, shape[2] - 6)) < 0.4  # a shell enclosing holes
+    want = ndi.binary_fill_holes(mask)
+    for n in (1, 3):
+        with threads.limit(n):
+            got = fill_holes_axis(mask)
+        assert got.dtype == bool and np.array_equal(got, want), n
+    if shape[0] > 20:
+        assert want.sum() > mask.sum()
+
+
 def test_ring_hole_is_filled_in_its_slices_only():
     mask = np.zeros((5, 9, 9), bool)
     mask[1:4, 2:7, 2:7] = True
