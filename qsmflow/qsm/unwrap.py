@@ -242,7 +242,7 @@ def _edge_weights(phase, mask, magnitude, phase2, te_ratio, mref=None):
     if magnitude is None:
         mref = None
     elif mref is None:
-        mref = float(np.median(magnitude[mask]))
+        mref = float(_vector.median(_vector.Selection(mask).gather(magnitude)))
         if not mref > 0:
             mref = max(float(magnitude[mask].max()), 1e-30)
     args = (phase, mask, magnitude, phase2, te_ratio, mref)

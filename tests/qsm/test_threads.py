@@ -394,3 +394,26 @@ def test_estimate_field_continues_the_unwrapping_sums_with_fit_fields_bits(monke
             assert got['unwrapped'].tobytes() == unwrapped.tobytes()
             for key, arr in zip(('field_hz', 'phase_offset_rad', 'noise_hz'), want):
                 assert got[key].tobytes() == arr.tobytes(), (n_echo, n_threads, key)
+
+
+def test_median_by_buckets_gives_numpys_value_and_type_for_any_thread_count(monkeypatch):
+    """_vector.median against numpy.median: odd and even counts, ties, a narrow range, signed
+    zeros, and a NaN or an infinity (numpy's answer), with 1, 2 and 3 threads."""
+    from qsmflow.qsm import _vector
+
+    monkeypatch.setattr(_vector, 'CHUNK', 1024)
+    rng = np.random.default_rng(2)
+    cases = [rng.standard_normal(20_001), rng.standard_normal(20_000), 3 * rng.random(9_000),
+             np.round(4 * rng.random(10_000)) - 2, np.full(6_000, 3.25),
+             np.concatenate([np.zeros(3_000), -np.zeros(3_001)]),
+             1 + 1e-3 * rng.standard_normal(7_000)]
+    cases = [c.astype(np.float32) for c in cases]
+    for bad in (np.nan, np.inf, -np.inf):
+        cases.append(cases[0].copy())
+        cases[-1][5] = bad
+    for n_threads in (1, 2, 3):
+        with threads.limit(n_threads):
+            for c in cases:
+                got, want = _vector.median(c), np.median(c)
+                assert type(got) is type(want), (n_threads, type(got))
+                assert got.tobytes() == want.tobytes() or np.isnan(got) and np.isnan(want)

@@ -11,7 +11,7 @@ import numpy as np
 from qsmflow.qsm._unwrap_box import _crop_pad
 from qsmflow.qsm._unwrap_components import _nearest_reference
 from qsmflow.qsm._validation import as_voxel_size
-from qsmflow.qsm._vector import Selection, chunkwise, slabwise
+from qsmflow.qsm._vector import Selection, chunkwise, median, slabwise
 from qsmflow.qsm.echoes._common import _check_inputs, _echo_weight, _LineSums, _magnitude_ref
 from qsmflow.qsm.kernels import bounding_box
 from qsmflow.qsm.unwrap import (
@@ -148,7 +148,7 @@ class _EchoBox:
 
 def _global_shift(values):
     """2π·k bringing the median of ``values`` (rad) into [−π, π)."""
-    return TWO_PI * np.floor(np.median(values) / TWO_PI + 0.5)
+    return TWO_PI * np.floor(median(values) / TWO_PI + 0.5)
 
 
 def _temporal_unwrap(phi, pred):

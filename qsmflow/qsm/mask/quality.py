@@ -24,7 +24,7 @@ from qsmflow.qsm._validation import (
     check_finite_in_mask,
     fraction,
 )
-from qsmflow.qsm._vector import slabwise
+from qsmflow.qsm._vector import Selection, median, slabwise
 from qsmflow.qsm.kernels import bounding_box
 
 #: Default cut-off of :func:`quality_mask` (dimensionless quality in [0, 1]).
@@ -197,7 +197,7 @@ def _quality_map(ph, mag, msk, vox, te):
         q *= box_mean(qt / np.float32(n_echo - 2))
     if mag is not None:
         m1 = mag[box + (0,)].astype(np.float32)
-        ref = float(np.median(m1[m]))
+        ref = float(median(Selection(m).gather(m1)))
         if ref > 0:
             q *= np.clip(m1 / np.float32(0.5 * ref), 0, 1)
     q = (q * m).astype(np.float32)
