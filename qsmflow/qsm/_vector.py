@@ -128,6 +128,20 @@ def slabwise(func, n0: int, slab: int = 8) -> None:
     _map(lambda c: func(slice(c * slab, min(n0, (c + 1) * slab))), n)
 
 
+def by_slabs(func, *arrays) -> np.ndarray:
+    """``func(*arrays)`` for element-wise numpy work on arrays of one shape, evaluated in
+    slabs of planes of the first axis side by side (:func:`slabwise`) into a new array:
+    each element gets the same operations, so the same bits. ``func`` must give one
+    element per element (its dtype is found on the first one)."""
+    out = np.empty(arrays[0].shape, func(*(a[(slice(0, 1),) * a.ndim] for a in arrays)).dtype)
+
+    def one(s):
+        out[s] = func(*(a[s] for a in arrays))
+
+    slabwise(one, out.shape[0])
+    return out
+
+
 def chunkwise(func, size: int) -> None:
     """``func(slice)`` for the fixed chunks of :data:`CHUNK` elements of ``range(size)``
     (element-wise work on long 1D arrays), side by side as :func:`slabwise`."""

@@ -11,7 +11,7 @@ import numpy as np
 from qsmflow.qsm._unwrap_box import _crop_pad
 from qsmflow.qsm._unwrap_components import _nearest_reference
 from qsmflow.qsm._validation import as_voxel_size
-from qsmflow.qsm._vector import Selection, chunkwise, median, slabwise
+from qsmflow.qsm._vector import Selection, by_slabs, chunkwise, median
 from qsmflow.qsm.echoes._common import _check_inputs, _echo_weight, _LineSums, _magnitude_ref
 from qsmflow.qsm.kernels import bounding_box
 from qsmflow.qsm.unwrap import (
@@ -156,19 +156,6 @@ def _temporal_unwrap(phi, pred):
     return phi + np.float32(TWO_PI) * np.round((pred - phi) / np.float32(TWO_PI))
 
 
-def _by_slabs(func, *arrays):
-    """``func(*arrays)`` for element-wise numpy work on 3D arrays, evaluated in slabs of
-    planes side by side on the thread pool (:func:`~qsmflow.qsm._vector.slabwise`): each
-    voxel gets the same operations, so the same bits."""
-    out = np.empty(arrays[0].shape, func(*(a[:1, :1, :1] for a in arrays)).dtype)
-
-    def one(s):
-        out[s] = func(*(a[s] for a in arrays))
-
-    slabwise(one, out.shape[0])
-    return out
-
-
 def _wrapped_difference(a, b):
     return wrap_phase(a - b)
 
@@ -236,13 +223,13 @@ def _romeo_voxels(ph, msk, vox, te, mag):
                                         ref) for n in range(n_echo)]
 
     dte = te[1] - te[0]
-    delta = _by_slabs(_wrapped_difference, phb[1], phb[0])
+    delta = by_slabs(_wrapped_difference, phb[1], phb[0])
     mag_d = None
     if magb is not None:
-        mag_d = _by_slabs(_difference_magnitude, magb[0], magb[1])
+        mag_d = by_slabs(_difference_magnitude, magb[0], magb[1])
     phase2 = ratio = None
     if n_echo >= 3:
-        phase2 = _by_slabs(_wrapped_difference, phb[2], phb[0])
+        phase2 = by_slabs(_wrapped_difference, phb[2], phb[0])
         ratio = (te[2] - te[0]) / dte
     delta_u = _romeo_box(delta, mb, vox, mag_d, phase2, ratio, None, True,
                          beside=first_inputs, known=lambda: side['known'])
@@ -250,7 +237,7 @@ def _romeo_voxels(ph, msk, vox, te, mag):
     d = _centred(delta_u, bsel)
     bsel.scatter(delta_u, d)
     scale1 = np.float32(te[0] / dte)
-    offset = _by_slabs(lambda p0, du: wrap_phase(p0 - du * scale1), phb[0], delta_u)
+    offset = by_slabs(lambda p0, du: wrap_phase(p0 - du * scale1), phb[0], delta_u)
     del delta_u
     mref = side['median'] if side['median'] is not None and side['median'] > 0 else None
     offset_u = _romeo_box(offset, mb, vox, None if magb is None else magb[0], None, None,

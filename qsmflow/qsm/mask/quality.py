@@ -24,7 +24,7 @@ from qsmflow.qsm._validation import (
     check_finite_in_mask,
     fraction,
 )
-from qsmflow.qsm._vector import Selection, median, slabwise
+from qsmflow.qsm._vector import Selection, by_slabs, median, slabwise
 from qsmflow.qsm.kernels import bounding_box
 
 #: Default cut-off of :func:`quality_mask` (dimensionless quality in [0, 1]).
@@ -161,23 +161,22 @@ def _quality_map(ph, mag, msk, vox, te):
         return ph[box + (n,)][rows].astype(np.float32)
 
     size = [max(3, 2 * round(QUALITY_WINDOW_MM / (2 * h)) + 1) for h in vox]
-    mf = m.astype(np.float32)
+    # the element-wise passes run in slabs of planes side by side (by_slabs): the same bits
+    mf = by_slabs(_as_float32, m)
     den = _box_filter(mf, size)
 
     def box_mean(score):
-        with np.errstate(invalid='ignore', divide='ignore'):
-            out = _box_filter(score * mf, size) / den
-        return np.clip(np.nan_to_num(out), 0, 1)
+        return by_slabs(_unit_ratio, _box_filter(by_slabs(np.multiply, score, mf), size), den)
 
     # cos is 2π-periodic, so second differences need no wrapping: a 2π·k jump of any term
     # shifts φ₊ − 2φ + φ₋ by a multiple of 2π
-    img = echo(1) - echo(0) if n_echo > 1 else echo(0)
+    img = (by_slabs(_float32_difference, ph[box + (1,)], ph[box + (0,)]) if n_echo > 1
+           else echo(0))
     cos_sum = np.zeros(m.shape, np.float32)
     count = np.zeros(m.shape, np.float32)
     slabwise(lambda rows: _curvature_slab(img, m, cos_sum, count, rows), m.shape[0], 8)
     del img
-    with np.errstate(invalid='ignore', divide='ignore'):
-        q = np.where(count > 0, cos_sum / count, 0).astype(np.float32)
+    q = by_slabs(_mean_where_counted, cos_sum, count)
     del cos_sum, count
     q = box_mean(q)
     if n_echo >= 3:
@@ -194,16 +193,44 @@ def _quality_map(ph, mag, msk, vox, te):
                 p2, p1 = p1, p0
 
         slabwise(temporal, m.shape[0], 8)
-        q *= box_mean(qt / np.float32(n_echo - 2))
+        n_terms = np.float32(n_echo - 2)
+        q = by_slabs(np.multiply, q, box_mean(by_slabs(lambda a: a / n_terms, qt)))
     if mag is not None:
-        m1 = mag[box + (0,)].astype(np.float32)
+        m1 = by_slabs(_as_float32, mag[box + (0,)])
         ref = float(median(Selection(m).gather(m1)))
         if ref > 0:
-            q *= np.clip(m1 / np.float32(0.5 * ref), 0, 1)
-    q = (q * m).astype(np.float32)
+            half = np.float32(0.5 * ref)
+            q = by_slabs(lambda a, b: a * np.clip(b / half, 0, 1), q, m1)
+    q = by_slabs(lambda a, b: (a * b).astype(np.float32), q, m)
     out = np.zeros(msk.shape, np.float32)
-    out[box] = q
+    inner = out[box]
+
+    def put(rows):
+        inner[rows] = q[rows]
+
+    slabwise(put, q.shape[0])
     return out
+
+
+def _as_float32(a):
+    return a.astype(np.float32)
+
+
+def _float32_difference(a, b):
+    return a.astype(np.float32) - b.astype(np.float32)
+
+
+def _unit_ratio(a, b):
+    """``a / b`` clipped to [0, 1], 0 where undefined."""
+    with np.errstate(invalid='ignore', divide='ignore'):
+        out = a / b
+    return np.clip(np.nan_to_num(out), 0, 1)
+
+
+def _mean_where_counted(total, count):
+    """``total / count`` where ``count > 0``, else 0 (float32)."""
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(count > 0, total / count, 0).astype(np.float32)
 
 
 def quality_mask(
