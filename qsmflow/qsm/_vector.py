@@ -142,6 +142,18 @@ def by_slabs(func, *arrays) -> np.ndarray:
     return out
 
 
+def planewise(func, arr: np.ndarray, slab: int = 8) -> list:
+    """``[func(arr[s]) for s in slabs]`` over fixed slabs of ``slab`` planes of the first
+    axis, side by side (reductions whose parts combine exactly: all, any, min, max)."""
+    n0 = arr.shape[0]
+    return _map(lambda c: func(arr[c * slab:min(n0, (c + 1) * slab)]), -(-n0 // slab))
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    """``np.isfinite(arr).all()`` by slabs side by side (:func:`planewise`)."""
+    return arr.shape[0] == 0 or all(planewise(lambda a: bool(np.isfinite(a).all()), arr))
+
+
 def chunkwise(func, size: int) -> None:
     """``func(slice)`` for the fixed chunks of :data:`CHUNK` elements of ``range(size)``
     (element-wise work on long 1D arrays), side by side as :func:`slabwise`."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from qsmflow.qsm._validation import as_echo_times, as_image, as_mask, check_finite_in_mask
+from qsmflow.qsm._vector import planewise
 
 
 def _as_echo_stack(arr, name, shape=None):
@@ -28,7 +29,7 @@ def _check_inputs(phase, mask, echo_times_s, magnitude):
     if magnitude is not None:
         mag = _as_echo_stack(magnitude, 'magnitude', ph.shape)
         check_finite_in_mask(mag, msk, 'magnitude')
-        if mag.min() < 0 and mag[msk].min() < 0:
+        if np.min(planewise(np.min, mag)) < 0 and mag[msk].min() < 0:  # NaN: not < 0
             raise ValueError('magnitude has negative values inside the mask')
     return ph, msk, te, mag
 
