@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from qsmflow.qsm._morphology import largest_component, nearest_outside
+from qsmflow.qsm._vector import Selection, by_slabs, planewise
 
 
 def _axis_pairs(axis):
@@ -67,18 +68,23 @@ def _align_components(out, label, n_comp, vox, known=None):
     the component's 2π·k. ``known``: :func:`_nearest_reference` of the mask if computed
     already (used when its component is the largest one grown, else computed anew).
     """
-    sizes = np.bincount(label.ravel(), minlength=n_comp + 1)
+    # the whole-box passes by slabs side by side (the same arrays, any thread count)
+    n0 = label.shape[0]
+    sizes = np.sum(planewise(lambda s: np.bincount(label[s].ravel(), minlength=n_comp + 1),
+                             n0), axis=0)
     sizes[0] = 0
     ref = int(np.argmax(sizes))
-    in_ref = label == ref
-    other = (label > 0) & ~in_ref
-    lab = label[other]
-    if known is not None and np.array_equal(known[0], in_ref):
+    in_ref = by_slabs(lambda a: a == ref, label)
+    other = Selection(by_slabs(lambda a, b: (a > 0) & ~b, label, in_ref))
+    lab = other.gather(label)
+    if known is not None and all(planewise(
+            lambda s: np.array_equal(known[0][s], in_ref[s]), n0)):
         nearest = known[1]
     else:
         nearest = nearest_outside(~in_ref, vox)
-    near = np.unravel_index(nearest[other], label.shape)
-    where = np.nonzero(other)
+    near = np.unravel_index(other.gather(nearest.reshape(label.shape)), label.shape)
+    where = other.nonzero()
+    values = other.gather(out)
     d = _distances_mm(near, where, vox)
     pred = out[near].astype(np.float64)
     for a in range(3):
@@ -87,7 +93,7 @@ def _align_components(out, label, n_comp, vox, known=None):
     dmin = np.full(n_comp + 1, np.inf)
     np.minimum.at(dmin, lab, d)
     close = d <= dmin[lab] + float(np.max(vox))
-    diff = (pred - out[other])[close]
+    diff = (pred - values)[close]
     count = np.bincount(lab[close], minlength=n_comp + 1)
     mean = np.bincount(lab[close], diff, minlength=n_comp + 1) / np.maximum(count, 1)
     from qsmflow.qsm.unwrap import TWO_PI
@@ -95,4 +101,5 @@ def _align_components(out, label, n_comp, vox, known=None):
     k = np.round(mean / TWO_PI)
     k[ref] = 0
     k[0] = 0
-    out[other] += (TWO_PI * k[lab]).astype(np.float32)
+    values += (TWO_PI * k[lab]).astype(np.float32)
+    other.scatter(out, values)

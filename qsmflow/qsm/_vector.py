@@ -142,16 +142,16 @@ def by_slabs(func, *arrays) -> np.ndarray:
     return out
 
 
-def planewise(func, arr: np.ndarray, slab: int = 8) -> list:
-    """``[func(arr[s]) for s in slabs]`` over fixed slabs of ``slab`` planes of the first
-    axis, side by side (reductions whose parts combine exactly: all, any, min, max)."""
-    n0 = arr.shape[0]
-    return _map(lambda c: func(arr[c * slab:min(n0, (c + 1) * slab)]), -(-n0 // slab))
+def planewise(func, n0: int, slab: int = 8) -> list:
+    """``[func(s) for s in slabs]`` over the fixed slabs ``s`` of ``slab`` indices of a first
+    axis of ``n0``, side by side (:func:`slabwise` with results: the parts of reductions
+    that combine exactly, such as all, min or integer counts)."""
+    return _map(lambda c: func(slice(c * slab, min(n0, (c + 1) * slab))), -(-n0 // slab))
 
 
 def all_finite(arr: np.ndarray) -> bool:
     """``np.isfinite(arr).all()`` by slabs side by side (:func:`planewise`)."""
-    return arr.shape[0] == 0 or all(planewise(lambda a: bool(np.isfinite(a).all()), arr))
+    return all(planewise(lambda s: bool(np.isfinite(arr[s]).all()), arr.shape[0]))
 
 
 def chunkwise(func, size: int) -> None:
@@ -190,6 +190,19 @@ class Selection:
 
         self.each(one)
         return out
+
+    def nonzero(self) -> tuple:
+        """``np.nonzero(mask)``."""
+        idx = np.empty((self.mask.ndim, self.size), np.intp)
+
+        def one(planes, voxels):
+            found = np.nonzero(self.mask[planes])
+            idx[0, voxels] = found[0] + planes.start
+            for axis in range(1, self.mask.ndim):
+                idx[axis, voxels] = found[axis]
+
+        self.each(one)
+        return tuple(idx)
 
     def scatter(self, out: np.ndarray, values: np.ndarray) -> None:
         """``out[mask] = values`` in place (``out`` 3D of the mask's shape)."""

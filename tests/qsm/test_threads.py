@@ -326,8 +326,8 @@ def test_quality_box_filter_in_slabs_gives_scipys_bits_for_any_thread_count():
 
 
 def test_selection_gathers_and_scatters_as_boolean_indexing_for_any_thread_count():
-    """_vector.Selection: arr[mask] and out[mask] = values by slabs of planes (3D and with a
-    trailing axis), the same arrays with 1 and 2 threads."""
+    """_vector.Selection: arr[mask], out[mask] = values (3D and with a trailing axis) and
+    np.nonzero(mask) by slabs of planes, the same arrays with 1 and 2 threads."""
     from qsmflow.qsm import _vector
 
     rng = np.random.default_rng(5)
@@ -343,6 +343,9 @@ def test_selection_gathers_and_scatters_as_boolean_indexing_for_any_thread_count
             out = np.zeros_like(a)
             sel.scatter(out, a[mask])
             np.testing.assert_array_equal(out, np.where(mask[..., None], a, 0))
+            got = sel.nonzero()
+            assert all(g.dtype == np.intp for g in got)
+            np.testing.assert_array_equal(np.array(got), np.array(np.nonzero(mask)))
 
 
 def test_beside_runs_on_one_other_thread_and_returns_its_result():

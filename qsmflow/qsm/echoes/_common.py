@@ -29,7 +29,8 @@ def _check_inputs(phase, mask, echo_times_s, magnitude):
     if magnitude is not None:
         mag = _as_echo_stack(magnitude, 'magnitude', ph.shape)
         check_finite_in_mask(mag, msk, 'magnitude')
-        if np.min(planewise(np.min, mag)) < 0 and mag[msk].min() < 0:  # NaN: not < 0
+        lowest = np.min(planewise(lambda s: mag[s].min(), mag.shape[0]))  # NaN: not < 0
+        if lowest < 0 and mag[msk].min() < 0:
             raise ValueError('magnitude has negative values inside the mask')
     return ph, msk, te, mag
 
