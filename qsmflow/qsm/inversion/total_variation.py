@@ -77,11 +77,11 @@ def tv(
     lam : float, optional
         TV weight in ppm·mm (fields in ppm, ``∇χ`` in ppm/mm). Default None: chosen from
         the data by :func:`~qsmflow.qsm.inversion.regularisation.choose_tv_weight`,
-        ``λ = σ² / b`` in [5e-4, 2.5e-3] with σ the noise of the local field estimated from
-        its finest wavelet details (and ``noise_ppm`` when given). Clean data keep 5e-4,
-        the weight tuned on an SNR-100 phantom (it kept more deep-grey-matter contrast than
-        1e-3: slope against the truth 0.94–0.96 against 0.89–0.91 at 1 mm, 0.90 against
-        0.86 at 2 mm); noisy data get more (an in-vivo field about 2e-3). A given ``lam``
+        ``λ = σ² / b`` in [3e-4, 2.5e-3] with σ the noise of the local field estimated from
+        its finest wavelet details (and ``noise_ppm`` when given). Clean data keep 3e-4,
+        the weight with the smallest worst-case deep-grey-matter error over three SNR-100
+        phantoms (see :data:`~qsmflow.qsm.inversion.regularisation.TV_LAM_RANGE`); noisy
+        data get more (an in-vivo field about 2e-3). A given ``lam``
         is used as it is (the behaviour before the choice existed, bit for bit).
     rho : float, optional
         ADMM penalty of the gradient split in mm² (weights ``‖∇χ − z‖²``); default None
