@@ -75,21 +75,11 @@ def fill_holes_axis(mask, axis=None):
     fills holes in every 2D slice across that axis (4-connected within the slice): a
     compiled flood fill from each slice's border through its background, the slices side
     by side on numba's threads (the background it does not reach is the slice's holes).
-    The 3D holes are the components of the background (:func:`_forest`, in parallel)
-    whose root no voxel of the array's faces shares.
     """
     mask = np.asarray(mask, dtype=bool)
     if axis is not None:
         bg = np.ascontiguousarray(np.moveaxis(~mask, axis, 0))
         return mask | ~np.moveaxis(_flood_slices(bg), 0, axis)
-    if mask.ndim == 3 and 0 < mask.size < 2**31:
-        bg = np.ascontiguousarray(~mask)
-        f = bg.ravel()
-        n0, n1, n2 = mask.shape
-        parent, _ = _forest(f, n1, n2, COMPONENT_SLAB)
-        holes = _with_roots(f, parent, ~_face_roots(f, parent, n0, n1, n2),
-                            COMPONENT_SLAB * n1 * n2)
-        return mask | holes.reshape(mask.shape)
     lab, n = ndi.label(~mask)
     if n == 0:
         return mask
@@ -351,29 +341,13 @@ def _forest(f, n1, n2, slab):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True)
-def _with_roots(f, parent, chosen, slab_voxels):  # pragma: no cover - compiled
-    """Which voxels of ``f`` have a root ``r`` with ``chosen[r]`` (bool, one per voxel;
-    read-only walks, slabs in parallel)."""
+def _keep_root(f, parent, best, slab_voxels):  # pragma: no cover - compiled
+    """Which voxels of ``f`` have the root ``best`` (read-only walks, slabs in parallel)."""
     out = np.zeros(f.size, np.bool_)
     for s in numba.prange(-(-f.size // slab_voxels)):
         for v in range(s * slab_voxels, min(f.size, (s + 1) * slab_voxels)):
-            out[v] = f[v] and chosen[_root_read(parent, v)]
+            out[v] = f[v] and _root_read(parent, v) == best
     return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _face_roots(f, parent, n0, n1, n2):  # pragma: no cover - compiled
-    """Bool per voxel: True at the roots of the components of ``f`` (flat, C order, shape
-    ``(n0, n1, n2)``) that reach a face of the array."""
-    roots = np.zeros(f.size, np.bool_)
-    for i in range(n0):
-        for j in range(n1):
-            edge = i == 0 or i == n0 - 1 or j == 0 or j == n1 - 1
-            row = (i * n1 + j) * n2
-            for k in range(0, n2, 1 if edge else max(n2 - 1, 1)):  # whole row, or its ends
-                if f[row + k]:
-                    roots[_root_read(parent, row + k)] = True
-    return roots
 
 
 def largest_component(mask) -> np.ndarray:
@@ -391,6 +365,5 @@ def largest_component(mask) -> np.ndarray:
     f = mask.ravel()
     plane = mask.shape[1] * mask.shape[2]
     parent, size = _forest(f, mask.shape[1], mask.shape[2], COMPONENT_SLAB)
-    best = np.zeros(f.size, bool)
-    best[np.argmax(size)] = True  # only roots carry sizes; ties: the first root in C order
-    return _with_roots(f, parent, best, COMPONENT_SLAB * plane).reshape(mask.shape)
+    best = int(np.argmax(size))  # only roots carry sizes; ties: the first root in C order
+    return _keep_root(f, parent, best, COMPONENT_SLAB * plane).reshape(mask.shape)

@@ -32,8 +32,8 @@ def test_slicewise_fill_matches_scipy_for_any_thread_count(shape, density):
 @pytest.mark.parametrize('shape', [(29, 23, 17), (1, 6, 5), (4, 1, 9), (2, 2, 2), (11, 9, 1)])
 @pytest.mark.parametrize('density', [0.35, 0.6, 0.85, 1.0])
 def test_3d_fill_matches_scipy_for_any_thread_count(shape, density):
-    """The 3D fill (background components by the parallel forest, those off the faces
-    filled) against scipy, with holes that span several slabs of the forest."""
+    """The 3D fill (one labelling of the background, those off the faces filled) against
+    scipy, with holes inside a shell."""
     mask = np.random.default_rng(5).random(shape) < density
     if shape[0] > 20:
         mask[2:-2, 2:-2, 2:-2] = True
