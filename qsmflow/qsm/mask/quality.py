@@ -194,22 +194,29 @@ def _quality_map(ph, mag, msk, vox, te):
 
         slabwise(temporal, m.shape[0], 8)
         n_terms = np.float32(n_echo - 2)
-        q = by_slabs(np.multiply, q, box_mean(by_slabs(lambda a: a / n_terms, qt)))
+        _scale(q, box_mean(by_slabs(lambda a: a / n_terms, qt)))
     if mag is not None:
         m1 = by_slabs(_as_float32, mag[box + (0,)])
         ref = float(median(Selection(m).gather(m1)))
         if ref > 0:
             half = np.float32(0.5 * ref)
-            q = by_slabs(lambda a, b: a * np.clip(b / half, 0, 1), q, m1)
-    q = by_slabs(lambda a, b: (a * b).astype(np.float32), q, m)
+            _scale(q, by_slabs(lambda a: np.clip(a / half, 0, 1), m1))
     out = np.zeros(msk.shape, np.float32)
     inner = out[box]
 
-    def put(rows):
-        inner[rows] = q[rows]
+    def put(rows):  # (q · m) as float32, into the box of the output
+        np.multiply(q[rows], m[rows], out=inner[rows])
 
     slabwise(put, q.shape[0])
     return out
+
+
+def _scale(q, factor):
+    """``q *= factor`` (float32, in place) by slabs side by side."""
+    def one(rows):
+        q[rows] *= factor[rows]
+
+    slabwise(one, q.shape[0])
 
 
 def _as_float32(a):
