@@ -17,6 +17,23 @@ def _axis_pairs(axis):
     return tuple(lo), tuple(hi)
 
 
+def _growing_start(mask, quality):
+    """``(state, first)`` of the region growing: int32 (N,) −1 in ``mask``, 0 elsewhere,
+    and ``argmax(where(mask, quality, −1))`` (the first best voxel, flat), both by slabs
+    of planes side by side: each slab's first best, then the first slab with the best."""
+    q = quality.reshape(mask.shape)
+    plane = mask[0].size
+
+    def best(s):
+        w = np.where(mask[s], q[s], -1)
+        i = int(np.argmax(w))
+        return w.reshape(-1)[i], s.start * plane + i
+
+    parts = planewise(best, mask.shape[0])
+    first = parts[int(np.argmax(np.array([v for v, _ in parts])))][1]
+    return by_slabs(lambda m: -m.astype(np.int32), mask).reshape(-1), first
+
+
 def _distances_mm(near, where, vox):
     """Distance (mm) from the voxels ``where`` to their nearest voxels ``near`` (index
     tuples), computed as :func:`scipy.ndimage.distance_transform_edt` computes its

@@ -41,7 +41,7 @@ from qsmflow.qsm.kernels import (
     rfft,
 )
 from qsmflow.qsm._unwrap_box import _crop_pad, _uncrop, _zero_outside
-from qsmflow.qsm._unwrap_components import _align_components, _axis_pairs
+from qsmflow.qsm._unwrap_components import _align_components, _axis_pairs, _growing_start
 from qsmflow.qsm._validation import as_image as _as_image
 from qsmflow.qsm._validation import as_mask as _as_mask
 from qsmflow.qsm._validation import as_voxel_size
@@ -338,17 +338,13 @@ def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_compon
     if phase2 is not None:
         phase2 = _zero_outside(np.ascontiguousarray(phase2, dtype=np.float32), mask)
     bins, quality = _edge_weights(phase, mask, magnitude, phase2, te_ratio, mref)
+    state, first = _growing_start(mask, quality)
+    if seed is not None:
+        first = int(np.ravel_multi_index(seed, shape))
     done = None if beside is None else _vector.beside(beside)  # no slabwise work until done
     try:
-        mflat = mask.ravel()
-        state = np.zeros(mflat.size, dtype=np.int32)
-        state[mflat] = -1
         pflat = phase.ravel()
         out = np.zeros(pflat.size, dtype=np.float32)
-        if seed is None:
-            first = int(np.argmax(np.where(mflat, quality, -1)))
-        else:
-            first = int(np.ravel_multi_index(seed, shape))
         s0, s1 = shape[1] * shape[2], shape[2]
         n_comp = _grow(pflat, state, bins, s0, s1, np.array([first], np.int64), out, 0)
         left = np.flatnonzero(state < 0)

@@ -293,3 +293,21 @@ def test_alignment_with_the_precomputed_nearest_voxels_gives_the_same_bits(monke
     assert not np.array_equal(plain, wrapped)
     assert plain.tobytes() == reused.tobytes()
     assert _nearest_reference(_ball(mask.shape, (20, 20, 18), 8), vox) is None
+
+
+def test_growing_start_by_slabs_is_the_whole_grid_state_and_first_best_voxel():
+    """_growing_start: −1 in the mask, 0 elsewhere, and the first voxel of the best quality
+    in the mask (ties across and within slabs of planes), for 1 and 3 threads."""
+    from qsmflow.qsm import threads
+    from qsmflow.qsm._unwrap_components import _growing_start
+
+    mask = _pieces()
+    rng = np.random.default_rng(4)
+    quality = np.round(rng.random(mask.size) * 8).astype(np.float32)  # many ties
+    quality[~mask.ravel()] = 99.0  # outside the mask: never the start
+    for n_threads in (1, 3):
+        with threads.limit(n_threads):
+            state, first = _growing_start(mask, quality)
+        assert state.dtype == np.int32 and np.array_equal(state, -mask.ravel().astype(np.int32))
+        assert first == int(np.argmax(np.where(mask.ravel(), quality, -1)))
+        assert np.argwhere(mask.ravel() & (quality == 8)).min() == first

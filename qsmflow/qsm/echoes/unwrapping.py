@@ -223,14 +223,16 @@ def _romeo_voxels(ph, msk, vox, te, mag):
                                         ref) for n in range(n_echo)]
 
     dte = te[1] - te[0]
-    delta = by_slabs(_wrapped_difference, phb[1], phb[0])
+    p0 = phb[0]
+    delta = by_slabs(_wrapped_difference, phb[1], p0)
+    phase2 = ratio = None
+    if n_echo >= 3:
+        phase2 = by_slabs(_wrapped_difference, phb[2], p0)
+        ratio = (te[2] - te[0]) / dte
+    del p0
     mag_d = None
     if magb is not None:
         mag_d = by_slabs(_difference_magnitude, magb[0], magb[1])
-    phase2 = ratio = None
-    if n_echo >= 3:
-        phase2 = by_slabs(_wrapped_difference, phb[2], phb[0])
-        ratio = (te[2] - te[0]) / dte
     delta_u = _romeo_box(delta, mb, vox, mag_d, phase2, ratio, None, True,
                          beside=first_inputs, known=lambda: side['known'])
     del delta, mag_d, phase2  # free before the next growing
