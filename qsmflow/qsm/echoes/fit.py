@@ -350,6 +350,7 @@ def estimate_field(
         # (the same numbers fit_field computes from the unwrapped grid)
         voxels = _romeo_voxels(ph, msk, vox, te, mag)
         field_hz, offset, noise = _fit_voxels(voxels, te)
+        voxels.weights = voxels.sums = None  # freed before the unwrapped grid is built
         unwrapped = voxels.full()
         del voxels
     else:
