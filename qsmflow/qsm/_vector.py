@@ -212,25 +212,6 @@ class Selection:
         self.each(one)
 
 
-def beside(func):
-    """Start ``func()`` (on one thread) beside the caller when :func:`scipy.fft.get_workers`
-    gives two threads or more, else run it at once; returns a callable that waits for
-    ``func`` and returns its result. Meant for work that overlaps a serial compiled loop
-    (which releases the GIL) of the caller; no :func:`slabwise` work may be handed out
-    until the result was waited for (the pool's thread is busy)."""
-    from qsmflow.qsm import threads
-
-    def alone():
-        with threads.limit(1):
-            return func()
-
-    workers = sfft.get_workers()
-    if workers <= 1:
-        result = alone()
-        return lambda: result
-    return _pool(workers - 1).submit(alone).result
-
-
 def median(values: np.ndarray):
     """:func:`numpy.median` of a 1D float32 array (the same value and type), on the thread
     count in force: the middle values are found by a histogram of the top 16 bits of their

@@ -321,15 +321,15 @@ def _axis_weights(a, r0, r1, phase, mask, magnitude, phase2, te_ratio, mref):
 
 
 def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_components, *,
-               mref=None, beside=None, known=None):
+               mref=None, prepare=None, known=None):
     """Region growing on a box whose border voxels lie outside ``mask``.
 
     All arrays are 3D of one shape; returns float32 with 0 outside the mask. ``mref``:
-    the median magnitude in the mask, if known (:func:`_edge_weights`); ``beside``: work
-    (a callable) run beside the serial growing (:func:`qsmflow.qsm._vector.beside`);
+    the median magnitude in the mask, if known (:func:`_edge_weights`); ``prepare``: work
+    (a callable) for the caller, run once the edge weights are made, before the growing;
     ``known``: a callable giving the mask's
-    :func:`~qsmflow.qsm._unwrap_components._nearest_reference` once ``beside`` is done (or
-    None), for the component alignment.
+    :func:`~qsmflow.qsm._unwrap_components._nearest_reference` (or None), for the
+    component alignment.
     """
     shape = phase.shape
     phase = _zero_outside(np.ascontiguousarray(phase, dtype=np.float32), mask)
@@ -341,20 +341,17 @@ def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_compon
     state, first = _growing_start(mask, quality)
     if seed is not None:
         first = int(np.ravel_multi_index(seed, shape))
-    done = None if beside is None else _vector.beside(beside)  # no slabwise work until done
-    try:
-        pflat = phase.ravel()
-        out = np.zeros(pflat.size, dtype=np.float32)
-        s0, s1 = shape[1] * shape[2], shape[2]
-        n_comp = _grow(pflat, state, bins, s0, s1, np.array([first], np.int64), out, 0)
-        left = np.flatnonzero(state < 0)
-        if left.size:
-            # further components, each from its best voxel (rare: only for split masks)
-            order = left[np.argsort(-quality[left], kind='stable')].astype(np.int64)
-            n_comp = _grow(pflat, state, bins, s0, s1, order, out, n_comp)
-    finally:
-        if done is not None:
-            done()
+    if prepare is not None:
+        prepare()
+    pflat = phase.ravel()
+    out = np.zeros(pflat.size, dtype=np.float32)
+    s0, s1 = shape[1] * shape[2], shape[2]
+    n_comp = _grow(pflat, state, bins, s0, s1, np.array([first], np.int64), out, 0)
+    left = np.flatnonzero(state < 0)
+    if left.size:
+        # further components, each from its best voxel (rare: only for split masks)
+        order = left[np.argsort(-quality[left], kind='stable')].astype(np.int64)
+        n_comp = _grow(pflat, state, bins, s0, s1, order, out, n_comp)
     out = out.reshape(shape)
     if n_comp > 1 and align_components:
         _align_components(out, state.reshape(shape), n_comp, vox,

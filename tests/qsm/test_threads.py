@@ -348,24 +348,6 @@ def test_selection_gathers_and_scatters_as_boolean_indexing_for_any_thread_count
             np.testing.assert_array_equal(np.array(got), np.array(np.nonzero(mask)))
 
 
-def test_beside_runs_on_one_other_thread_and_returns_its_result():
-    """_vector.beside: with 2 threads the work runs on another thread with a limit of one
-    (while the caller goes on), with 1 thread at once on the caller."""
-    import threading
-
-    from qsmflow.qsm import _vector
-
-    def work():
-        return threading.get_ident(), sfft.get_workers(), numba.get_num_threads()
-
-    for n_threads in (1, 2):
-        with threads.limit(n_threads):
-            ident, workers, numba_threads = _vector.beside(work)()
-            assert sfft.get_workers() == n_threads
-        assert (ident == threading.get_ident()) == (n_threads == 1)
-        assert (workers, numba_threads) == (1, 1)
-
-
 def test_estimate_field_continues_the_unwrapping_sums_with_fit_fields_bits(monkeypatch):
     """estimate_field's ROMEO + WLS path fits from the unwrapping's masked voxels, weights
     and line sums: the same bits as fit_field on unwrap_echoes' grid (magnitude, none;

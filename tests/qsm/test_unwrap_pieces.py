@@ -275,7 +275,7 @@ def test_one_piece_bitwise_unchanged():
 
 def test_alignment_with_the_precomputed_nearest_voxels_gives_the_same_bits(monkeypatch):
     """_align_components with the mask's _nearest_reference (what unwrap_echoes computes
-    beside the growing) shifts the pieces exactly as when it computes the transform itself;
+    once for both growings) shifts the pieces exactly as when it computes the transform itself;
     a mask in one piece needs none."""
     from qsmflow.qsm._unwrap_components import _align_components, _nearest_reference
 

@@ -195,8 +195,8 @@ class _RomeoVoxels:
 
 def _romeo_voxels(ph, msk, vox, te, mag):
     """:class:`_RomeoVoxels` of the checked echoes ``ph`` (≥ 2) and ``mag`` (or None). The
-    masked echoes, their weights and what the component alignment needs are prepared
-    beside the two (serial) growings."""
+    masked echoes, their weights and what the component alignment needs (once for both
+    growings) are prepared just before the growings."""
     n_echo = ph.shape[3]
     box = bounding_box(msk)
     phb = _EchoBox(ph, box)
@@ -205,14 +205,16 @@ def _romeo_voxels(ph, msk, vox, te, mag):
     sel, bsel = Selection(msk), Selection(mb)
     side = {}
 
-    def first_inputs():  # beside the first growing: the first-echo median, the alignment
+    # made just before each growing (not on a thread beside it: what a pool thread
+    # allocates stays resident in its malloc arena, +40 MB at the next steps' peaks)
+    def first_inputs():  # the first-echo median, the alignment
         side['median'] = None
         if mag is not None:
             side['m0'] = sel.gather(mag[..., 0], np.float32)
-            side['median'] = float(np.median(side['m0']))
+            side['median'] = float(median(side['m0']))
         side['known'] = _nearest_reference(mb, vox)
 
-    def echo_inputs():  # beside the second: the masked echoes and their weights
+    def echo_inputs():  # the masked echoes and their weights
         side['phase'] = [sel.gather(ph[..., n], np.float32) for n in range(n_echo)]
         if mag is None:
             side['weights'] = [1.0] * n_echo
@@ -234,7 +236,7 @@ def _romeo_voxels(ph, msk, vox, te, mag):
     if magb is not None:
         mag_d = by_slabs(_difference_magnitude, magb[0], magb[1])
     delta_u = _romeo_box(delta, mb, vox, mag_d, phase2, ratio, None, True,
-                         beside=first_inputs, known=lambda: side['known'])
+                         prepare=first_inputs, known=lambda: side['known'])
     del delta, mag_d, phase2  # free before the next growing
     d = _centred(delta_u, bsel)
     bsel.scatter(delta_u, d)
@@ -243,7 +245,7 @@ def _romeo_voxels(ph, msk, vox, te, mag):
     del delta_u
     mref = side['median'] if side['median'] is not None and side['median'] > 0 else None
     offset_u = _romeo_box(offset, mb, vox, None if magb is None else magb[0], None, None,
-                          None, True, mref=mref, beside=echo_inputs,
+                          None, True, mref=mref, prepare=echo_inputs,
                           known=lambda: side.pop('known'))
     del offset
     off = _centred(offset_u, bsel)
