@@ -42,8 +42,9 @@ from qsmflow.qsm.blocks import block_affine, block_factors, block_mean
 #: on the fixed image cropped to its brain mask's bounding box grown by 10 mm, and the warps
 #: are put back on the fixed image's whole grid, zero outside the box
 #: (:func:`~qsmflow.interfaces.ants_calls.register_images`). Measured 2026-12-05 (2-core
-#: machine, loaded; the ``register`` and ``ApplyTransforms`` calls of the pipeline; README,
-#: Performance > Registration): CPU time of the 1 mm bench 6.5 → 4.8 s, mean / least Dice of
+#: machine; the ``register`` and ``ApplyTransforms`` calls of the pipeline; README,
+#: Performance > Registration): CPU time of the 1 mm bench 6.2–7.3 → 4.9–5.8 s (quiet
+#: window, 7 runs each), mean / least Dice of
 #: the atlas nuclei 0.869 / 0.722 → 0.890 / 0.806 on it, 0.982 / 0.984 → 0.992 / 0.992 (least
 #: 0.839 / 0.875 → 0.938 / 0.938) on the tiny demo, 0.904 / 0.809 → 0.912 / 0.821 (least
 #: 0.774 / 0.632 → 0.774 / 0.615) on the 2 mm real-anatomy phantom.
