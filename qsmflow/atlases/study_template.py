@@ -190,7 +190,10 @@ def build_study_template(out_dir, bids_dir, *, template: str, template_files: di
         print(f'qsmflow group: warning: a study template of one acquisition ({items[0]["name"]}) '
               'is that acquisition\'s own image: fine for a check, not for a study')
     dest = template_paths(out_dir / FOLDER)
-    settings = {**REGISTRATION, 'initial_transform': 'Identity'}
+    # ants.build_template registers to the whole template: the brain box of the subject
+    # registration (brain_margin_mm) does not apply, and is not recorded
+    settings = {**{k: v for k, v in REGISTRATION.items() if k != 'brain_margin_mm'},
+                'initial_transform': 'Identity'}
     with tempfile.TemporaryDirectory(prefix='.qsmflow-study-template-', dir=out_dir) as tmp:
         work = Path(tmp)
         mags = [combined_magnitude_file(item['acquisition'], item['mask'],
