@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsmflow.qsm._vector import all_finite, slabwise
+from qsmflow.qsm._vector import slabwise
 
 
 def _crop_pad(arr, box, fill=0):
@@ -47,6 +47,6 @@ def _zero_outside(arr, mask):
     (masked-out) weights of the mask's border edges into NaN, and with them the quality
     that picks the seeds. Finite inputs are passed through untouched (same bits).
     """
-    if arr is None or all_finite(arr):
+    if arr is None or np.isfinite(arr).all():
         return arr
     return np.where(mask != 0, arr, 0).astype(arr.dtype, copy=False)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsmflow.qsm._vector import all_finite
-
 
 def as_image(arr, name, ndim, shape=None) -> np.ndarray:
     """``arr`` as a float32/float64 array of ``ndim`` dimensions (and ``shape``)."""
@@ -42,9 +40,8 @@ def as_mask(mask, shape) -> np.ndarray:
 
 
 def check_finite_in_mask(arr, mask, name) -> None:
-    """Raise ValueError if ``arr`` (3D, or 4D over a 3D mask) is non-finite in the mask
-    (the whole array checked first, by slabs on the thread pool)."""
-    if not all_finite(arr) and not np.isfinite(arr[mask]).all():
+    """Raise ValueError if ``arr`` (3D, or 4D over a 3D mask) is non-finite in the mask."""
+    if not np.isfinite(arr).all() and not np.isfinite(arr[mask]).all():
         raise ValueError(f'{name} has non-finite values inside the mask')
 
 

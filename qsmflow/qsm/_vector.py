@@ -149,11 +149,6 @@ def planewise(func, n0: int, slab: int = 8) -> list:
     return _map(lambda c: func(slice(c * slab, min(n0, (c + 1) * slab))), -(-n0 // slab))
 
 
-def all_finite(arr: np.ndarray) -> bool:
-    """``np.isfinite(arr).all()`` by slabs side by side (:func:`planewise`)."""
-    return all(planewise(lambda s: bool(np.isfinite(arr[s]).all()), arr.shape[0]))
-
-
 def chunkwise(func, size: int) -> None:
     """``func(slice)`` for the fixed chunks of :data:`CHUNK` elements of ``range(size)``
     (element-wise work on long 1D arrays), side by side as :func:`slabwise`."""

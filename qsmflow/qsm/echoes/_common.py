@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 from qsmflow.qsm._validation import as_echo_times, as_image, as_mask, check_finite_in_mask
-from qsmflow.qsm._vector import planewise
 
 
 def _as_echo_stack(arr, name, shape=None):
@@ -29,8 +28,7 @@ def _check_inputs(phase, mask, echo_times_s, magnitude):
     if magnitude is not None:
         mag = _as_echo_stack(magnitude, 'magnitude', ph.shape)
         check_finite_in_mask(mag, msk, 'magnitude')
-        lowest = np.min(planewise(lambda s: mag[s].min(), mag.shape[0]))  # NaN: not < 0
-        if lowest < 0 and mag[msk].min() < 0:
+        if mag.min() < 0 and mag[msk].min() < 0:
             raise ValueError('magnitude has negative values inside the mask')
     return ph, msk, te, mag
 
