@@ -124,8 +124,7 @@ def xpby(r, p, beta: float) -> None:
 def slabwise(func, n0: int, slab: int = 8) -> None:
     """``func(slice)`` for fixed slabs of ``slab`` indices along the first axis (element-wise
     numpy work on large arrays releases the GIL, so slabs run side by side)."""
-    n = -(-n0 // slab)
-    _map(lambda c: func(slice(c * slab, min(n0, (c + 1) * slab))), n)
+    planewise(func, n0, slab)
 
 
 def by_slabs(func, *arrays) -> np.ndarray:
