@@ -159,8 +159,10 @@ def _fit_voxels(voxels, te):
     out = np.empty((3, y.shape[1]), np.float32)
 
     def chunk(c):
-        out[:, c] = _fit_lines(y[:, c], [w if isinstance(w, float) else w[c] for w in weights],
-                               te, weighted, None if sums is None else sums[c.start])
+        fitted = _fit_lines(y[:, c], [w if isinstance(w, float) else w[c] for w in weights],
+                            te, weighted, None if sums is None else sums[c.start])
+        for o, v in zip(out, fitted):  # v is one number for 2 echoes without magnitude
+            o[c] = v
 
     chunkwise(chunk, y.shape[1])
     fitted = np.zeros((3,) + voxels.sel.mask.shape, np.float32)
