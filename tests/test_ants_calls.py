@@ -181,3 +181,129 @@ def test_brain_margin_crops_the_fixed_image_and_keeps_the_warps_on_its_grid(imag
                               [xfm['affine'], xfm['inverse_warp']], [True, False],
                               'genericLabel', 1)[0] for xfm in (got, ref)]
     assert np.array_equal(*moved) and len(np.unique(moved[0])) > 5
+
+
+def _apply_with_antspyx(reference, in_file, transforms, invert, interpolation):
+    """qsmflow's former resampling: antspyx's own ``apply_transforms`` (fresh process)."""
+    from qsmflow.interfaces.ants_calls import prepare_ants
+
+    prepare_ants(1)
+    import ants
+
+    fixed = ants.image_read(reference)
+    if fixed.dimension == 4:
+        fixed = ants.slice_image(fixed, axis=3, idx=0)
+    out = ants.apply_transforms(fixed, ants.image_read(in_file), transforms,
+                                interpolator=interpolation, whichtoinvert=invert)
+    return out.numpy(), ants.__version__
+
+
+def _apply_with_qsmflow(reference, in_file, transforms, invert, interpolation):
+    from qsmflow.interfaces.ants_calls import apply_to_reference
+
+    return (apply_to_reference(reference, in_file, transforms, invert, interpolation, 1),
+            'ants' in sys.modules)
+
+
+def _apply_changed(reference, in_file, transforms, invert, interpolation, flag, value):
+    """``resampling_args`` with the value after ``flag`` replaced by ``value``, through
+    ANTs' library (fresh process): the check that every argument matters."""
+    from qsmflow.interfaces.ants_calls import ants_library, prepare_ants, resampling_args
+
+    prepare_ants(1)
+    args = resampling_args(reference, in_file, 'changed.nii', transforms, invert,
+                           interpolation)
+    args[args.index(flag) + 1] = value
+    assert ants_library().antsApplyTransforms(args) == 0
+    return np.asarray(nb.load('changed.nii').dataobj).astype(np.float32)
+
+
+@pytest.fixture(scope='module')
+def resampling(images, tmp_path_factory):
+    """The SyNRA transforms of ``images``, and the resamplings qsmflow runs with them (name:
+    reference, moving image, transforms, inversion flags, interpolator)."""
+    from qsmflow.interfaces.ants_calls import in_fresh_process, register_images
+
+    fixed, moving, mask = images
+    root = tmp_path_factory.mktemp('resampling')
+    xfm = in_fresh_process(register_images, fixed, moving, str(root), settings=SETTINGS['SyNRA'],
+                           fixed_mask=mask)
+    labels = str(next(Path(fixed).parent.glob('*_atlas-Phantom_dseg.nii.gz')))
+    img = nb.load(moving)  # a 4-D reference (a multi-echo magnitude): its first volume's grid
+    stack = nb.Nifti1Image(np.stack([np.asarray(img.dataobj)] * 2, axis=-1), img.affine,
+                           img.header)
+    stack.to_filename(root / 'reference_4d.nii.gz')
+    atlas = nb.load(labels)  # labels stored as float64 (float32 holds them exactly)
+    nb.Nifti1Image(np.asarray(atlas.dataobj).astype(np.float64), atlas.affine).to_filename(
+        root / 'labels_float64.nii.gz')
+    to_native = [xfm['affine'], xfm['inverse_warp']], [True, False]
+    return {
+        'labels_genericLabel': (moving, labels, *to_native, 'genericLabel'),
+        'labels_nearestNeighbor': (moving, labels, *to_native, 'nearestNeighbor'),
+        'float64_labels': (moving, str(root / 'labels_float64.nii.gz'), *to_native,
+                           'genericLabel'),
+        'to_template_linear': (fixed, moving, [xfm['warp'], xfm['affine']], [False, False],
+                               'linear'),
+        'template_to_native_linear': (moving, fixed, *to_native, 'linear'),
+        '4d_reference': (str(root / 'reference_4d.nii.gz'), fixed, *to_native, 'linear'),
+    }
+
+
+@pytest.mark.parametrize('name', ['labels_genericLabel', 'labels_nearestNeighbor',
+                                  'float64_labels', 'to_template_linear',
+                                  'template_to_native_linear', '4d_reference'])
+def test_same_resampling_as_antspyx_without_importing_it(resampling, tmp_path, monkeypatch,
+                                                          name):
+    from qsmflow.interfaces.ants_calls import in_fresh_process
+
+    monkeypatch.chdir(tmp_path)
+    expected, version = in_fresh_process(_apply_with_antspyx, *resampling[name])
+    (got, got_version), imported = in_fresh_process(_apply_with_qsmflow, *resampling[name])
+    assert got.dtype == expected.dtype == np.float32 and got.shape == expected.shape
+    assert got.tobytes() == expected.tobytes()
+    assert got_version == version and not imported
+    assert len(np.unique(got)) > 5  # not an empty or constant image
+    assert [p.name for p in tmp_path.iterdir()] == []  # the scratch files are gone
+
+
+@pytest.mark.parametrize('name,flag,value', [
+    ('to_template_linear', '--float', '1'),  # single precision
+    ('to_template_linear', '-f', '1'),  # default value outside the moving image
+    ('to_template_linear', '-n', 'nearestNeighbor'),
+    ('labels_genericLabel', '-t', 'AFFINE'),  # the affine not inverted
+])
+def test_resampling_differs_when_one_argument_changes(resampling, tmp_path, monkeypatch, name,
+                                                      flag, value):
+    from qsmflow.interfaces.ants_calls import in_fresh_process
+
+    monkeypatch.chdir(tmp_path)
+    case = resampling[name]
+    value = case[2][0] if value == 'AFFINE' else value
+    expected, _ = in_fresh_process(_apply_with_antspyx, *case)
+    changed = in_fresh_process(_apply_changed, *case, flag, value)
+    assert changed.shape == expected.shape and changed.tobytes() != expected.tobytes()
+
+
+def test_resampling_refuses_what_it_does_not_do_as_antspyx(resampling, tmp_path):
+    """Inputs it cannot resample as antspyx does are errors, not different results."""
+    from qsmflow.interfaces.ants_calls import _check_moving, resampling_args
+
+    reference, labels, transforms, invert, _ = resampling['labels_genericLabel']
+    args = reference, labels, str(tmp_path / 'out.nii'), transforms
+    for bad in (dict(invert=invert, interpolation='bSpline'),
+                dict(invert=[True, True], interpolation='linear'),  # a warp inverted
+                dict(invert=[True], interpolation='linear')):
+        with pytest.raises(ValueError):
+            resampling_args(*args, **bad)
+    assert resampling_args(*args, invert, 'linear')[-10:] == [
+        '-z', '1', '-v', '0', '--float', '0', '-e', '0', '-f', '0']
+    atlas = nb.load(labels)
+    data = np.asarray(atlas.dataobj)
+    cases = {'float64': nb.Nifti1Image(data + 1e-9, atlas.affine),  # float32 rounds these
+             '4d': nb.Nifti1Image(np.stack([data] * 2, axis=-1), atlas.affine),
+             'scaled': nb.Nifti1Image(data * 0.37 + 0.5, atlas.affine, dtype=np.int16)}
+    for name, img in cases.items():
+        img.to_filename(tmp_path / f'{name}.nii.gz')
+        with pytest.raises(ValueError, match='moving image'):
+            _check_moving(str(tmp_path / f'{name}.nii.gz'))
+    _check_moving(labels)  # int16 labels: accepted without reading them

@@ -67,7 +67,7 @@ def test_a_dead_child_is_an_error_with_its_exit_code(probe, tmp_path):
 def test_the_ants_calls_load_without_nipype_in_the_child():
     """The child unpickles the called function and so imports its module: the registration,
     resampling and refinement calls must not bring Nipype or nibabel with them (about half
-    a second per call)."""
+    a second per call), nor antspyx's ``ants`` package (1.5–2 s; they call ANTs' library)."""
     import pickle
     import subprocess
 
@@ -75,7 +75,8 @@ def test_the_ants_calls_load_without_nipype_in_the_child():
 
     calls = [reg.register_images, reg.apply_to_reference, reg.refine_chi]
     code = ('import pickle, sys; pickle.loads(sys.stdin.buffer.read()); '
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'nipype', 'nibabel'}))")
+            "print(sorted({m.split('.')[0] for m in sys.modules}"
+            " & {'nipype', 'nibabel', 'ants'}))")
     out = subprocess.run([sys.executable, '-c', code], input=pickle.dumps(calls),
                          capture_output=True, check=True)
     assert out.stdout.decode().strip() == '[]'

@@ -3,13 +3,15 @@
 
 :func:`in_fresh_process` starts a new Python process per ANTs call; the process unpickles
 the called function and so imports the function's module. That is this module: it imports
-only the standard library and numpy (nibabel and antspyx inside the calls), not Nipype or
+only the standard library and numpy (nibabel and ANTs' library inside the calls), not Nipype or
 the interfaces (:mod:`qsmflow.interfaces.registration`, whose import costs the child about
 half a second more). Registrations (:func:`register_images`) call ``antsRegistration``
 through ANTs' compiled library alone (:func:`ants_library`), with the arguments antspyx
 would give it (:func:`registration_args`): the same transforms bit for bit, without the
-1.5–2 s of ``import ants``. The χ-driven refinement (:func:`refine_chi`) does the same;
-resampling (:func:`apply_to_reference`) still goes through antspyx's Python functions.
+1.5–2 s of ``import ants``. The χ-driven refinement (:func:`refine_chi`) and the
+resampling (:func:`apply_to_reference`, with :func:`resampling_args`) do the same with
+``antsApplyTransforms``: antspyx itself is imported only to build study templates
+(:mod:`qsmflow.interfaces.study_template`).
 The settings (pyramids, refinement) and the interfaces stay in
 :mod:`qsmflow.interfaces.registration`; every call here gets its settings from there.
 """
@@ -314,17 +316,105 @@ def _shrink_factors(stage: dict, spacing) -> dict:
 
 
 def apply_to_reference(reference, in_file, transforms, invert, interpolation, nthreads):
-    """antspyx ``apply_transforms`` onto the reference grid; returns (array, version)."""
-    prepare_ants(nthreads)
-    import ants
+    """``ants.apply_transforms(fixed, moving, transforms, interpolator=interpolation,
+    whichtoinvert=invert)`` (antspyx 0.6) of the images read by ``ants.image_read``, the
+    reference's first volume if it is 4-D: the moving image resampled onto the reference
+    grid; returns (float32 array, antspyx version).
 
-    fixed = ants.image_read(reference)
-    if fixed.dimension == 4:
-        fixed = ants.slice_image(fixed, axis=3, idx=0)
-    moving = ants.image_read(in_file)
-    out = ants.apply_transforms(fixed, moving, transforms, interpolator=interpolation,
-                                whichtoinvert=invert)
-    return out.numpy(), ants.__version__
+    ``antsApplyTransforms`` is called with antspyx's arguments (:func:`resampling_args`),
+    on files, through ANTs' compiled library alone (:func:`ants_library`), without the
+    1.5–2 s of ``import ants``: the same array bit for bit. It computes in double precision
+    as antspyx; antspyx reads the moving image as float32 first, so a moving image whose
+    voxels float32 does not hold exactly (:func:`_check_moving`) is refused rather than
+    resampled differently; so is a 4-D moving image (antspyx: ``imagetype`` 3). The result,
+    written to a scratch folder in the current (node) directory, removed once read, is cast
+    to float32 as antspyx's (``image_read``'s default pixel type, the reference's); a 4-D
+    reference's first volume is written there too (ANTs reads a 4-D reference as a 3-D grid
+    without its rotation).
+    """
+    prepare_ants(nthreads)
+    import nibabel as nb
+
+    ref = nb.load(str(reference))
+    if len(ref.shape) not in (3, 4):
+        raise ValueError(f'apply_to_reference: reference {reference} is {len(ref.shape)}-D, '
+                         'not 3-D or 4-D')
+    _check_moving(str(in_file))
+    scratch = Path(os.getcwd()) / f'.qsmflow-resampling-{os.getpid()}'
+    scratch.mkdir()
+    try:
+        if len(ref.shape) == 4:  # ANTs would read a 4-D file's grid without its rotation
+            reference = scratch / 'reference.nii'
+            nb.Nifti1Image(np.asarray(ref.dataobj[..., 0]), ref.affine,
+                           ref.header).to_filename(reference)
+        out = scratch / 'resampled.nii'
+        code = ants_library().antsApplyTransforms(resampling_args(
+            str(reference), str(in_file), str(out), transforms, invert, interpolation))
+        if code != 0:
+            raise RuntimeError(f'antsApplyTransforms failed with error code {code}')
+        data = np.asarray(nb.load(str(out), mmap=False).dataobj).astype(np.float32)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return data, antspyx_version()
+
+
+#: The interpolators :func:`resampling_args` takes (those qsmflow uses; antspyx's others
+#: are not checked against antspyx).
+INTERPOLATORS = ('linear', 'nearestNeighbor', 'genericLabel')
+
+
+def resampling_args(reference: str, moving: str, output: str, transforms, invert,
+                    interpolation: str) -> list[str]:
+    """The ``antsApplyTransforms`` arguments that ``ants.apply_transforms(fixed, moving,
+    transforms, interpolator=interpolation, whichtoinvert=invert)`` passes (antspyx 0.6,
+    ``imagetype`` 0, double precision, default value 0), with the images as files and the
+    result written to ``output``; an inverted transform (an affine ``.mat`` only) as
+    ``[file,1]``."""
+    transforms = [str(t) for t in transforms]
+    invert = list(invert)
+    if interpolation not in INTERPOLATORS:
+        raise ValueError(f'resampling_args: interpolator {interpolation!r} not supported '
+                         f'(only {INTERPOLATORS})')
+    if not transforms or len(invert) != len(transforms):
+        raise ValueError(f'resampling_args: {len(transforms)} transforms and {len(invert)} '
+                         'inversion flags: one flag per transform, at least one transform')
+    args = ['-d', '3', '-i', moving, '-o', output, '-r', reference, '-n', interpolation]
+    for transform, inverted in zip(transforms, invert):
+        if not os.path.exists(transform):
+            raise ValueError(f'resampling_args: transform {transform} does not exist')
+        if inverted not in (True, False):
+            raise ValueError(f'resampling_args: inversion flag {inverted!r} is not a bool')
+        if inverted and '.mat' not in transform:
+            raise ValueError(f'resampling_args: cannot invert {transform}: not a matrix')
+        args += ['-t', f'[{transform},1]' if inverted else transform]
+    return args + ['-z', '1', '-v', '0', '--float', '0', '-e', '0', '-f', '0']
+
+
+#: NIfTI voxel types whose every value float32 holds exactly (no check of the voxels needed).
+_EXACT_IN_FLOAT32 = ('uint8', 'int8', 'int16', 'uint16', 'float32')
+
+
+def _check_moving(path: str) -> None:
+    """Refuse a moving image that ``apply_to_reference`` would not resample as antspyx: not
+    3-D, or with voxels that float32 (antspyx's reading) does not hold exactly."""
+    import nibabel as nb
+
+    img = nb.load(path)
+    if len(img.shape) != 3:
+        raise ValueError(f'apply_to_reference: moving image {path} is {len(img.shape)}-D; '
+                         'only 3-D images are resampled')
+    dtype = img.get_data_dtype()
+    slope, inter = img.dataobj.slope, img.dataobj.inter
+    if slope != 1 or inter != 0:  # ITK scales in the type it reads to: not checked here
+        raise ValueError(f'apply_to_reference: moving image {path} has NIfTI scaling (slope '
+                         f'{slope}, intercept {inter}); only unscaled images are resampled')
+    if dtype.name in _EXACT_IN_FLOAT32:
+        return
+    data = np.asarray(img.dataobj)
+    if not np.array_equal(data, data.astype(np.float32), equal_nan=True):
+        raise ValueError(f'apply_to_reference: moving image {path} ({dtype.name}) has values '
+                         'that float32 does not hold exactly; antspyx would round them '
+                         'before resampling')
 
 
 def refine_chi(prior_path, chi_path, transforms, out_dir, *, settings, nthreads=1) -> dict:
@@ -338,11 +428,9 @@ def refine_chi(prior_path, chi_path, transforms, out_dir, *, settings, nthreads=
     out_dir = Path(out_dir)
     moved = str(out_dir / 'refine_moving.nii.gz')
     # as antspyx's apply_transforms: double precision, the result read back as float32
-    args = ['-d', '3', '-i', str(chi_path), '-o', moved, '-r', str(prior_path), '-n', 'linear']
-    for transform in transforms:
-        args += ['-t', str(transform)]
-    code = ants_library().antsApplyTransforms(
-        args + ['-z', '1', '-v', '0', '--float', '0', '-e', '0', '-f', '0'])
+    code = ants_library().antsApplyTransforms(resampling_args(
+        str(prior_path), str(chi_path), moved, transforms, [False] * len(transforms),
+        'linear'))
     if code != 0:
         raise RuntimeError(f'antsApplyTransforms failed with error code {code}')
     warped = str(out_dir / 'refine_warped.nii.gz')
