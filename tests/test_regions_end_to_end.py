@@ -300,6 +300,8 @@ def test_partial_volume_statistics_on_the_phantom(atlas_run):
                 'voxel_bias': vv.mean(), 'voxel_sd': vv.std(ddof=1),
                 'voxel_mae': np.abs(vv).mean(), 'voxel_max': np.abs(vv).max()}
         summary[('boundary_share', erode)] = float(np.mean(voxel['boundary_share']))
+        if not erode:  # per nucleus: how far the trimmed mean moves from the mean
+            trim_shift = np.abs(np.subtract(voxel['trimmed_mean'], voxel['mean']))
     for key, value in summary.items():
         print(key, value if isinstance(value, float)
               else {k: round(float(x), 4) for k, x in value.items()})
@@ -307,10 +309,15 @@ def test_partial_volume_statistics_on_the_phantom(atlas_run):
     assert -0.03 < plain['tissue_bias'] < -0.01  # measured -0.016 (-0.019 at TV floor 5e-4)
     assert abs(eroded['tissue_bias']) < 0.7 * abs(plain['tissue_bias'])  # measured -0.007
     assert eroded['tissue_sd'] < 1.2 * plain['tissue_sd']  # 0.0152 vs 0.0152
-    # the trimmed mean: a lower worst case than the mean (0.0205 vs 0.0264 ppm) for a small
-    # cost on average (mean abs. 0.0082 vs 0.0075; TV floor 3e-4, measured 2026-12-05)
+    # the trimmed mean: a lower worst case than the mean (0.0205 vs 0.0264 ppm; 0.0181 vs
+    # 0.0212 on 2026-12-05 22:35 UTC, Xeon with AVX512-FP16) for a small cost on average
+    # (mean abs. 0.0082 vs 0.0075; 0.0080 vs 0.0070). It must move off the mean where a
+    # nucleus's values have outliers (|trimmed - mean| per nucleus: median 0.0025 ppm, up
+    # to 0.0056, > 0.001 in 22 of 32 nuclei) and bring the worst case strictly down: the
+    # plain mean in its place fails both, the median (worst 0.0223) the second and the next
     trimmed = summary[('trimmed_mean', False)]
-    assert trimmed['voxel_max'] <= plain['voxel_max']
+    assert np.median(trim_shift) > 0.001
+    assert trimmed['voxel_max'] < plain['voxel_max'] - 0.0015
     assert trimmed['voxel_mae'] <= plain['voxel_mae'] + 0.0015
     assert abs(plain['voxel_bias']) < 0.005  # the table's mean is unbiased for the voxels
     assert 0.6 < summary[('boundary_share', False)] < 0.9  # measured 0.77
