@@ -333,6 +333,8 @@ def apply_to_reference(reference, in_file, transforms, invert, interpolation, nt
     without its rotation).
     """
     prepare_ants(nthreads)
+    import tempfile
+
     import nibabel as nb
 
     ref = nb.load(str(reference))
@@ -340,21 +342,17 @@ def apply_to_reference(reference, in_file, transforms, invert, interpolation, nt
         raise ValueError(f'apply_to_reference: reference {reference} is {len(ref.shape)}-D, '
                          'not 3-D or 4-D')
     _check_moving(str(in_file))
-    scratch = Path(os.getcwd()) / f'.qsmflow-resampling-{os.getpid()}'
-    scratch.mkdir()
-    try:
+    with tempfile.TemporaryDirectory(prefix='.qsmflow-resampling-', dir=os.getcwd()) as tmp:
         if len(ref.shape) == 4:  # ANTs would read a 4-D file's grid without its rotation
-            reference = scratch / 'reference.nii'
+            reference = Path(tmp) / 'reference.nii'
             nb.Nifti1Image(np.asarray(ref.dataobj[..., 0]), ref.affine,
                            ref.header).to_filename(reference)
-        out = scratch / 'resampled.nii'
+        out = Path(tmp) / 'resampled.nii'
         code = ants_library().antsApplyTransforms(resampling_args(
             str(reference), str(in_file), str(out), transforms, invert, interpolation))
         if code != 0:
             raise RuntimeError(f'antsApplyTransforms failed with error code {code}')
         data = np.asarray(nb.load(str(out), mmap=False).dataobj).astype(np.float32)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return data, antspyx_version()
 
 
