@@ -13,6 +13,7 @@ results are bitwise the same for any thread count.
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -26,6 +27,17 @@ CHUNK = 1 << 16
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
+
+
+def _forget_pools() -> None:
+    """In a forked child: drop the parent's pools, whose threads the child does not have
+    (work handed to them would never run, and :func:`_map` would wait for it forever)."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _pool(n_threads: int) -> ThreadPoolExecutor:
