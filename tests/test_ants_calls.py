@@ -236,6 +236,13 @@ def resampling(images, tmp_path_factory):
     atlas = nb.load(labels)  # labels stored as float64 (float32 holds them exactly)
     nb.Nifti1Image(np.asarray(atlas.dataobj).astype(np.float64), atlas.affine).to_filename(
         root / 'labels_float64.nii.gz')
+    # a float64 map that float32 rounds, and an int16 map with NIfTI scaling: ANTs gets
+    # their float32 values (antspyx's reading) from a copy
+    moved = np.asarray(nb.load(moving).dataobj, np.float64)
+    nb.Nifti1Image(moved / 3.0 + 1e-9, img.affine).to_filename(root / 'float64_inexact.nii.gz')
+    scaled = nb.Nifti1Image(moved / 3.0, img.affine, dtype=np.int16)
+    scaled.header.set_slope_inter(0.37, 0.5)
+    scaled.to_filename(root / 'scaled_int16.nii.gz')
     to_native = [xfm['affine'], xfm['inverse_warp']], [True, False]
     return {
         'labels_genericLabel': (moving, labels, *to_native, 'genericLabel'),
@@ -246,12 +253,17 @@ def resampling(images, tmp_path_factory):
                                'linear'),
         'template_to_native_linear': (moving, fixed, *to_native, 'linear'),
         '4d_reference': (str(root / 'reference_4d.nii.gz'), fixed, *to_native, 'linear'),
+        'float64_inexact': (fixed, str(root / 'float64_inexact.nii.gz'),
+                            [xfm['warp'], xfm['affine']], [False, False], 'linear'),
+        'scaled_int16': (fixed, str(root / 'scaled_int16.nii.gz'),
+                         [xfm['warp'], xfm['affine']], [False, False], 'linear'),
     }
 
 
 @pytest.mark.parametrize('name', ['labels_genericLabel', 'labels_nearestNeighbor',
                                   'float64_labels', 'to_template_linear',
-                                  'template_to_native_linear', '4d_reference'])
+                                  'template_to_native_linear', '4d_reference',
+                                  'float64_inexact'])
 def test_same_resampling_as_antspyx_without_importing_it(resampling, tmp_path, monkeypatch,
                                                           name):
     from qsmflow.interfaces.ants_calls import in_fresh_process
@@ -284,9 +296,25 @@ def test_resampling_differs_when_one_argument_changes(resampling, tmp_path, monk
     assert changed.shape == expected.shape and changed.tobytes() != expected.tobytes()
 
 
+def test_scaled_moving_image_resampled_as_antspyx_up_to_its_rounding(resampling, tmp_path,
+                                                                    monkeypatch):
+    """NIfTI scaling is applied by nibabel (float64) before the float32 copy, by ITK on
+    reading in antspyx: the same image up to float32 rounding, and the scratch copy is
+    gone."""
+    from qsmflow.interfaces.ants_calls import in_fresh_process
+
+    monkeypatch.chdir(tmp_path)
+    case = resampling['scaled_int16']
+    expected, _ = in_fresh_process(_apply_with_antspyx, *case)
+    (got, _), imported = in_fresh_process(_apply_with_qsmflow, *case)
+    assert got.dtype == np.float32 and not imported and len(np.unique(got)) > 5
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * np.abs(expected).max())
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
 def test_resampling_refuses_what_it_does_not_do_as_antspyx(resampling, tmp_path):
     """Inputs it cannot resample as antspyx does are errors, not different results."""
-    from qsmflow.interfaces.ants_calls import _check_moving, resampling_args
+    from qsmflow.interfaces.ants_calls import _moving_for_ants, resampling_args
 
     reference, labels, transforms, invert, _ = resampling['labels_genericLabel']
     args = reference, labels, str(tmp_path / 'out.nii'), transforms
@@ -299,11 +327,19 @@ def test_resampling_refuses_what_it_does_not_do_as_antspyx(resampling, tmp_path)
         '-z', '1', '-v', '0', '--float', '0', '-e', '0', '-f', '0']
     atlas = nb.load(labels)
     data = np.asarray(atlas.dataobj)
-    cases = {'float64': nb.Nifti1Image(data + 1e-9, atlas.affine),  # float32 rounds these
-             '4d': nb.Nifti1Image(np.stack([data] * 2, axis=-1), atlas.affine),
-             'scaled': nb.Nifti1Image(data * 0.37 + 0.5, atlas.affine, dtype=np.int16)}
-    for name, img in cases.items():
-        img.to_filename(tmp_path / f'{name}.nii.gz')
-        with pytest.raises(ValueError, match='moving image'):
-            _check_moving(str(tmp_path / f'{name}.nii.gz'))
-    _check_moving(labels)  # int16 labels: accepted without reading them
+    nb.Nifti1Image(np.stack([data] * 2, axis=-1), atlas.affine).to_filename(tmp_path / '4d.nii')
+    with pytest.raises(ValueError, match='moving image'):
+        _moving_for_ants(str(tmp_path / '4d.nii'), tmp_path / 'copy.nii')
+    # read as they are: int16 labels (without reading them), float64 that float32 holds
+    assert _moving_for_ants(labels, tmp_path / 'copy.nii') == labels
+    exact = resampling['float64_labels'][1]
+    assert _moving_for_ants(exact, tmp_path / 'copy.nii') == exact
+    # copied as float32: rounded float64, scaled int16
+    for name in ('float64_inexact', 'scaled_int16'):
+        given = resampling[name][1]
+        copy = _moving_for_ants(given, tmp_path / f'{name}.nii')
+        assert copy == str(tmp_path / f'{name}.nii')
+        img = nb.load(copy)
+        assert img.get_data_dtype() == np.float32
+        assert np.array_equal(np.asarray(img.dataobj),
+                              np.asarray(nb.load(given).dataobj).astype(np.float32))

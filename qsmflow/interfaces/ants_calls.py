@@ -325,8 +325,10 @@ def apply_to_reference(reference, in_file, transforms, invert, interpolation, nt
     on files, through ANTs' compiled library alone (:func:`ants_library`), without the
     1.5–2 s of ``import ants``: the same array bit for bit. It computes in double precision
     as antspyx; antspyx reads the moving image as float32 first, so a moving image whose
-    voxels float32 does not hold exactly (:func:`_check_moving`) is refused rather than
-    resampled differently; so is a 4-D moving image (antspyx: ``imagetype`` 3). The result,
+    voxels float32 does not hold exactly, or that carries NIfTI scaling, is given to ANTs as
+    a float32 copy (:func:`_moving_for_ants`: the values antspyx would resample; for a
+    scaled image up to the rounding of the scaling, which nibabel applies in float64). A 4-D
+    moving image is refused (antspyx: ``imagetype`` 3). The result,
     written to a scratch folder in the current (node) directory, removed once read, is cast
     to float32 as antspyx's (``image_read``'s default pixel type, the reference's); a 4-D
     reference's first volume is written there too (ANTs reads a 4-D reference as a 3-D grid
@@ -341,8 +343,8 @@ def apply_to_reference(reference, in_file, transforms, invert, interpolation, nt
     if len(ref.shape) not in (3, 4):
         raise ValueError(f'apply_to_reference: reference {reference} is {len(ref.shape)}-D, '
                          'not 3-D or 4-D')
-    _check_moving(str(in_file))
     with tempfile.TemporaryDirectory(prefix='.qsmflow-resampling-', dir=os.getcwd()) as tmp:
+        in_file = _moving_for_ants(str(in_file), Path(tmp) / 'moving.nii')
         if len(ref.shape) == 4:  # ANTs would read a 4-D file's grid without its rotation
             reference = Path(tmp) / 'reference.nii'
             nb.Nifti1Image(np.asarray(ref.dataobj[..., 0]), ref.affine,
@@ -392,27 +394,30 @@ def resampling_args(reference: str, moving: str, output: str, transforms, invert
 _EXACT_IN_FLOAT32 = ('uint8', 'int8', 'int16', 'uint16', 'float32')
 
 
-def _check_moving(path: str) -> None:
-    """Refuse a moving image that ``apply_to_reference`` would not resample as antspyx: not
-    3-D, or with voxels that float32 (antspyx's reading) does not hold exactly."""
+def _moving_for_ants(path: str, copy: Path) -> str:
+    """The file ANTs should read for the moving image ``path``: ``path`` itself when it is
+    unscaled and float32 holds its voxels exactly (what antspyx reads), else its values
+    cast to float32 written to ``copy`` (as antspyx's float32 reading). A moving image that
+    is not 3-D is refused (ValueError)."""
     import nibabel as nb
 
     img = nb.load(path)
     if len(img.shape) != 3:
         raise ValueError(f'apply_to_reference: moving image {path} is {len(img.shape)}-D; '
                          'only 3-D images are resampled')
-    dtype = img.get_data_dtype()
     slope, inter = img.dataobj.slope, img.dataobj.inter
-    if slope != 1 or inter != 0:  # ITK scales in the type it reads to: not checked here
-        raise ValueError(f'apply_to_reference: moving image {path} has NIfTI scaling (slope '
-                         f'{slope}, intercept {inter}); only unscaled images are resampled')
-    if dtype.name in _EXACT_IN_FLOAT32:
-        return
-    data = np.asarray(img.dataobj)
-    if not np.array_equal(data, data.astype(np.float32), equal_nan=True):
-        raise ValueError(f'apply_to_reference: moving image {path} ({dtype.name}) has values '
-                         'that float32 does not hold exactly; antspyx would round them '
-                         'before resampling')
+    scaled = not (slope == 1 and inter == 0)
+    if not scaled and img.get_data_dtype().name in _EXACT_IN_FLOAT32:
+        return path
+    data = np.asarray(img.dataobj)  # nibabel applies any scaling (float64)
+    as_float32 = data.astype(np.float32)
+    if not scaled and np.array_equal(data, as_float32, equal_nan=True):
+        return path
+    out = nb.Nifti1Image(as_float32, img.affine, img.header)
+    out.set_data_dtype(np.float32)
+    out.header.set_slope_inter(1.0, 0.0)
+    out.to_filename(copy)
+    return str(copy)
 
 
 def refine_chi(prior_path, chi_path, transforms, out_dir, *, settings, nthreads=1) -> dict:
