@@ -152,8 +152,9 @@ def _fit_lines(y, weights, te, weighted, sums=None):
 
 def _fit_voxels(voxels, te):
     """:func:`fit_field` of ROMEO's unwrapped voxels (:func:`_romeo_voxels`, its weights
-    and line sums), in its fixed chunks side by side: ``(field, offset, noise)`` (X, Y, Z)
-    float32, 0 outside the mask."""
+    and line sums), in its fixed chunks side by side: ``(field, offset, noise)`` of the
+    masked voxels as one (3, V) float32 array in the order of ``voxels.sel``. The weights
+    and line sums are dropped from ``voxels`` once fitted."""
     y, weights, sums = voxels.unwrapped, voxels.weights, voxels.sums
     weighted = not isinstance(weights[0], float)
     out = np.empty((3, y.shape[1]), np.float32)
@@ -165,6 +166,14 @@ def _fit_voxels(voxels, te):
             o[c] = v
 
     chunkwise(chunk, y.shape[1])
+    voxels.weights = voxels.sums = None
+    del weights, sums  # (also the chunk's references)
+    return out
+
+
+def _scatter_fit(voxels, out):
+    """``(field, offset, noise)`` (X, Y, Z) float32 of :func:`_fit_voxels`' (3, V) ``out``,
+    0 outside the mask."""
     fitted = np.zeros((3,) + voxels.sel.mask.shape, np.float32)
     for f, v in zip(fitted, out):
         voxels.sel.scatter(f, v)
@@ -297,6 +306,7 @@ def estimate_field(
     b0_tesla: float,
     unwrapping: str = 'romeo',
     combination: str = 'wls',
+    return_unwrapped: bool = True,
 ) -> dict[str, np.ndarray]:
     """Total field from multi-echo GRE: :func:`unwrap_echoes` then :func:`fit_field`.
 
@@ -323,6 +333,9 @@ def estimate_field(
     combination : {'wls', 'nlcomplex'}
         Echo combination: magnitude²-weighted least squares on the unwrapped phase
         (default) or that followed by the nonlinear complex fit.
+    return_unwrapped : bool, optional
+        Also return the unwrapped echoes (default True). False spares the
+        (X, Y, Z, N) float32 grid (4 bytes per voxel and echo) where it is not used.
 
     Returns
     -------
@@ -330,7 +343,7 @@ def estimate_field(
         ``field_hz`` (X, Y, Z) float32 field offset (Hz); ``field_ppm`` the same in ppm
         of B0; ``phase_offset_rad`` (X, Y, Z) float32 φ₀ (rad); ``noise_hz`` (X, Y, Z)
         float32 standard error of the field (Hz); ``unwrapped`` (X, Y, Z, N) float32
-        unwrapped phase (rad). All 0 outside the mask.
+        unwrapped phase (rad; only with ``return_unwrapped``). All 0 outside the mask.
 
     Examples
     --------
@@ -351,22 +364,28 @@ def estimate_field(
         # the fit continues from the unwrapping's masked voxels, weights and line sums
         # (the same numbers fit_field computes from the unwrapped grid)
         voxels = _romeo_voxels(ph, msk, vox, te, mag)
-        field_hz, offset, noise = _fit_voxels(voxels, te)
-        voxels.weights = voxels.sums = None  # freed before the unwrapped grid is built
-        unwrapped = voxels.full()
-        del voxels
+        out = _fit_voxels(voxels, te)  # its weights and line sums are dropped
+        # the unwrapped grid is built before the fitted grids, its voxels dropped first
+        unwrapped = voxels.full() if return_unwrapped else None
+        voxels.unwrapped = None
+        field_hz, offset, noise = _scatter_fit(voxels, out)
+        del voxels, out
     else:
         unwrapped = unwrap_echoes(ph, msk, vox, echo_times_s=te, magnitude=mag,
                                   method=unwrapping)
         field_hz, offset, noise = fit_field(unwrapped, msk, echo_times_s=te, magnitude=mag)
+        if not return_unwrapped:
+            unwrapped = None
     if combination == 'nlcomplex' and np.ndim(phase) == 4 and np.shape(phase)[3] > 1:
         field_hz, offset, noise = fit_field_complex(
             phase, mask, echo_times_s=echo_times_s, magnitude=magnitude, init_hz=field_hz,
             init_offset_rad=offset)
-    return {
+    out = {
         'field_hz': field_hz,
         'field_ppm': hz_to_ppm(field_hz, b0_tesla),
         'phase_offset_rad': offset,
         'noise_hz': noise,
-        'unwrapped': unwrapped,
     }
+    if return_unwrapped:
+        out['unwrapped'] = unwrapped
+    return out
