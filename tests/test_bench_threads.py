@@ -50,3 +50,27 @@ def test_bench_threads_prints_a_line_per_thread_count(capsys):
         seconds, peak_gb = float(row[2]), float(row[4])
         assert seconds > 0 and 0.05 < peak_gb < 4
     assert out[-1].endswith('identical across thread counts: yes')
+
+
+def test_chain_reads_the_echoes_from_disk_and_drops_them_after_their_last_step(tmp_path):
+    from qsmflow.bench.steps import default_chain, simulated
+    from qsmflow.bench.threads import _echoes, _write_echoes
+
+    data = simulated('default', 'tiny')
+    mag, phase = data['mag'], data['phase']
+    _write_echoes(data, tmp_path)
+    assert 'mag' not in data and 'phase' not in data
+    inputs = _echoes(data)
+    assert inputs['mag'].tobytes() == mag.tobytes()
+    assert inputs['phase'].tobytes() == phase.tobytes()
+    seen = []
+
+    def timed(label, func):
+        seen.append((label, sorted(inputs)))
+        return func()
+
+    out = default_chain(inputs, data['vox'], data['b0_dir'], data['tes'], timed, keep=False)
+    assert sorted(out) == ['chi', 'chi_ref']
+    held = dict(seen)
+    assert held['phase-quality mask'] == ['mag', 'phase'] and held['PDF'] == []
+    assert inputs == {}

@@ -76,7 +76,7 @@ def _run_steps(opts) -> int:
     print(f'  {"step":<34}{"time":>10} {"peak alloc":>11}')
     rows = []
     timed = lambda label, func: _timed(label, func, opts.repeat, rows)  # noqa: E731
-    out = default_chain(mag, phase, vox, b0_dir, tes, timed, device=dev)
+    out = default_chain({'mag': mag, 'phase': phase}, vox, b0_dir, tes, timed, device=dev)
     brain, fit, reliable = out['brain'], out['fit'], out['reliable']
     local, used, chi = out['local'], out['used'], out['chi']
     total = sum(r[1] for r in rows)
@@ -170,31 +170,39 @@ def simulated(phantom: str, size: str, snr=None, oblique_deg: float = 15.0) -> d
             'affine': affine, 'b0_dir': b0_dir, 'tes': list(DEFAULT_ECHO_TIMES_S)}
 
 
-def default_chain(mag, phase, vox, b0_dir, tes, timed, *, keep: bool = True,
+def default_chain(inputs: dict, vox, b0_dir, tes, timed, *, keep: bool = True,
                   device: str = 'cpu') -> dict:
     """The default reconstruction chain as the pipeline runs it, each step through
     ``timed(label, func)`` (which calls ``func`` and returns its result).
 
-    Returns the intermediate results: ``brain``, ``fit`` (``field_ppm`` and ``noise_hz``
-    of :func:`~qsmflow.qsm.echoes.estimate_field`), ``reliable``, ``local``, ``used``,
+    ``inputs`` holds the echoes, ``mag`` and ``phase`` (X, Y, Z, N). Returns the
+    intermediate results: ``brain``, ``fit`` (``field_ppm`` and ``noise_hz`` of
+    :func:`~qsmflow.qsm.echoes.estimate_field`), ``reliable``, ``local``, ``used``,
     ``chi``, ``chi_ref``. With ``keep=False`` only ``chi`` and ``chi_ref``: each result is
     dropped as soon as no later step reads it, as in the pipeline, whose nodes hold only
-    their own inputs (the peak memory of the chain is then that of its steps). ``device``:
-    where PDF and the inversion compute (:mod:`qsmflow.qsm.device`).
+    their own inputs (the peak memory of the chain is then that of its steps); the echoes
+    too are then removed from ``inputs`` once the last step that reads them (the
+    phase-quality mask) is done, so that they are freed where the caller holds them
+    nowhere else. ``device``: where PDF and the inversion compute
+    (:mod:`qsmflow.qsm.device`).
     """
     from qsmflow.phantom.bids import DEFAULT_B0_TESLA
     from qsmflow.qsm import bgremove, echoes, inversion, mask, reference
 
+    mag, phase = inputs['mag'], inputs['phase']
     res = {}
     res['brain'] = timed('brain extraction + QC', lambda: _extract_and_check(mag, vox))
     fit = timed('unwrap (romeo) + echo fit (wls)', lambda: echoes.estimate_field(
-        phase, res['brain'], vox, mag, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA))
-    # what the pipeline's field node hands on: the unwrapped echoes, the offset and the
-    # field in Hz stay in that node (4 bytes per voxel and echo and 8 per voxel less)
+        phase, res['brain'], vox, mag, echo_times_s=tes, b0_tesla=DEFAULT_B0_TESLA,
+        return_unwrapped=keep))
+    # what the pipeline's field node hands on: the offset and the field in Hz stay in that
+    # node (8 bytes per voxel less); it does not use the unwrapped echoes
     res['fit'] = {key: fit[key] for key in ('field_ppm', 'noise_hz') if keep or key != 'noise_hz'}
     del fit
     res['reliable'] = timed('phase-quality mask', lambda: mask.quality_mask(mask.quality_map(
         phase, mag, res['brain'], vox, echo_times_s=tes), res['brain']))
+    if not keep:  # no later step reads the echoes
+        del mag, phase, inputs['mag'], inputs['phase']
     res['local'], res['used'] = timed('PDF', lambda: bgremove.pdf(
         res['fit']['field_ppm'], res['reliable'], vox, b0_dir, device=device))
     if not keep:

@@ -6,24 +6,50 @@ default_chain`) first runs once on the 3 mm phantom so that every compiled kerne
 built, then once per thread count ``N`` inside :func:`qsmflow.qsm.threads.limit` ``(N)``
 (every step gets ``N`` FFT workers and ``N`` numba threads). One line per thread count:
 wall time of the chain (best of ``--repeat``), its speed-up over the first count, the
-peak resident memory of the process during the chain (:mod:`qsmflow.bench.rss`; it
-includes the simulated echoes the chain reads, not the phantom's truth maps, which are
-dropped; each step's result is dropped once no later step reads it, as in the
-pipeline) and that peak per grid voxel; then the slowest step, and a line with every step's time in that run. The χ maps of all thread counts are compared bitwise.
+peak resident memory of the process during the chain (:mod:`qsmflow.bench.rss`) and that
+peak per grid voxel; then the slowest step, and a line with every step's time in that run.
+The χ maps of all thread counts are compared bitwise.
+
+The memory is that of the pipeline's nodes, which hold only their own inputs: the
+simulated echoes are written to disk once (``.npy``, the phantom's truth maps dropped)
+and each run reads them before its first step (not timed) and drops them after the last
+step that reads them (the phase-quality mask), as the pipeline's nodes load theirs; each
+step's result is dropped once no later step reads it.
 """
 from __future__ import annotations
 
 import gc
 import os
 import platform
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 
+def _echoes(data) -> dict:
+    """The chain's own ``mag`` and ``phase``: read from ``data['files']`` (the ``.npy`` files
+    of :func:`_write_echoes`) if there, else ``data``'s arrays."""
+    if 'files' in data:
+        return {key: np.load(path) for key, path in data['files'].items()}
+    return {key: data[key] for key in ('mag', 'phase')}
+
+
+def _write_echoes(data, folder) -> None:
+    """Move ``data``'s ``mag`` and ``phase`` into ``.npy`` files in ``folder``
+    (``data['files']``)."""
+    data['files'] = {}
+    for key in ('mag', 'phase'):
+        path = Path(folder) / f'{key}.npy'
+        np.save(path, data.pop(key))
+        data['files'][key] = path
+
+
 def _chain(data, n_threads):
-    """Run the default chain with ``n_threads``; returns ``(s, peak RSS B, steps, chi)``
-    where ``steps`` maps each step's label to ``(s, peak RSS B during the step)``."""
+    """Run the default chain with ``n_threads`` on the echoes of :func:`_echoes`; returns
+    ``(s, peak RSS B, steps, chi)`` where ``steps`` maps each step's label to
+    ``(s, peak RSS B during the step)``."""
     from qsmflow.bench import rss
     from qsmflow.bench.steps import default_chain
     from qsmflow.qsm import threads
@@ -37,10 +63,11 @@ def _chain(data, n_threads):
         steps[label] = (time.perf_counter() - t0, rss.peak_bytes())
         return result
 
+    inputs = _echoes(data)
     gc.collect()
     with threads.limit(n_threads):
-        out = default_chain(data['mag'], data['phase'], data['vox'], data['b0_dir'],
-                            data['tes'], timed, keep=False)
+        out = default_chain(inputs, data['vox'], data['b0_dir'], data['tes'], timed,
+                            keep=False)
     total = sum(s for s, _ in steps.values())
     peak = max(p for _, p in steps.values())
     return total, peak, steps, out['chi_ref']
@@ -50,6 +77,12 @@ def main(thread_counts, *, size: str = 'full', phantom: str = 'realistic', snr=N
          oblique_deg: float = 15.0, repeat: int = 1) -> int:
     """Print one line per thread count in ``thread_counts``; 0 if the χ maps agree
     bitwise across thread counts, else 1."""
+    with tempfile.TemporaryDirectory(prefix='qsmflow-bench-') as folder:
+        return _main(thread_counts, folder, size=size, phantom=phantom, snr=snr,
+                     oblique_deg=oblique_deg, repeat=repeat)
+
+
+def _main(thread_counts, folder, *, size, phantom, snr, oblique_deg, repeat) -> int:
     from qsmflow.bench import rss
     from qsmflow.bench.steps import simulated
 
@@ -60,10 +93,13 @@ def main(thread_counts, *, size: str = 'full', phantom: str = 'realistic', snr=N
     rss.reset_peak()
     data = simulated(phantom, size, snr, oblique_deg)
     del data['head']  # the truth maps: not an input of the chain
-    n_vox = int(np.prod(data['mag'].shape[:3]))
-    print(f'  grid {data["mag"].shape[:3]} at {data["vox"]} mm, {len(data["tes"])} echoes '
+    grid = data['mag'].shape[:3]
+    n_vox = int(np.prod(grid))
+    print(f'  grid {grid} at {data["vox"]} mm, {len(data["tes"])} echoes '
           f'({n_vox / 1e6:.1f} M voxels); peak RSS while simulating it '
           f'{rss.peak_bytes() / 1e9:.2f} GB')
+    _write_echoes(data, folder)  # each run reads them, as the pipeline's nodes do
+    gc.collect()
     print(f'  {"threads":>7} {"size":>6} {"time (s)":>9} {"speed-up":>9} '
           f'{"peak RSS (GB)":>14} {"B/voxel":>8}  slowest step')
     first, reference, same = None, None, True
