@@ -91,3 +91,32 @@ def test_estimate_field_is_fit_field_of_unwrap_echoes(monkeypatch, mask_name, n_
             got = _check(ph, mask, mag, te, n_threads)
             for key in ('field_hz', 'phase_offset_rad', 'noise_hz', 'unwrapped'):
                 assert got[key].tobytes() == first[key].tobytes(), (n_threads, key)
+
+
+@pytest.mark.parametrize('n_echo', [2, 3, 5])
+def test_void_echoes_refit_in_chunks_as_in_one_pass(monkeypatch, n_echo):
+    """Weights that make the float32 sums ill-conditioned (a void first echo, signal in the
+    first echo only, a voxel without signal) are refitted per chunk from the stored echoes:
+    the bits of the whole-mask fit. So with a magnitude that is zero in most voxels (median
+    0: reference weight 1)."""
+    from qsmflow.qsm.echoes._common import _LineSums
+
+    monkeypatch.setattr(_vector, 'CHUNK', 1024)
+    refits = []
+    refit = _LineSums._refit
+    monkeypatch.setattr(_LineSums, '_refit',
+                        lambda self, bad: refits.append(int(bad.sum())) or refit(self, bad))
+    phase, mag, te = _data(n_echo, seed=3)
+    mag = mag.astype(np.float32)
+    mag[::2, :, :, 0] = 1e-7
+    mag[:, ::3, :, 1:] = 0.0  # only the first echo has signal there
+    mag[5, 5, 5, :] = 0.0
+    mask = np.ones(SHAPE, bool)
+    mask[0] = False
+    mostly_zero = np.where(np.random.default_rng(4).random(SHAPE)[..., None] < 0.6, 0, mag)
+    for magnitude in (mag, mostly_zero.astype(np.float32)):
+        for n_threads in (1, 2, 3):
+            refits.clear()
+            got = _check(phase, mask, magnitude, te, n_threads)
+            assert refits and all(np.isfinite(got[k][mask]).all() for k in
+                                  ('field_hz', 'phase_offset_rad', 'noise_hz'))
