@@ -3,13 +3,20 @@
 
 ``tests/test_checksums.py`` runs ``qsmflow demo DIR --size tiny --nprocs 1`` and compares
 :func:`checksums` of ``DIR/qsmflow`` with ``demo_tiny.json`` beside this file. Bitwise
-results are only comparable on the same numeric stack, so the record also holds the
-versions of :data:`STACK` it was taken with.
+results are only comparable on the same numeric stack, so the file holds one record per
+stack (the versions of :data:`STACK` and the CPU's SIMD features), and the test compares
+with the record of the installed stack (it skips where there is none).
 
 After a deliberate change of results (a new default algorithm, a fixed bug), re-record
 from the repository root, and say why in the commit::
 
     python -m tests.checksums.record [--why 'brain mask: extract_brain by default']
+
+That drops the records of other stacks (their bits are unknown after a change of results).
+On another machine, with results unchanged (``tests/test_checksums.py`` passes where a
+record exists), add that machine's stack beside the others::
+
+    python -m tests.checksums.record --add-stack
 """
 from __future__ import annotations
 
@@ -108,11 +115,27 @@ def _commit() -> str:
         return 'unknown commit'
 
 
+def records(path=RECORD) -> list:
+    """The records of ``path``: one per stack (a file of the older one-record layout gives
+    a list of one)."""
+    data = json.loads(Path(path).read_text())
+    return data['records'] if 'records' in data else [data]
+
+
+def for_stack(stack: dict, path=RECORD):
+    """The record of ``path`` taken with ``stack`` (:func:`stack_versions`), or None."""
+    return next((r for r in records(path) if r['stack'] == stack), None)
+
+
 def main(argv=None) -> int:
-    """Run the tiny demo in a temporary folder and rewrite :data:`RECORD`."""
+    """Run the tiny demo in a temporary folder and rewrite :data:`RECORD` (or add this
+    stack's record to it)."""
     ap = argparse.ArgumentParser(prog='python -m tests.checksums.record',
                                  description=__doc__.split('\n\n')[0])
     ap.add_argument('--why', default='', help='the deliberate change of results (recorded)')
+    ap.add_argument('--add-stack', action='store_true',
+                    help="keep the other stacks' records and add (or replace) this stack's: "
+                         'for a machine without one, when the results have not changed')
     ap.add_argument('--output', type=Path, default=RECORD, help=f'default: {RECORD}')
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix='qsmflow-checksums-') as tmp:
@@ -122,10 +145,21 @@ def main(argv=None) -> int:
             return 1
         outputs = checksums(demo_outputs(Path(tmp) / 'demo'))
     taken = f'qsmflow at {_commit()}' + (f' ({args.why})' if args.why else '')
-    record = {'taken_with': taken, 'stack': stack_versions(), 'how': HOW,
+    stack = stack_versions()
+    record = {'taken_with': taken, 'stack': stack, 'how': HOW,
               'command': 'qsmflow demo DIR ' + ' '.join(DEMO_ARGS), 'outputs': outputs}
-    args.output.write_text(json.dumps(record, indent=1) + '\n')
-    print(f'record: {len(outputs)} checksums written to {args.output}')
+    kept = []
+    if args.add_stack and args.output.exists():
+        kept = [r for r in records(args.output) if r['stack'] != stack]
+        for other in kept:  # same code, same demo: the same files on every stack
+            if set(other['outputs']) != set(outputs):
+                print('record: this stack produces other files than a recorded one '
+                      f"({other['taken_with']}); re-record with --why instead",
+                      file=sys.stderr)
+                return 1
+    args.output.write_text(json.dumps({'records': kept + [record]}, indent=1) + '\n')
+    print(f'record: {len(outputs)} checksums written to {args.output} '
+          f'({len(kept) + 1} stack(s))')
     return 0
 
 
