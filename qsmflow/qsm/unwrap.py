@@ -29,7 +29,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
 
 from qsmflow.qsm.kernels import (
     bounding_box,
@@ -41,7 +40,8 @@ from qsmflow.qsm.kernels import (
     rfft,
 )
 from qsmflow.qsm._unwrap_box import _crop_pad, _uncrop, _zero_outside
-from qsmflow.qsm._unwrap_components import _align_components, _axis_pairs, _growing_start
+from qsmflow.qsm._unwrap_components import (
+    _align_components, _axis_pairs, _grow, _growing_start)
 from qsmflow.qsm._validation import as_image as _as_image
 from qsmflow.qsm._validation import as_mask as _as_mask
 from qsmflow.qsm._validation import as_voxel_size
@@ -326,8 +326,9 @@ def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_compon
 
     All arrays are 3D of one shape; returns float32 with 0 outside the mask. ``mref``:
     the median magnitude in the mask, if known (:func:`_edge_weights`); ``prepare``: work
-    (a callable) for the caller, run once the edge weights are made, before the growing;
-    ``known``: a callable giving the mask's
+    (a callable) for the caller, independent of the growing, run once the edge weights
+    are made, beside the first growing on two or more threads (``beside`` of
+    :func:`~qsmflow.qsm._unwrap_components._grow`), else before it; ``known``: a callable giving the mask's
     :func:`~qsmflow.qsm._unwrap_components._nearest_reference` (or None), for the
     component alignment.
     """
@@ -341,12 +342,11 @@ def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_compon
     state, first = _growing_start(mask, quality)
     if seed is not None:
         first = int(np.ravel_multi_index(seed, shape))
-    if prepare is not None:
-        prepare()
     pflat = phase.ravel()
     out = np.zeros(pflat.size, dtype=np.float32)
     s0, s1 = shape[1] * shape[2], shape[2]
-    n_comp = _grow(pflat, state, bins, s0, s1, np.array([first], np.int64), out, 0)
+    n_comp = _grow(pflat, state, bins, s0, s1, np.array([first], np.int64), out, 0,
+                   beside=prepare)
     left = np.flatnonzero(state < 0)
     if left.size:
         # further components, each from its best voxel (rare: only for split masks)
@@ -357,69 +357,6 @@ def _romeo_box(phase, mask, vox, magnitude, phase2, te_ratio, seed, align_compon
         _align_components(out, state.reshape(shape), n_comp, vox,
                           None if known is None else known())
     return out
-
-
-@njit(cache=True, nogil=True)
-def _grow(phase, state, bins, s0, s1, seeds, out, n_comp):  # pragma: no cover - numba
-    """Bucket-queue region growing; fills ``out`` and ``state`` in place.
-
-    ``phase`` float32 (N,); ``state`` int32 (N,): 0 outside the mask, −1 not yet reached,
-    else the component number; ``bins`` uint8 (3, N); ``seeds`` int64 candidates tried in
-    order; ``out`` float32 (N,). Border voxels of the box must lie outside the mask.
-    Returns the number of components labelled so far.
-    """
-    n_left = 0
-    for v in range(phase.size):
-        if state[v] < 0:
-            n_left += 1
-    cap = 3 * n_left + 8  # every edge enters the queue at most once
-    nbins = 256
-    head = np.full(nbins, -1, np.int32)
-    nxt = np.empty(cap, np.int32)
-    item = np.empty(cap, np.int32)
-    src = np.empty(cap, np.int32)
-    offs = np.array([s0, -s0, s1, -s1, 1, -1], np.int64)
-    two_pi = 2.0 * math.pi
-    for seed in seeds:
-        if state[seed] >= 0:
-            continue
-        n_comp += 1
-        out[seed] = phase[seed]
-        state[seed] = n_comp
-        n_push = 0
-        cur = nbins
-        v = seed
-        while True:
-            # push the edges from v to its unreached neighbours
-            for d in range(6):
-                w = v + offs[d]
-                if state[w] >= 0:
-                    continue
-                b = bins[d // 2, v] if d % 2 == 0 else bins[d // 2, w]
-                item[n_push] = w
-                src[n_push] = v
-                nxt[n_push] = head[b]
-                head[b] = n_push
-                n_push += 1
-                if b < cur:
-                    cur = b
-            # pop the best edge leading to an unreached voxel
-            v = -1
-            while cur < nbins:
-                p = head[cur]
-                if p < 0:
-                    cur += 1
-                    continue
-                head[cur] = nxt[p]
-                if state[item[p]] < 0:
-                    v = item[p]
-                    k = math.floor((out[src[p]] - phase[v]) / two_pi + 0.5)
-                    out[v] = phase[v] + two_pi * k
-                    state[v] = n_comp
-                    break
-            if v < 0:
-                break
-    return n_comp
 
 
 # --------------------------------------------------------------------------------------

@@ -311,3 +311,66 @@ def test_growing_start_by_slabs_is_the_whole_grid_state_and_first_best_voxel():
         assert state.dtype == np.int32 and np.array_equal(state, -mask.ravel().astype(np.int32))
         assert first == int(np.argmax(np.where(mask.ravel(), quality, -1)))
         assert np.argwhere(mask.ravel() & (quality == 8)).min() == first
+
+
+def _grow_by_lists(phase, state, bins, s0, s1, seeds, out, n_comp):
+    """The region growing as one linked list of edges per priority level (the former
+    :func:`~qsmflow.qsm._unwrap_components._grow`), in plain Python."""
+    offs = (s0, -s0, s1, -s1, 1, -1)
+    for seed in seeds:
+        if state[seed] >= 0:
+            continue
+        n_comp += 1
+        out[seed], state[seed] = phase[seed], n_comp
+        levels = [[] for _ in range(256)]
+        v = seed
+        while v >= 0:
+            for d in range(6):
+                w = v + offs[d]
+                if state[w] < 0:
+                    levels[bins[d // 2, v] if d % 2 == 0 else bins[d // 2, w]].append((w, v))
+            v = -1
+            for level in levels:
+                while level:
+                    w, src = level.pop()
+                    if state[w] < 0:
+                        k = np.floor((np.float64(out[src]) - phase[w]) / TWO_PI + 0.5)
+                        out[w] = np.float32(phase[w] + TWO_PI * k)
+                        state[w], v = n_comp, w
+                        break
+                if v >= 0:
+                    break
+    return n_comp
+
+
+@pytest.mark.parametrize('block', [2, 5, 1024])
+def test_growing_by_block_stacks_visits_as_the_linked_lists(monkeypatch, block):
+    """_grow (stacks of blocks per priority level, blocks reused) reaches the voxels in the
+    same order from the same neighbours as one linked list per level: the same phase bits,
+    labels and component count, with many ties, 20 components and seeds already reached,
+    for blocks of 2, 5 and 1024 edges."""
+    from qsmflow.qsm import _unwrap_components
+    from qsmflow.qsm._unwrap_components import _grow
+
+    monkeypatch.setattr(_unwrap_components, 'GROW_BLOCK', block)
+    rng = np.random.default_rng(7)
+    mask = np.zeros((14, 15, 13), bool)  # blobs and single voxels, none on the border
+    mask[1:-1, 1:-1, 1:-1] = ndi.uniform_filter(rng.random((12, 13, 11)), 3) > 0.55
+    # noise: the unwrapped values depend on the path each voxel is reached by
+    phase = rng.uniform(-np.pi, np.pi, mask.size).astype(np.float32)
+    bins = rng.integers(0, 4, (3, mask.size)).astype(np.uint8)  # few levels: many ties
+    bins[:, rng.random(mask.size) < 0.05] = 255
+    s0, s1 = mask.shape[1] * mask.shape[2], mask.shape[2]
+    seeds = rng.permutation(np.flatnonzero(mask.ravel())).astype(np.int64)
+    runs = []
+    for grow in (_grow, _grow_by_lists):
+        state = -mask.ravel().astype(np.int32)
+        out = np.zeros(mask.size, np.float32)
+        n = grow(phase, state, bins, s0, s1, seeds[:1], out, 0)  # as unwrap_romeo: one
+        n = grow(phase, state, bins, s0, s1, seeds, out, n)  # seed, then the rest in order
+        runs.append((n, state, out))
+    (n, state, out), (n_ref, state_ref, out_ref) = runs
+    assert n == n_ref == ndi.label(mask)[1] > 10 and np.array_equal(state, state_ref)
+    assert out.tobytes() == out_ref.tobytes()
+    assert np.array_equal(state > 0, mask.ravel())
+    _assert_congruent(out.reshape(mask.shape), phase.reshape(mask.shape), mask)

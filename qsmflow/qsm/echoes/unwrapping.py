@@ -196,7 +196,8 @@ class _RomeoVoxels:
 def _romeo_voxels(ph, msk, vox, te, mag):
     """:class:`_RomeoVoxels` of the checked echoes ``ph`` (≥ 2) and ``mag`` (or None). The
     masked echoes, their weights and what the component alignment needs (once for both
-    growings) are prepared just before the growings."""
+    growings) are prepared on the calling thread while the (serial) growings run on the
+    thread pool, or before them on one thread."""
     n_echo = ph.shape[3]
     box = bounding_box(msk)
     phb = _EchoBox(ph, box)
@@ -205,8 +206,9 @@ def _romeo_voxels(ph, msk, vox, te, mag):
     sel, bsel = Selection(msk), Selection(mb)
     side = {}
 
-    # made just before each growing (not on a thread beside it: what a pool thread
-    # allocates stays resident in its malloc arena, +40 MB at the next steps' peaks)
+    # made on the calling thread while a growing runs on the pool (not on a pool thread:
+    # what a pool thread allocates stays resident in its malloc arena, +40 MB at the next
+    # steps' peaks; the growing allocates nothing there)
     def first_inputs():  # the first-echo median, the alignment
         side['median'] = None
         if mag is not None:
