@@ -171,13 +171,20 @@ def dipole_kernel(shape, voxel_size, b0_dir=(0, 0, 1), dtype=np.float32) -> np.n
             sl = [slice(None)] * 3
             sl[a] = idx
             nyq[a][tuple(sl)] = True
-    kb_regular = sum(np.where(q, 0.0, ka) * ba for ka, q, ba in zip(k, nyq, b))
-    kb2 = kb_regular**2 + sum(np.where(q, ka, 0.0) ** 2 * ba**2 for ka, q, ba in zip(k, nyq, b))
-    k2sum = k[0] ** 2 + k[1] ** 2 + k[2] ** 2
-    with np.errstate(invalid='ignore', divide='ignore'):
-        D = 1.0 / 3.0 - kb2 / k2sum
+    D = np.empty((k[0].shape[0], k[1].shape[1], k[2].shape[2]), dtype)
+
+    def slab(s):  # slabs of the first axis side by side: each value's operations as a whole
+        ks, qs = (k[0][s], k[1], k[2]), (nyq[0][s], nyq[1], nyq[2])
+        kb_regular = sum(np.where(q, 0.0, ka) * ba for ka, q, ba in zip(ks, qs, b))
+        kb2 = kb_regular**2 + sum(np.where(q, ka, 0.0) ** 2 * ba**2
+                                  for ka, q, ba in zip(ks, qs, b))
+        k2sum = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
+        with np.errstate(invalid='ignore', divide='ignore'):
+            D[s] = 1.0 / 3.0 - kb2 / k2sum  # float64, rounded to dtype as astype does
+
+    _vector.slabwise(slab, D.shape[0])
     D[0, 0, 0] = 0.0
-    return D.astype(dtype)
+    return D
 
 
 def sphere_kernel(shape, voxel_size, radius_mm, dtype=np.float32, *, full=False) -> np.ndarray:

@@ -55,6 +55,41 @@ def test_dipole_kernel_tilted_b0(dtype):
     np.testing.assert_allclose(D, K.dipole_kernel(shape, (1, 1, 1), 3 * b0, dtype=dtype))
 
 
+
+def _dipole_whole_grid(shape, voxel_size, b0, dtype):
+    """The dipole kernel as one whole-grid numpy expression (before the slabs)."""
+    b = np.asarray(b0, dtype=np.float64)
+    b = b / np.linalg.norm(b)
+    k = K.kspace_grid(shape, voxel_size, dtype=np.float64)
+    nyq = [np.zeros(ka.shape, bool) for ka in k]
+    for a, n in enumerate(shape):
+        if n % 2 == 0:
+            sl = [slice(None)] * 3
+            sl[a] = n // 2 if a < 2 else -1
+            nyq[a][tuple(sl)] = True
+    kb_regular = sum(np.where(q, 0.0, ka) * ba for ka, q, ba in zip(k, nyq, b))
+    kb2 = kb_regular**2 + sum(np.where(q, ka, 0.0) ** 2 * ba**2 for ka, q, ba in zip(k, nyq, b))
+    with np.errstate(invalid='ignore', divide='ignore'):
+        D = 1.0 / 3.0 - kb2 / (k[0] ** 2 + k[1] ** 2 + k[2] ** 2)
+    D[0, 0, 0] = 0.0
+    return D.astype(dtype)
+
+
+@pytest.mark.parametrize('shape', [(20, 18, 16), (17, 9, 13), (1, 2, 3), (30, 1, 5)])
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_dipole_kernel_by_slabs_is_the_whole_grid_expression(shape, dtype):
+    """The kernel's slabs of planes (side by side on the thread pool) give the bits of the
+    whole-grid expression, for 1 and 3 threads, tilted b0 and anisotropic voxels."""
+    from qsmflow.qsm import threads
+
+    for vox, b0 in (((1, 1, 1), (0, 0, 1)), ((0.7, 1.2, 2.0), (0.1, -0.3, 0.95))):
+        ref = _dipole_whole_grid(shape, vox, b0, dtype)
+        for n_threads in (1, 3):
+            with threads.limit(n_threads):
+                D = K.dipole_kernel(shape, vox, b0, dtype=dtype)
+            assert D.dtype == ref.dtype and D.shape == ref.shape
+            assert D.tobytes() == ref.tobytes()
+
 def _sphere_field(shape, voxel_size, radius_mm, b0):
     """Field of a uniformly magnetised sphere (Δχ = 1), simulated and analytic."""
     vs = np.asarray(voxel_size, float)
