@@ -175,3 +175,54 @@ def test_noise_estimate_on_the_masks_box_equals_that_on_the_whole_grid():
     est = reg.estimate_noise(field, mask)
     assert (est['sigma_voxel_ppm'], est['sigma_2voxel_ppm']) == (s1, s2)
     assert [s.start % 2 for s in reg._even_box(mask)] == [0, 0, 0]
+
+
+def _haar_whole_grid(field, valid):
+    """The HHH coefficients' σ as whole-grid numpy expressions (before the slabs)."""
+    shape = tuple(n - 1 for n in field.shape)
+    coef, inside = np.zeros(shape, np.float64), np.ones(shape, bool)
+    for a in (0, 1):
+        for b in (0, 1):
+            for c in (0, 1):
+                sl = (slice(a, a + shape[0]), slice(b, b + shape[1]), slice(c, c + shape[2]))
+                if (a + b + c) % 2:
+                    coef -= field[sl]
+                else:
+                    coef += field[sl]
+                inside &= valid[sl]
+    if inside.sum() < reg._MIN_COEFFICIENTS:
+        return float('nan')
+    return float(np.median(np.abs(coef[inside])) / np.sqrt(8.0) * reg._MAD_TO_SIGMA)
+
+
+@pytest.mark.parametrize('shape', [(31, 40, 37), (70, 12, 9), (66, 24, 21)])
+def test_noise_estimate_by_slabs_is_the_whole_grid_expression(shape):
+    """The erosion, the Haar coefficients and the 2 × 2 × 2 means made in slabs of planes
+    side by side give the bits of the whole-grid expressions (NaN where too few blocks
+    fit), for 1 and 3 threads, a mask touching the grid's faces and float32 or float64
+    fields; the erosion is scipy's."""
+    from scipy import ndimage as ndi
+
+    from qsmflow.qsm import threads
+
+    rng = np.random.default_rng(5)
+    field = rng.standard_normal(shape).astype(np.float32)
+    mask = ndi.uniform_filter(rng.random(shape), 5) > 0.47
+    mask[:3] = True  # on the first face: erosion at the grid's edge
+    inner = ndi.binary_erosion(mask, iterations=2)
+    full = np.where(mask, field.astype(np.float64), 0.0)
+    s = tuple(n // 2 * 2 for n in shape)
+    blocks = (s[0] // 2, 2, s[1] // 2, 2, s[2] // 2, 2)
+    f2 = full[:s[0], :s[1], :s[2]].reshape(blocks).mean(axis=(1, 3, 5))
+    v2 = inner[:s[0], :s[1], :s[2]].reshape(blocks).all(axis=(1, 3, 5))
+    ref = (_haar_whole_grid(full, inner), _haar_whole_grid(f2, v2) * np.sqrt(8.0))
+    for n_threads in (1, 3):
+        with threads.limit(n_threads):
+            for it in (1, 2, 3):
+                assert np.array_equal(reg._eroded(mask, it),
+                                      ndi.binary_erosion(mask, iterations=it))
+            mean, valid = reg._block_mean(full, inner)
+            assert mean.tobytes() == f2.tobytes() and np.array_equal(valid, v2)
+            for dtype in (np.float32, np.float64):
+                est = reg.estimate_noise(field.astype(dtype), mask)
+                np.testing.assert_equal((est['sigma_voxel_ppm'], est['sigma_2voxel_ppm']), ref)

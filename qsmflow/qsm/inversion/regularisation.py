@@ -25,7 +25,8 @@ estimate.
   the field, the less freedom sources just outside the mask get to explain noise at the
   mask's edge.
 
-All functions are pure numpy/scipy; fields and σ in ppm, voxel size in mm, λ in ppm·mm.
+All functions are numpy/scipy (element-wise passes in slabs on the thread pool of
+:mod:`qsmflow.qsm._vector`); fields and σ in ppm, voxel size in mm, λ in ppm·mm.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from qsmflow.qsm._validation import non_negative
+from qsmflow.qsm._vector import Selection, by_slabs, slabwise
+from qsmflow.qsm.blocks import block_mean
 from qsmflow.qsm.kernels import bounding_box
 
 #: Scale ``b`` of the Laplace prior on ``|∇χ|`` (ppm/mm) in ``λ = σ² / b``. Set between two
@@ -82,31 +85,43 @@ _MAD_TO_SIGMA = 1.0 / 0.6744897501960817
 #: Fewest valid Haar coefficients for an estimate at one scale.
 _MIN_COEFFICIENTS = 64
 
+#: Planes of the first axis per slab of the mask's erosion (:func:`_eroded`; each slab
+#: erodes the planes of ``erode_voxels`` either side too).
+_EROSION_SLAB = 32
+
 
 def _haar_detail_mad(field, valid):
     """σ from the median |HHH| over blocks of 2 × 2 × 2 voxels all inside ``valid``.
 
     The undecimated HHH coefficient ``Σ ±f / √8`` (sign ``(−1)^(a+b+c)``) has standard
     deviation σ for white noise of standard deviation σ. Returns NaN when fewer than
-    :data:`_MIN_COEFFICIENTS` blocks fit.
+    :data:`_MIN_COEFFICIENTS` blocks fit. The coefficients are made in slabs of planes
+    side by side on the thread pool (:func:`~qsmflow.qsm._vector.slabwise`), each with
+    the whole-grid operations in the same order: the same bits for any thread count.
     """
     shape = tuple(n - 1 for n in field.shape)
     if min(shape) < 1:
         return float('nan')
     coef = np.zeros(shape, np.float64)
     inside = np.ones(shape, bool)
-    for a in (0, 1):
-        for b in (0, 1):
-            for c in (0, 1):
-                sl = (slice(a, a + shape[0]), slice(b, b + shape[1]), slice(c, c + shape[2]))
-                if (a + b + c) % 2:
-                    coef -= field[sl]
-                else:
-                    coef += field[sl]
-                inside &= valid[sl]
-    if inside.sum() < _MIN_COEFFICIENTS:
+
+    def slab(rows):
+        for a in (0, 1):
+            for b in (0, 1):
+                for c in (0, 1):
+                    sl = (slice(rows.start + a, rows.stop + a), slice(b, b + shape[1]),
+                          slice(c, c + shape[2]))
+                    if (a + b + c) % 2:
+                        coef[rows] -= field[sl]
+                    else:
+                        coef[rows] += field[sl]
+                    inside[rows] &= valid[sl]
+
+    slabwise(slab, shape[0])
+    sel = Selection(inside)
+    if sel.size < _MIN_COEFFICIENTS:
         return float('nan')
-    return float(np.median(np.abs(coef[inside])) / np.sqrt(8.0) * _MAD_TO_SIGMA)
+    return float(np.median(np.abs(sel.gather(coef))) / np.sqrt(8.0) * _MAD_TO_SIGMA)
 
 
 def _even_box(mask):
@@ -119,12 +134,33 @@ def _even_box(mask):
 
 
 def _block_mean(field, valid):
-    """Average over 2 × 2 × 2 blocks (odd edges dropped); a block is valid if all 8 are."""
-    s = tuple(n // 2 * 2 for n in field.shape)
-    f = field[: s[0], : s[1], : s[2]]
-    v = valid[: s[0], : s[1], : s[2]]
-    blocks = (s[0] // 2, 2, s[1] // 2, 2, s[2] // 2, 2)
-    return f.reshape(blocks).mean(axis=(1, 3, 5)), v.reshape(blocks).all(axis=(1, 3, 5))
+    """Average over 2 × 2 × 2 blocks (odd edges dropped); a block is valid if all 8 are
+    (:func:`~qsmflow.qsm.blocks.block_mean`'s slabs: the bits of the whole-grid mean)."""
+    s = tuple(n // 2 for n in field.shape)
+    blocks = valid[: 2 * s[0], : 2 * s[1], : 2 * s[2]].reshape(s[0], 2, s[1], 2, s[2], 2)
+    all_valid = np.empty(s, bool)
+
+    def slab(rows):
+        all_valid[rows] = blocks[rows].all(axis=(1, 3, 5))
+
+    slabwise(slab, s[0])
+    return block_mean(field, (2, 2, 2)), all_valid
+
+
+def _eroded(mask, iterations):
+    """:func:`scipy.ndimage.binary_erosion` ``(mask, iterations=iterations)`` (3D), in
+    slabs of planes side by side, each eroded with ``iterations`` planes either side (the
+    reach of the erosion), which it then drops: the same mask."""
+    out = np.empty(mask.shape, bool)
+    n0 = mask.shape[0]
+
+    def slab(rows):
+        lo, hi = max(rows.start - iterations, 0), min(rows.stop + iterations, n0)
+        eroded = ndi.binary_erosion(mask[lo:hi], iterations=iterations)
+        out[rows] = eroded[rows.start - lo:rows.stop - lo]
+
+    slabwise(slab, n0, _EROSION_SLAB)
+    return out
 
 
 def estimate_noise(local_field: np.ndarray, mask: np.ndarray, *, erode_voxels: int = 2) -> dict:
@@ -162,17 +198,18 @@ def estimate_noise(local_field: np.ndarray, mask: np.ndarray, *, erode_voxels: i
     >>> bool(abs(est['sigma_voxel_ppm'] - 0.01) < 0.001)
     True
     """
-    field = np.asarray(local_field, dtype=np.float64)
+    field = np.asarray(local_field)
     mask = np.asarray(mask, dtype=bool)
     if field.ndim != 3 or field.shape != mask.shape:
         raise ValueError(f'local_field {field.shape} and mask {mask.shape} must be the same 3D '
                          'shape')
     box = _even_box(mask)  # the same blocks and coefficients on far fewer voxels
     field, mask = field[box], mask[box]
-    inner = ndi.binary_erosion(mask, iterations=erode_voxels) if erode_voxels else mask
+    inner = _eroded(mask, erode_voxels) if erode_voxels else mask
     if not inner.any():
         inner = mask
-    field = np.where(mask, field, 0.0)
+    # as float64, 0 outside the mask (element-wise, in slabs side by side)
+    field = by_slabs(lambda f, m: np.where(m, f.astype(np.float64), 0.0), field, mask)
     s1 = _haar_detail_mad(field, inner)
     f2, v2 = _block_mean(field, inner)
     s2 = _haar_detail_mad(f2, v2) * np.sqrt(8.0)
