@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from qsmflow.qsm._vector import slabwise
-from qsmflow.qsm.kernels import irfft, padded_shape, rfft, sphere_kernel
+from qsmflow.qsm.kernels import bounding_box, irfft, padded_shape, rfft, sphere_kernel
 
 
 def ball_count(voxel_size, radius_mm) -> int:
@@ -71,20 +71,33 @@ def dilate(mask, voxel_size, radius_mm):
 def fill_holes_axis(mask, axis=None):
     """Fill background regions not connected to the array border.
 
-    ``axis=None`` fills 3D holes (face-connected background, by one labelling); an integer
-    fills holes in every 2D slice across that axis (4-connected within the slice): a
-    compiled flood fill from each slice's border through its background, the slices side
-    by side on numba's threads (the background it does not reach is the slice's holes).
+    ``axis=None`` fills 3D holes (face-connected background, by one labelling of the
+    mask's bounding box grown by one voxel: the background beyond it reaches the border
+    through a plane without mask, so a hole is background that does not reach the box's
+    faces); an integer fills holes in every 2D slice across that axis (4-connected within
+    the slice): a compiled flood fill from each slice's border through its background,
+    the slices side by side on numba's threads (the background it does not reach is the
+    slice's holes).
     """
     mask = np.asarray(mask, dtype=bool)
     if axis is not None:
         bg = np.ascontiguousarray(np.moveaxis(~mask, axis, 0))
         return mask | ~np.moveaxis(_flood_slices(bg), 0, axis)
+    if mask.ndim != 3 or not mask.any():
+        return _fill_holes_labelled(mask)
+    box = bounding_box(mask, 1)
+    out = mask.copy()
+    out[box] = _fill_holes_labelled(mask[box])
+    return out
+
+
+def _fill_holes_labelled(mask):
+    """3D holes of ``mask`` filled: background not connected to the array's faces."""
     lab, n = ndi.label(~mask)
     if n == 0:
         return mask
     outside = np.zeros(n + 1, bool)
-    for a in range(3):
+    for a in range(mask.ndim):
         outside[np.take(lab, 0, axis=a)] = True
         outside[np.take(lab, -1, axis=a)] = True
     outside[0] = True

@@ -86,3 +86,20 @@ def test_largest_component_joins_across_slabs_and_keeps_the_first_of_equals():
     mask[:, 0, 0] = False
     assert np.array_equal(np.argwhere(largest_component(mask))[:, 0], np.arange(2, 12))
     assert not largest_component(np.zeros((3, 3, 3), bool)).any()
+
+
+def test_3d_fill_on_the_masks_box_matches_scipy():
+    """The 3D fill labels only the mask's bounding box grown by one voxel: the same mask as
+    scipy's for a shell well inside the grid, one on a face, one through the grid, an
+    empty and a full mask."""
+    shape = (30, 34, 28)
+    g = np.indices(shape)
+    rng = np.random.default_rng(8)
+    for centre, outer in (((15, 17, 14), 9), ((3, 17, 14), 9), ((15, 17, 14), 20)):
+        r2 = sum((gi - c) ** 2 for gi, c in zip(g, centre))
+        mask = (r2 < outer**2) & ((r2 > 16) | (rng.random(shape) < 0.3))
+        want = ndi.binary_fill_holes(mask)
+        assert np.array_equal(fill_holes_axis(mask), want)
+        assert want.sum() > mask.sum() or centre[0] == 3
+    for mask in (np.zeros(shape, bool), np.ones(shape, bool)):
+        assert np.array_equal(fill_holes_axis(mask), mask)
