@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from scipy import ndimage as ndi
 
-from qsmflow.qsm._vector import slabwise
+from qsmflow.qsm._vector import by_slabs, slabwise
 from qsmflow.qsm.kernels import bounding_box, irfft, padded_shape, rfft, sphere_kernel
 
 
@@ -50,12 +50,22 @@ def ball_filter(mask, voxel_size, radius_mm, erode):
         return mask.copy()
     pad = [math.ceil(radius_mm / h) + 1 for h in voxel_size]
     pshape = padded_shape(mask.shape, pad)
+    inner = tuple(slice(0, n) for n in mask.shape)
     big = np.zeros(pshape, np.float32)
-    big[tuple(slice(0, n) for n in mask.shape)] = mask
+    big[inner] = mask
     kernel = sphere_kernel(pshape, voxel_size, radius_mm)
-    frac = irfft(rfft(big) * kernel, pshape)[tuple(slice(0, n) for n in mask.shape)]
+    spec = rfft(big)
+    del big
+
+    def times_kernel(s):  # element-wise, in slabs side by side: the product's bits
+        spec[s] *= kernel[s]
+
+    slabwise(times_kernel, spec.shape[0])
+    frac = irfft(spec, pshape)[inner]
+    del spec
     half = 0.5 / n_ball
-    return frac > 1 - half if erode else frac > half
+    cut = 1 - half if erode else half
+    return by_slabs(lambda f: f > cut, frac)
 
 
 def erode(mask, voxel_size, radius_mm):

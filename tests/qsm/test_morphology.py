@@ -103,3 +103,28 @@ def test_3d_fill_on_the_masks_box_matches_scipy():
         assert want.sum() > mask.sum() or centre[0] == 3
     for mask in (np.zeros(shape, bool), np.ones(shape, bool)):
         assert np.array_equal(fill_holes_axis(mask), mask)
+
+
+@pytest.mark.parametrize('erode', [True, False])
+def test_ball_filter_by_slabs_is_the_whole_grid_expression(erode):
+    """The ball filter's k-space product and threshold, made in slabs of planes side by
+    side, give the mask of the whole-grid expressions for 1 and 3 threads."""
+    import math
+
+    from qsmflow.qsm._morphology import ball_count, ball_filter
+    from qsmflow.qsm.kernels import irfft, padded_shape, rfft, sphere_kernel
+
+    mask = ndi.uniform_filter(np.random.default_rng(9).random((30, 26, 21)), 3) > 0.5
+    mask |= (((np.indices(mask.shape).T - (15, 13, 10)).T ** 2).sum(0) < 64)
+    for vox, radius in (((1, 1, 1), 2.0), ((0.8, 1.0, 1.5), 4.0)):
+        pshape = padded_shape(mask.shape, [math.ceil(radius / h) + 1 for h in vox])
+        big = np.zeros(pshape, np.float32)
+        big[tuple(slice(0, n) for n in mask.shape)] = mask
+        frac = irfft(rfft(big) * sphere_kernel(pshape, vox, radius),
+                     pshape)[tuple(slice(0, n) for n in mask.shape)]
+        half = 0.5 / ball_count(vox, radius)
+        want = frac > 1 - half if erode else frac > half
+        assert 0 < want.sum() != mask.sum()
+        for n_threads in (1, 3):
+            with threads.limit(n_threads):
+                assert np.array_equal(ball_filter(mask, vox, radius, erode), want)
