@@ -150,33 +150,30 @@ def _fit_lines(y, weights, te, weighted, sums=None):
     return field, offset, noise
 
 
-def _fit_voxels(voxels, te):
-    """:func:`fit_field` of ROMEO's unwrapped voxels (:func:`_romeo_voxels`, its weights
-    and line sums), in its fixed chunks side by side: ``(field, offset, noise)`` of the
-    masked voxels as one (3, V) float32 array in the order of ``voxels.sel``. The weights
-    and line sums are dropped from ``voxels`` once fitted."""
-    y, weights, sums = voxels.unwrapped, voxels.weights, voxels.sums
-    weighted = not isinstance(weights[0], float)
-    out = np.empty((3, y.shape[1]), np.float32)
+class _ChunkFit:
+    """:func:`fit_field` of ROMEO's unwrapped voxels chunk by chunk, as
+    :func:`~qsmflow.qsm.echoes.unwrapping._romeo_voxels` unwraps them (from its weights and
+    line sums, the same numbers fit_field computes from the unwrapped grid): ``out`` (3, V)
+    float32, the field, offset and noise of the masked voxels in their order."""
 
-    def chunk(c):
-        fitted = _fit_lines(y[:, c], [w if isinstance(w, float) else w[c] for w in weights],
-                            te, weighted, None if sums is None else sums[c.start])
-        for o, v in zip(out, fitted):  # v is one number for 2 echoes without magnitude
-            o[c] = v
+    def __init__(self, te):
+        self.te, self.out = te, None
 
-    chunkwise(chunk, y.shape[1])
-    voxels.weights = voxels.sums = None
-    del weights, sums  # (also the chunk's references)
-    return out
+    def start(self, size):
+        self.out = np.empty((3, size), np.float32)
+
+    def __call__(self, c, y, weights, sums):
+        weighted = not isinstance(weights[0], float)
+        for o, v in zip(self.out, _fit_lines(y, weights, self.te, weighted, sums)):
+            o[c] = v  # v is one number for 2 echoes without magnitude
 
 
-def _scatter_fit(voxels, out):
-    """``(field, offset, noise)`` (X, Y, Z) float32 of :func:`_fit_voxels`' (3, V) ``out``,
-    0 outside the mask."""
-    fitted = np.zeros((3,) + voxels.sel.mask.shape, np.float32)
+def _scatter_fit(sel, out):
+    """``(field, offset, noise)`` (X, Y, Z) float32 of the (3, V) ``out`` of the voxels of
+    ``sel``, 0 outside the mask."""
+    fitted = np.zeros((3,) + sel.mask.shape, np.float32)
     for f, v in zip(fitted, out):
-        voxels.sel.scatter(f, v)
+        sel.scatter(f, v)
     return tuple(fitted)
 
 
@@ -363,13 +360,16 @@ def estimate_field(
     if unwrapping == 'romeo' and ph.shape[3] > 1 and (mag is None or mag.dtype == np.float32):
         # the fit continues from the unwrapping's masked voxels, weights and line sums
         # (the same numbers fit_field computes from the unwrapped grid)
-        voxels = _romeo_voxels(ph, msk, vox, te, mag)
-        out = _fit_voxels(voxels, te)  # its weights and line sums are dropped
+        # (each chunk fitted as it is unwrapped: no line sums or weights are kept, and
+        # without return_unwrapped no unwrapped voxels either)
+        fitter = _ChunkFit(te)
+        voxels = _romeo_voxels(ph, msk, vox, te, mag, fit=fitter, keep=return_unwrapped)
         # the unwrapped grid is built before the fitted grids, its voxels dropped first
         unwrapped = voxels.full() if return_unwrapped else None
-        voxels.unwrapped = None
-        field_hz, offset, noise = _scatter_fit(voxels, out)
-        del voxels, out
+        sel = voxels.sel
+        del voxels
+        field_hz, offset, noise = _scatter_fit(sel, fitter.out)
+        del fitter
     else:
         unwrapped = unwrap_echoes(ph, msk, vox, echo_times_s=te, magnitude=mag,
                                   method=unwrapping)

@@ -176,15 +176,12 @@ def _unwrap_echo_romeo(phb, mb, vox, magb):
 
 class _RomeoVoxels:
     """ROMEO echo unwrapping of ≥ 2 echoes (steps 1-3 of :func:`unwrap_echoes`), kept as
-    the masked voxels: ``sel`` (:class:`~qsmflow.qsm._vector.Selection` of the mask),
-    ``unwrapped`` (N, V) float32 in the order of ``sel``, ``weights`` the N fit weights
-    ``(m/ref)²`` of :func:`_echo_weight` (of the magnitude as float32; 1.0 without) and
-    ``sums``: per fixed chunk of :func:`~qsmflow.qsm._vector.chunkwise` (by its first
-    voxel), the weighted line sums of echoes 1…N−1 (None for 2 echoes). Every voxel gets
-    the operations of a whole-mask pass, so the same bits for any thread count."""
+    the masked voxels: ``sel`` (:class:`~qsmflow.qsm._vector.Selection` of the mask) and
+    ``unwrapped`` (N, V) float32 in the order of ``sel`` (None when not kept). Every voxel
+    gets the operations of a whole-mask pass, so the same bits for any thread count."""
 
-    def __init__(self, sel, unwrapped, weights, sums):
-        self.sel, self.unwrapped, self.weights, self.sums = sel, unwrapped, weights, sums
+    def __init__(self, sel, unwrapped):
+        self.sel, self.unwrapped = sel, unwrapped
 
     def full(self):
         """The unwrapped echoes on the grid, (X, Y, Z, N) float32, 0 outside the mask."""
@@ -193,11 +190,18 @@ class _RomeoVoxels:
         return out
 
 
-def _romeo_voxels(ph, msk, vox, te, mag):
-    """:class:`_RomeoVoxels` of the checked echoes ``ph`` (≥ 2) and ``mag`` (or None). The
-    masked echoes, their weights and what the component alignment needs (once for both
-    growings) are prepared on the calling thread while the (serial) growings run on the
-    thread pool, or before them on one thread."""
+def _romeo_voxels(ph, msk, vox, te, mag, *, fit=None, keep=True):
+    """:class:`_RomeoVoxels` of the checked echoes ``ph`` (≥ 2) and ``mag`` (or None). What
+    the component alignment needs (once for both growings) is prepared on the calling
+    thread while the first (serial) growing runs on the thread pool, or before it on one
+    thread. The echoes are read from ``ph`` and ``mag`` chunk by chunk of the masked
+    voxels (:func:`~qsmflow.qsm._vector.chunkwise`), never gathered whole: each chunk is
+    unwrapped in time and handed to ``fit`` (if given) as ``fit(c, y, weights, sums)``:
+    its slice ``c`` of the voxels, its unwrapped echoes ``y`` (N, len) float32, their N
+    fit weights ``(m/ref)²`` of :func:`_echo_weight` (of the magnitude as float32; 1.0
+    without) and the weighted line sums of echoes 1…N−1 (None for 2 echoes); ``fit.start``
+    is called first with the number of masked voxels. ``keep``: keep the unwrapped voxels
+    (else ``unwrapped`` is None)."""
     n_echo = ph.shape[3]
     box = bounding_box(msk)
     phb = _EchoBox(ph, box)
@@ -212,19 +216,8 @@ def _romeo_voxels(ph, msk, vox, te, mag):
     def first_inputs():  # the first-echo median, the alignment
         side['median'] = None
         if mag is not None:
-            side['m0'] = sel.gather(mag[..., 0], np.float32)
-            side['median'] = float(median(side['m0']))
+            side['median'] = float(median(sel.gather(mag[..., 0], np.float32)))
         side['known'] = _nearest_reference(mb, vox)
-
-    def echo_inputs():  # the masked echoes and their weights
-        side['phase'] = [sel.gather(ph[..., n], np.float32) for n in range(n_echo)]
-        if mag is None:
-            side['weights'] = [1.0] * n_echo
-            return
-        ref = side['median'] if side['median'] > 0 else 1.0
-        m0 = side.pop('m0')
-        side['weights'] = [_echo_weight(m0 if n == 0 else sel.gather(mag[..., n], np.float32),
-                                        ref) for n in range(n_echo)]
 
     dte = te[1] - te[0]
     p0 = phb[0]
@@ -247,27 +240,52 @@ def _romeo_voxels(ph, msk, vox, te, mag):
     del delta_u
     mref = side['median'] if side['median'] is not None and side['median'] > 0 else None
     offset_u = _romeo_box(offset, mb, vox, None if magb is None else magb[0], None, None,
-                          None, True, mref=mref, prepare=echo_inputs,
-                          known=lambda: side.pop('known'))
+                          None, True, mref=mref, known=lambda: side.pop('known'))
     del offset
+    side.pop('known', None)
     off = _centred(offset_u, bsel)
     del offset_u
-    # temporal unwrapping of the masked voxels, vectorised, in fixed chunks
-    phase, weights = side['phase'], side['weights']
-    out = np.empty((n_echo, sel.size), np.float32)
-    sums = {}
+    # temporal unwrapping of the masked voxels, vectorised, in fixed chunks, each chunk's
+    # echoes and weights read from the grids (the same values as gathering them whole)
+    ref = None if mag is None else (side['median'] if side['median'] > 0 else 1.0)
+    flat = _flat_indices(sel)
+    out = np.empty((n_echo, sel.size), np.float32) if keep else None
+    if fit is not None:
+        fit.start(sel.size)
 
     def chunk(c):
-        y0 = _temporal_unwrap(phase[0][c], off[c] + d[c] * scale1)
-        out[0][c] = y0
-        out[1][c] = y0 + d[c]
+        ijk = np.unravel_index(flat[c], msk.shape)
+        phase = [ph[ijk + (n,)].astype(np.float32, copy=False) for n in range(n_echo)]
+        weights = ([1.0] * n_echo if mag is None else
+                   [_echo_weight(mag[ijk + (n,)].astype(np.float32, copy=False), ref)
+                    for n in range(n_echo)])
+        del ijk
+        y = out[:, c] if keep else np.empty((n_echo, c.stop - c.start), np.float32)
+        y0 = _temporal_unwrap(phase[0], off[c] + d[c] * scale1)
+        y[0] = y0
+        y[1] = y0 + d[c]
+        sums = None
         if n_echo > 2:
-            sums[c.start] = _unwrap_later_echoes(
-                out[:, c], [p[c] for p in phase], te,
-                [w if isinstance(w, float) else w[c] for w in weights])
+            sums = _unwrap_later_echoes(y, phase, te, weights)
+        if fit is not None:
+            fit(c, y, weights, sums)
 
     chunkwise(chunk, sel.size)
-    return _RomeoVoxels(sel, out, weights, sums if n_echo > 2 else None)
+    return _RomeoVoxels(sel, out)
+
+
+def _flat_indices(sel):
+    """Flat (C-order) grid indices of ``sel``'s voxels in its order, int64, made by its
+    slabs side by side."""
+    mask = sel.mask
+    plane = int(np.prod(mask.shape[1:]))
+    flat = np.empty(sel.size, np.int64)
+
+    def one(planes, voxels):
+        flat[voxels] = np.flatnonzero(mask[planes]) + planes.start * plane
+
+    sel.each(one)
+    return flat
 
 
 def _centred(u, sel):
