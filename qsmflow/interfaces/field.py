@@ -42,7 +42,7 @@ class EstimateField(SimpleInterface):
                     unwrapping=self.inputs.unwrapping, combination=self.inputs.combination)
         with threads.limit(self.inputs.num_threads):
             res = echoes.estimate_field(phase, mask_data > 0, base.voxel_size(img),
-                                        magnitude=mag, **opts)
+                                        magnitude=mag, return_unwrapped=False, **opts)
         steps = base.read_steps(self.inputs.in_phase, self.inputs.in_mask)
         steps.append(base.step('unwrapping+echo-fit', echoes.estimate_field, opts))
         res['noise_ppm'] = echoes.hz_to_ppm(res['noise_hz'], self.inputs.b0_tesla)
