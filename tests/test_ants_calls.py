@@ -343,3 +343,60 @@ def test_resampling_refuses_what_it_does_not_do_as_antspyx(resampling, tmp_path)
         assert img.get_data_dtype() == np.float32
         assert np.array_equal(np.asarray(img.dataobj),
                               np.asarray(nb.load(given).dataobj).astype(np.float32))
+
+
+class _ForgetfulANTs:
+    """Stands in for ANTs' library: ``antsRegistration`` exits 0 and writes the affine, but
+    writes the warps only from call number ``writes_warps_from`` on (ANTs ignores its own
+    errors when a transform cannot be written: a full disk, say)."""
+
+    def __init__(self, writes_warps_from):
+        self.calls, self.writes_warps_from = 0, writes_warps_from
+
+    def antsRegistration(self, args):
+        self.calls += 1
+        out = args[args.index('--output') + 1].strip('[]')
+        Path(out + '0GenericAffine.mat').write_text('affine')
+        if self.calls >= self.writes_warps_from:
+            for name in ('1Warp.nii.gz', '1InverseWarp.nii.gz'):
+                Path(out + name).write_text('warp')
+        return 0
+
+
+@pytest.mark.parametrize('writes_warps_from', [2, 3])
+def test_transforms_ants_did_not_write_are_retried_then_named(tmp_path, monkeypatch,
+                                                               writes_warps_from):
+    """A registration whose warps ANTs silently failed to write runs once more; if they are
+    still missing, the error names them, the folder and its free space."""
+    from qsmflow.interfaces import ants_calls
+
+    fake = _ForgetfulANTs(writes_warps_from)
+    monkeypatch.setattr(ants_calls, 'ants_library', lambda: fake)
+    prefix = str(tmp_path / 'reg_')
+    settings = dict(SETTINGS['SyNRA'])
+    if writes_warps_from == 2:
+        fwd, inv = ants_calls._run_registration('f.nii.gz', 'm.nii.gz', prefix, settings)
+        assert fake.calls == 2
+        assert [Path(p).name for p in fwd] == ['reg_1Warp.nii.gz', 'reg_0GenericAffine.mat']
+        assert [Path(p).name for p in inv] == ['reg_0GenericAffine.mat', 'reg_1InverseWarp.nii.gz']
+    else:
+        with pytest.raises(RuntimeError, match=r'without writing its warp, inverse warp in '
+                                               r'.* MB free there\), twice'):
+            ants_calls._run_registration('f.nii.gz', 'm.nii.gz', prefix, settings)
+        assert fake.calls == 2
+
+
+def _print_then_fail(message):
+    print(message, file=sys.stderr)
+    raise RuntimeError('the call failed')
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason='exception notes: Python 3.11')
+def test_a_failed_call_carries_what_its_process_printed():
+    """ANTs prints its reasons (a transform it could not write) to the process's stderr: a
+    failed call's error carries the last lines of it."""
+    from qsmflow.interfaces.ants_calls import in_fresh_process
+
+    with pytest.raises(RuntimeError, match='the call failed') as err:
+        in_fresh_process(_print_then_fail, "Can't write transform file reg_1Warp.nii.gz")
+    assert "Can't write transform file reg_1Warp.nii.gz" in ' '.join(err.value.__notes__)

@@ -78,6 +78,9 @@ def in_fresh_process(func, *args, **kwargs):
                                f'{tail}')
         ok, value = pickle.loads(result.read_bytes())
     if not ok:
+        printed = [line for line in proc.stderr.strip().splitlines() if line.strip()][-5:]
+        if printed and hasattr(value, 'add_note'):  # ANTs' own errors (Python >= 3.11)
+            value.add_note('the process printed: ' + ' | '.join(printed))
         raise value
     return value
 
@@ -295,14 +298,42 @@ def _run_registration(fixed: str, moving: str, prefix: str, settings: dict,
     """Run ``antsRegistration`` (the moving image warped to ``warped`` if given); return the
     forward and inverse transforms in antspyx's order (forward: warp, then affine; inverse:
     affine, then inverse warp)."""
-    code = ants_library().antsRegistration(
-        registration_args(fixed, moving, prefix, settings, warped))
-    if code != 0:
-        raise RuntimeError(f'antsRegistration failed with error code {code}')
-    affine = sorted(glob.glob(prefix + '[0-9]GenericAffine.mat'))
-    warp = sorted(glob.glob(prefix + '[0-9]Warp.nii.gz'))
-    inverse = sorted(glob.glob(prefix + '[0-9]InverseWarp.nii.gz'))
-    return warp + affine, affine + inverse
+    args = registration_args(fixed, moving, prefix, settings, warped)
+    for attempt in (1, 2):
+        code = ants_library().antsRegistration(args)
+        if code != 0:
+            raise RuntimeError(f'antsRegistration failed with error code {code}')
+        affine = sorted(glob.glob(prefix + '[0-9]GenericAffine.mat'))
+        warp = sorted(glob.glob(prefix + '[0-9]Warp.nii.gz'))
+        inverse = sorted(glob.glob(prefix + '[0-9]InverseWarp.nii.gz'))
+        missing = _missing_outputs(settings['type_of_transform'], affine, warp, inverse, warped)
+        if not missing:
+            return warp + affine, affine + inverse
+        # ANTs ignores its own transform-writing errors (exit 0, files absent): once more,
+        # from a clean prefix (the same transforms: seed and threads are fixed)
+        for path in glob.glob(prefix + '*'):
+            if os.path.isfile(path):
+                os.remove(path)
+    folder = os.path.dirname(prefix) or '.'
+    free_mb = shutil.disk_usage(folder).free / 2 ** 20
+    raise RuntimeError(f'antsRegistration ended without writing its {", ".join(missing)} in '
+                       f'{folder} ({free_mb:.0f} MB free there), twice: ANTs ignores its write '
+                       'errors; free disk space there or make it writable, and run again')
+
+
+def _missing_outputs(kind: str, affine, warp, inverse, warped) -> list[str]:
+    """Names of the outputs an ``antsRegistration`` of type ``kind`` must have written and
+    did not: the affine (.mat) unless ``SyNOnly``, one warp and one inverse warp unless
+    linear, the warped image if one was asked for."""
+    missing = []
+    if kind != 'SyNOnly' and not affine:
+        missing.append('affine')
+    if kind not in LINEAR_TYPES:
+        missing += [name for name, found in (('warp', warp), ('inverse warp', inverse))
+                    if len(found) != 1]
+    if warped and not os.path.exists(warped):
+        missing.append('warped image')
+    return missing
 
 
 def _shrink_factors(stage: dict, spacing) -> dict:
