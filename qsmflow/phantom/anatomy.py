@@ -100,6 +100,17 @@ _R2STAR_NUCLEUS_DEFAULT_HZ = 22.0
 CLASS_M0 = {'csf': 1.0, 'gm': 0.85, 'wm': 0.70, 'nucleus': 0.80, 'vein': 0.75,
             'bone': 0.10, 'soft': 0.85}
 
+#: Head models outside the brain (:func:`template_anatomy`'s ``head_model``): ``template``
+#: takes the MNI template's head as it is (scalp and muscle as bright as GM, M0 0.85,
+#: R2* 30/s); ``thick-skull`` is a second kind of head, as the held-out builds of the
+#: issue "Deep nuclei on real anatomy" describe one: a skull thicker by ``skull_extra_mm``
+#: (the soft tissue that far outside the bone becomes bone) and a scalp and muscle that do
+#: not outshine the brain (M0 0.55, muscle-like R2* 45/s: darker than GM at every echo).
+HEAD_MODELS = {
+    'template': {'skull_extra_mm': 0.0, 'soft_m0': 0.85, 'soft_r2star_hz': 30.0},
+    'thick-skull': {'skull_extra_mm': 3.0, 'soft_m0': 0.55, 'soft_r2star_hz': 45.0},
+}
+
 #: Tissue classes of the ``desc-tissue`` segmentation.
 TISSUE_LABELS = {0: 'air', 1: 'csf', 2: 'gm', 3: 'wm', 4: 'nucleus', 5: 'vein', 6: 'soft',
                  7: 'bone', 8: 'air_cavity'}
@@ -316,7 +327,8 @@ def _resample(data, src_affine, dst_affine, dst_shape, order=1, cval=0.0):
 
 
 @functools.lru_cache(maxsize=2)
-def template_anatomy(template_t1w, cit168_dseg, cit168_tsv) -> TemplateAnatomy:
+def template_anatomy(template_t1w, cit168_dseg, cit168_tsv,
+                     head_model: str = 'template') -> TemplateAnatomy:
     """Build (once per process, cached) the template-space anatomy at 1 mm.
 
     Parameters
@@ -327,11 +339,16 @@ def template_anatomy(template_t1w, cit168_dseg, cit168_tsv) -> TemplateAnatomy:
         CIT168 labels in the same space (uint8, 1..32, any grid).
     cit168_tsv : str
         Its label table (``index``, ``name``, ``structure`` columns).
+    head_model : str
+        The tissues outside the brain, one of :data:`HEAD_MODELS` (the brain is the same).
 
     Returns
     -------
     TemplateAnatomy
     """
+    if head_model not in HEAD_MODELS:
+        raise ValueError(f'head_model {head_model!r}: one of {sorted(HEAD_MODELS)}')
+    model = HEAD_MODELS[head_model]
     img = nb.load(str(template_t1w))
     t1_2 = np.asarray(img.get_fdata(), np.float32)
     vox2 = float(abs(img.affine[0, 0]))
@@ -374,14 +391,18 @@ def template_anatomy(template_t1w, cit168_dseg, cit168_tsv) -> TemplateAnatomy:
     nonbrain = head & ~brain
     rim = nonbrain & near & (t1 < gm_m) & ~cavity
     soft_w = np.clip((t1 - 0.3 * gm_m) / (0.5 * gm_m), 0.0, 1.0)  # 0 dark .. 1 bright
+    if model['skull_extra_mm'] > 0:  # the soft tissue next to the bone becomes bone
+        bone0 = nonbrain & ~rim & (soft_w < 0.5)
+        near_bone = ndimage.distance_transform_edt(~bone0) <= model['skull_extra_mm']
+        soft_w[nonbrain & ~rim & near_bone & ~cavity] = 0.0
     for cls_name, sel in (('bone', nonbrain & ~rim & (soft_w < 0.5)),
                           ('soft', nonbrain & ~rim & (soft_w >= 0.5))):
         tissue[sel] = 7 if cls_name == 'bone' else 6
     outside = nonbrain & ~rim
     chi[outside] = (STRUCTURE_CHI_PPM['bone'] * (1 - soft_w))[outside]
-    m0[outside] = (CLASS_M0['bone'] + (CLASS_M0['soft'] - CLASS_M0['bone']) * soft_w)[outside]
+    m0[outside] = (CLASS_M0['bone'] + (model['soft_m0'] - CLASS_M0['bone']) * soft_w)[outside]
     r2[outside] = np.exp(np.log(STRUCTURE_R2STAR_HZ['bone']) * (1 - soft_w)
-                         + np.log(STRUCTURE_R2STAR_HZ['soft']) * soft_w)[outside]
+                         + np.log(model['soft_r2star_hz']) * soft_w)[outside]
     tissue[rim] = 1
     chi[rim], m0[rim], r2[rim] = 0.0, CLASS_M0['csf'], STRUCTURE_R2STAR_HZ['csf']
     tissue[cavity] = 8

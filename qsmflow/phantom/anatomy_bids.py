@@ -92,7 +92,7 @@ def write_anatomy_dataset(bids_dir, truth_dir, *, template_t1w, cit168_dseg, cit
                           snr: float = 100.0, echo_times_s=DEFAULT_ECHO_TIMES_S,
                           b0_tesla: float = 3.0, tilt_deg: float = 0.0, ages=None,
                           chi_jitter: float = 0.05, deformation_options: dict | None = None,
-                          atlas_dir=None) -> dict:
+                          atlas_dir=None, head_model: str = 'template') -> dict:
     """Simulate and write a BIDS MEGRE dataset of anatomy phantoms, its truth and atlas.
 
     Subject ``i`` (``sub-01``, ``sub-02``, …) gets its own deformation
@@ -122,6 +122,8 @@ def write_anatomy_dataset(bids_dir, truth_dir, *, template_t1w, cit168_dseg, cit
         Keyword arguments of :func:`random_deformation`.
     atlas_dir : str or Path, optional
         Where :func:`write_atlas` writes; default ``truth_dir / 'atlas'``.
+    head_model : str
+        Tissues outside the brain (:data:`~qsmflow.phantom.anatomy.HEAD_MODELS`).
 
     Returns
     -------
@@ -131,7 +133,8 @@ def write_anatomy_dataset(bids_dir, truth_dir, *, template_t1w, cit168_dseg, cit
     """
     bids_dir, truth_dir = Path(bids_dir), Path(truth_dir)
     atlas_dir = truth_dir / 'atlas' if atlas_dir is None else Path(atlas_dir)
-    anatomy = template_anatomy(str(template_t1w), str(cit168_dseg), str(cit168_tsv))
+    anatomy = template_anatomy(str(template_t1w), str(cit168_dseg), str(cit168_tsv),
+                               head_model)
     tes = tuple(float(t) for t in echo_times_s)
     root = np.random.SeedSequence(int(seed))
     if ages is None:

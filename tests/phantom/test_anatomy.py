@@ -184,3 +184,26 @@ def test_write_dataset(tmp_path, anatomy):
     assert set(np.unique(np.asarray(atlas_img.dataobj))) == set(range(35))
     assert nb.load(atlas['template_mask']).shape == nb.load(atlas['template']).shape
     assert out['seconds_per_subject'][0] < 60
+
+
+def test_thick_skull_head_model_changes_only_the_head(anatomy):
+    """The second head model (``thick-skull``): the same brain, a thicker skull, and a scalp
+    and muscle darker than the brain at the first echo (the template head's are about as
+    bright as grey matter)."""
+    other = A.template_anatomy(str(TEMPLATE), str(CIT_DSEG), str(CIT_TSV), 'thick-skull')
+    brain = anatomy.brain_mask
+    assert (other.brain_mask == brain).all()
+    for name in ('labels', 'chi_ppm', 'm0', 'r2star_hz'):
+        assert (getattr(other, name)[brain] == getattr(anatomy, name)[brain]).all(), name
+    vox_ml = A.TemplateAnatomy.voxel_size_mm.fget(anatomy) ** 3 / 1000
+    bone, bone_other = ((a.tissue == 7).sum() * vox_ml for a in (anatomy, other))
+    assert bone_other > 1.4 * bone  # mL of bone
+    te1 = anatomy_bids.DEFAULT_ECHO_TIMES_S[0]
+
+    def signal(a, sel):
+        return np.median((a.m0 * np.exp(-a.r2star_hz * te1))[sel])
+
+    assert signal(anatomy, anatomy.tissue == 6) > 0.85 * signal(anatomy, brain)
+    assert signal(other, other.tissue == 6) < 0.7 * signal(other, brain)
+    with pytest.raises(ValueError, match='head_model'):
+        A.template_anatomy(str(TEMPLATE), str(CIT_DSEG), str(CIT_TSV), 'thin')
