@@ -104,12 +104,16 @@ CLASS_M0 = {'csf': 1.0, 'gm': 0.85, 'wm': 0.70, 'nucleus': 0.80, 'vein': 0.75,
 #: takes the MNI template's head as it is (scalp and muscle as bright as GM, M0 0.85,
 #: R2* 30/s); ``thick-skull`` is a second kind of head, as the held-out builds of the
 #: issue "Deep nuclei on real anatomy" describe one: a skull thicker by ``skull_extra_mm``
-#: (the soft tissue that far outside the bone becomes bone) and a scalp and muscle that do
-#: not outshine the brain (M0 0.55, muscle-like R2* 45/s: darker than GM at every echo).
+#: (the soft tissue that far outside the bone becomes bone, as long as ``SCALP_MIN_MM`` of
+#: it stays) and a scalp and muscle that do not outshine the brain (M0 0.55, muscle-like
+#: R2* 45/s: darker than GM at every echo).
 HEAD_MODELS = {
     'template': {'skull_extra_mm': 0.0, 'soft_m0': 0.85, 'soft_r2star_hz': 30.0},
     'thick-skull': {'skull_extra_mm': 3.0, 'soft_m0': 0.55, 'soft_r2star_hz': 45.0},
 }
+
+#: Least scalp (mm) a thicker skull leaves (:data:`HEAD_MODELS`).
+SCALP_MIN_MM = 4.0
 
 #: Tissue classes of the ``desc-tissue`` segmentation.
 TISSUE_LABELS = {0: 'air', 1: 'csf', 2: 'gm', 3: 'wm', 4: 'nucleus', 5: 'vein', 6: 'soft',
@@ -391,10 +395,15 @@ def template_anatomy(template_t1w, cit168_dseg, cit168_tsv,
     nonbrain = head & ~brain
     rim = nonbrain & near & (t1 < gm_m) & ~cavity
     soft_w = np.clip((t1 - 0.3 * gm_m) / (0.5 * gm_m), 0.0, 1.0)  # 0 dark .. 1 bright
-    if model['skull_extra_mm'] > 0:  # the soft tissue next to the bone becomes bone
-        bone0 = nonbrain & ~rim & (soft_w < 0.5)
-        near_bone = ndimage.distance_transform_edt(~bone0) <= model['skull_extra_mm']
-        soft_w[nonbrain & ~rim & near_bone & ~cavity] = 0.0
+    if model['skull_extra_mm'] > 0:  # soft tissue next to the bone becomes bone, where at
+        # least SCALP_MIN_MM of it stays above (1 mm grid: voxels are mm)
+        # the skull: dark voxels nearer the brain than the outside (not the template head's
+        # dark outer layer)
+        depth = ndimage.distance_transform_edt(head)
+        skull = nonbrain & ~rim & (soft_w < 0.5) & (ndimage.distance_transform_edt(~brain)
+                                                      < depth)
+        near_bone = ndimage.distance_transform_edt(~skull) <= model['skull_extra_mm']
+        soft_w[nonbrain & ~rim & near_bone & (depth > SCALP_MIN_MM) & ~cavity] = 0.0
     for cls_name, sel in (('bone', nonbrain & ~rim & (soft_w < 0.5)),
                           ('soft', nonbrain & ~rim & (soft_w >= 0.5))):
         tissue[sel] = 7 if cls_name == 'bone' else 6
