@@ -98,15 +98,21 @@ LARGE = ('putamen', 'caudate', 'globus_pallidus_externa', 'globus_pallidus_inter
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
+    return run_phantom(tmp_path_factory.mktemp('real-anatomy'), n_subjects=2, seed=0)
+
+
+def run_phantom(root, **dataset) -> dict:
+    """Write a 2 mm real-anatomy dataset (``dataset``: keyword arguments of
+    :func:`~qsmflow.phantom.anatomy_bids.write_anatomy_dataset`, SNR 100) under ``root`` and
+    run the participant level on it with its atlas as a custom atlas (defaults otherwise)."""
     from qsmflow.cli import main
     from qsmflow.phantom.anatomy_bids import write_anatomy_dataset
 
-    root = tmp_path_factory.mktemp('real-anatomy')
     data = write_anatomy_dataset(
         root / 'rawdata', root / 'truth', template_t1w=TEMPLATE,
         cit168_dseg=CIT168 / 'atlas-CIT168_desc-th50_dseg.nii.gz',
-        cit168_tsv=CIT168 / 'atlas-CIT168_dseg.tsv', n_subjects=2, voxel_size_mm=2.0,
-        seed=0, snr=100.0)
+        cit168_tsv=CIT168 / 'atlas-CIT168_dseg.tsv', voxel_size_mm=2.0, snr=100.0,
+        **dataset)
     atlas = data['atlas']
     tf_home = root / 'templateflow'
     shutil.copytree(TEMPLATEFLOW_HOME, tf_home)
