@@ -101,14 +101,15 @@ CLASS_M0 = {'csf': 1.0, 'gm': 0.85, 'wm': 0.70, 'nucleus': 0.80, 'vein': 0.75,
             'bone': 0.10, 'soft': 0.85}
 
 #: Head models outside the brain (:func:`template_anatomy`'s ``head_model``): ``template``
-#: takes the MNI template's head as it is (scalp and muscle as bright as GM, M0 0.85,
-#: R2* 30/s); ``thick-skull`` is a second kind of head, as the held-out builds of the
-#: issue "Deep nuclei on real anatomy" describe one: a skull thicker by ``skull_extra_mm``
-#: (the soft tissue that far outside the bone becomes bone, as long as ``SCALP_MIN_MM`` of
-#: it stays) and a scalp and muscle that do not outshine the brain (M0 0.55, muscle-like
-#: R2* 45/s: darker than GM at every echo).
+#: takes the MNI template's head as it is (scalp and muscle as bright as GM: ``soft`` of
+#: ``CLASS_M0`` and ``STRUCTURE_R2STAR_HZ``); ``thick-skull`` is a second kind of head, as
+#: the held-out builds of the issue "Deep nuclei on real anatomy" describe one: a skull
+#: thicker by ``skull_extra_mm`` (the soft tissue that far outside the bone becomes bone,
+#: as long as ``SCALP_MIN_MM`` of it stays) and a scalp and muscle that do not outshine the
+#: brain (M0 0.55, muscle-like R2* 45/s: darker than GM at every echo).
 HEAD_MODELS = {
-    'template': {'skull_extra_mm': 0.0, 'soft_m0': 0.85, 'soft_r2star_hz': 30.0},
+    'template': {'skull_extra_mm': 0.0, 'soft_m0': CLASS_M0['soft'],
+                 'soft_r2star_hz': STRUCTURE_R2STAR_HZ['soft']},
     'thick-skull': {'skull_extra_mm': 3.0, 'soft_m0': 0.55, 'soft_r2star_hz': 45.0},
 }
 
@@ -395,10 +396,10 @@ def template_anatomy(template_t1w, cit168_dseg, cit168_tsv,
     nonbrain = head & ~brain
     rim = nonbrain & near & (t1 < gm_m) & ~cavity
     soft_w = np.clip((t1 - 0.3 * gm_m) / (0.5 * gm_m), 0.0, 1.0)  # 0 dark .. 1 bright
-    if model['skull_extra_mm'] > 0:  # soft tissue next to the bone becomes bone, where at
-        # least SCALP_MIN_MM of it stays above (1 mm grid: voxels are mm)
-        # the skull: dark voxels nearer the brain than the outside (not the template head's
-        # dark outer layer)
+    if model['skull_extra_mm'] > 0:
+        # the soft tissue next to the skull becomes bone where at least SCALP_MIN_MM of it
+        # stays above (1 mm grid: voxels are mm); the skull: dark voxels nearer the brain
+        # than the outside (not the template head's dark outer layer)
         depth = ndimage.distance_transform_edt(head)
         skull = nonbrain & ~rim & (soft_w < 0.5) & (ndimage.distance_transform_edt(~brain)
                                                       < depth)
