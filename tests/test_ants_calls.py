@@ -373,17 +373,21 @@ def test_transforms_ants_did_not_write_are_retried_then_named(tmp_path, monkeypa
     fake = _ForgetfulANTs(writes_warps_from)
     monkeypatch.setattr(ants_calls, 'ants_library', lambda: fake)
     prefix = str(tmp_path / 'reg_')
+    moving = tmp_path / 'reg_moving.nii.gz'  # an input under the same prefix stays
+    moving.write_text('moving')
     settings = dict(SETTINGS['SyNRA'])
     if writes_warps_from == 2:
         fwd, inv = ants_calls._run_registration('f.nii.gz', 'm.nii.gz', prefix, settings)
         assert fake.calls == 2
         assert [Path(p).name for p in fwd] == ['reg_1Warp.nii.gz', 'reg_0GenericAffine.mat']
         assert [Path(p).name for p in inv] == ['reg_0GenericAffine.mat', 'reg_1InverseWarp.nii.gz']
+        assert moving.read_text() == 'moving'
     else:
         with pytest.raises(RuntimeError, match=r'without writing its warp, inverse warp in '
                                                r'.* MB free there\), twice'):
             ants_calls._run_registration('f.nii.gz', 'm.nii.gz', prefix, settings)
         assert fake.calls == 2
+        assert moving.read_text() == 'moving'
 
 
 def _print_then_fail(message):

@@ -299,7 +299,7 @@ def _run_registration(fixed: str, moving: str, prefix: str, settings: dict,
     forward and inverse transforms in antspyx's order (forward: warp, then affine; inverse:
     affine, then inverse warp)."""
     args = registration_args(fixed, moving, prefix, settings, warped)
-    for attempt in (1, 2):
+    for _ in range(2):
         code = ants_library().antsRegistration(args)
         if code != 0:
             raise RuntimeError(f'antsRegistration failed with error code {code}')
@@ -310,8 +310,9 @@ def _run_registration(fixed: str, moving: str, prefix: str, settings: dict,
         if not missing:
             return warp + affine, affine + inverse
         # ANTs ignores its own transform-writing errors (exit 0, files absent): once more,
-        # from a clean prefix (the same transforms: seed and threads are fixed)
-        for path in glob.glob(prefix + '*'):
+        # without what it did write (the same transforms: seed and threads are fixed); not
+        # every file under the prefix: the caller's inputs may share it (refine_moving)
+        for path in affine + warp + inverse + ([warped] if warped else []):
             if os.path.isfile(path):
                 os.remove(path)
     folder = os.path.dirname(prefix) or '.'
