@@ -46,8 +46,9 @@ def test_brain_mask_holds_the_brain_not_the_head(thick):
         anat, tanat = thick['out'] / sub / 'anat', thick['truth'] / sub / 'anat'
         mask = np.asarray(nb.load(anat / f'{sub}_desc-brain_mask.nii.gz').dataobj) > 0
         brain = np.asarray(nb.load(tanat / f'{sub}_desc-brain_mask.nii.gz').dataobj) > 0
-        tissue = np.asarray(nb.load(tanat / f'{sub}_desc-tissue_dseg.nii.gz').dataobj)
-        ml = 8e-3  # mL per 2 mm voxel
+        tissue_img = nb.load(tanat / f'{sub}_desc-tissue_dseg.nii.gz')
+        tissue = np.asarray(tissue_img.dataobj)
+        ml = float(np.prod(tissue_img.header.get_zooms()[:3])) / 1000  # mL per voxel
         print(sub, 'mask', mask.sum() * ml, 'brain', brain.sum() * ml, 'missed',
               (brain & ~mask).sum() * ml, 'scalp/muscle', (mask & (tissue == 6)).sum() * ml,
               'bone', (mask & (tissue == 7)).sum() * ml)
@@ -72,4 +73,3 @@ def test_every_nucleus_tabulated_near_the_truth(thick):
         meta = json.loads(next((thick['out'] / sub / 'anat').glob(
             f'{sub}*_atlas-custom_stats.json')).read_text())
         assert meta['LabelRefinement']['Applied'] is True
-

@@ -471,11 +471,10 @@ def refine_chi(prior_path, chi_path, transforms, out_dir, *, settings, nthreads=
     warped = str(out_dir / 'refine_warped.nii.gz')
     _, inv = _run_registration(str(prior_path), moved, str(out_dir / 'refine_'), settings,
                                warped=warped)
-    inv = [p for p in inv if p.endswith('.nii.gz')]
-    if len(inv) != 1:
-        raise RuntimeError(f'antsRegistration wrote {inv}: expected one inverse warp')
+    # _run_registration made sure of exactly one inverse warp
+    inverse_warp = next(p for p in inv if p.endswith('.nii.gz'))
     dest = out_dir / 'refine_inverse_warp.nii.gz'
-    shutil.copyfile(inv[0], dest)
+    shutil.copyfile(inverse_warp, dest)
     prior, moving, after = (np.asarray(nb.load(p).dataobj, dtype=np.float32)
                             for p in (prior_path, moved, warped))
     return {'inverse_warp': str(dest), 'version': antspyx_version(),

@@ -396,19 +396,18 @@ def template_anatomy(template_t1w, cit168_dseg, cit168_tsv,
     nonbrain = head & ~brain
     rim = nonbrain & near & (t1 < gm_m) & ~cavity
     soft_w = np.clip((t1 - 0.3 * gm_m) / (0.5 * gm_m), 0.0, 1.0)  # 0 dark .. 1 bright
+    outside = nonbrain & ~rim
     if model['skull_extra_mm'] > 0:
         # the soft tissue next to the skull becomes bone where at least SCALP_MIN_MM of it
         # stays above (1 mm grid: voxels are mm); the skull: dark voxels nearer the brain
         # than the outside (not the template head's dark outer layer)
         depth = ndimage.distance_transform_edt(head)
-        skull = nonbrain & ~rim & (soft_w < 0.5) & (ndimage.distance_transform_edt(~brain)
-                                                      < depth)
+        skull = outside & (soft_w < 0.5) & (ndimage.distance_transform_edt(~brain) < depth)
         near_bone = ndimage.distance_transform_edt(~skull) <= model['skull_extra_mm']
-        soft_w[nonbrain & ~rim & near_bone & (depth > SCALP_MIN_MM) & ~cavity] = 0.0
-    for cls_name, sel in (('bone', nonbrain & ~rim & (soft_w < 0.5)),
-                          ('soft', nonbrain & ~rim & (soft_w >= 0.5))):
+        soft_w[outside & near_bone & (depth > SCALP_MIN_MM) & ~cavity] = 0.0
+    for cls_name, sel in (('bone', outside & (soft_w < 0.5)),
+                          ('soft', outside & (soft_w >= 0.5))):
         tissue[sel] = 7 if cls_name == 'bone' else 6
-    outside = nonbrain & ~rim
     chi[outside] = (STRUCTURE_CHI_PPM['bone'] * (1 - soft_w))[outside]
     m0[outside] = (CLASS_M0['bone'] + (model['soft_m0'] - CLASS_M0['bone']) * soft_w)[outside]
     r2[outside] = np.exp(np.log(STRUCTURE_R2STAR_HZ['bone']) * (1 - soft_w)
