@@ -102,6 +102,10 @@ def step_text(step: dict) -> tuple[str, list]:
         params['lam'] = f'{reg["lam"]:.4g} (chosen: {reg.get("criterion", "")})'
         if reg.get('shell_weight') is not None:
             params['shell_weight'] = f'{reg["shell_weight"]:.3g} (chosen)'
+        strength = (reg.get('reweighting') or {}).get('strength')
+        if strength:  # the reweighted second pass ran
+            params['reweight'] = (f'{strength:.3g} (a second, reweighted pass: '
+                                  f'{reg["reweighting"].get("criterion", "")})')
     text = ', '.join(f'{k}={_value(v)}' for k, v in params.items())
     return f'{step.get("Step")}: {short} ({algo}{"; " + text if text else ""})', keys
 

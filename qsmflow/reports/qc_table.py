@@ -44,6 +44,8 @@ COLUMNS = {
     'lambda_ppm_mm': ('Regularisation weight of the dipole inversion (chosen from the data '
                       'for TV unless given; n/a for unregularised methods)', 'ppm*mm'),
     'shell_weight': ('Weight of the TV shell prior chosen from the data (n/a otherwise)', '1'),
+    'tv_reweight_strength': ('Strength of TV\'s reweighted second pass (0: one pass; > 0 where '
+                             'the weight floor set lambda; n/a for other inversions)', '1'),
     'streaking_index': ('Power density of chi in the magic-angle cone (|D(k)| < 0.1) over '
                         'that outside; higher = more streaking; compare runs of the same '
                         'pipeline and resolution', '1'),
@@ -113,6 +115,7 @@ def acquisition_qc(*, magnitude, brain_mask, mask, noise, local_field, chimap,
     row['local_field_sd_ppm'] = float(field[final].std()) if final.any() else math.nan
     row['lambda_ppm_mm'] = lam if isinstance(lam, (int, float)) else math.nan
     row['shell_weight'] = reg.get('shell_weight', math.nan)
+    row['tv_reweight_strength'] = (reg.get('reweighting') or {}).get('strength', math.nan)
     chi, cimg = base.load(chimap)
     row['streaking_index'] = metrics.streaking_index(
         chi, final, vox, b0_dir=b0_dir_from_affine(cimg.affine))

@@ -76,11 +76,14 @@ def test_snr30_deep_gm_and_rmse(default):
 
 
 def test_snr100_deep_gm(default):
-    """Measured 2026-12-05: λ 3e-4 (the floor: clean data), deep-GM error 0.0067 ppm,
-    RMSE 56.7 % (at 5e-4 / 4e-4 / 2e-4: 0.0043 / 0.0054 / 0.0078 ppm; the floor is set over
-    three phantoms, see ``regularisation.TV_LAM_RANGE``)."""
+    """Measured 2026-12-06: λ 3e-4 (the floor: clean data) and TV's reweighted second pass
+    (strength 0.60), deep-GM error 0.0105 ppm (0.0067 with one pass; at 5e-4 / 4e-4 / 2e-4
+    one-pass: 0.0043 / 0.0054 / 0.0078 ppm; the floor is set over three phantoms, see
+    ``regularisation.TV_LAM_RANGE``). On this head PDF makes the deep grey matter read about
+    +0.009 ppm high; TV alone on its noise-free local field is within 0.0009 ppm with the
+    second pass (−0.0030 with one; ``test_tv_reweighting.py``)."""
     got = default[100.0]
-    assert got['deep_gm_ppm'] <= 0.011, got
+    assert got['deep_gm_ppm'] <= 0.013, got
     assert got['lam'] == regularisation.TV_LAM_RANGE[0], got
 
 

@@ -43,6 +43,8 @@ STEPS = {
     'rts': lambda f, m, d: rts(f, m, (1, 1, 1), device=d),
     'tv': lambda f, m, d: tv(f, m, (1, 1, 1), device=d),  # weights chosen, shell on
     'tv-fixed': lambda f, m, d: tv(f, m, (1, 1, 1), lam=1e-3, max_iter=15, tol=0, device=d),
+    'tv-reweighted': lambda f, m, d: tv(f, m, (1, 1, 1), lam=3e-4, reweight=0.5, max_iter=15,
+                                        tol=0, device=d),
 }
 
 

@@ -15,15 +15,30 @@ from qsmflow.qsm import _vector
 from qsmflow.qsm.kernels import gradient_adjoint, irfft, rfft
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _shrink_update(chi, chi_prev, u, v, ih0, ih1, ih2, thr, alpha):  # pragma: no cover
+def _shrink_update(chi, chi_prev, u, v, ih0, ih1, ih2, thr, alpha, weights=None):
     """One ADMM z/u step for ``z ≈ ∇χ`` with isotropic soft-thresholding, fused in one pass.
 
-    With ``z_old = v + u``: ``p = α∇χ + (1 − α) z_old + u``; ``z = max(1 − thr/|p|, 0) p``;
-    ``u ← p − z``; ``v ← z − u``.
+    With ``z_old = v + u``: ``p = α∇χ + (1 − α) z_old + u``; ``z = max(1 − t/|p|, 0) p``
+    with ``t = thr``, or ``t = thr · weights`` per voxel when ``weights`` (float32 grid of
+    χ's shape: a weighted TV) is given; ``u ← p − z``; ``v ← z − u``.
     Returns ``(‖∇χ − z‖, ‖χ − χ_prev‖, ‖χ‖)`` (primal residual and convergence norms).
     """
+    if weights is None:
+        weights = _NO_WEIGHTS
+    elif weights.shape != chi.shape:
+        raise ValueError(f'gradient weights of shape {weights.shape} for χ of {chi.shape}')
+    return _shrink_update_nb(chi, chi_prev, u, v, ih0, ih1, ih2, thr, alpha, weights)
+
+
+#: The "no per-voxel weights" value of :func:`_shrink_update_nb` (an empty grid).
+_NO_WEIGHTS = np.zeros((0, 0, 0), np.float32)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _shrink_update_nb(chi, chi_prev, u, v, ih0, ih1, ih2, thr, alpha, weights):  # pragma: no cover
+    """:func:`_shrink_update`, compiled; ``weights`` empty: one threshold everywhere."""
     n0, n1, n2 = chi.shape
+    weighted = weights.shape[0] > 0
     # per-slab partial sums, added up in order afterwards: the norms (which steer the
     # stopping and ρ-update tests) then do not depend on the number of threads
     res_i = np.zeros(n0)
@@ -53,7 +68,8 @@ def _shrink_update(chi, chi_prev, u, v, ih0, ih1, ih2, thr, alpha):  # pragma: n
                 py = alpha * gy + (1.0 - alpha) * (v[1, i, j, k] + u1) + u1
                 pz = alpha * gz + (1.0 - alpha) * (v[2, i, j, k] + u2) + u2
                 nrm = np.sqrt(px * px + py * py + pz * pz)
-                s = 1.0 - thr / nrm if nrm > thr else 0.0
+                t = thr * weights[i, j, k] if weighted else thr
+                s = 1.0 - t / nrm if nrm > t else 0.0
                 zx = s * px
                 zy = s * py
                 zz = s * pz
@@ -78,6 +94,25 @@ def _shrink_update(chi, chi_prev, u, v, ih0, ih1, ih2, thr, alpha):  # pragma: n
         dnorm += dnorm_i[i]
         cnorm += cnorm_i[i]
     return np.sqrt(res), np.sqrt(dnorm), np.sqrt(cnorm)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _gradient_weights(chi, ih0, ih1, ih2, scale, out):  # pragma: no cover
+    """``out = 1 / (1 + |∇χ| / scale)`` per voxel (float32), ``∇`` the periodic forward
+    differences of the shrinkage step (ppm/mm with ``ih`` in 1/mm, ``scale`` in ppm/mm)."""
+    n0, n1, n2 = chi.shape
+    inv = 1.0 / scale
+    for i in numba.prange(n0):
+        ip = i + 1 if i + 1 < n0 else 0
+        for j in range(n1):
+            jp = j + 1 if j + 1 < n1 else 0
+            for k in range(n2):
+                kp = k + 1 if k + 1 < n2 else 0
+                c = chi[i, j, k]
+                gx = (chi[ip, j, k] - c) * ih0
+                gy = (chi[i, jp, k] - c) * ih1
+                gz = (chi[i, j, kp] - c) * ih2
+                out[i, j, k] = 1.0 / (1.0 + np.sqrt(gx * gx + gy * gy + gz * gz) * inv)
 
 
 def _tv_filter(numerator, precision, L, rho):

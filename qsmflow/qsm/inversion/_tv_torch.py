@@ -21,11 +21,12 @@ from qsmflow.qsm.device import numpy32, tensor
 
 
 def tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, code, weights, grad_gain,
-                   data_gain, alpha, dev):
+                   data_gain, alpha, dev, grad_weights=None):
     """ADMM of :func:`tv` on torch device ``dev``: ``code`` (uint8 grid: 0 outside, 1 mask,
     2 shell) and ``weights`` (float32, per code) the data weights, ``grad_gain``/
     ``data_gain`` the k-space gains of the χ update (half spectra), ``alpha`` the
-    over-relaxation. Returns χ on the padded grid (numpy float32)."""
+    over-relaxation, ``grad_weights`` (optional float32 grid) per-voxel factors of the TV
+    weight. Returns χ on the padded grid (numpy float32)."""
     shape = prob.shape
     ih = 1.0 / np.asarray(prob.vsz, np.float64)
     D = tensor(prob.D, dev)
@@ -40,6 +41,8 @@ def tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, code, weights, grad_
     uy = torch.zeros_like(wf)
     prev = torch.zeros_like(wf)  # χ of the last step (only its mask voxels are read)
     thr = float(lam / rho)
+    if grad_weights is not None:  # a weighted TV: one threshold per voxel
+        thr = tensor(grad_weights, dev) * thr
     a, rd = float(alpha), float(rho_data)
     for it in range(max_iter):
         X = rfft(gradient_adjoint(v, ih))
@@ -62,7 +65,10 @@ def tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, code, weights, grad_
         # z step: p = α∇χ + (1 − α) z_old + u, z = max(1 − thr/|p|, 0) p
         pz = a * gradient(chi, ih) + (1.0 - a) * (v + u) + u
         nrm = torch.sqrt(torch.sum(pz * pz, dim=0))
-        s = torch.where(nrm > thr, 1.0 - thr / torch.clamp(nrm, min=thr), 0.0)
+        if torch.is_tensor(thr):
+            s = torch.where(nrm > thr, 1.0 - thr / torch.maximum(nrm, thr), 0.0)
+        else:
+            s = torch.where(nrm > thr, 1.0 - thr / torch.clamp(nrm, min=thr), 0.0)
         z = s * pz
         u = pz - z
         v = z - u

@@ -9,10 +9,10 @@ from qsmflow.qsm._morphology import dilate, fill_holes_axis
 from qsmflow.qsm._validation import non_negative
 from qsmflow.qsm.device import resolve
 from qsmflow.qsm.inversion._admm import (
-    _admm_tv, _data_update, _kspace_update, _shrink_update)
+    _admm_tv, _data_update, _gradient_weights, _kspace_update, _shrink_update)
 from qsmflow.qsm.inversion._common import _iterations, _positive, _Problem, _validate
 from qsmflow.qsm.inversion.regularisation import (
-    TV_SHELL_MM, choose_shell_weight, choose_tv_weight, estimate_noise)
+    TV_GRADIENT_SCALE_PPM_PER_MM, TV_SHELL_MM, choose_reweighting, choose_shell_weight, choose_tv_weight, estimate_noise)
 from qsmflow.qsm.kernels import gradient_adjoint, irfft, laplacian_kernel, rfft
 
 #: ADMM over-relaxation factor of :func:`tv` (Boyd et al. 2011, §3.4.3; 1 = plain ADMM).
@@ -34,6 +34,7 @@ def tv(
     noise_ppm: np.ndarray | None = None,
     shell_mm: float = TV_SHELL_MM,
     shell_weight: float | None = None,
+    reweight: float | None = None,
     return_info: bool = False,
     device: str = 'cpu',
 ) -> np.ndarray | tuple[np.ndarray, dict]:
@@ -63,6 +64,18 @@ def tv(
     choose_shell_weight`, ``σ²/τ²``): clean fields keep their freedom (w ≈ 0.05 at SNR 100),
     noisy in-vivo fields get the constraint (w ≈ 0.9; RMSE against the χ₃₃ reference of the
     2016 challenge 74.9 % → 72.2 %).
+
+    Where the chosen weight is the floor of its range (clean data), the floor makes TV
+    heavier than the noise asks for, and the extra weight costs small strong structures
+    their contrast (the deep nuclei read 0.0025–0.0054 ppm low on noise-free local fields).
+    A second, reweighted pass then solves TV again with the penalty of each voxel's
+    gradient scaled by ``1 / (1 + s|∇χ₁|/b)`` (``χ₁`` the first pass, ``s`` the share of
+    λ the floor added; :func:`~qsmflow.qsm.inversion.regularisation.choose_reweighting`):
+    strong edges (the nuclei's boundaries) lose the extra penalty, weak gradients (noise)
+    keep it. On those noise-free fields the deep-nuclei error falls to 0.0011–0.0012 ppm;
+    in-vivo fields, whose weight the noise sets, and voxels coarser than 1.2 mm
+    (:data:`~qsmflow.qsm.inversion.regularisation.REWEIGHT_MAX_VOXEL_MM`) get no second
+    pass.
 
     Parameters
     ----------
@@ -107,6 +120,11 @@ def tv(
         Weight ``w`` of the shell term (dimensionless, ≥ 0; a voxel of measured field has
         weight 1). Default None: chosen from the field's noise σ (estimated as for ``lam``),
         ``min(1, σ²/τ²)``.
+    reweight : float, optional
+        Strength ``s`` in [0, 1] of the reweighted second pass (0: none, one pass). Default
+        None: chosen with the weight, :func:`~qsmflow.qsm.inversion.regularisation.
+        choose_reweighting` (no second pass unless the floor set λ); with an explicit
+        ``lam``, None means 0.
     return_info : bool, optional
         Also return how the weights were set (default False).
     device : str, optional
@@ -122,13 +140,16 @@ def tv(
         ``'given'`` for an explicit ``lam``), plus the noise estimates (ppm) of
         :func:`~qsmflow.qsm.inversion.regularisation.choose_tv_weight` when chosen;
         ``shell_mm`` (float, mm), ``shell_weight`` (float) and ``shell_criterion`` (str:
-        ``'noise-squared-over-outside-field-squared'``, ``'given'`` or ``'off'``).
+        ``'noise-squared-over-outside-field-squared'``, ``'given'`` or ``'off'``);
+        ``reweighting``: ``strength``, ``edge_scale_ppm_per_mm`` (``b/s``, ppm/mm, None
+        without a second pass) and ``criterion`` (``'share-of-weight-added-by-the-floor'``,
+        ``'given'`` or ``'given-lam'``).
 
     Raises
     ------
     ValueError
         For invalid inputs or non-positive ``lam``/``rho``/``rho_data``/``max_iter``,
-        negative ``tol``, ``shell_mm`` or ``shell_weight``.
+        negative ``tol``, ``shell_mm`` or ``shell_weight``, ``reweight`` outside [0, 1].
 
     References
     ----------
@@ -152,32 +173,45 @@ def tv(
     >>> rng = np.random.default_rng(0)
     >>> noisy = 0.005 * rng.standard_normal((16, 16, 16))
     >>> _, info = tv(noisy, m, (1, 1, 1), max_iter=3, return_info=True)
-    >>> info['lam'] > 5e-4, tv(noisy, m, (1, 1, 1), lam=1e-3, return_info=True)[1]
-    (True, {'lam': 0.001, 'criterion': 'given'})
+    >>> info['lam'] > 5e-4, info['reweighting']['strength']
+    (True, 0.0)
+    >>> given = tv(noisy, m, (1, 1, 1), lam=1e-3, return_info=True)[1]
+    >>> given['lam'], given['criterion'], given['reweighting']['strength']
+    (0.001, 'given', 0.0)
     """
     dev = resolve(device)
     field, mask, vsz, b0 = _validate(local_field, mask, voxel_size, b0_dir)
     prob, chi, info = _tv_grid(field, mask, vsz, b0, lam=lam, rho=rho, rho_data=rho_data,
                                max_iter=max_iter, tol=tol, noise_ppm=noise_ppm,
-                               shell_mm=shell_mm, shell_weight=shell_weight, dev=dev)
+                               shell_mm=shell_mm, shell_weight=shell_weight,
+                               reweight=reweight, dev=dev)
     chi = prob.finish(chi, field.dtype)
     return (chi, info) if return_info else chi
 
 
 def _tv_grid(field, mask, vsz, b0, *, lam=None, rho=None, rho_data=0.3, max_iter=100,
-             tol=5e-3, noise_ppm=None, shell_mm=TV_SHELL_MM, shell_weight=None, dev=None):
+             tol=5e-3, noise_ppm=None, shell_mm=TV_SHELL_MM, shell_weight=None, reweight=None,
+             dev=None):
     """:func:`tv` on validated arguments, without the last step: returns the
     :class:`~qsmflow.qsm.inversion._common._Problem`, χ on its whole padded grid (float32,
     also outside the mask, where χ carries field into the mask) and the info dict."""
+    if reweight is not None:
+        reweight = non_negative('reweight', reweight)
+        if reweight > 1:
+            raise ValueError(f'reweight must be in [0, 1], got {reweight!r}')
     shell_mm = non_negative('shell_mm', shell_mm)
     if shell_weight is not None:
         shell_weight = non_negative('shell_weight', shell_weight)
     if lam is None:
         info = choose_tv_weight(field, mask, noise_ppm=noise_ppm)
         lam = info['lam']
+        rew = (choose_reweighting(info, vsz) if reweight is None else
+               {'strength': reweight, 'criterion': 'given'})
     else:
         lam = _positive('lam', lam)
         info = {'lam': lam, 'criterion': 'given'}
+        rew = {'strength': reweight or 0.0,
+               'criterion': 'given-lam' if reweight is None else 'given'}
     rho = 100.0 * lam if rho is None else _positive('rho', rho)
     rho_data = _positive('rho_data', rho_data)
     max_iter, tol = _iterations(max_iter, tol)
@@ -195,6 +229,18 @@ def _tv_grid(field, mask, vsz, b0, *, lam=None, rho=None, rho_data=0.3, max_iter
     prob = _Problem(field, mask, vsz, b0)
     chi = _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm, shell_weight,
                           dev=dev)
+    strength = float(rew['strength'])
+    b = float(info.get('gradient_scale_ppm_per_mm', TV_GRADIENT_SCALE_PPM_PER_MM))
+    rew['edge_scale_ppm_per_mm'] = b / strength if strength > 0 else None
+    if strength > 0:
+        # the reweighted pass: each gradient's penalty scaled by 1 / (1 + s|∇χ₁|/b)
+        weights = np.empty(prob.shape, np.float32)
+        ih = (1.0 / prob.vsz).astype(np.float32)
+        _gradient_weights(chi, ih[0], ih[1], ih[2], np.float32(b / strength), weights)
+        del chi
+        chi = _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm, shell_weight,
+                              dev=dev, grad_weights=weights)
+    info['reweighting'] = rew
     return prob, chi, info
 
 
@@ -214,8 +260,10 @@ def _shell(prob, shell_mm):
 
 
 def _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm=0.0, shell_weight=0.0,
-                    dev=None):
-    """The ADMM loop of :func:`tv`; returns χ on the padded grid (float32).
+                    dev=None, grad_weights=None):
+    """The ADMM loop of :func:`tv`; returns χ on the padded grid (float32). ``grad_weights``
+    (float32 on the padded grid, optional): per-voxel factors of the TV weight (the
+    reweighted pass; 4 more bytes per padded voxel).
 
     Work arrays (bytes per padded voxel): ``v``, ``u`` (24), ``q``, ``uy`` (8), the weight
     code (1, uint8: 0 outside, 1 mask, 2 shell), χ of the previous step in the mask only
@@ -245,7 +293,8 @@ def _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm=0.0, shell
     if dev is not None:  # the same loop in torch (qsmflow.qsm.device)
         from qsmflow.qsm.inversion._tv_torch import tv_masked_core
         return tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, code, weights,
-                              grad_gain, data_gain, TV_RELAXATION, dev)
+                              grad_gain, data_gain, TV_RELAXATION, dev,
+                              grad_weights=grad_weights)
     v = np.zeros((3,) + shape, np.float32)  # z − u of the gradient split
     u = np.zeros_like(v)
     q = wf.copy()  # y − u_y of the data split: start from the field inside the mask
@@ -265,7 +314,7 @@ def _tv_masked_core(prob, lam, rho, rho_data, max_iter, tol, shell_mm=0.0, shell
         dnorm, cnorm = _data_update(irfft(Y, shape), wf, code, weights, q, uy,
                                     np.float32(rho_data), alpha, chi, prev, offsets)
         del Y
-        _shrink_update(chi, chi, u, v, ih[0], ih[1], ih[2], thr, alpha)
+        _shrink_update(chi, chi, u, v, ih[0], ih[1], ih[2], thr, alpha, grad_weights)
         if it > 0 and dnorm <= tol * cnorm:
             break
         del chi  # not held through the next step's transforms
