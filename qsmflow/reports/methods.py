@@ -106,6 +106,7 @@ def step_text(step: dict) -> tuple[str, list]:
         if strength:  # the reweighted second pass ran
             params['reweight'] = (f'{strength:.3g} (a second, reweighted pass: '
                                   f'{reg["reweighting"].get("criterion", "")})')
+            keys.append('reweighted_l1')
     text = ', '.join(f'{k}={_value(v)}' for k, v in params.items())
     return f'{step.get("Step")}: {short} ({algo}{"; " + text if text else ""})', keys
 

@@ -117,3 +117,32 @@ def test_voxels_coarser_than_1_2_mm_get_one_pass():
     assert np.array_equal(chi, tv(field, mask, (2, 2, 2), reweight=0.0))
     fine = tv(field, mask, (1, 1, 1.2), return_info=True)[1]['reweighting']
     assert fine['strength'] > 0
+
+
+def test_the_sidecar_and_the_methods_text_record_the_second_pass(tmp_path):
+    """Through the Nipype interface: the dipole-inversion step's ``Regularisation`` holds
+    the strength, the edge scale and the criterion; the methods text names the pass and
+    cites reweighted ℓ1."""
+    import json
+
+    import nibabel as nb
+
+    from qsmflow.interfaces.inversion import InvertDipole
+    from qsmflow.reports.methods import bibliography, step_text
+
+    field, mask = _noisy_scene(0.0005)
+    affine = np.eye(4)
+    nb.save(nb.Nifti1Image(field, affine), tmp_path / 'field.nii.gz')
+    nb.save(nb.Nifti1Image(mask.astype(np.uint8), affine), tmp_path / 'mask.nii.gz')
+    res = InvertDipole(in_file=str(tmp_path / 'field.nii.gz'),
+                       in_mask=str(tmp_path / 'mask.nii.gz'),
+                       params={'max_iter': 5}).run(cwd=str(tmp_path))
+    steps = json.loads(open(res.outputs.out_file.replace('.nii.gz', '.json')).read())
+    rec = [s for s in steps['QSMProcessing'] if s['Step'] == 'dipole-inversion'][-1]
+    rew = rec['Regularisation']['reweighting']
+    assert rew['criterion'] == 'share-of-weight-added-by-the-floor'
+    assert 0.5 < rew['strength'] < 1
+    assert rew['edge_scale_ppm_per_mm'] == pytest.approx(0.011 / rew['strength'])
+    text, keys = step_text(rec)
+    assert f'reweight={rew["strength"]:.3g} (a second, reweighted pass' in text
+    assert keys == ['tv_admm', 'reweighted_l1'] and 'reweighted_l1' in bibliography()

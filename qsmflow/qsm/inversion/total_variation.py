@@ -12,7 +12,8 @@ from qsmflow.qsm.inversion._admm import (
     _admm_tv, _data_update, _gradient_weights, _kspace_update, _shrink_update)
 from qsmflow.qsm.inversion._common import _iterations, _positive, _Problem, _validate
 from qsmflow.qsm.inversion.regularisation import (
-    TV_GRADIENT_SCALE_PPM_PER_MM, TV_SHELL_MM, choose_reweighting, choose_shell_weight, choose_tv_weight, estimate_noise)
+    TV_GRADIENT_SCALE_PPM_PER_MM, TV_SHELL_MM, choose_reweighting, choose_shell_weight,
+    choose_tv_weight, estimate_noise)
 from qsmflow.qsm.kernels import gradient_adjoint, irfft, laplacian_kernel, rfft
 
 #: ADMM over-relaxation factor of :func:`tv` (Boyd et al. 2011, §3.4.3; 1 = plain ADMM).
