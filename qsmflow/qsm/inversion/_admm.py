@@ -96,25 +96,6 @@ def _shrink_update_nb(chi, chi_prev, u, v, ih0, ih1, ih2, thr, alpha, weights): 
     return np.sqrt(res), np.sqrt(dnorm), np.sqrt(cnorm)
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _gradient_weights(chi, ih0, ih1, ih2, scale, out):  # pragma: no cover
-    """``out = 1 / (1 + |∇χ| / scale)`` per voxel (float32), ``∇`` the periodic forward
-    differences of the shrinkage step (ppm/mm with ``ih`` in 1/mm, ``scale`` in ppm/mm)."""
-    n0, n1, n2 = chi.shape
-    inv = 1.0 / scale
-    for i in numba.prange(n0):
-        ip = i + 1 if i + 1 < n0 else 0
-        for j in range(n1):
-            jp = j + 1 if j + 1 < n1 else 0
-            for k in range(n2):
-                kp = k + 1 if k + 1 < n2 else 0
-                c = chi[i, j, k]
-                gx = (chi[ip, j, k] - c) * ih0
-                gy = (chi[i, jp, k] - c) * ih1
-                gz = (chi[i, j, kp] - c) * ih2
-                out[i, j, k] = 1.0 / (1.0 + np.sqrt(gx * gx + gy * gy + gz * gz) * inv)
-
-
 def _tv_filter(numerator, precision, L, rho):
     """``Q = numerator / (precision + ρL)`` and ``ρ / (precision + ρL)`` (0 where undefined)."""
     den = precision + np.float32(rho) * L
