@@ -301,23 +301,35 @@ REFINEMENT = {'type_of_transform': 'SyNOnly', 'initial_transform': 'Identity',
 FINE_LEVEL_ITERATIONS = 5
 
 #: Largest voxel edge (mm) of the χ map for which the refinement runs its full-resolution
-#: level (:data:`FINE_LEVEL_ITERATIONS`).
+#: level (:data:`FINE_LEVEL_ITERATIONS`) and takes :data:`FINE_LEVEL_GRAD_STEP`.
 FINE_LEVEL_MAX_VOXEL_MM = 1.2
+
+#: SyN gradient step of the refinement when it runs its full-resolution level (antspyx's
+#: default; :data:`REFINEMENT`'s 0.1 elsewhere). Measured offline on the 1 mm real-anatomy
+#: phantom, the runs' own χ maps (TV's second pass) and labels, 2026-12-06, least / mean
+#: Dice with 0.1 → 0.2: template head seed 1 sub-01 0.782 / 0.901 → 0.800 / 0.912, sub-02
+#: 0.810 / 0.927 → 0.827 / 0.926; thick-skull seed 1 sub-01 0.778 / 0.900 → 0.789 / 0.912;
+#: thick-skull seed 0 sub-02 0.858 / 0.928 → 0.871 / 0.933; the same time. Session 13 found
+#: the same on the one-pass χ (least Dice up on all four participants of seeds 1 and 2, table
+#: errors the same or lower) but a loss on the 2 mm fixture (mean 0.897 → 0.884, least 0.74 →
+#: 0.64), where the refinement has no full-resolution level: 2 mm keeps 0.1.
+FINE_LEVEL_GRAD_STEP = 0.2
 
 
 def refinement_settings(voxel_size_mm) -> dict:
     """:data:`REFINEMENT` for a χ map of voxel size ``voxel_size_mm`` (mm): its last level
-    gets :data:`FINE_LEVEL_ITERATIONS` when the largest voxel edge is at most
-    :data:`FINE_LEVEL_MAX_VOXEL_MM`.
+    gets :data:`FINE_LEVEL_ITERATIONS` and the gradient step :data:`FINE_LEVEL_GRAD_STEP`
+    when the largest voxel edge is at most :data:`FINE_LEVEL_MAX_VOXEL_MM`.
 
-    >>> refinement_settings((2, 2, 2))['reg_iterations']
-    (40, 20, 0)
-    >>> refinement_settings((1, 1, 1.1))['reg_iterations']
-    (40, 20, 5)
+    >>> [refinement_settings((2, 2, 2))[k] for k in ('reg_iterations', 'grad_step')]
+    [(40, 20, 0), 0.1]
+    >>> [refinement_settings((1, 1, 1.1))[k] for k in ('reg_iterations', 'grad_step')]
+    [(40, 20, 5), 0.2]
     """
     settings = dict(REFINEMENT)
     if max(float(v) for v in voxel_size_mm) <= FINE_LEVEL_MAX_VOXEL_MM:
         settings['reg_iterations'] = (*REFINEMENT['reg_iterations'][:-1], FINE_LEVEL_ITERATIONS)
+        settings['grad_step'] = FINE_LEVEL_GRAD_STEP
     return settings
 
 
