@@ -56,6 +56,32 @@ def test_dipole_kernel_tilted_b0(dtype):
 
 
 
+@pytest.mark.parametrize('shape, voxel_size', [((24, 22, 20), (1, 1, 1)),
+                                               ((21, 16, 18), (1.0, 1.2, 2.0))])
+def test_dipole_kernel_cross_taper(shape, voxel_size):
+    """The faded kernel equals the plain one wherever every |k_i| ≤ 0.8 k_N (and everywhere
+    for a B0 along a grid axis); at an axis's Nyquist frequency its cross terms are gone, so
+    +k_N and −k_N agree: the kernel is smooth across the periodic grid's wrap."""
+    b0 = _rot(0, 20) @ _rot(1, 10) @ np.array([0, 0, 1.0])
+    plain = K.dipole_kernel(shape, voxel_size, b0, dtype=np.float64)
+    faded = K.dipole_kernel(shape, voxel_size, b0, dtype=np.float64, cross_taper=0.8)
+    k = np.broadcast_arrays(*K.kspace_grid(shape, voxel_size, dtype=np.float64))
+    r = [np.abs(ka) * 2 * v for ka, v in zip(k, voxel_size)]  # |k_i| / k_N,i
+    low = (r[0] <= 0.8) & (r[1] <= 0.8) & (r[2] <= 0.8)
+    np.testing.assert_allclose(faded[low], plain[low], rtol=0, atol=1e-12)
+    assert np.abs(faded - plain)[~low].max() > 0.05
+    with np.errstate(invalid='ignore', divide='ignore'):  # the diagonal terms only at k_N
+        diag = 1 / 3 - sum((ka * ba) ** 2 for ka, ba in zip(k, b0)) / sum(ka**2 for ka in k)
+    at_nyq = (r[0] == 1) & (r[1] == 1)
+    np.testing.assert_allclose(faded[at_nyq], diag[at_nyq], atol=1e-12)
+    for b in ((0, 0, 1), (0, 1, 0), (1, 0, 0)):
+        assert (K.dipole_kernel(shape, voxel_size, b, cross_taper=0.8)
+                == K.dipole_kernel(shape, voxel_size, b)).all()
+    for bad in (0, 1, 1.5, -0.2):
+        with pytest.raises(ValueError, match='cross_taper'):
+            K.dipole_kernel(shape, voxel_size, b0, cross_taper=bad)
+
+
 def _dipole_whole_grid(shape, voxel_size, b0, dtype):
     """The dipole kernel as one whole-grid numpy expression (before the slabs)."""
     b = np.asarray(b0, dtype=np.float64)

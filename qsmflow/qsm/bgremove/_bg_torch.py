@@ -16,13 +16,13 @@ from qsmflow.qsm.device import numpy32, tensor
 from qsmflow.qsm.kernels import PaddedBox, dipole_kernel, sphere_kernel
 
 
-def pdf_core(field, mask, vsz, b0, tol, max_iter, pad, dev):
+def pdf_core(field, mask, vsz, b0, tol, max_iter, pad, dev, cross_taper=None):
     """PDF by CGNR on the padded box (as ``dipole_projection._pdf_core``)."""
     grid = PaddedBox(mask, margin_voxels=0, pad_voxels=pad)
     shape = grid.shape
     m = tensor(grid.to_grid(mask, np.float32), dev)
     out = 1.0 - m
-    d = tensor(dipole_kernel(shape, vsz, b0), dev)
+    d = tensor(dipole_kernel(shape, vsz, b0, cross_taper=cross_taper), dev)
     f = tensor(grid.to_grid(np.where(mask, field, 0), np.float32), dev)
 
     def dipole_conv(x):

@@ -14,6 +14,19 @@ from qsmflow.qsm.kernels import PaddedBox, conjugate_gradient, dipole_kernel, ir
 #: Padding (voxels, each side) around the mask's bounding box for the PDF source region.
 PDF_PAD_VOXELS = 4
 
+#: Start (fraction of each axis's Nyquist frequency) of the fade of the dipole kernel's
+#: cross terms (:func:`~qsmflow.qsm.kernels.dipole_kernel`'s ``cross_taper``). PDF's
+#: sources sit voxel-sharp just outside the mask; with an oblique B0 the plain kernel's
+#: jump at the Nyquist frequency turns their field into a checkerboard inside the brain.
+#: Measured 2026-12-06 on the 1 mm real-anatomy phantom with the slab tilted 15°: on the
+#: noise-free total field the plain kernel left a local-field error of 0.0030 ppm at the
+#: voxel scale (0.00001 at two voxels), which the TV weight read as noise (σ 0.0033 instead
+#: of 0.0014 ppm, λ 3.3× the floor) and the table came out 20–30 % low (mean |error|
+#: 0.0225 ppm); with the fade the voxel-scale error is 0.00038 ppm (as with B0 along a grid
+#: axis) and the table's mean |error| 0.0053 ppm (a fade from 0.6: 0.0054). A B0 along a
+#: grid axis keeps its bits.
+PDF_CROSS_TAPER = 0.8
+
 
 def pdf(
     total_field: np.ndarray,
@@ -24,6 +37,7 @@ def pdf(
     tol: float = 1e-3,
     max_iter: int = 30,
     pad_voxels: int = PDF_PAD_VOXELS,
+    cross_taper: float | None = PDF_CROSS_TAPER,
     device: str = 'cpu',
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove the background field by projection onto dipole fields (PDF).
@@ -56,6 +70,11 @@ def pdf(
         Zero padding (voxels) added around the mask's bounding box, where background sources
         may also lie (default 4; sources between the mask and its bounding box are always
         allowed).
+    cross_taper : float or None, optional
+        Fade of the dipole kernel's cross terms towards the Nyquist frequency for an
+        oblique B0 (:func:`~qsmflow.qsm.kernels.dipole_kernel`; default
+        :data:`PDF_CROSS_TAPER`); None: the plain kernel. No effect when B0 is along a grid
+        axis.
     device : str, optional
         Where the FFTs run (:func:`qsmflow.qsm.device.resolve`; default ``'cpu'``, numpy).
 
@@ -99,19 +118,21 @@ def pdf(
     dev = resolve(device)  # device: 'cpu' (numpy), 'gpu', 'auto', 'torch-cpu' (torch)
     if dev is not None:
         from qsmflow.qsm.bgremove._bg_torch import pdf_core
-        local = pdf_core(field, mask, vsz, b0, float(tol), int(max_iter), int(pad_voxels), dev)
+        local = pdf_core(field, mask, vsz, b0, float(tol), int(max_iter), int(pad_voxels), dev,
+                         cross_taper)
     else:
-        local = _pdf_core(field, mask, vsz, b0, float(tol), int(max_iter), int(pad_voxels))
+        local = _pdf_core(field, mask, vsz, b0, float(tol), int(max_iter), int(pad_voxels),
+                          cross_taper)
     return local.astype(field.dtype, copy=False), mask.copy()
 
 
-def _pdf_core(field, mask, vsz, b0, tol, max_iter, pad):
+def _pdf_core(field, mask, vsz, b0, tol, max_iter, pad, cross_taper=None):
     """PDF by CGNR on the padded box (float32 arrays, float64 scalars)."""
     grid = PaddedBox(mask, margin_voxels=0, pad_voxels=pad)
     shape = grid.shape
     m = grid.to_grid(mask, bool)
     out = ~m
-    d = dipole_kernel(shape, vsz, b0)
+    d = dipole_kernel(shape, vsz, b0, cross_taper=cross_taper)
     f = grid.to_grid(np.where(mask, field, 0), np.float32)
 
     def dipole_conv(x, keep=None):
