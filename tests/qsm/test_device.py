@@ -36,6 +36,8 @@ def _scene(n=36, seed=0):
 
 STEPS = {
     'pdf': lambda f, m, d: pdf(f, m, (1, 1, 1), device=d)[0],
+    # B0 20° off the grid axis: the faded kernel's cross terms (PDF_CROSS_TAPER)
+    'pdf-oblique': lambda f, m, d: pdf(f, m, (1, 1, 1), (0.0, 0.342, 0.940), device=d)[0],
     'vsharp': lambda f, m, d: vsharp(f, m, (1, 1, 1), radii_mm=(4, 2), device=d)[0],
     'resharp': lambda f, m, d: resharp(f, m, (1, 1, 1), radius_mm=3, device=d)[0],
     'tkd': lambda f, m, d: tkd(f, m, (1, 1, 1), device=d),
