@@ -153,8 +153,9 @@ def dipole_kernel(shape, voxel_size, b0_dir=(0, 0, 1), dtype=np.float32, *,
         oblique B0 jumps where the periodic grid wraps from +k_N to −k_N, and the field of
         any voxel-sharp source rings at the Nyquist frequency (a checkerboard that reaches
         far from the source). Below the taper, and for a B0 along a grid axis (no cross
-        terms), the kernel is the same to the bit. Default None: the plain kernel, whose
-        Nyquist planes average both signs instead.
+        terms), the kernel is the plain one (to rounding below the taper, bit for bit for
+        an axis-aligned B0). Default None: the plain kernel, whose Nyquist planes average
+        both signs instead.
 
     Returns
     -------
@@ -177,28 +178,17 @@ def dipole_kernel(shape, voxel_size, b0_dir=(0, 0, 1), dtype=np.float32, *,
     b = np.asarray(b0_dir, dtype=np.float64)
     b = b / np.linalg.norm(b)
     k = kspace_grid(shape, voxel_size, dtype=np.float64)
-    if cross_taper is not None:
+    if cross_taper is None:
+        kb2_of = _kb2_nyquist_averaged(k, shape, b)
+    else:
         if not 0.0 < float(cross_taper) < 1.0:
             raise ValueError(f'cross_taper must be in (0, 1), got {cross_taper!r}')
-        return _tapered_dipole_kernel(k, voxel_size, b, float(cross_taper), dtype)
-    # On an even axis the Nyquist frequency stands for both +k_N and −k_N. For an oblique b0,
-    # D differs between the two, so D is averaged over both signs there (the cross terms of
-    # (k·b)² with a Nyquist component cancel): this keeps the kernel Hermitian, i.e. the
-    # convolution real, instead of leaving a checkerboard error of order 1/n in the field.
-    nyq = [np.zeros(ka.shape, bool) for ka in k]
-    for a, n in enumerate(shape):
-        if n % 2 == 0:
-            idx = n // 2 if a < 2 else -1
-            sl = [slice(None)] * 3
-            sl[a] = idx
-            nyq[a][tuple(sl)] = True
+        kb2_of = _kb2_cross_tapered(k, voxel_size, b, float(cross_taper))
     D = np.empty((k[0].shape[0], k[1].shape[1], k[2].shape[2]), dtype)
 
     def slab(s):  # slabs of the first axis side by side: each value's operations as a whole
-        ks, qs = (k[0][s], k[1], k[2]), (nyq[0][s], nyq[1], nyq[2])
-        kb_regular = sum(np.where(q, 0.0, ka) * ba for ka, q, ba in zip(ks, qs, b))
-        kb2 = kb_regular**2 + sum(np.where(q, ka, 0.0) ** 2 * ba**2
-                                  for ka, q, ba in zip(ks, qs, b))
+        ks = (k[0][s], k[1], k[2])
+        kb2 = kb2_of(s, ks)
         k2sum = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
         with np.errstate(invalid='ignore', divide='ignore'):
             D[s] = 1.0 / 3.0 - kb2 / k2sum  # float64, rounded to dtype as astype does
@@ -208,30 +198,50 @@ def dipole_kernel(shape, voxel_size, b0_dir=(0, 0, 1), dtype=np.float32, *,
     return D
 
 
-def _tapered_dipole_kernel(k, voxel_size, b, start, dtype):
-    """:func:`dipole_kernel` with its cross terms faded out towards each axis's Nyquist
-    frequency (``cross_taper``): ``(k·b)² = Σ b_i² k_i² + 2 Σ_{i<j} b_i b_j k̃_i k̃_j`` with
-    ``k̃_i = k_i w(|k_i| / k_N,i)``, ``w`` 1 up to ``start`` and a raised cosine to 0 at 1."""
+def _kb2_nyquist_averaged(k, shape, b):
+    """``(k·b)²`` of :func:`dipole_kernel`'s plain kernel, per slab ``s`` of the first axis
+    (``ks``: the grid's k for that slab). On an even axis the Nyquist frequency stands for
+    both +k_N and −k_N. For an oblique b0, D differs between the two, so D is averaged over
+    both signs there (the cross terms of (k·b)² with a Nyquist component cancel): this keeps
+    the kernel Hermitian, i.e. the convolution real, instead of leaving a checkerboard error
+    of order 1/n in the field."""
+    nyq = [np.zeros(ka.shape, bool) for ka in k]
+    for a, n in enumerate(shape):
+        if n % 2 == 0:
+            idx = n // 2 if a < 2 else -1
+            sl = [slice(None)] * 3
+            sl[a] = idx
+            nyq[a][tuple(sl)] = True
+
+    def kb2_of(s, ks):
+        qs = (nyq[0][s], nyq[1], nyq[2])
+        kb_regular = sum(np.where(q, 0.0, ka) * ba for ka, q, ba in zip(ks, qs, b))
+        return kb_regular**2 + sum(np.where(q, ka, 0.0) ** 2 * ba**2
+                                   for ka, q, ba in zip(ks, qs, b))
+
+    return kb2_of
+
+
+def _kb2_cross_tapered(k, voxel_size, b, start):
+    """``(k·b)²`` of :func:`dipole_kernel` with its cross terms faded out towards each
+    axis's Nyquist frequency (``cross_taper``): ``Σ b_i² k_i² + 2 Σ_{i<j} b_i b_j k̃_i k̃_j``
+    with ``k̃_i = k_i w(|k_i| / k_N,i)``, ``w`` 1 up to ``start`` and a raised cosine to 0
+    at 1; per slab ``s`` of the first axis, as :func:`_kb2_nyquist_averaged`."""
     kt = []
     for ka, v in zip(k, voxel_size):
         r = np.abs(ka) * (2.0 * float(v))  # |k| over the axis's Nyquist frequency 1/(2v)
         ramp = np.clip((r - start) / (1.0 - start), 0.0, 1.0)
         kt.append(ka * (0.5 + 0.5 * np.cos(np.pi * ramp)))
-    D = np.empty((k[0].shape[0], k[1].shape[1], k[2].shape[2]), dtype)
     pairs = [(i, j) for i in range(3) for j in range(i + 1, 3) if b[i] * b[j] != 0.0]
 
-    def slab(s):
-        ks, kts = (k[0][s], k[1], k[2]), (kt[0][s], kt[1], kt[2])
+    def kb2_of(s, ks):
+        kts = (kt[0][s], kt[1], kt[2])
         kb2 = sum(ka**2 * ba**2 for ka, ba in zip(ks, b))
         for i, j in pairs:
             kb2 = kb2 + 2.0 * b[i] * b[j] * kts[i] * kts[j]
-        k2sum = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
-        with np.errstate(invalid='ignore', divide='ignore'):
-            D[s] = 1.0 / 3.0 - kb2 / k2sum
+        return kb2
 
-    _vector.slabwise(slab, D.shape[0])
-    D[0, 0, 0] = 0.0
-    return D
+    return kb2_of
 
 
 def sphere_kernel(shape, voxel_size, radius_mm, dtype=np.float32, *, full=False) -> np.ndarray:
