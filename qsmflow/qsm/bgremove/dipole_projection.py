@@ -5,6 +5,7 @@ sources outside the mask."""
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from qsmflow.qsm import _vector
 from qsmflow.qsm._validation import check_field_mask, iterations
@@ -38,6 +39,7 @@ def pdf(
     max_iter: int = 30,
     pad_voxels: int = PDF_PAD_VOXELS,
     cross_taper: float | None = PDF_CROSS_TAPER,
+    erode_voxels: int = 0,
     device: str = 'cpu',
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove the background field by projection onto dipole fields (PDF).
@@ -75,6 +77,10 @@ def pdf(
         oblique B0 (:func:`~qsmflow.qsm.kernels.dipole_kernel`; default
         :data:`PDF_CROSS_TAPER`); None: the plain kernel. No effect when B0 is along a grid
         axis.
+    erode_voxels : int, optional
+        Layers (voxels, 6-neighbourhood) taken off the mask's edge before the projection
+        (default 0): the local field is then given on the eroded mask, and background
+        sources may also sit in the layers taken off.
     device : str, optional
         Where the FFTs run (:func:`qsmflow.qsm.device.resolve`; default ``'cpu'``, numpy).
 
@@ -84,7 +90,7 @@ def pdf(
         Local field in ppm of B0 (dtype of ``total_field`` if floating, else float32); 0
         outside ``mask``.
     mask_used : (nx, ny, nz) ndarray of bool
-        A copy of ``mask`` (PDF does not erode).
+        ``mask`` eroded by ``erode_voxels`` (a copy of ``mask`` for 0).
 
     Raises
     ------
@@ -115,6 +121,12 @@ def pdf(
     iterations(max_iter, tol, tol_positive=True)
     if int(pad_voxels) < 0:
         raise ValueError(f'pad_voxels must be ≥ 0, got {pad_voxels}')
+    if int(erode_voxels) != erode_voxels or erode_voxels < 0:
+        raise ValueError(f'erode_voxels must be a whole number ≥ 0, got {erode_voxels}')
+    if erode_voxels:
+        mask = ndimage.binary_erosion(mask, iterations=int(erode_voxels))
+        if not mask.any():
+            raise ValueError(f'mask is empty after eroding it by {int(erode_voxels)} voxel(s)')
     dev = resolve(device)  # device: 'cpu' (numpy), 'gpu', 'auto', 'torch-cpu' (torch)
     if dev is not None:
         from qsmflow.qsm.bgremove._bg_torch import pdf_core
