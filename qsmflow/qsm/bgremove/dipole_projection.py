@@ -88,7 +88,7 @@ def pdf(
     -------
     local_field : (nx, ny, nz) ndarray
         Local field in ppm of B0 (dtype of ``total_field`` if floating, else float32); 0
-        outside ``mask``.
+        outside ``mask_used``.
     mask_used : (nx, ny, nz) ndarray of bool
         ``mask`` eroded by ``erode_voxels`` (a copy of ``mask`` for 0).
 
