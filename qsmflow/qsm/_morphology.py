@@ -68,6 +68,27 @@ def ball_filter(mask, voxel_size, radius_mm, erode):
     return by_slabs(lambda f: f > cut, frac)
 
 
+#: Planes of the first axis per slab of :func:`erode_layers` (each slab erodes the planes
+#: of ``layers`` either side too).
+EROSION_SLAB = 32
+
+
+def erode_layers(mask, layers):
+    """:func:`scipy.ndimage.binary_erosion` ``(mask, iterations=layers)`` (3D, face
+    neighbours, border 0), in slabs of planes side by side, each eroded with ``layers``
+    planes either side (the reach of the erosion), which it then drops: the same mask."""
+    out = np.empty(mask.shape, bool)
+    n0 = mask.shape[0]
+
+    def slab(rows):
+        lo, hi = max(rows.start - layers, 0), min(rows.stop + layers, n0)
+        eroded = ndi.binary_erosion(mask[lo:hi], iterations=layers)
+        out[rows] = eroded[rows.start - lo:rows.stop - lo]
+
+    slabwise(slab, n0, EROSION_SLAB)
+    return out
+
+
 def erode(mask, voxel_size, radius_mm):
     """Erosion of ``mask`` by a ball of ``radius_mm`` (voxel size in mm)."""
     return ball_filter(mask, voxel_size, radius_mm, erode=True)

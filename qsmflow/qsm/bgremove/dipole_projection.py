@@ -5,9 +5,9 @@ sources outside the mask."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from qsmflow.qsm import _vector
+from qsmflow.qsm._morphology import erode_layers
 from qsmflow.qsm._validation import check_field_mask, iterations
 from qsmflow.qsm.device import resolve
 from qsmflow.qsm.kernels import PaddedBox, conjugate_gradient, dipole_kernel, irfft, rfft
@@ -124,7 +124,7 @@ def pdf(
     if int(erode_voxels) != erode_voxels or erode_voxels < 0:
         raise ValueError(f'erode_voxels must be a whole number ≥ 0, got {erode_voxels}')
     if erode_voxels:
-        mask = ndimage.binary_erosion(mask, iterations=int(erode_voxels))
+        mask = erode_layers(mask, int(erode_voxels))
         if not mask.any():
             raise ValueError(f'mask is empty after eroding it by {int(erode_voxels)} voxel(s)')
     dev = resolve(device)  # device: 'cpu' (numpy), 'gpu', 'auto', 'torch-cpu' (torch)

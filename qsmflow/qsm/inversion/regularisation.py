@@ -36,8 +36,8 @@ All functions are numpy/scipy (element-wise passes in slabs on the thread pool o
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
+from qsmflow.qsm._morphology import erode_layers
 from qsmflow.qsm._validation import non_negative
 from qsmflow.qsm._vector import Selection, by_slabs, slabwise
 from qsmflow.qsm.blocks import block_mean
@@ -88,10 +88,6 @@ _MAD_TO_SIGMA = 1.0 / 0.6744897501960817
 
 #: Fewest valid Haar coefficients for an estimate at one scale.
 _MIN_COEFFICIENTS = 64
-
-#: Planes of the first axis per slab of the mask's erosion (:func:`_eroded`; each slab
-#: erodes the planes of ``erode_voxels`` either side too).
-_EROSION_SLAB = 32
 
 
 def _haar_detail_mad(field, valid):
@@ -151,22 +147,6 @@ def _block_mean(field, valid):
     return block_mean(field, (2, 2, 2)), all_valid
 
 
-def _eroded(mask, iterations):
-    """:func:`scipy.ndimage.binary_erosion` ``(mask, iterations=iterations)`` (3D), in
-    slabs of planes side by side, each eroded with ``iterations`` planes either side (the
-    reach of the erosion), which it then drops: the same mask."""
-    out = np.empty(mask.shape, bool)
-    n0 = mask.shape[0]
-
-    def slab(rows):
-        lo, hi = max(rows.start - iterations, 0), min(rows.stop + iterations, n0)
-        eroded = ndi.binary_erosion(mask[lo:hi], iterations=iterations)
-        out[rows] = eroded[rows.start - lo:rows.stop - lo]
-
-    slabwise(slab, n0, _EROSION_SLAB)
-    return out
-
-
 def estimate_noise(local_field: np.ndarray, mask: np.ndarray, *, erode_voxels: int = 2) -> dict:
     """Robust noise standard deviation of a local field, at one and two voxels.
 
@@ -209,7 +189,7 @@ def estimate_noise(local_field: np.ndarray, mask: np.ndarray, *, erode_voxels: i
                          'shape')
     box = _even_box(mask)  # the same blocks and coefficients on far fewer voxels
     field, mask = field[box], mask[box]
-    inner = _eroded(mask, erode_voxels) if erode_voxels else mask
+    inner = erode_layers(mask, erode_voxels) if erode_voxels else mask
     if not inner.any():
         inner = mask
     # as float64, 0 outside the mask (element-wise, in slabs side by side)
