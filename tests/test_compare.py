@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from qsmflow.compare import engine
+from qsmflow.config.presets import load_preset
 
 pytestmark = pytest.mark.slow
 
@@ -185,6 +186,14 @@ def test_bad_pipelines_are_one_line_errors(run_cli, tmp_path):
     assert res.stderr.strip().splitlines() == [
         "qsmflow: error: --pipelines inversion=magic: unknown inversion method 'magic'; "
         'choose one of tv, rts, tkd, tikhonov, medi, lsqr, ilsqr, ndi']
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps({**load_preset('default'),
+                               'inversion': {'method': 'tv', 'params': {'bogus': 1}}}))
+    res = run_cli('compare', tmp_path, tmp_path / 'o', '--pipelines', 'default', bad,
+                  '--segmentations', tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert f"--pipelines {bad}: preset {bad}: inversion 'tv' has no option 'bogus'" \
+        in res.stderr
     res = run_cli('compare', tmp_path, tmp_path / 'o', '--pipelines', 'default')
     assert res.returncode == 2 and 'at least two different pipelines' in res.stderr
     res = run_cli('compare', tmp_path, tmp_path / 'o', '--pipelines', 'default', 'consensus')
@@ -193,12 +202,13 @@ def test_bad_pipelines_are_one_line_errors(run_cli, tmp_path):
 
 
 def test_a_failing_step_is_one_line_and_exit_1(run_cli, comparison, tmp_path):
-    """A pipeline whose inversion rejects its options: one line naming the step, its
-    options and the error; exit code 1. The other steps come from the module run's cache
-    (``-w``), so only the failing inversion runs."""
+    """A pipeline whose inversion rejects an option's value (an unknown option name is
+    refused before anything runs, exit 2): one line naming the step, its options and the
+    error; exit code 1. The other steps come from the module run's cache (``-w``), so only
+    the failing inversion runs."""
     preset = json.loads((Path(__file__).parents[1] / 'qsmflow' / 'data' / 'presets'
                          / 'default.json').read_text())
-    preset['inversion'] = {'method': 'tv', 'params': {'bogus': 1}}
+    preset['inversion'] = {'method': 'tv', 'params': {'lam': -1.0}}
     bad = tmp_path / 'bad.json'
     bad.write_text(json.dumps(preset))
     res = run_cli('compare', *_args(comparison['inputs'], tmp_path / 'out', '--pipelines',
@@ -207,5 +217,5 @@ def test_a_failing_step_is_one_line_and_exit_1(run_cli, comparison, tmp_path):
     assert res.returncode == 1
     errors = res.stderr.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith(
-        "qsmflow: error: compare: step inversion {'method': 'tv', 'params': {'bogus': 1}} "
-        "failed: TypeError: tv() got an unexpected keyword argument 'bogus'"), errors
+        "qsmflow: error: compare: step inversion {'method': 'tv', 'params': {'lam': -1.0}} "
+        'failed: ValueError: lam must be a positive number, got -1.0'), errors

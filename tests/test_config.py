@@ -255,3 +255,73 @@ def test_brain_extraction_flag_selects_the_algorithm(tmp_path):
     chosen = _config(tmp_path / 'b', '--nprocs', '1', '--brain-extraction', 'threshold',
                      '--masking', 'magnitude').pipeline.steps['masking']
     assert chosen['brain'] == 'threshold' and chosen['method'] == 'magnitude'
+
+
+def _preset(tmp_path, **steps) -> Path:
+    """The default preset with ``steps`` replaced, written as a user's JSON file."""
+    from qsmflow.config.presets import load_preset
+
+    preset = {**load_preset('default'), **steps}
+    path = tmp_path / 'mine.json'
+    path.write_text(json.dumps(preset))
+    return path
+
+
+@pytest.mark.parametrize('steps, message', [
+    ({'bf_removal': {'method': 'pdf', 'params': {'erode_voxel': 1}}},
+     "bf_removal 'pdf' has no option 'erode_voxel'; its options: tol, max_iter"),
+    ({'inversion': {'method': 'tv', 'params': {'device': 'cuda'}}},
+     "inversion 'tv' has no option 'device'"),
+    ({'inversion': {'method': 'magic', 'params': {}}}, "unknown inversion method 'magic'"),
+    ({'unwrapping': {'method': 'romeo', 'params': {'threshold': 0.2}}},
+     'step unwrapping has unknown key.s. params; this step takes no options'),
+    ({'reference': {'method': 'region'}}, "unknown reference method 'region'"),
+    ({'masking': {'method': 'quality', 'params': {'rim_mm': 1}, 'brain': 'threshold'}},
+     "masking 'quality' has no option 'rim_mm'.*qsmflow.qsm.mask.brain_mask\)"),
+    ({'masking': {'method': 'quality', 'quality_params': {'treshold': 0.3}}},
+     "masking quality_params has no option 'treshold'"),
+    ({'swi': {'enabled': True, 'minip_params': {'slab': 8}}},
+     "swi minip_params has no option 'slab'"),
+    ({'bf_remval': {'method': 'pdf'}}, 'unknown step.s. bf_remval'),
+])
+def test_a_preset_option_no_step_takes_fails_before_any_data_is_read(tmp_path, steps,
+                                                                      message):
+    """Before, a misspelt option failed the participant after its first steps had run,
+    with Nipype's traceback on the console, and an option of a step that takes none
+    (unwrapping, reference) was silently ignored."""
+    path = _preset(tmp_path, **steps)
+    with pytest.raises(InputError, match=message) as err:
+        _config(tmp_path, '--preset', str(path))
+    assert str(path) in str(err.value) and '\n' not in str(err.value)
+
+
+def test_every_option_a_shipped_preset_sets_is_accepted(tmp_path):
+    from qsmflow.config.presets import available_presets
+
+    for name in available_presets():
+        assert _config(tmp_path / name, '--preset', name).pipeline.preset == name
+    ok = _preset(tmp_path, bf_removal={'method': 'pdf', 'params': {'erode_voxels': 1}},
+                 swi={'enabled': True, 'params': {'strength': 3}, 'minip_params': {'slab_mm': 9}})
+    assert _config(tmp_path / 'mine', '--preset', str(ok)).pipeline.steps['bf_removal']['params'] \
+        == {'erode_voxels': 1}
+
+
+def test_a_bad_option_value_fails_its_participant_in_one_line(tiny_phantom, tmp_path,
+                                                               run_cli):
+    """A value only the step can judge (PDF's ``erode_voxels`` −1) fails the participant
+    when the step runs: one ``FAILED`` line with the function's reason, exit 1; the steps
+    after it are logged as not run, not as done."""
+    bids_dir, _ = tiny_phantom
+    path = _preset(tmp_path, bf_removal={'method': 'pdf', 'params': {'erode_voxels': -1}})
+    out = tmp_path / 'out'
+    proc = run_cli(bids_dir, out, 'participant',  # in-process (Linear; conftest.py)
+                   '--skip-bids-validation', '--skip-registration', '--preset', path,
+                   '--nprocs', '1', '-w', tmp_path / 'work')
+    assert proc.returncode == 1, proc.stderr
+    assert 'Traceback' not in proc.stderr + proc.stdout
+    (failed,) = [ln for ln in proc.stderr.splitlines() if 'FAILED sub-01' in ln]
+    assert 'erode_voxels must be a whole number ≥ 0, got -1 (step bg_removal)' in failed
+    log = (out / 'logs' / 'sub-01.log').read_text()
+    assert 'qsm_wf.inversion not run (an earlier step failed)' in log
+    assert 'qsm_wf.inversion finished' not in log
+    assert not list(out.glob('sub-01/anat/*_Chimap.nii.gz'))

@@ -149,6 +149,52 @@ def test_monitor_counts_logs_and_completes_once(tmp_path):
     assert 'sub-02: qsm_wf.load FAILED' in log_path(tmp_path, '02').read_text()
 
 
+def test_monitor_does_not_count_the_steps_a_failure_skipped(tmp_path):
+    """Nipype's Linear plugin ends the steps it skips after a failure as if they had run
+    (no start, no result file); a step taken from the cache also ends without a start but
+    has its result, and counts."""
+    acq, done = _acq('01'), []
+    monitor = RunMonitor([acq], {'sub_01': 3}, tmp_path, done.append, stream=io.StringIO())
+
+    def node(name, ran):
+        folder = tmp_path / 'work' / name
+        folder.mkdir(parents=True)
+        if ran:
+            (folder / f'result_{name}.pklz').write_bytes(b'x')
+        return SimpleNamespace(fullname=f'qsmflow_wf.sub_01_wf.qsm_wf.{name}', name=name,
+                               output_dir=lambda: str(folder))
+
+    monitor(node('load', ran=True), 'end')  # cached
+    monitor(node('bg', ran=False), 'exception')
+    monitor(node('invert', ran=False), 'end')  # skipped
+    assert monitor.counts()[0] == 1 and monitor.failed == {'sub_01': 'qsm_wf.bg'}
+    log = log_path(tmp_path, '01').read_text()
+    assert 'qsm_wf.invert not run (an earlier step failed)' in log
+    assert 'qsm_wf.load finished' in log and 'invert finished' not in log
+
+
+def test_engine_console_keeps_the_steps_warnings_only():
+    """A node's crash (``nipype.workflow``, with its traceback) stays off the console;
+    the steps' warnings (``nipype.interface``) still show."""
+    import logging
+
+    from qsmflow.execution.runner import quiet_engine_console
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    nipype_logger = logging.getLogger('nipype')
+    nipype_logger.addHandler(handler)
+    try:
+        quiet_engine_console()
+        quiet_engine_console()  # once
+        assert len(handler.filters) == 1
+        logging.getLogger('nipype.workflow').error('Node bg failed\nTraceback (most recent')
+        logging.getLogger('nipype.interface').warning('qsmflow: χ map: beyond 1 ppm')
+    finally:
+        nipype_logger.removeHandler(handler)
+    assert stream.getvalue() == 'qsmflow: χ map: beyond 1 ppm\n'
+
+
 def test_cohort_bench_helpers_measure_this_process_tree():
     import os
     import sys

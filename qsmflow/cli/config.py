@@ -101,6 +101,7 @@ def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
     ``--chi-separation``/``--no-chi-separation``, ``--r2-hz``, ``--r2-map``) and the
     clinical readings (``--venography``, ``--foci``, ``--oef``, ``--hematocrit``,
     ``--mip-slab-mm``)."""
+    from qsmflow.config.preset_checks import check_pipeline
     from qsmflow.config.presets import (
         load_preset, with_clinical_options, with_maps_options, with_masking_options,
         with_overrides)
@@ -129,6 +130,7 @@ def pipeline_from_args(opts, masks: MasksConfig) -> PipelineConfig:
         steps = with_clinical_options(steps, venography=opts.venography, foci=opts.foci,
                                       oef=opts.oef, hematocrit=opts.hematocrit,
                                       mip_slab_mm=opts.mip_slab_mm)
+        check_pipeline(steps, opts.preset)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     return PipelineConfig(preset=str(opts.preset), steps=steps)

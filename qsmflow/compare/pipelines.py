@@ -26,6 +26,7 @@ import itertools
 import json
 from pathlib import Path
 
+from qsmflow.config.preset_checks import check_pipeline
 from qsmflow.config.presets import STEPS, available_presets, load_preset, with_overrides
 from qsmflow.errors import InputError
 
@@ -82,6 +83,10 @@ choose one of tv, rts, tkd, tikhonov, medi, lsqr, ilsqr, ndi
                              f'(e.g. bf_removal=vsharp)')
         methods[step] = method
     steps = _with_methods(preset, methods, f'--pipelines {text}')
+    try:
+        check_pipeline(steps, base or BASE_PRESET)
+    except ValueError as exc:
+        raise InputError(f'--pipelines {text}: {exc}') from None
     if base and Path(base).suffix == '.json':
         name = Path(base).stem + (f':{overrides}' if overrides else '')
     else:

@@ -65,6 +65,7 @@ class RunMonitor:
         self.labels = {a.name: name_prefix(a) for a in acquisitions}
         self.total = dict(steps)
         self.done = {name: set() for name in self.acqs}
+        self.started = {name: set() for name in self.acqs}
         self.failed = {}
         self.completed = set()
         self.on_complete = on_complete
@@ -104,8 +105,14 @@ class RunMonitor:
         acq, label = self.acqs[name], self.labels[name]
         step = getattr(node, 'fullname', node.name).split(f'{name}_wf.', 1)[-1]
         if status == 'start':
+            self.started[name].add(step)
             self.log(acq.subject, f'{label}: {step} started')
             self._show(f'{label}: {step}')
+            return
+        if status == 'end' and step not in self.started[name] and not _has_result(node):
+            # Nipype's Linear plugin ends the steps it skips after a failure too; a step
+            # taken from the cache (MultiProc) ends without a start but has its result
+            self.log(acq.subject, f'{label}: {step} not run (an earlier step failed)')
             return
         if status == 'exception':
             self.failed.setdefault(name, step)
@@ -156,3 +163,11 @@ class RunMonitor:
         if self.tty:
             self.stream.write('\n')
             self.stream.flush()
+
+
+def _has_result(node) -> bool:
+    """Whether Nipype stored ``node``'s result (it ran now or earlier)."""
+    try:
+        return (Path(node.output_dir()) / f'result_{node.name}.pklz').exists()
+    except Exception:  # not a Nipype node (tests): count its end as done
+        return True
