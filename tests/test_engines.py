@@ -178,7 +178,7 @@ def test_engine_console_keeps_the_steps_warnings_only():
     the steps' warnings (``nipype.interface``) still show."""
     import logging
 
-    from qsmflow.execution.runner import quiet_engine_console
+    from qsmflow.execution.console import quiet_engine_console
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
@@ -61,6 +62,10 @@ def select_plugin(engine) -> tuple[str, str, dict]:
         # qsmflow process copies locks held by its threads (pool feeder, numba/OpenMP), and
         # a worker can then wait on one forever (seen as a silent hang)
         args['mp_context'] = 'forkserver'
+        # the server imports this first, so its workers' Nipype console shows the steps'
+        # warnings only, not every node set up and finished (no effect if it already runs)
+        multiprocessing.set_forkserver_preload(
+            ['__main__', 'qsmflow.execution._worker_console'])
         if engine.mem_gb:
             args['memory_gb'] = float(engine.mem_gb)
     elif choice.startswith('slurm'):

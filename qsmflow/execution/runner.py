@@ -32,6 +32,7 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
     from nipype import logging
 
     from qsmflow.execution import staging
+    from qsmflow.execution.console import quiet_engine_console
     from qsmflow.execution.engines import (
         GRAPH_PLUGINS, apply_resources, is_step, iter_nodes, select_plugin, wait_for_graph_jobs)
     from qsmflow.execution.progress import RunMonitor, log_path
@@ -55,7 +56,7 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
         'monitoring': {'enabled': False},
     })
     logging.update_logging(nipype_config)
-    quiet_engine_console()
+    quiet_engine_console()  # the engine's records: pypeline.log and the participant log
     workflow = init_qsmflow_wf(acquisitions=todo, output_dir=str(staging.staging_root(out_dir)),
                                bids_dir=str(config.paths.bids_dir),
                                pipeline=config.pipeline.steps,
@@ -118,29 +119,6 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
         staging.discard(acq, out_dir)
         remove_partial_outputs(acq, out_dir)
     return failures
-
-
-class _StepMessagesOnly:
-    """Console filter: Nipype's own engine records (``nipype.workflow``: a node's crash
-    with its traceback, "could not run node") stay out of the console. They go to
-    ``WORK_DIR/logs/pypeline.log``, the crash file goes into the participant's log, and
-    the console gets the one-line ``FAILED`` reason. The steps' warnings
-    (``nipype.interface``, e.g. a χ map out of the tissue range) still show."""
-
-    def filter(self, record) -> bool:
-        return not record.name.startswith('nipype.workflow')
-
-
-def quiet_engine_console() -> None:
-    """Add :class:`_StepMessagesOnly` to the console handlers of the ``nipype`` logger
-    (once)."""
-    import logging
-
-    for handler in logging.getLogger('nipype').handlers:
-        if isinstance(handler, logging.StreamHandler) \
-                and not isinstance(handler, logging.FileHandler) \
-                and not any(isinstance(f, _StepMessagesOnly) for f in handler.filters):
-            handler.addFilter(_StepMessagesOnly())
 
 
 def qc_warnings(acq, out_dir) -> list[str]:
