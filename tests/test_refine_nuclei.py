@@ -49,6 +49,17 @@ def test_prior_values_pick_the_iron_rich_nuclei_by_name():
                       9: 0.115, 11: 0.065, 12: 0.055}
 
 
+def test_prior_values_read_the_usual_abbreviations():
+    """A custom atlas that names its nuclei as most papers do (GPe, SNc, STN, RN, DN, Pu,
+    CIT168's Ca and STH) gets the same prior as one with full names; the hippocampal
+    dentate gyrus, the hypothalamus and a thalamus get none."""
+    lut = {1: 'GPe_L', 2: 'GPi_R', 3: 'SNc_left', 4: 'SNr-right', 5: 'RN_L', 6: 'STN_R',
+           7: 'DN_L', 8: 'Pu_R', 9: 'L Ca', 10: 'R STH', 11: 'dentate gyrus', 12: 'CA1',
+           13: 'Hypothalamus', 14: 'Tha_L'}
+    assert cp.prior_values(lut) == {1: 0.16, 2: 0.16, 3: 0.15, 4: 0.15, 5: 0.115, 6: 0.115,
+                                    7: 0.115, 8: 0.055, 9: 0.065, 10: 0.115}
+
+
 def test_prior_needs_enough_nuclei_and_is_smooth_and_bounded():
     labels = _atlas()
     lut = {i: name for i, (name, _, _) in NUCLEI.items()}

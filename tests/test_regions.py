@@ -206,8 +206,11 @@ def test_every_builtin_atlas_region_is_a_deep_nucleus():
     for name, spec in load('atlases')['atlases'].items():
         for region in spec['regions']:
             assert regions.is_deep_nucleus(region), (name, region)
-    for other in ('white_matter', 'cortex', 'csf', 'skull', 'scalp', 'vein', 'fornix'):
+    for other in ('white_matter', 'cortex', 'csf', 'skull', 'scalp', 'vein', 'fornix',
+                  'hypothalamus', 'dentate_gyrus', 'ca1', 'cerebellum'):
         assert not regions.is_deep_nucleus(other)
+    for abbreviated in ('gpe', 'snc', 'stn', 'rn', 'dn', 'pu', 'tha', 'nac'):
+        assert regions.is_deep_nucleus(abbreviated), abbreviated
 
 
 def test_region_set_merges_and_unknown_labels():

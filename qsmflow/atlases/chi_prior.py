@@ -14,28 +14,28 @@ Pure numpy/scipy (arrays and lookup tables in, arrays out).
 """
 from __future__ import annotations
 
-import re
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from qsmflow.qsm.regions import split_hemisphere
+from qsmflow.qsm.regions import nucleus_kind
 
-#: (pattern of a normalised label name, typical χ in ppm). Midpoints of the ranges of
-#: typical 3 T values relative to CSF in the project's physics notes (QSM_NOTES.md,
+#: Nucleus kind (:func:`qsmflow.qsm.regions.nucleus_kind`: full names and the usual
+#: abbreviations, ``GPe``, ``SNr``, ``STN`` …) → typical χ in ppm. Midpoints of the ranges
+#: of typical 3 T values relative to CSF in the project's physics notes (QSM_NOTES.md,
 #: "Typical values"): globus pallidus 0.12–0.20, substantia nigra 0.10–0.20, red nucleus,
-#: subthalamic and dentate nucleus 0.08–0.15, caudate 0.05–0.08, putamen 0.03–0.08. The
-#: first pattern that matches a name wins. Other labels (thalamus, accumbens, amygdala…)
-#: stay 0: their χ is close to the surrounding tissue's.
-TYPICAL_CHI_PPM = (
-    (r'pallid', 0.16),
-    (r'nigra', 0.15),
-    (r'red_nucleus|ruber', 0.115),
-    (r'subthalamic', 0.115),
-    (r'dentate', 0.115),
-    (r'caudate', 0.065),
-    (r'putamen', 0.055),
-)
+#: subthalamic and dentate nucleus 0.08–0.15, caudate 0.05–0.08, putamen 0.03–0.08. Other
+#: labels (thalamus, accumbens, amygdala…) stay 0: their χ is close to the surrounding
+#: tissue's.
+TYPICAL_CHI_PPM = {
+    'pallidum': 0.16,
+    'nigra': 0.15,
+    'red_nucleus': 0.115,
+    'subthalamic': 0.115,
+    'dentate': 0.115,
+    'caudate': 0.065,
+    'putamen': 0.055,
+}
 
 #: Fewest labelled nuclei (e.g. left and right pallidum and nigra) an atlas needs for a
 #: refinement: with fewer, χ gives the registration too little to hold on to.
@@ -66,18 +66,15 @@ def prior_values(lut: dict) -> dict:
     Examples
     --------
     >>> prior_values({1: 'L Globus Pallidus externa', 2: 'right-putamen', 3: 'Thalamus',
-    ...               4: 'R Substantia-Nigra-pars-reticulata', 5: 'Left Red Nucleus'})
-    {1: 0.16, 2: 0.055, 4: 0.15, 5: 0.115}
+    ...               4: 'R Substantia-Nigra-pars-reticulata', 5: 'Left Red Nucleus',
+    ...               6: 'STN_L', 7: 'GPi_R'})
+    {1: 0.16, 2: 0.055, 4: 0.15, 5: 0.115, 6: 0.115, 7: 0.16}
     """
     out = {}
     for index, name in sorted(lut.items()):
-        if int(index) == 0:
-            continue
-        key = split_hemisphere(str(name))[0]  # the regions' normalised base name
-        for pattern, value in TYPICAL_CHI_PPM:
-            if re.search(pattern, key):
-                out[int(index)] = value
-                break
+        value = TYPICAL_CHI_PPM.get(nucleus_kind(str(name)))
+        if int(index) != 0 and value is not None:
+            out[int(index)] = value
     return out
 
 

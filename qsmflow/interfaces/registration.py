@@ -438,7 +438,7 @@ class RefineNuclei(SimpleInterface):
         settings = refinement_settings(_voxel_size(self.inputs.in_chimap))
         record = {'Method': 'chi-driven SyN refinement of the atlas registration (antspyx) '
                             'to a chi-contrast prior of the atlas nuclei',
-                  'PriorChiPpm': {p: v for p, v in cp.TYPICAL_CHI_PPM},
+                  'PriorChiPpm': dict(cp.TYPICAL_CHI_PPM),
                   'PriorSmoothingMm': cp.PRIOR_SMOOTH_MM, 'BoxMarginMm': cp.PRIOR_MARGIN_MM,
                   'Settings': {k: list(v) if isinstance(v, tuple) else v
                                for k, v in settings.items()},

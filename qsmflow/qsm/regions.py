@@ -35,10 +35,23 @@ MIN_ERODED_VOXELS = 10
 #: flagged by :func:`coverage_qc` (far fewer voxels than the labels predict).
 MIN_MASK_COVERAGE = 0.5
 
-#: Base names of deep grey-matter nuclei (:func:`is_deep_nucleus`).
-DEEP_NUCLEUS_PATTERN = re.compile(
-    r'caudate|putamen|pallid|striatum|accumbens|thalam|nigra|red_nucleus|ruber|'
-    r'subthalamic|dentate')
+#: Deep grey-matter nuclei a label can name (:func:`nucleus_kind`): ``(kind, pattern
+#: searched in the normalised base name, abbreviations)``. An abbreviation must be the whole
+#: base name or one of its ``_``-separated words (``GPe``, ``SNc``, ``STN_left``, ``Pu``,
+#: CIT168's ``Ca``/``STH``/``NAC``); the first kind that matches wins (``subthalamic``
+#: before ``thalamus``). Not nuclei here: the hippocampal dentate gyrus, the hypothalamus.
+DEEP_NUCLEI = (
+    ('pallidum', r'pallid', ('gp', 'gpe', 'gpi')),
+    ('nigra', r'nigra', ('sn', 'snc', 'snr', 'snpc', 'snpr')),
+    ('red_nucleus', r'red_nucleus|ruber', ('rn',)),
+    ('subthalamic', r'subthalamic', ('stn', 'sth')),
+    ('dentate', r'dentate(?!_gyrus)', ('dn',)),
+    ('caudate', r'caudate', ('ca', 'cd', 'cau', 'caud')),
+    ('putamen', r'putamen', ('pu', 'put')),
+    ('striatum', r'striatum', ()),
+    ('accumbens', r'accumbens', ('nac', 'nacc')),
+    ('thalamus', r'(?<!hypo)thalam', ('th', 'tha', 'thal')),
+)
 
 #: Name of the whole-brain and reference rows.
 WHOLE_BRAIN, REFERENCE = 'whole_brain', 'reference'
@@ -229,15 +242,48 @@ def boundary_share(roi: np.ndarray) -> float:
     return float((n - int(inner.sum())) / n)
 
 
+def nucleus_kind(name: str) -> str | None:
+    """Which deep grey-matter nucleus a label or region name names (:data:`DEEP_NUCLEI`).
+
+    Parameters
+    ----------
+    name : str
+        A label name with or without its side (``'L Globus Pallidus externa'``,
+        ``'STN_right'``, ``'putamen'``).
+
+    Returns
+    -------
+    str or None
+        ``'pallidum'``, ``'nigra'``, ``'red_nucleus'``, ``'subthalamic'``, ``'dentate'``,
+        ``'caudate'``, ``'putamen'``, ``'striatum'``, ``'accumbens'``, ``'thalamus'``; None
+        for anything else.
+
+    Examples
+    --------
+    >>> [nucleus_kind(n) for n in ('L Globus Pallidus externa', 'GPi_left', 'SNc',
+    ...                            'R Subthalamic Nucleus', 'STN-right', 'Right_Dentate')]
+    ['pallidum', 'pallidum', 'nigra', 'subthalamic', 'subthalamic', 'dentate']
+    >>> [nucleus_kind(n) for n in ('Left-Thalamus', 'Hypothalamus', 'dentate gyrus', 'CA1',
+    ...                            'white_matter')]
+    ['thalamus', None, None, None, None]
+    """
+    base = split_hemisphere(str(name))[0]
+    words = set(base.split('_'))
+    for kind, pattern, abbreviations in DEEP_NUCLEI:
+        if re.search(pattern, base) or words & set(abbreviations):
+            return kind
+    return None
+
+
 def is_deep_nucleus(region: str) -> bool:
-    """Whether a region's base name is a deep grey-matter nucleus (:data:`DEEP_NUCLEUS_PATTERN`).
+    """Whether a region's name is a deep grey-matter nucleus (:func:`nucleus_kind`).
 
     Examples
     --------
     >>> [is_deep_nucleus(r) for r in ('globus_pallidus', 'dentate', 'white_matter', 'skull')]
     [True, True, False, False]
     """
-    return bool(DEEP_NUCLEUS_PATTERN.search(_norm(region)))
+    return nucleus_kind(region) is not None
 
 
 def roi_stats(values_ppm: np.ndarray, voxel_volume_mm3: float) -> dict:
