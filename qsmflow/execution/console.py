@@ -5,8 +5,9 @@ Nipype prints its engine's records (``nipype.workflow``: every node set up, run 
 finished, a failed node's traceback) on the console. qsmflow prints its own progress and,
 for a failed participant, one ``FAILED`` line; the engine's records go to
 ``WORK_DIR/logs/pypeline.log`` and the crash file into the participant's log. Standard
-library only: :mod:`qsmflow.execution._worker_console` installs the filter in MultiProc's
-workers before they import Nipype.
+library only (Nipype imported only inside :func:`worker_initializer`): MultiProc's workers
+import this module to install the filter before Nipype
+(:func:`qsmflow.execution.engines.multiproc_plugin`).
 """
 from __future__ import annotations
 
@@ -46,3 +47,13 @@ def install_worker_console() -> None:
         handler.setFormatter(logging.Formatter(fmt=NIPYPE_FORMAT, datefmt=NIPYPE_DATEFMT))
         nipype_logger.addHandler(handler)
     quiet_engine_console()
+
+
+def worker_initializer(cwd: str) -> None:
+    """Initializer of a MultiProc worker: :func:`install_worker_console`, then Nipype's own
+    (``nipype.pipeline.plugins.multiproc.process_initializer``: working directory)."""
+    install_worker_console()
+    from nipype.pipeline.plugins.multiproc import process_initializer
+
+    process_initializer(cwd)
+

@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import json
 import math
-import multiprocessing
 import os
 import re
 import shutil
@@ -62,10 +61,6 @@ def select_plugin(engine) -> tuple[str, str, dict]:
         # qsmflow process copies locks held by its threads (pool feeder, numba/OpenMP), and
         # a worker can then wait on one forever (seen as a silent hang)
         args['mp_context'] = 'forkserver'
-        # the server imports this first, so its workers' Nipype console shows the steps'
-        # warnings only, not every node set up and finished (no effect if it already runs)
-        multiprocessing.set_forkserver_preload(
-            ['__main__', 'qsmflow.execution._worker_console'])
         if engine.mem_gb:
             args['memory_gb'] = float(engine.mem_gb)
     elif choice.startswith('slurm'):
@@ -157,3 +152,32 @@ def wait_for_graph_jobs(work_dir: Path, since: float, poll_s: float = 2.0) -> No
         if stuck and len(stuck) == len(jobs):
             subprocess.run(["scancel", *stuck], check=False, capture_output=True)
         time.sleep(poll_s)
+
+
+def multiproc_plugin(plugin_args: dict):
+    """Nipype's MultiProc plugin whose workers start with
+    :func:`qsmflow.execution.console.worker_initializer`: their console shows the steps'
+    warnings, not every node set up, run and finished.
+
+    Nipype gives its process pool its own initializer; the pool is made again (before any
+    worker has started) with one that installs the console filter, then calls Nipype's.
+    The class keeps Nipype's name, so the workflow still knows the plugin as 'MultiProc'.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from nipype.pipeline.plugins.multiproc import MultiProcPlugin as NipypeMultiProc
+
+    from qsmflow.execution.console import worker_initializer
+
+    class MultiProcPlugin(NipypeMultiProc):
+        def __init__(self, plugin_args=None):
+            super().__init__(plugin_args=plugin_args)
+            self.pool.shutdown(wait=True)  # no worker yet: they start at the first job
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.processors, initializer=worker_initializer,
+                initargs=(self._cwd,),
+                mp_context=mp.get_context(self.plugin_args.get('mp_context')))
+
+    return MultiProcPlugin(plugin_args=plugin_args)
+

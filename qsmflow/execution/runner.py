@@ -34,7 +34,8 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
     from qsmflow.execution import staging
     from qsmflow.execution.console import quiet_engine_console
     from qsmflow.execution.engines import (
-        GRAPH_PLUGINS, apply_resources, is_step, iter_nodes, select_plugin, wait_for_graph_jobs)
+        GRAPH_PLUGINS, apply_resources, is_step, iter_nodes, multiproc_plugin, select_plugin,
+        wait_for_graph_jobs)
     from qsmflow.execution.progress import RunMonitor, log_path
     from qsmflow.atlases.options import regions_options
     from qsmflow.workflows.base import init_qsmflow_wf
@@ -85,6 +86,8 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
         plugin_args = {**plugin_args, 'status_callback': monitor}
     crashes_before = set(log_dir.glob('crash-*'))
     started = time.time() - 1.0  # sinks always rerun: older files are from an earlier run
+    if plugin == 'MultiProc':
+        plugin = multiproc_plugin(plugin_args)  # its workers' console: the steps' warnings
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError:
