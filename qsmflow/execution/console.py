@@ -56,4 +56,3 @@ def worker_initializer(cwd: str) -> None:
     from nipype.pipeline.plugins.multiproc import process_initializer
 
     process_initializer(cwd)
-

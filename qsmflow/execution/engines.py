@@ -180,4 +180,3 @@ def multiproc_plugin(plugin_args: dict):
                 mp_context=mp.get_context(self.plugin_args.get('mp_context')))
 
     return MultiProcPlugin(plugin_args=plugin_args)
-
