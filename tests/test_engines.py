@@ -192,7 +192,7 @@ def test_engine_console_keeps_the_steps_warnings_only():
         logging.getLogger('nipype.interface').warning('qsmflow: χ map: beyond 1 ppm')
     finally:
         nipype_logger.removeHandler(handler)
-    assert stream.getvalue() == 'qsmflow: χ map: beyond 1 ppm\n'
+    assert stream.getvalue() == 'qsmflow: warning: χ map: beyond 1 ppm\n'
 
 
 def test_cohort_bench_helpers_measure_this_process_tree():

@@ -14,11 +14,6 @@ from __future__ import annotations
 import logging
 import sys
 
-#: Nipype's console format (``nipype.utils.logger.Logging``).
-NIPYPE_FORMAT = '%(asctime)s,%(msecs)d %(name)-2s %(levelname)-2s:\n\t %(message)s'
-NIPYPE_DATEFMT = '%y%m%d-%H:%M:%S'
-
-
 class StepMessagesOnly(logging.Filter):
     """Pass the steps' warnings (``nipype.interface`` and the like at WARNING or above,
     e.g. a χ map out of the tissue range); drop the engine's records (``nipype.workflow``)."""
@@ -28,24 +23,31 @@ class StepMessagesOnly(logging.Filter):
             and not record.name.startswith('nipype.workflow')
 
 
+class WarningLine(logging.Formatter):
+    """A step's warning as one console line like qsmflow's own: ``qsmflow: warning: …``."""
+
+    def format(self, record) -> str:
+        text = record.getMessage()
+        return 'qsmflow: warning: ' + (text[9:] if text.startswith('qsmflow: ') else text)
+
+
 def quiet_engine_console() -> None:
-    """Add :class:`StepMessagesOnly` (once) to the console handlers of the ``nipype``
-    logger of this process."""
+    """Give the console handlers of the ``nipype`` logger of this process
+    :class:`StepMessagesOnly` (once) and the :class:`WarningLine` format."""
     for handler in logging.getLogger('nipype').handlers:
         if isinstance(handler, logging.StreamHandler) \
-                and not isinstance(handler, logging.FileHandler) \
-                and not any(isinstance(f, StepMessagesOnly) for f in handler.filters):
-            handler.addFilter(StepMessagesOnly())
+                and not isinstance(handler, logging.FileHandler):
+            if not any(isinstance(f, StepMessagesOnly) for f in handler.filters):
+                handler.addFilter(StepMessagesOnly())
+            handler.setFormatter(WarningLine())
 
 
 def install_worker_console() -> None:
-    """Give the ``nipype`` logger Nipype's own console handler, filtered, before Nipype is
-    imported: Nipype then adds none of its own (it only adds one to a logger without)."""
+    """Give the ``nipype`` logger a console handler before Nipype is imported (Nipype then
+    adds none of its own: it only adds one to a logger without), and quiet it."""
     nipype_logger = logging.getLogger('nipype')
     if not nipype_logger.handlers:
-        handler = logging.StreamHandler(stream=sys.stdout)
-        handler.setFormatter(logging.Formatter(fmt=NIPYPE_FORMAT, datefmt=NIPYPE_DATEFMT))
-        nipype_logger.addHandler(handler)
+        nipype_logger.addHandler(logging.StreamHandler(stream=sys.stdout))
     quiet_engine_console()
 
 
