@@ -89,14 +89,26 @@ def load_preset(name_or_file: str = 'default') -> dict:
 def with_overrides(preset: dict, **methods) -> dict:
     """Copy of ``preset`` with the method of each named step replaced (``None`` keeps it).
 
-    The method's ``params`` are reset; the method-independent options of the step
-    (:data:`STEP_OPTIONS`, e.g. masking's ``two_pass``) are kept.
+    A new method's ``params`` are reset (the preset's were for another function); the same
+    method keeps them. The method-independent options of the step (:data:`STEP_OPTIONS`,
+    e.g. masking's ``two_pass``) are kept.
+
+    Examples
+    --------
+    >>> p = {**load_preset('default'), 'bf_removal': {'method': 'pdf',
+    ...                                               'params': {'erode_voxels': 1}}}
+    >>> with_overrides(p, bf_removal='pdf')['bf_removal']['params']
+    {'erode_voxels': 1}
+    >>> with_overrides(p, bf_removal='vsharp')['bf_removal']
+    {'method': 'vsharp', 'params': {}}
     """
     out = copy.deepcopy(preset)
     for step, method in methods.items():
         if method is not None:
             if step not in STEPS:
                 raise ValueError(f'unknown pipeline step {step!r}')
+            if out[step].get('method') == method:
+                continue
             kept = {k: out[step][k] for k in STEP_OPTIONS.get(step, ()) if k in out[step]}
             out[step] = {'method': method, 'params': {}, **kept}
     return out
