@@ -61,7 +61,7 @@ class BrainMask(SimpleInterface):
             with threads.limit(self.inputs.num_threads):
                 mask = func(image, base.voxel_size(img), **self.inputs.params)
             rec = base.step('masking', func, self.inputs.params, Input=source)
-        rec['QC'] = mask_check(mask, first, base.voxel_size(img), self.inputs.in_magnitude)
+        rec['QC'] = mask_check(mask, first, base.voxel_size(img))
         out = fname_presuffix(self.inputs.in_magnitude, suffix='_mask', newpath=runtime.cwd)
         self._results['out_mask'] = base.save(mask, ref, out, dtype='uint8',
                                               steps=base.read_steps(self.inputs.in_magnitude) + [rec])
@@ -75,11 +75,12 @@ def _root_sum_of_squares(mag):
     return brain_extraction.root_sum_of_squares(mag)
 
 
-def mask_check(mask, magnitude, voxel_size, source='') -> dict:
-    """:func:`qsmflow.qsm.brain_extraction.mask_qc` of a brain mask; logs its warning."""
+def mask_check(mask, magnitude, voxel_size, source='masking') -> dict:
+    """:func:`qsmflow.qsm.brain_extraction.mask_qc` of a brain mask; logs its warning
+    (``qsmflow: masking: …``, as the run's summary names the step)."""
     qc = brain_extraction.mask_qc(mask, magnitude, voxel_size)
     if qc['Warning']:
-        LOGGER.warning('qsmflow: %s: %s', source or 'brain mask', qc['Warning'])
+        LOGGER.warning('qsmflow: %s: %s', source, qc['Warning'])
     return qc
 
 
