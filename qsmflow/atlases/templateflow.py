@@ -71,7 +71,9 @@ def get(template: str, *, home=None, **entities) -> Path:
     except Exception as exc:  # network errors of the download surface here
         raise TemplateError(_offline_hint(template, entities, exc, home)) from None
     paths = found if isinstance(found, list) else [found] if found else []
-    if len(paths) != 1:
+    if not paths:
+        raise TemplateError(_offline_hint(template, entities, 'not in the folder', home))
+    if len(paths) > 1:
         raise TemplateError(f'templateflow query {template} {entities} matched {len(paths)} '
                             'files (expected one)')
     path = Path(paths[0])
@@ -82,6 +84,24 @@ def get(template: str, *, home=None, **entities) -> Path:
 
 def _offline_hint(template, entities, exc, home=None) -> str:
     home = home or os.environ.get('TEMPLATEFLOW_HOME', '~/.cache/templateflow')
-    return (f'cannot get templateflow {template} {entities}: {exc}. On an offline machine, '
-            f'prefill TEMPLATEFLOW_HOME ({home}): run qsmflow fetch-templates '
-            f'--template {template} where there is internet and copy the folder')
+    return (f'cannot get templateflow {describe(template, entities)}: {exc}. On an offline '
+            f'machine, prefill TEMPLATEFLOW_HOME ({home}): run qsmflow fetch-templates (the '
+            'default template and every built-in atlas; --template NAME adds a registration '
+            'template) where there is internet and copy the folder')
+
+
+def describe(template: str, entities: dict) -> str:
+    """A templateflow query as the file name it asks for (``*`` where it leaves an
+    entity open).
+
+    >>> describe('MNI152NLin2009cAsym', {'resolution': 1, 'atlas': 'MASSP20',
+    ...                                  'suffix': 'dseg', 'extension': '.nii.gz', 'desc': None})
+    'tpl-MNI152NLin2009cAsym_res-01_atlas-MASSP20_dseg.nii.gz'
+    """
+    parts = [f'tpl-{template}']
+    for key, entity in (('resolution', 'res'), ('atlas', 'atlas'), ('desc', 'desc')):
+        value = entities.get(key)
+        if value is not None:
+            parts.append(f'{entity}-{int(value):02d}' if isinstance(value, int)
+                         else f'{entity}-{value}')
+    return '_'.join(parts) + f"_{entities.get('suffix') or '*'}{entities.get('extension') or ''}"
