@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from qsmflow.qsm.regions import nucleus_kind
+from qsmflow.qsm.region_names import nucleus_kind
 
-#: Nucleus kind (:func:`qsmflow.qsm.regions.nucleus_kind`: full names and the usual
+#: Nucleus kind (:func:`qsmflow.qsm.region_names.nucleus_kind`: full names and the usual
 #: abbreviations, ``GPe``, ``SNr``, ``STN`` …) → typical χ in ppm. Midpoints of the ranges
 #: of typical 3 T values relative to CSF in the project's physics notes (QSM_NOTES.md,
 #: "Typical values"): globus pallidus 0.12–0.20, substantia nigra 0.10–0.20, red nucleus,

@@ -180,7 +180,7 @@ def mosaic_png(data, mask, window, out_file, *, zooms=(1, 1, 1), cmap='gray', la
 def triplet_png(chi, mask, zooms, labels, lut, out_file) -> Path:
     """Axial, coronal and sagittal χ through the centroid of the deep nuclei (labels named
     as a deep nucleus; without labels, the centre of the mask)."""
-    from qsmflow.qsm.regions import is_deep_nucleus
+    from qsmflow.qsm.region_names import is_deep_nucleus
 
     where = mask
     if labels is not None:
