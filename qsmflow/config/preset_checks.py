@@ -29,7 +29,7 @@ STEP_KEYS = {
 #: Reference methods of the pipeline ('region' needs a mask only the Python API takes).
 REFERENCE_METHODS = ('mean', 'csf', 'none')
 #: Inputs a step gives its function itself; a preset cannot set them.
-_SUPPLIED = {'b0_dir', 'device', 'return_info', 'magnitude', 'noise', 'chi_ppm',
+_SUPPLIED = {'b0_dir', 'device', 'return_info', 'magnitude', 'noise', 'quality', 'chi_ppm',
              'r2star_hz', 'method'}
 
 
