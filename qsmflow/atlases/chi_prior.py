@@ -14,7 +14,6 @@ Pure numpy/scipy (arrays and lookup tables in, arrays out).
 """
 from __future__ import annotations
 
-
 import numpy as np
 from scipy import ndimage as ndi
 

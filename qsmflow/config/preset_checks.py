@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import inspect
 
-#: Keys a step may hold besides ``method`` and ``params``.
+from qsmflow.config.presets import OPTIONAL_STEPS, STEP_OPTIONS, STEPS
+
+#: Keys each step may hold (masking's method-independent options: presets.STEP_OPTIONS).
 STEP_KEYS = {
-    'masking': {'method', 'params', 'brain', 'two_pass', 'quality_params', 'strict_params',
-                'brain_masks'},
+    'masking': {'method', 'params', 'quality_params', *STEP_OPTIONS['masking']},
     'unwrapping': {'method'},
     'echo_combination': {'method'},
     'bf_removal': {'method', 'params'},
@@ -26,8 +27,6 @@ STEP_KEYS = {
     'chi_separation': {'enabled', 'params', 'r2_maps'},
     'clinical': {'venography', 'foci', 'oef', 'hematocrit', 'mip_slab_mm'},
 }
-#: Reference methods of the pipeline ('region' needs a mask only the Python API takes).
-REFERENCE_METHODS = ('mean', 'csf', 'none')
 #: Inputs a step gives its function itself; a preset cannot set them.
 _SUPPLIED = {'b0_dir', 'device', 'return_info', 'magnitude', 'noise', 'quality', 'chi_ppm',
              'r2star_hz', 'method'}
@@ -48,8 +47,6 @@ def check_pipeline(steps: dict, source: str) -> None:
     ...
     ValueError: preset my.json: bf_removal 'pdf' has no option 'erode_voxel'; its options: ...
     """
-    from qsmflow.config.presets import OPTIONAL_STEPS, STEPS
-
     unknown = sorted(set(steps) - set(STEPS) - set(OPTIONAL_STEPS) - {'description'})
     if unknown:
         raise ValueError(f'preset {source}: unknown step(s) {", ".join(unknown)}; the steps '
@@ -99,23 +96,25 @@ def _choose(methods, method, step, source):
 
 def _option_functions(steps, source):
     """``(step, key, function)`` for each options dict of ``steps``; checks the methods."""
-    from qsmflow.qsm import bgremove, brain_extraction, chi_separation, echoes, inversion
+    from qsmflow.interfaces.masking import BRAIN_MASK_ALGORITHMS
+    from qsmflow.qsm import bgremove, chi_separation, echoes, inversion
     from qsmflow.qsm import mask as qmask
-    from qsmflow.qsm import relaxometry, swi
+    from qsmflow.qsm import reference, relaxometry, swi
     from qsmflow.workflows.qsm import BRAIN_ALGORITHMS, MASKING_METHODS
 
     masking = steps['masking']
     _choose(MASKING_METHODS, masking.get('method'), 'masking', source)
     brain = _choose(BRAIN_ALGORITHMS, masking.get('brain', BRAIN_ALGORITHMS[0]),
                     'brain-extraction', source)
-    yield 'masking', 'params', (brain_extraction.extract_brain if brain == 'adaptive'
-                                else qmask.brain_mask)
+    yield 'masking', 'params', BRAIN_MASK_ALGORITHMS[brain][0]
     yield 'masking', 'quality_params', qmask.quality_mask
     yield 'masking', 'strict_params', qmask.strict_mask
     _choose(echoes.UNWRAPPING_METHODS, steps['unwrapping'].get('method'), 'unwrapping', source)
     _choose(echoes.COMBINATION_METHODS, steps['echo_combination'].get('method'),
             'echo_combination', source)
-    _choose(REFERENCE_METHODS, steps['reference'].get('method'), 'reference', source)
+    # qsmflow.qsm.reference's methods but 'region': it needs a mask only the API takes
+    _choose(tuple(m for m in reference.METHODS if m != 'region'),
+            steps['reference'].get('method'), 'reference', source)
     method = _choose(bgremove.METHODS, steps['bf_removal'].get('method'), 'bf_removal', source)
     yield 'bf_removal', 'params', getattr(bgremove, method)
     method = _choose(inversion.METHODS, steps['inversion'].get('method'), 'inversion', source)
