@@ -167,6 +167,9 @@ def test_default_atlases_of_absent_templates_are_skipped(phantom_tf_home, monkey
     err = capsys.readouterr().err
     assert out['template'] == 'QSMPhantom' and out['atlases'] == []
     assert 'atlas MASSP20 skipped' in err and 'atlas Diedrichsen2009 skipped' in err
+    # the file each lacks, named, and how to prefill the folder offline
+    assert 'cannot get templateflow tpl-SUIT_atlas-Diedrichsen2009_dseg.nii.gz: not in the ' \
+        'folder' in err and 'run qsmflow fetch-templates' in err
     out = regions_options(_regions(template='QSMPhantom', template_resolution=3,
                                              atlases=['Phantom']))
     assert [a['name'] for a in out['atlases']] == ['Phantom']
