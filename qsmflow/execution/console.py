@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 
+
 class StepMessagesOnly(logging.Filter):
     """Pass the steps' warnings (``nipype.interface`` and the like at WARNING or above,
     e.g. a χ map out of the tissue range); drop the engine's records (``nipype.workflow``)."""
