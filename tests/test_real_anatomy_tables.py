@@ -101,10 +101,11 @@ def run(tmp_path_factory):
     return run_phantom(tmp_path_factory.mktemp('real-anatomy'), n_subjects=2, seed=0)
 
 
-def run_phantom(root, **dataset) -> dict:
+def run_phantom(root, *, template_mask: bool = True, **dataset) -> dict:
     """Write a 2 mm real-anatomy dataset (``dataset``: keyword arguments of
     :func:`~qsmflow.phantom.anatomy_bids.write_anatomy_dataset`, SNR 100) under ``root`` and
-    run the participant level on it with its atlas as a custom atlas (defaults otherwise)."""
+    run the participant level on it with its atlas as a custom atlas (defaults otherwise;
+    ``template_mask=False``: the atlas template, a T1w head, without its brain mask)."""
     from qsmflow.cli import main
     from qsmflow.phantom.anatomy_bids import write_anatomy_dataset
 
@@ -122,8 +123,9 @@ def run_phantom(root, **dataset) -> dict:
         code = main([str(root / 'rawdata'), str(root / 'out'), 'participant', '--nprocs', '1',
                      '-w', str(root / 'work'), '--skip-bids-validation',
                      '--atlas', str(atlas['atlas']), '--atlas-labels', str(atlas['labels']),
-                     '--atlas-template', str(atlas['template']),
-                     '--atlas-template-mask', str(atlas['template_mask'])])
+                     '--atlas-template', str(atlas['template'])]
+                    + (['--atlas-template-mask', str(atlas['template_mask'])]
+                       if template_mask else []))
     finally:
         for key, value in saved.items():
             if value is None:

@@ -5,6 +5,8 @@ bundled skeleton (0-byte images, real lookup tables)."""
 from __future__ import annotations
 
 
+import nibabel as nb
+import numpy as np
 import pytest
 
 from qsmflow import bids_specs
@@ -129,6 +131,9 @@ def _custom_files(tmp_path):
                       ('atlas_template', 'a_T1w.nii.gz')):
         paths[key] = tmp_path / name
         paths[key].write_bytes(b'x')
+    # the template is read (a head gets a derived brain mask): a small skull-stripped image
+    nb.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)).to_filename(
+        paths['atlas_template'])
     return paths
 
 

@@ -27,6 +27,7 @@ def table_maps(outputs) -> tuple:
 def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool = False,
                     source: dict | None = None, store_dseg: bool = True, maps=(),
                     refined: bool = False, segment: bool = False,
+                    atlas_files: tuple | None = None,
                     name: str = 'regions_wf') -> pe.Workflow:
     """Compute and store the regional χ table of one acquisition for one label set.
 
@@ -54,6 +55,11 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
         :data:`qsmflow.qsm.regions.MIN_ERODED_VOXELS` voxels).
     source : dict, optional
         Provenance of the labels, copied to the table's JSON sidecar.
+    atlas_files : (str, str or None), optional
+        The atlas labels in their template and that template's brain mask (or its
+        skull-stripped image): the labels' volumes are checked against the atlas's
+        (:func:`qsmflow.qsm.regions.volume_qc`; a warning in the log and in the table's
+        sidecar, ``QC.LabelVolumes``).
     store_dseg : bool
         Also store the native-space labels as ``_atlas-<atlas>_dseg.nii.gz`` + ``.tsv``.
     maps : sequence of str
@@ -107,6 +113,10 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
     outputnode = pe.Node(niu.IdentityInterface(fields=['stats']), name='outputnode')
     stats = pe.Node(RegionalStats(atlas=atlas, erode=erode, source=source or {}),
                     name='stats', mem_gb=0.5)
+    if atlas_files:
+        stats.inputs.in_atlas = atlas_files[0]
+        if atlas_files[1]:
+            stats.inputs.in_atlas_brain = atlas_files[1]
     ents = {**entities, 'atlas': _label(atlas)}
     ds_stats = pe.Node(FileSink(base_directory=output_dir, kind='stats', entities=ents),
                        name='ds_stats', run_without_submitting=True)

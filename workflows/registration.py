@@ -105,6 +105,8 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
                                      entities=acq.entities, erode=erode, source=atlas['source'],
                                      maps=maps, refined=refined,
                                      segment=bool(regions_opts.get('segment')),
+                                     atlas_files=(atlas['image'], template_brain(
+                                         atlas, regions_opts)),
                                      name=f'regions_{atlas["name"].lower()}_wf')
         regions_wf.inputs.inputnode.lut = atlas['lut']
         workflow.connect([
@@ -124,6 +126,15 @@ def connect_regions(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
         elif study:
             workflow.connect([(reg_wf, labels_wf, [
                 (f'outputnode.study_{k}', f'inputnode.study_{k}') for k in STUDY_XFMS])])
+
+
+def template_brain(atlas: dict, regions_opts: dict) -> str | None:
+    """Brain mask (else the image, skull-stripped) of the template an atlas lives in, for
+    the labels' volume guard rail."""
+    if atlas.get('template_image'):
+        return atlas.get('template_mask') or atlas['template_image']
+    files = regions_opts.get('template_files') or {}
+    return files.get('mask') or files.get('image')
 
 
 #: Transforms of a registration (native → template), as the workflows pass them on.

@@ -29,7 +29,9 @@ def init_qsm_reports_wf(*, output_dir: str, entities: dict, registration: bool =
     registration : bool
         Whether ``in_registered``/``template``/``template_mask`` are connected.
     atlases : tuple of dict
-        ``{'name', 'image', 'lut'}`` of each atlas whose native labels come in ``dsegs``.
+        ``{'name', 'image', 'lut'}`` of each atlas whose native labels come in ``dsegs``,
+        and ``brain``: the brain mask (or skull-stripped image) of its template, for the
+        label volumes scaled by the brains' (None: not scaled).
 
     Inputs
     ------
@@ -77,6 +79,7 @@ def init_qsm_reports_wf(*, output_dir: str, entities: dict, registration: bool =
     if atlases:
         qc.inputs.atlas_names = [a['name'] for a in atlases]
         qc.inputs.atlas_images = [a['image'] for a in atlases]
+        qc.inputs.atlas_brains = [a.get('brain') or '' for a in atlases]
         figures.inputs.in_lut = atlases[0]['lut']
         workflow.connect([
             (inputnode, qc, [('dsegs', 'in_dsegs')]),
@@ -92,11 +95,13 @@ def connect_reports(workflow, qsm_wf, *, acq, output_dir: str, regions_opts: dic
     atlas label workflows (``atlas_<name>_wf``) of :func:`qsmflow.workflows.registration.
     connect_regions`."""
     from qsmflow.interfaces.registration import ApplyTransforms
+    from qsmflow.workflows.registration import template_brain
 
     regions_opts = regions_opts or {}
     names = set(workflow.list_node_names())
     has_reg = any(n.startswith('registration_wf.') for n in names)
-    atlases = tuple(a for a in regions_opts.get('atlases') or []
+    atlases = tuple({**a, 'brain': template_brain(a, regions_opts)}
+                    for a in regions_opts.get('atlases') or []
                     if any(n.startswith(f'atlas_{a["name"].lower()}_wf.') for n in names))
     reports_wf = init_qsm_reports_wf(output_dir=output_dir, entities=acq.entities,
                                      registration=has_reg, atlases=atlases)

@@ -10,6 +10,7 @@ def run_build_study_template(config) -> int:
     """Build ``OUT_DIR/templates/tpl-study`` from the first pass; return the exit code."""
     from qsmflow.atlases.specs import template_files
     from qsmflow.atlases.study_template import FOLDER, build_study_template
+    from qsmflow.atlases.template_masks import with_brain_mask
     from qsmflow.atlases.templateflow import TemplateError
     from qsmflow.bids.atomic import write_text
     from qsmflow.errors import InputError
@@ -21,6 +22,7 @@ def run_build_study_template(config) -> int:
                                home=regions.templateflow_home)
     except TemplateError as exc:
         raise InputError(str(exc)) from None
+    files['mask'] = with_brain_mask(files['image'], files['mask'], f'template {regions.template}')
     out = build_study_template(
         paths.output_dir, paths.bids_dir, template=regions.template, template_files=files,
         participants=list(config.selection.participant_labels) or None,

@@ -127,7 +127,8 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
 def qc_warnings(acq, out_dir) -> list[str]:
     """The QC warnings of ``acq``'s published outputs: ``QC.Warning`` of any step in the χ
     sidecar (a brain mask that looks like a head, χ implausible for tissue), then the
-    ``QC.Warning`` of each regional table's sidecar (regions the brain mask empties)."""
+    ``QC.Warning`` of each regional table's sidecar (regions the brain mask empties) and
+    its ``QC.LabelVolumes.Warning`` (labels far smaller or larger than the atlas's)."""
     import json
     import re
 
@@ -148,4 +149,7 @@ def qc_warnings(acq, out_dir) -> list[str]:
         qc = json.loads(item.read_text()).get('QC') if match else None
         if isinstance(qc, dict) and qc.get('Warning'):
             lines.append(f'atlas {match.group(1)} table: {qc["Warning"]}')
+        volumes = qc.get('LabelVolumes') if isinstance(qc, dict) else None
+        if isinstance(volumes, dict) and volumes.get('Warning'):
+            lines.append(f'atlas {match.group(1)} labels: {volumes["Warning"]}')
     return lines

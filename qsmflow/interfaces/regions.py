@@ -121,6 +121,10 @@ class _StatsInputSpec(BaseInterfaceInputSpec):
                                          '(column chi_para_mean; absent without it)')
     in_chi_dia = File(exists=True, desc='diamagnetic chi map in ppm on the grid of in_file '
                                         '(column chi_dia_mean; absent without it)')
+    in_atlas = File(exists=True, desc='the atlas labels in their template (volume guard rail: '
+                                      'qsmflow.qsm.regions.volume_qc)')
+    in_atlas_brain = File(exists=True, desc='brain mask of the atlas\'s template (or the '
+                                            'skull-stripped template image): its voxels > 0')
 
 
 #: Input of :class:`RegionalStats` → table column (:data:`qsmflow.qsm.regions.MAP_COLUMNS`).
@@ -156,6 +160,10 @@ class RegionalStats(SimpleInterface):
                                     reference_mask=mask if ref_method == 'mean' else None,
                                     maps=maps)
         qc = table_qc(rows, self.inputs.atlas)
+        if isdefined(self.inputs.in_atlas):
+            qc['LabelVolumes'] = label_volume_qc(rows, region_set, self.inputs.in_atlas,
+                                                 self.inputs.in_atlas_brain, mask,
+                                                 base.voxel_size(img), self.inputs.atlas)
         out_tsv = Path(runtime.cwd) / 'stats.tsv'
         write_table(rows, out_tsv)
         meta = stats_sidecar(atlas_metadata(self.inputs.atlas, self.inputs.source), ref_method,
@@ -191,6 +199,30 @@ def table_qc(rows: list[dict], atlas: str) -> dict:
     if qc['Warning']:
         base.LOGGER.warning('qsmflow: atlas %s table: %s', atlas, qc['Warning'])
     return {k: v for k, v in qc.items() if k != 'Failure'}
+
+
+def label_volume_qc(rows, region_set, atlas_file, brain_file, mask, voxel_size,
+                    atlas: str) -> dict:
+    """:func:`qsmflow.qsm.regions.volume_qc` of a table against its atlas file (labels in
+    their template) and that template's brain (``brain_file``: voxels > 0; None: the
+    brains' ratio is taken as 1); logs its warning."""
+    from qsmflow.reports.metrics import label_volumes_mm3
+
+    lab, limg = base.load(atlas_file)
+    volume = label_volumes_mm3(np.rint(lab), float(np.prod(base.voxel_size(limg))))
+    vox = float(np.prod(voxel_size))
+    atlas_mm3 = {(r['region'], r['hemisphere']): sum(volume.get(i, 0.0) for i in r['labels'])
+                 for r in region_set}
+    ratio = 1.0
+    if brain_file:
+        brain, bimg = base.load(brain_file)
+        template_ml = float(np.count_nonzero(brain > 0)) * float(np.prod(
+            base.voxel_size(bimg))) / 1000.0
+        ratio = float(mask.sum()) * vox / 1000.0 / template_ml if template_ml else 1.0
+    qc = regions.volume_qc(rows, atlas_mm3, vox, brain_ratio=ratio)
+    if qc['Warning']:
+        base.LOGGER.warning('qsmflow: atlas %s labels: %s', atlas, qc['Warning'])
+    return qc
 
 
 def write_table(rows: list[dict], path) -> None:

@@ -27,6 +27,8 @@ class _QCInputSpec(BaseInterfaceInputSpec):
     atlas_names = traits.List(traits.Str, desc='atlases whose labels are in in_dsegs')
     in_dsegs = InputMultiObject(File(exists=True), desc='atlas labels on the native chi grid')
     atlas_images = traits.List(File(exists=True), desc='the same atlases in template space')
+    atlas_brains = traits.List(traits.Str, desc="brain mask (or skull-stripped image) of each "
+                                                "atlas's template; '' for none")
     polarity = traits.Dict(desc="pre-flight phase-polarity check ('score', unitless -1..1; "
                                 "'inverted', bool)")
 
@@ -47,7 +49,7 @@ class QCMetrics(SimpleInterface):
 
         opt = {k: getattr(self.inputs, k) for k in (
             'in_registered', 'template', 'template_mask', 'atlas_names', 'in_dsegs',
-            'atlas_images', 'polarity') if isdefined(getattr(self.inputs, k))}
+            'atlas_images', 'atlas_brains', 'polarity') if isdefined(getattr(self.inputs, k))}
         row = qc_table.acquisition_qc(
             magnitude=self.inputs.in_magnitude, brain_mask=self.inputs.in_brain_mask,
             mask=self.inputs.in_mask, noise=self.inputs.in_noise,

@@ -35,6 +35,15 @@ MIN_ERODED_VOXELS = 10
 #: flagged by :func:`coverage_qc` (far fewer voxels than the labels predict).
 MIN_MASK_COVERAGE = 0.5
 
+#: Plausible median ratio of registered label volume to atlas volume, each label's ratio
+#: divided by the ratio of the brain volumes (:func:`volume_qc`): near 1 whatever the head's
+#: size; a brain registered to a template head without its brain mask gives about 0.4
+#: (measured on the real-anatomy phantom).
+LABEL_VOLUME_RATIO_RANGE = (0.6, 1.6)
+
+#: :func:`volume_qc` flags a region whose volume ratio is under this share of the median.
+MIN_RELATIVE_VOLUME_RATIO = 0.4
+
 #: Name of the whole-brain and reference rows.
 WHOLE_BRAIN, REFERENCE = 'whole_brain', 'reference'
 
@@ -407,6 +416,84 @@ def coverage_qc(rows: list[dict], *, only_deep: bool = False,
             'OutsideFieldOfView': off_grid, 'LowCoverage': low, 'DeepNuclei': len(deep),
             'DeepNucleiInMask': len(in_mask), 'Warning': '; '.join(parts) or None,
             'Failure': failure}
+
+
+def volume_qc(rows: list[dict], atlas_mm3: dict, voxel_volume_mm3: float, *,
+              brain_ratio: float = 1.0, ratio_range=LABEL_VOLUME_RATIO_RANGE,
+              min_relative: float = MIN_RELATIVE_VOLUME_RATIO) -> dict:
+    """Guard rail of registered atlas labels: their volume on the χ grid against the atlas's.
+
+    A registration scales every label with the brain, so each label's volume ratio (χ grid
+    over atlas), divided by the brains' volume ratio ``brain_ratio`` (brain mask over the
+    template's brain mask), lies near 1. A median outside ``ratio_range`` means the
+    registration failed (a brain registered to a template head without its brain mask
+    shrinks every label to about 0.4); a region under ``min_relative`` × that median has
+    far fewer voxels than the atlas predicts. Sided rows are checked (bilateral rows only
+    for regions without sides).
+
+    Parameters
+    ----------
+    rows : list of dict
+        Rows of :func:`region_table` (``region``, ``hemisphere``, ``n_labelled``).
+    atlas_mm3 : dict
+        ``(region, hemisphere)`` → volume (mm³) of the row's labels in the atlas; rows
+        without an entry (or with 0) are not checked.
+    voxel_volume_mm3 : float
+        Volume of a voxel of the χ grid (mm³).
+    brain_ratio : float
+        Brain mask volume over the template's brain mask volume (dimensionless; 1 when the
+        template has no mask).
+    ratio_range : (float, float)
+        Plausible range of the median normalised ratio (dimensionless).
+    min_relative : float
+        Smallest normalised ratio of a region relative to the median (dimensionless).
+
+    Returns
+    -------
+    dict
+        ``LabelVolumeRatioMedian`` (normalised; NaN without checked rows),
+        ``BrainVolumeRatio``, ``LabelVolumeRatioRange``, ``Shrunk`` (name → normalised
+        ratio) and ``Warning`` (one sentence, or None).
+
+    Examples
+    --------
+    >>> rows = [{'region': r, 'hemisphere': 'left', 'n_labelled': n}
+    ...         for r, n in (('putamen', 50), ('caudate', 45), ('nigra', 4))]
+    >>> atlas = {(r['region'], 'left'): 400.0 for r in rows}
+    >>> qc = volume_qc(rows, atlas, 8.0)
+    >>> qc['LabelVolumeRatioMedian'], qc['Shrunk'], qc['Warning'] is not None
+    (0.9, {'nigra left': 0.08}, True)
+    >>> volume_qc(rows[:2], atlas, 8.0, brain_ratio=2.0)['Warning'][:40]
+    'the atlas labels came out at 0.47 × thei'
+    """
+    sided = {r['region'] for r in rows if r['hemisphere'] != 'bilateral'}
+    ratios = {}
+    for r in rows:
+        if r['region'] in (WHOLE_BRAIN, REFERENCE) or (
+                r['hemisphere'] == 'bilateral' and r['region'] in sided):
+            continue
+        ref = atlas_mm3.get((r['region'], r['hemisphere']), 0.0)
+        if ref > 0:
+            name = r['region'] if r['hemisphere'] == 'bilateral' else \
+                f'{r["region"]} {r["hemisphere"]}'
+            ratios[name] = r['n_labelled'] * float(voxel_volume_mm3) / ref / brain_ratio
+    lo, hi = (float(x) for x in ratio_range)
+    median = float(np.median(list(ratios.values()))) if ratios else float('nan')
+    shrunk = {k: round(v, 2) for k, v in ratios.items() if v < min_relative * median}
+    parts = []
+    if ratios and not lo <= median <= hi:
+        parts.append(f'the atlas labels came out at {median:.2f} × their volume in the atlas '
+                     f'(median of {len(ratios)} regions, scaled by the brain volumes; '
+                     f'expected {lo:g}-{hi:g}): the registration to the template probably '
+                     'failed (a template with skull and scalp needs its brain mask); check '
+                     'the registration in the report')
+    if shrunk:
+        parts.append(f'far fewer labelled voxels than the atlas predicts (under '
+                     f'{min_relative:g} × the median ratio {median:.2f}): '
+                     + ', '.join(f'{k} ({v:g} ×)' for k, v in shrunk.items()))
+    return {'LabelVolumeRatioMedian': round(median, 3), 'BrainVolumeRatio':
+            round(float(brain_ratio), 3), 'LabelVolumeRatioRange': [lo, hi],
+            'Shrunk': shrunk, 'Warning': '; '.join(parts) or None}
 
 
 def resample_labels(labels: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray,

@@ -75,15 +75,23 @@ ATLAS_COLUMNS = {
                             'over its volume in the atlas (template space): the registration '
                             'scaling, about 1 for a head of the template size', '1'),
     'volume_ratio_min': ('Smallest such ratio (a label the registration shrank or lost)', '1'),
+    'volume_ratio_scaled': ('volume_ratio_median divided by the ratio of the brain mask\'s '
+                            'volume to the atlas template\'s brain mask: about 1 whatever the '
+                            'head\'s size; outside LabelVolumeRatioRange of the table\'s '
+                            'sidecar (0.6-1.6) the registration probably failed (n/a without '
+                            'the template\'s brain)', '1'),
+    'volume_warning': ('1 when volume_ratio_scaled lies outside that range (a warning in the '
+                       'log and the table\'s sidecar), 0 when not, n/a without it', '1'),
 }
 
 
 def acquisition_qc(*, magnitude, brain_mask, mask, noise, local_field, chimap,
                    in_registered=None, template=None, template_mask=None, atlas_names=(),
-                   in_dsegs=(), atlas_images=(), polarity=None) -> dict:
+                   in_dsegs=(), atlas_images=(), atlas_brains=(), polarity=None) -> dict:
     """The QC row of one acquisition from its files (paths); see :data:`COLUMNS`."""
     from qsmflow.interfaces import base
     from qsmflow.qsm.kernels import b0_dir_from_affine
+    from qsmflow.qsm.regions import LABEL_VOLUME_RATIO_RANGE
     from qsmflow.reports import metrics
 
     mag, img = base.load(magnitude)
@@ -133,7 +141,8 @@ def acquisition_qc(*, magnitude, brain_mask, mask, noise, local_field, chimap,
     row['phase_polarity_score'] = (polarity or {}).get('score', math.nan)
     row['phase_polarity_inverted'] = (int(bool(polarity['inverted'])) if polarity
                                       else math.nan)
-    for name, dseg, atlas in zip(atlas_names, in_dsegs, atlas_images):
+    brains = list(atlas_brains) + [''] * (len(atlas_names) - len(atlas_brains))
+    for name, dseg, atlas, tbrain in zip(atlas_names, in_dsegs, atlas_images, brains):
         native_lab, nimg = base.load(dseg)
         tpl_lab, timg = base.load(atlas)
         ratios = metrics.volume_ratios(
@@ -143,6 +152,16 @@ def acquisition_qc(*, magnitude, brain_mask, mask, noise, local_field, chimap,
         key = re.sub(r'[^0-9A-Za-z]', '', name)
         row[f'atlas_{key}_volume_ratio_median'] = float(np.median(values))
         row[f'atlas_{key}_volume_ratio_min'] = float(np.min(values))
+        scaled = warned = math.nan
+        if tbrain:
+            tb, tbimg = base.load(tbrain)
+            tml = float(np.count_nonzero(tb > 0)) * float(np.prod(base.voxel_size(tbimg))) / 1e3
+            if tml > 0:
+                scaled = float(np.median(values)) / (float(final.sum()) * ml / tml)
+                lo, hi = LABEL_VOLUME_RATIO_RANGE
+                warned = int(not lo <= scaled <= hi)
+        row[f'atlas_{key}_volume_ratio_scaled'] = scaled
+        row[f'atlas_{key}_volume_warning'] = warned
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()}
 
 
@@ -171,7 +190,7 @@ def sidecar(row: dict) -> dict:
     for col in row:
         desc = COLUMNS.get(col)
         if desc is None:
-            match = re.fullmatch(r'atlas_(\w+?)_(volume_ratio_\w+)', col)
+            match = re.fullmatch(r'atlas_(\w+?)_(volume_\w+)', col)
             text, units = ATLAS_COLUMNS[match.group(2)]
             desc = (f'Atlas {match.group(1)}: {text[0].lower()}{text[1:]}', units)
         meta[col] = {'Description': desc[0], 'Units': desc[1]}
