@@ -195,6 +195,24 @@ def test_engine_console_keeps_the_steps_warnings_only():
     assert stream.getvalue() == 'qsmflow: warning: χ map: beyond 1 ppm\n'
 
 
+def test_a_steps_warning_names_its_acquisition(tmp_path, monkeypatch):
+    """Nipype runs each node in its folder under the acquisition's workflow: the console
+    line says whose step warned (several participants run at once)."""
+    import logging
+
+    from qsmflow.execution.console import WarningLine
+
+    record = logging.LogRecord('nipype.interface', logging.WARNING, __file__, 1,
+                               'qsmflow: masking: looks like a head', None, None)
+    node = tmp_path / 'qsmflow_wf' / 'sub_02_ses_b_run_1_wf' / 'qsm_wf' / 'brain_mask'
+    node.mkdir(parents=True)
+    monkeypatch.chdir(node)
+    assert WarningLine().format(record) == \
+        'qsmflow: warning: sub-02_ses-b_run-1: masking: looks like a head'
+    monkeypatch.chdir(tmp_path)
+    assert WarningLine().format(record) == 'qsmflow: warning: masking: looks like a head'
+
+
 def test_cohort_bench_helpers_measure_this_process_tree():
     import os
     import sys

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from qsmflow.qsm import regions
+from qsmflow.qsm import region_names, region_qc, regions
 from qsmflow.interfaces.regions import RegionalStats, ResampleSegmentation, read_lut
 
 
@@ -166,7 +166,7 @@ def _nuclei():
 def _qc(labels, lut, mask, **kwargs):
     rows = regions.region_table(np.zeros(labels.shape), labels, mask, (1, 1, 1),
                                 regions.regions_from_lut(lut))
-    return regions.coverage_qc(rows, **kwargs)
+    return region_qc.coverage_qc(rows, **kwargs)
 
 
 def test_coverage_qc_passes_a_good_table_and_names_what_the_mask_empties():
@@ -205,12 +205,12 @@ def test_every_builtin_atlas_region_is_a_deep_nucleus():
 
     for name, spec in load('atlases')['atlases'].items():
         for region in spec['regions']:
-            assert regions.is_deep_nucleus(region), (name, region)
+            assert region_names.is_deep_nucleus(region), (name, region)
     for other in ('white_matter', 'cortex', 'csf', 'skull', 'scalp', 'vein', 'fornix',
                   'hypothalamus', 'dentate_gyrus', 'ca1', 'cerebellum'):
-        assert not regions.is_deep_nucleus(other)
+        assert not region_names.is_deep_nucleus(other)
     for abbreviated in ('gpe', 'snc', 'stn', 'rn', 'dn', 'pu', 'tha', 'nac'):
-        assert regions.is_deep_nucleus(abbreviated), abbreviated
+        assert region_names.is_deep_nucleus(abbreviated), abbreviated
 
 
 def test_region_set_merges_and_unknown_labels():
@@ -486,13 +486,54 @@ def test_qc_warnings_include_the_tables(tmp_path):
     chi.parent.mkdir(parents=True)
     chi.with_name(chi.name.replace('.nii.gz', '.json')).write_text(json.dumps(
         {'QSMProcessing': [{'Step': 'masking', 'QC': {'Warning': 'looks like a head'}}]}))
-    for atlas, warning in (('MASSP20', 'no voxel inside the brain mask: caudate left'),
-                           ('Phantom', None)):
+    for atlas, warning, volumes, iron in (
+            ('MASSP20', 'no voxel inside the brain mask: caudate left', None, None),
+            ('Phantom', None, 'labels at 0.4', 'nuclei read 0.001 ppm'),
+            ('custom', None, None, None)):
         path = bids_specs.output_path(tmp_path, 'stats_json', {**acq.entities, 'atlas': atlas})
-        path.write_text(json.dumps({'QC': {'Warning': warning}}))
+        path.write_text(json.dumps({'QC': {'Warning': warning,
+                                           'LabelVolumes': {'Warning': volumes},
+                                           'IronRich': {'Warning': iron}}}))
     other = bids_specs.output_path(tmp_path, 'stats_json',
                                    {'subject': '01', 'run': 2, 'atlas': 'MASSP20'})
     other.write_text(json.dumps({'QC': {'Warning': 'of another run'}}))
     assert qc_warnings(acq, tmp_path) == [
         'masking: looks like a head',
-        'atlas MASSP20 table: no voxel inside the brain mask: caudate left']
+        'atlas MASSP20 table: no voxel inside the brain mask: caudate left',
+        'atlas Phantom labels: labels at 0.4', 'atlas Phantom table: nuclei read 0.001 ppm']
+
+
+def test_iron_rich_nuclei_that_read_near_zero_are_a_warning(tmp_path, caplog):
+    """Labels that missed the nuclei (a failed registration: the real-anatomy phantom with
+    its template's head as the template mask gave mean Dice 0.05, the pallidum at about 0 ppm)
+    or an inverted phase: the table says so in its sidecar and the log."""
+    import logging
+
+    chi = np.zeros((12, 12, 12))
+    labels = np.zeros(chi.shape, np.int16)
+    labels[2:5, 2:5, 2:5], labels[7:10, 2:5, 2:5] = 1, 2      # pallidum left/right
+    labels[2:5, 7:10, 2:5], labels[7:10, 7:10, 2:5] = 3, 4    # putamen left/right
+    lut = {1: 'GPe_L', 2: 'GPe_R', 3: 'Pu_L', 4: 'Pu_R'}
+    mask = np.ones(chi.shape, bool)
+    img = nb.Nifti1Image(chi.astype(np.float32), np.eye(4))
+    for value, warned in ((0.15, False), (0.005, True), (-0.15, True)):
+        chi[labels <= 2] = 0.0
+        chi[(labels == 1) | (labels == 2)] = value
+        chi[(labels == 3) | (labels == 4)] = 0.05
+        paths = {}
+        for key, data, dtype in (('chi', chi, np.float32), ('mask', mask, np.uint8),
+                                 ('dseg', labels, np.int16)):
+            paths[key] = tmp_path / f'{key}.nii.gz'
+            nb.Nifti1Image(data.astype(dtype), img.affine).to_filename(paths[key])
+        (tmp_path / 'chi.json').write_text(json.dumps({'QSMReference': 'mean'}))
+        lut_path = tmp_path / 'lut.tsv'
+        lut_path.write_text('index\tname\n' + ''.join(f'{i}\t{n}\n' for i, n in lut.items()))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            res = RegionalStats(in_file=str(paths['chi']), in_mask=str(paths['mask']),
+                                in_dseg=str(paths['dseg']), in_lut=str(lut_path),
+                                atlas='custom').run(cwd=str(tmp_path))
+        iron = json.loads(open(res.outputs.out_json).read())['QC']['IronRich']
+        assert iron['IronRichNuclei'] == 2, iron
+        assert (iron['Warning'] is not None) is warned, (value, iron)
+        assert ('iron-rich nuclei read' in caplog.text) is warned

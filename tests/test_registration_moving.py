@@ -63,3 +63,33 @@ def test_block_helpers_on_anisotropic_and_4d_grids():
     aff = block_affine(np.diag([0.6, 0.6, 2.0, 1.0]), (3, 3, 1))
     np.testing.assert_allclose(np.diag(aff)[:3], (1.8, 1.8, 2.0))
     np.testing.assert_allclose(aff[:3, 3], (0.6, 0.6, 0.0))
+
+
+def test_a_fine_template_is_registered_on_a_grid_of_about_2mm(tmp_path):
+    """A 1 mm template (and its mask) becomes 2 mm block means for the registration; a 2 mm
+    one is used as it is (its path: the default registrations keep every bit)."""
+    from qsmflow.interfaces.registration import coarse_fixed
+
+    rng = np.random.default_rng(1)
+    tpl = rng.random((12, 10, 8)).astype(np.float32)
+    mask = np.zeros(tpl.shape, np.uint8)
+    mask[2:9, 2:8, 2:7] = 1
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = (-6.0, -5.0, -4.0)
+    nb.Nifti1Image(tpl, affine).to_filename(tmp_path / 'tpl.nii.gz')
+    nb.Nifti1Image(mask, affine).to_filename(tmp_path / 'mask.nii.gz')
+    fixed, fixed_mask = coarse_fixed(tmp_path / 'tpl.nii.gz', tmp_path / 'mask.nii.gz',
+                                     tmp_path)
+    img, mimg = nb.load(fixed), nb.load(fixed_mask)
+    assert img.shape == mimg.shape == (6, 5, 4)
+    assert np.allclose(img.header.get_zooms()[:3], 2.0)
+    np.testing.assert_allclose(np.asarray(img.dataobj),
+                               tpl.reshape(6, 2, 5, 2, 4, 2).mean(axis=(1, 3, 5)), rtol=1e-6)
+    np.testing.assert_allclose(img.affine, block_affine(affine, (2, 2, 2)))
+    inside = mask.reshape(6, 2, 5, 2, 4, 2).mean(axis=(1, 3, 5)) >= 0.5
+    assert np.array_equal(np.asarray(mimg.dataobj) > 0, inside)
+    coarse = tmp_path / 'coarse'
+    coarse.mkdir()
+    nb.Nifti1Image(tpl, np.diag([2.0, 2.0, 2.0, 1.0])).to_filename(coarse / 'tpl.nii.gz')
+    assert coarse_fixed(coarse / 'tpl.nii.gz', None, coarse) == (
+        str(coarse / 'tpl.nii.gz'), None)

@@ -58,7 +58,7 @@ def init_regions_wf(*, atlas: str, output_dir: str, entities: dict, erode: bool 
     atlas_files : (str, str or None), optional
         The atlas labels in their template and that template's brain mask (or its
         skull-stripped image): the labels' volumes are checked against the atlas's
-        (:func:`qsmflow.qsm.regions.volume_qc`; a warning in the log and in the table's
+        (:func:`qsmflow.qsm.region_qc.volume_qc`; a warning in the log and in the table's
         sidecar, ``QC.LabelVolumes``).
     store_dseg : bool
         Also store the native-space labels as ``_atlas-<atlas>_dseg.nii.gz`` + ``.tsv``.

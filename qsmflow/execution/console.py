@@ -12,6 +12,8 @@ import this module to install the filter before Nipype
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 
 
@@ -24,12 +26,39 @@ class StepMessagesOnly(logging.Filter):
             and not record.name.startswith('nipype.workflow')
 
 
+#: A node's working directory under an acquisition's workflow
+#: (``…/qsmflow_wf/sub_01_ses_a_wf/…``, :attr:`qsmflow.bids.inputs.Acquisition.name`): whose
+#: step is running.
+_ACQUISITION_DIR = re.compile(
+    r'/qsmflow_wf/(sub_[0-9A-Za-z]+(?:_(?:ses|acq|rec|run)_[0-9A-Za-z]+)*)_wf(?:/|$)')
+
+
+def running_acquisition(cwd: str) -> str | None:
+    """The acquisition (``sub-01_ses-a``) whose node runs in ``cwd``, or None.
+
+    >>> running_acquisition('/w/qsmflow_wf/sub_01_ses_a_run_2_wf/qsm_wf/brain_mask')
+    'sub-01_ses-a_run-2'
+    >>> running_acquisition('/home/me') is None
+    True
+    """
+    match = _ACQUISITION_DIR.search(cwd)
+    if not match:
+        return None
+    return re.sub(r'(sub|ses|acq|rec|run)_([0-9A-Za-z]+)', r'\1-\2', match.group(1))
+
+
 class WarningLine(logging.Formatter):
-    """A step's warning as one console line like qsmflow's own: ``qsmflow: warning: …``."""
+    """A step's warning as one console line like qsmflow's own: ``qsmflow: warning: …``,
+    naming the acquisition whose step it is (Nipype runs each node in its own folder)."""
 
     def format(self, record) -> str:
         text = record.getMessage()
-        return 'qsmflow: warning: ' + (text[9:] if text.startswith('qsmflow: ') else text)
+        text = text[9:] if text.startswith('qsmflow: ') else text
+        try:
+            who = running_acquisition(os.getcwd())
+        except OSError:  # the folder was removed
+            who = None
+        return 'qsmflow: warning: ' + (f'{who}: ' if who else '') + text
 
 
 def quiet_engine_console() -> None:

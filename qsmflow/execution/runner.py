@@ -128,7 +128,8 @@ def qc_warnings(acq, out_dir) -> list[str]:
     """The QC warnings of ``acq``'s published outputs: ``QC.Warning`` of any step in the χ
     sidecar (a brain mask that looks like a head, χ implausible for tissue), then the
     ``QC.Warning`` of each regional table's sidecar (regions the brain mask empties) and
-    its ``QC.LabelVolumes.Warning`` (labels far smaller or larger than the atlas's)."""
+    those of its other guard rails (``QC.LabelVolumes``: labels far smaller or larger than
+    the atlas's; ``QC.IronRich``: iron-rich nuclei that do not read paramagnetic)."""
     import json
     import re
 
@@ -147,9 +148,12 @@ def qc_warnings(acq, out_dir) -> list[str]:
     for item in found:
         match = pattern.fullmatch(item.name)
         qc = json.loads(item.read_text()).get('QC') if match else None
-        if isinstance(qc, dict) and qc.get('Warning'):
+        if not isinstance(qc, dict):
+            continue
+        if qc.get('Warning'):
             lines.append(f'atlas {match.group(1)} table: {qc["Warning"]}')
-        volumes = qc.get('LabelVolumes') if isinstance(qc, dict) else None
-        if isinstance(volumes, dict) and volumes.get('Warning'):
-            lines.append(f'atlas {match.group(1)} labels: {volumes["Warning"]}')
+        for key, check in qc.items():  # the other guard rails (LabelVolumes, IronRich)
+            if isinstance(check, dict) and check.get('Warning'):
+                what = 'labels' if key == 'LabelVolumes' else 'table'
+                lines.append(f'atlas {match.group(1)} {what}: {check["Warning"]}')
     return lines

@@ -14,7 +14,7 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from qsmflow import __version__, bids_specs
-from qsmflow.qsm import regions
+from qsmflow.qsm import region_qc, regions
 from qsmflow.interfaces import base
 
 
@@ -122,7 +122,7 @@ class _StatsInputSpec(BaseInterfaceInputSpec):
     in_chi_dia = File(exists=True, desc='diamagnetic chi map in ppm on the grid of in_file '
                                         '(column chi_dia_mean; absent without it)')
     in_atlas = File(exists=True, desc='the atlas labels in their template (volume guard rail: '
-                                      'qsmflow.qsm.regions.volume_qc)')
+                                      'qsmflow.qsm.region_qc.volume_qc)')
     in_atlas_brain = File(exists=True, desc='brain mask of the atlas\'s template (or the '
                                             'skull-stripped template image): its voxels > 0')
 
@@ -160,6 +160,8 @@ class RegionalStats(SimpleInterface):
                                     reference_mask=mask if ref_method == 'mean' else None,
                                     maps=maps)
         qc = table_qc(rows, self.inputs.atlas)
+        if ref_method != 'none':  # unreferenced χ has no meaningful level
+            qc['IronRich'] = _logged(region_qc.iron_qc(rows), self.inputs.atlas, 'table')
         if isdefined(self.inputs.in_atlas):
             qc['LabelVolumes'] = label_volume_qc(rows, region_set, self.inputs.in_atlas,
                                                  self.inputs.in_atlas_brain, mask,
@@ -187,23 +189,28 @@ class RegionCoverageError(RuntimeError):
 
 
 def table_qc(rows: list[dict], atlas: str) -> dict:
-    """:func:`qsmflow.qsm.regions.coverage_qc` of a table; logs its warning and raises its
+    """:func:`qsmflow.qsm.region_qc.coverage_qc` of a table; logs its warning and raises its
     failure (a :class:`RegionCoverageError`: the participant fails with that one line).
 
     User segmentations (``atlas == 'segmentations'``) are checked on their deep nuclei only:
     they may label skull, scalp and air, which the brain mask rightly leaves out.
     """
-    qc = regions.coverage_qc(rows, only_deep=atlas == 'segmentations')
+    qc = region_qc.coverage_qc(rows, only_deep=atlas == 'segmentations')
     if qc['Failure']:
         raise RegionCoverageError(f'atlas {atlas}: {qc["Failure"]}')
-    if qc['Warning']:
-        base.LOGGER.warning('qsmflow: atlas %s table: %s', atlas, qc['Warning'])
-    return {k: v for k, v in qc.items() if k != 'Failure'}
+    return _logged({k: v for k, v in qc.items() if k != 'Failure'}, atlas, 'table')
+
+
+def _logged(qc: dict, atlas: str, what: str) -> dict:
+    """Log a guard rail's ``Warning`` (``qsmflow: atlas <name> <what>: …``); return it."""
+    if qc.get('Warning'):
+        base.LOGGER.warning('qsmflow: atlas %s %s: %s', atlas, what, qc['Warning'])
+    return qc
 
 
 def label_volume_qc(rows, region_set, atlas_file, brain_file, mask, voxel_size,
                     atlas: str) -> dict:
-    """:func:`qsmflow.qsm.regions.volume_qc` of a table against its atlas file (labels in
+    """:func:`qsmflow.qsm.region_qc.volume_qc` of a table against its atlas file (labels in
     their template) and that template's brain (``brain_file``: voxels > 0; None: the
     brains' ratio is taken as 1); logs its warning."""
     from qsmflow.reports.metrics import label_volumes_mm3
@@ -219,10 +226,8 @@ def label_volume_qc(rows, region_set, atlas_file, brain_file, mask, voxel_size,
         template_ml = float(np.count_nonzero(brain > 0)) * float(np.prod(
             base.voxel_size(bimg))) / 1000.0
         ratio = float(mask.sum()) * vox / 1000.0 / template_ml if template_ml else 1.0
-    qc = regions.volume_qc(rows, atlas_mm3, vox, brain_ratio=ratio)
-    if qc['Warning']:
-        base.LOGGER.warning('qsmflow: atlas %s labels: %s', atlas, qc['Warning'])
-    return qc
+    return _logged(region_qc.volume_qc(rows, atlas_mm3, vox, brain_ratio=ratio), atlas,
+                   'labels')
 
 
 def write_table(rows: list[dict], path) -> None:

@@ -105,6 +105,12 @@ def nucleus_kind(name: str) -> str | None:
     return None
 
 
+#: Kinds of :func:`nucleus_kind` that hold the most iron of the brain and read 0.05-0.2 ppm
+#: above the whole-brain mean at 3 T (the χ-driven refinement's prior and
+#: :func:`qsmflow.qsm.region_qc.iron_qc`).
+IRON_RICH = frozenset({'pallidum', 'nigra', 'red_nucleus', 'subthalamic', 'dentate'})
+
+
 def is_deep_nucleus(region: str) -> bool:
     """Whether a region's name is a deep grey-matter nucleus (:func:`nucleus_kind`).
 

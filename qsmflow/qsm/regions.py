@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from qsmflow.qsm.region_names import is_deep_nucleus, split_hemisphere
+from qsmflow.qsm.region_names import split_hemisphere
 
 #: Table columns, in order (χ statistics in ppm, volume in mm³; shares in [0, 1]).
 COLUMNS = ('region', 'hemisphere', 'n_voxels', 'volume_mm3', 'mean', 'median', 'std',
@@ -30,19 +30,6 @@ TRIM_PROPORTION = 0.1
 #: ``--erode-rois`` never leaves a region with fewer voxels than this: a region that
 #: erosion would shrink below it is tabulated uneroded (and the sidecar lists it).
 MIN_ERODED_VOXELS = 10
-
-#: A region with less than this share of its labelled voxels inside the brain mask is
-#: flagged by :func:`coverage_qc` (far fewer voxels than the labels predict).
-MIN_MASK_COVERAGE = 0.5
-
-#: Plausible median ratio of registered label volume to atlas volume, each label's ratio
-#: divided by the ratio of the brain volumes (:func:`volume_qc`): near 1 whatever the head's
-#: size; a brain registered to a template head without its brain mask gives about 0.4
-#: (measured on the real-anatomy phantom).
-LABEL_VOLUME_RATIO_RANGE = (0.6, 1.6)
-
-#: :func:`volume_qc` flags a region whose volume ratio is under this share of the median.
-MIN_RELATIVE_VOLUME_RATIO = 0.4
 
 #: Name of the whole-brain and reference rows.
 WHOLE_BRAIN, REFERENCE = 'whole_brain', 'reference'
@@ -335,165 +322,6 @@ def _erode_each(labels: np.ndarray, ids) -> np.ndarray:
     for i in ids:
         out |= ndimage.binary_erosion(labels == i)
     return out
-
-
-def coverage_qc(rows: list[dict], *, only_deep: bool = False,
-                min_coverage: float = MIN_MASK_COVERAGE) -> dict:
-    """Guard rails of a regional table: regions the brain mask empties, and deep nuclei.
-
-    The labels on the χ grid are the atlas's prediction for this participant (the
-    registration's volume change is in them already); ``mask_coverage`` is the share of
-    them inside the brain mask. A region with no voxel in the mask, or with less than
-    ``min_coverage`` of its labelled voxels there, is flagged. A table whose deep
-    grey-matter nuclei (:func:`is_deep_nucleus`) all lie outside the brain mask, although
-    their labels reach the field of view, fails. Left and right rows are checked (bilateral
-    rows only for regions without sides); whole-brain and reference rows never.
-
-    Parameters
-    ----------
-    rows : list of dict
-        Rows of :func:`region_table` (``region``, ``hemisphere``, ``n_labelled``,
-        ``mask_coverage``).
-    only_deep : bool
-        Check deep nuclei only (for segmentations that also label skull, scalp, air).
-    min_coverage : float
-        Smallest share (in [0, 1]) of a region's labelled voxels inside the brain mask.
-
-    Returns
-    -------
-    dict
-        ``MinMaskCoverage``; ``OutsideBrainMask``, ``OutsideFieldOfView`` (region names with
-        no voxel in the mask, their labels lying elsewhere on the χ grid or off it),
-        ``LowCoverage`` (name → share); ``DeepNuclei``, ``DeepNucleiInMask`` (counts of
-        checked rows); ``Warning`` (one sentence, or None) and ``Failure`` (one sentence
-        when no deep nucleus has a voxel in the mask while some is labelled, else None).
-
-    Examples
-    --------
-    >>> rows = [{'region': 'putamen', 'hemisphere': 'left', 'n_labelled': 40,
-    ...          'mask_coverage': 0.3}, {'region': 'putamen', 'hemisphere': 'right',
-    ...          'n_labelled': 40, 'mask_coverage': 0.9}]
-    >>> qc = coverage_qc(rows)
-    >>> qc['LowCoverage'], qc['Failure'] is None, qc['Warning'] is not None
-    ({'putamen left': 0.3}, True, True)
-    >>> rows[0]['mask_coverage'] = rows[1]['mask_coverage'] = 0.0
-    >>> coverage_qc(rows)['Failure'] is not None  # no deep nucleus left in the mask
-    True
-    """
-    sided = {r['region'] for r in rows if r['hemisphere'] != 'bilateral'}
-    checked = [r for r in rows if r['region'] not in (WHOLE_BRAIN, REFERENCE)
-               and (r['hemisphere'] != 'bilateral' or r['region'] not in sided)
-               and (not only_deep or is_deep_nucleus(r['region']))]
-    outside, off_grid, low = [], [], {}
-    for r in checked:
-        name = r['region'] if r['hemisphere'] == 'bilateral' else \
-            f'{r["region"]} {r["hemisphere"]}'
-        cover = r['mask_coverage']
-        if not r['n_labelled']:
-            off_grid.append(name)
-        elif not cover > 0:
-            outside.append(name)
-        elif cover < min_coverage:
-            low[name] = round(float(cover), 3)
-    deep = [r for r in checked if is_deep_nucleus(r['region'])]
-    in_mask = [r for r in deep if r['n_labelled'] and r['mask_coverage'] > 0]
-    parts = []
-    if outside:
-        parts.append('no voxel inside the brain mask (labelled outside it): '
-                     + ', '.join(outside))
-    if off_grid:
-        parts.append('no voxel (labels not in the field of view): ' + ', '.join(off_grid))
-    if low:
-        parts.append(f'under {min_coverage:.0%} of the labelled voxels inside the brain '
-                     'mask: ' + ', '.join(f'{k} ({v:.0%})' for k, v in low.items()))
-    failure = None
-    if deep and not in_mask and any(r['n_labelled'] for r in deep):
-        failure = (f'no deep grey-matter nucleus of the table has a voxel inside the brain '
-                   f'mask ({sum(r["n_labelled"] for r in deep)} labelled voxels of '
-                   f'{len(deep)} nuclei lie outside it): check the brain mask and the '
-                   'registration')
-    return {'MinMaskCoverage': min_coverage, 'OutsideBrainMask': outside,
-            'OutsideFieldOfView': off_grid, 'LowCoverage': low, 'DeepNuclei': len(deep),
-            'DeepNucleiInMask': len(in_mask), 'Warning': '; '.join(parts) or None,
-            'Failure': failure}
-
-
-def volume_qc(rows: list[dict], atlas_mm3: dict, voxel_volume_mm3: float, *,
-              brain_ratio: float = 1.0, ratio_range=LABEL_VOLUME_RATIO_RANGE,
-              min_relative: float = MIN_RELATIVE_VOLUME_RATIO) -> dict:
-    """Guard rail of registered atlas labels: their volume on the χ grid against the atlas's.
-
-    A registration scales every label with the brain, so each label's volume ratio (χ grid
-    over atlas), divided by the brains' volume ratio ``brain_ratio`` (brain mask over the
-    template's brain mask), lies near 1. A median outside ``ratio_range`` means the
-    registration failed (a brain registered to a template head without its brain mask
-    shrinks every label to about 0.4); a region under ``min_relative`` × that median has
-    far fewer voxels than the atlas predicts. Sided rows are checked (bilateral rows only
-    for regions without sides).
-
-    Parameters
-    ----------
-    rows : list of dict
-        Rows of :func:`region_table` (``region``, ``hemisphere``, ``n_labelled``).
-    atlas_mm3 : dict
-        ``(region, hemisphere)`` → volume (mm³) of the row's labels in the atlas; rows
-        without an entry (or with 0) are not checked.
-    voxel_volume_mm3 : float
-        Volume of a voxel of the χ grid (mm³).
-    brain_ratio : float
-        Brain mask volume over the template's brain mask volume (dimensionless; 1 when the
-        template has no mask).
-    ratio_range : (float, float)
-        Plausible range of the median normalised ratio (dimensionless).
-    min_relative : float
-        Smallest normalised ratio of a region relative to the median (dimensionless).
-
-    Returns
-    -------
-    dict
-        ``LabelVolumeRatioMedian`` (normalised; NaN without checked rows),
-        ``BrainVolumeRatio``, ``LabelVolumeRatioRange``, ``Shrunk`` (name → normalised
-        ratio) and ``Warning`` (one sentence, or None).
-
-    Examples
-    --------
-    >>> rows = [{'region': r, 'hemisphere': 'left', 'n_labelled': n}
-    ...         for r, n in (('putamen', 50), ('caudate', 45), ('nigra', 4))]
-    >>> atlas = {(r['region'], 'left'): 400.0 for r in rows}
-    >>> qc = volume_qc(rows, atlas, 8.0)
-    >>> qc['LabelVolumeRatioMedian'], qc['Shrunk'], qc['Warning'] is not None
-    (0.9, {'nigra left': 0.08}, True)
-    >>> volume_qc(rows[:2], atlas, 8.0, brain_ratio=2.0)['Warning'][:40]
-    'the atlas labels came out at 0.47 × thei'
-    """
-    sided = {r['region'] for r in rows if r['hemisphere'] != 'bilateral'}
-    ratios = {}
-    for r in rows:
-        if r['region'] in (WHOLE_BRAIN, REFERENCE) or (
-                r['hemisphere'] == 'bilateral' and r['region'] in sided):
-            continue
-        ref = atlas_mm3.get((r['region'], r['hemisphere']), 0.0)
-        if ref > 0:
-            name = r['region'] if r['hemisphere'] == 'bilateral' else \
-                f'{r["region"]} {r["hemisphere"]}'
-            ratios[name] = r['n_labelled'] * float(voxel_volume_mm3) / ref / brain_ratio
-    lo, hi = (float(x) for x in ratio_range)
-    median = float(np.median(list(ratios.values()))) if ratios else float('nan')
-    shrunk = {k: round(v, 2) for k, v in ratios.items() if v < min_relative * median}
-    parts = []
-    if ratios and not lo <= median <= hi:
-        parts.append(f'the atlas labels came out at {median:.2f} × their volume in the atlas '
-                     f'(median of {len(ratios)} regions, scaled by the brain volumes; '
-                     f'expected {lo:g}-{hi:g}): the registration to the template probably '
-                     'failed (a template with skull and scalp needs its brain mask); check '
-                     'the registration in the report')
-    if shrunk:
-        parts.append(f'far fewer labelled voxels than the atlas predicts (under '
-                     f'{min_relative:g} × the median ratio {median:.2f}): '
-                     + ', '.join(f'{k} ({v:g} ×)' for k, v in shrunk.items()))
-    return {'LabelVolumeRatioMedian': round(median, 3), 'BrainVolumeRatio':
-            round(float(brain_ratio), 3), 'LabelVolumeRatioRange': [lo, hi],
-            'Shrunk': shrunk, 'Warning': '; '.join(parts) or None}
 
 
 def resample_labels(labels: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray,

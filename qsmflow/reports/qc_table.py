@@ -91,7 +91,7 @@ def acquisition_qc(*, magnitude, brain_mask, mask, noise, local_field, chimap,
     """The QC row of one acquisition from its files (paths); see :data:`COLUMNS`."""
     from qsmflow.interfaces import base
     from qsmflow.qsm.kernels import b0_dir_from_affine
-    from qsmflow.qsm.regions import LABEL_VOLUME_RATIO_RANGE
+    from qsmflow.qsm.region_qc import LABEL_VOLUME_RATIO_RANGE
     from qsmflow.reports import metrics
 
     mag, img = base.load(magnitude)
