@@ -44,6 +44,8 @@ def test_a_template_head_gets_a_brain_mask_once(cache, tmp_path, capsys):
     before = os.stat(path).st_mtime_ns
     assert template_masks.derived_brain_mask(MNI_T1W) == path
     assert os.stat(path).st_mtime_ns == before
+    os.remove(path)  # a cache cleaned by hand: made again, not a missing file
+    assert template_masks.derived_brain_mask(MNI_T1W) == path and os.path.exists(path)
     # announced on the console, a given mask wins
     assert template_masks.with_brain_mask(MNI_T1W, None, '--atlas-template') == path
     assert 'has skull and scalp and no brain mask' in capsys.readouterr().err

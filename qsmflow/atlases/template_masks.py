@@ -72,13 +72,18 @@ def derived_brain_mask(image) -> str | None:
     cache = mask_cache()
     key = f'{stem}_{digest.hexdigest()[:16]}'
     path, record = cache / f'{key}_desc-brain_mask.nii.gz', cache / f'{key}.json'
-    if record.exists():
-        return str(path) if json.loads(record.read_text()).get('Derived') else None
-    cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / f'.{key}.lock'):
-        if not record.exists():  # else made by a concurrent run meanwhile
-            _derive(image, path, record)
+    if not _cached(path, record):
+        cache.mkdir(parents=True, exist_ok=True)
+        with _locked(cache / f'.{key}.lock'):
+            if not _cached(path, record):  # else made by a concurrent run meanwhile
+                _derive(image, path, record)
     return str(path) if json.loads(record.read_text()).get('Derived') else None
+
+
+def _cached(path: Path, record: Path) -> bool:
+    """Whether the cache holds the result: its record, and the mask when one was derived."""
+    return record.exists() and (path.exists()
+                                or not json.loads(record.read_text()).get('Derived'))
 
 
 def _derive(image: Path, path: Path, record: Path) -> None:
