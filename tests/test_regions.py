@@ -537,3 +537,9 @@ def test_iron_rich_nuclei_that_read_near_zero_are_a_warning(tmp_path, caplog):
         assert iron['IronRichNuclei'] == 2, iron
         assert (iron['Warning'] is not None) is warned, (value, iron)
         assert ('iron-rich nuclei read' in caplog.text) is warned
+
+
+def test_iron_rich_kinds_are_the_priors_paramagnetic_ones():
+    from qsmflow.atlases.chi_prior import TYPICAL_CHI_PPM
+
+    assert region_names.IRON_RICH == {k for k, v in TYPICAL_CHI_PPM.items() if v >= 0.1}

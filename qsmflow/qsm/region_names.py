@@ -106,8 +106,9 @@ def nucleus_kind(name: str) -> str | None:
 
 
 #: Kinds of :func:`nucleus_kind` that hold the most iron of the brain and read 0.05-0.2 ppm
-#: above the whole-brain mean at 3 T (the χ-driven refinement's prior and
-#: :func:`qsmflow.qsm.region_qc.iron_qc`).
+#: above the whole-brain mean at 3 T (those at 0.1 ppm or more in
+#: :data:`qsmflow.atlases.chi_prior.TYPICAL_CHI_PPM`); checked by
+#: :func:`qsmflow.qsm.region_qc.iron_qc`.
 IRON_RICH = frozenset({'pallidum', 'nigra', 'red_nucleus', 'subthalamic', 'dentate'})
 
 
