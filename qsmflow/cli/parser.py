@@ -223,7 +223,8 @@ def _add_regions_arguments(parser) -> None:
                             'magnitude is registered to it: skull-stripped, or give '
                             '--atlas-template-mask)')
     group.add_argument('--atlas-template-mask', type=Path, metavar='MASK',
-                       help='brain mask of --atlas-template, for a template with skull and scalp')
+                       help='brain mask of --atlas-template (without it, a template with skull '
+                            'and scalp gets one qsmflow derives from it)')
     group.add_argument('--segmentations', type=Path, metavar='DERIV_DIR',
                        help='BIDS derivatives folder with sub-<l>[/ses-<l>]/anat/*_dseg.nii[.gz] '
                             'in each participant\'s scanner space and a dseg.tsv')
