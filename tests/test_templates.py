@@ -131,9 +131,13 @@ def _custom_files(tmp_path):
                       ('atlas_template', 'a_T1w.nii.gz')):
         paths[key] = tmp_path / name
         paths[key].write_bytes(b'x')
-    # the template is read (a head gets a derived brain mask): a small skull-stripped image
+    # read before any work: the template (a head gets a derived brain mask; here a small
+    # skull-stripped image), the labels and their table
     nb.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)).to_filename(
         paths['atlas_template'])
+    nb.Nifti1Image(np.arange(8, dtype=np.int16).reshape(2, 2, 2), np.eye(4)).to_filename(
+        paths['atlas'])
+    paths['atlas_labels'].write_text('index\tname\n1\tPu_L\n2\tPu_R\n')
     return paths
 
 

@@ -107,3 +107,34 @@ def custom_atlas(custom: dict) -> dict:
         entry['template_mask'] = str(Path(custom['template_mask']).absolute())
         entry['source']['TemplateMask'] = entry['template_mask']
     return entry
+
+
+def check_custom_atlas(image, lut) -> None:
+    """Check a user atlas before any work: the lookup table is a BIDS ``dseg.tsv`` (columns
+    ``index`` and ``name``) and the label image holds at least one of its labels.
+
+    Raises
+    ------
+    qsmflow.errors.InputError
+        One line naming the file and what it should be.
+    """
+    import nibabel as nb
+    import numpy as np
+
+    from qsmflow.errors import InputError
+    from qsmflow.interfaces.regions import read_lut
+
+    try:
+        names = read_lut(lut)
+    except (ValueError, KeyError, TypeError, OSError):
+        raise InputError(f'{lut} (--atlas-labels): not a BIDS dseg.tsv; give a tab-separated '
+                         'table with the columns "index" (label value) and "name"') from None
+    try:
+        img = nb.load(image)
+        values = np.unique(np.rint(np.asarray(img.dataobj, dtype=np.float64)))
+    except Exception as exc:  # nibabel raises several types for a file that is no image
+        raise InputError(f'{image} (--atlas): cannot read it as an image ({exc})') from None
+    if not set(int(v) for v in values) & (set(names) - {0}):
+        shown = ', '.join(str(int(v)) for v in values[:8]) + (' …' if len(values) > 8 else '')
+        raise InputError(f'{image} (--atlas) holds none of the {len(names)} labels of {lut} '
+                         f'(--atlas-labels; its values: {shown}): give the table of this image')

@@ -192,6 +192,8 @@ def regions_from_args(opts, *, templateflow_home=None) -> RegionsConfig:
 
 
 def _custom_atlas(opts) -> CustomAtlas | None:
+    from qsmflow.atlases.specs import check_custom_atlas
+
     parts = {'image': opts.atlas, 'lut': opts.atlas_labels,
              'template_image': opts.atlas_template, 'template_mask': opts.atlas_template_mask}
     given = [k for k, v in parts.items() if v is not None]
@@ -203,6 +205,7 @@ def _custom_atlas(opts) -> CustomAtlas | None:
     for key in given:
         if not Path(parts[key]).is_file():
             raise InputError(f'{parts[key]} ({_CUSTOM_FLAGS[key]}) not found')
+    check_custom_atlas(parts['image'], parts['lut'])
     return CustomAtlas(**{k: Path(parts[k]).absolute() for k in given})
 
 
