@@ -125,3 +125,13 @@ def test_an_unreadable_template_is_one_line(cache, tmp_path):
     bad.write_bytes(b'not an image')
     with pytest.raises(InputError, match=r'--atlas-template .*tpl_T1w.nii.gz: cannot read it'):
         template_masks.with_brain_mask(bad, None, '--atlas-template')
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    from qsmflow.errors import InputError
+
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    monkeypatch.setenv('QSMFLOW_CACHE', str(blocker))  # ~/.cache/qsmflow on a read-only home
+    with pytest.raises(InputError, match=r'cannot keep the one it derives in .*QSMFLOW_CACHE'):
+        template_masks.with_brain_mask(MNI_T1W, None, 'template MNI152NLin2009cAsym')

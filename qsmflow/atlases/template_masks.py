@@ -121,19 +121,29 @@ def with_brain_mask(image, mask, what: str) -> str | None:
     Raises
     ------
     qsmflow.errors.InputError
-        When ``image`` cannot be read as an image (one line naming it).
+        When ``image`` cannot be read as an image, or the cache cannot be written (one
+        line naming the file and the fix).
     """
     import nibabel as nb
+    import numpy as np
 
     from qsmflow.errors import InputError
 
     if mask:
         return str(mask)
     try:
-        derived = derived_brain_mask(image)
-    except (OSError, ValueError, nb.filebasedimages.ImageFileError) as exc:
+        img = nb.load(image)
+        np.asarray(img.dataobj[(slice(0, 1),) * min(img.ndim, 3)])  # the data read too
+    except (OSError, ValueError, EOFError, nb.filebasedimages.ImageFileError) as exc:
         raise InputError(f'{what} {image}: cannot read it as an image ({exc}); give a NIfTI '
                          'template') from None
+    try:
+        derived = derived_brain_mask(image)
+    except OSError as exc:
+        raise InputError(f'{what} {image} needs a brain mask and qsmflow cannot keep the one '
+                         f'it derives in {mask_cache()} ({exc.strerror or exc}): set '
+                         'QSMFLOW_CACHE to a writable folder, or give the template\'s brain '
+                         'mask') from None
     if derived:
         volume = json.loads(Path(derived.replace('_desc-brain_mask.nii.gz', '.json'))
                             .read_text()).get('VolumeML')
