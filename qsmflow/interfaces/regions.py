@@ -213,7 +213,7 @@ def label_volume_qc(rows, region_set, atlas_file, brain_file, mask, voxel_size,
     """:func:`qsmflow.qsm.region_qc.volume_qc` of a table against its atlas file (labels in
     their template) and that template's brain (``brain_file``: voxels > 0; None: the
     brains' ratio is taken as 1); logs its warning."""
-    from qsmflow.reports.metrics import label_volumes_mm3
+    from qsmflow.reports.metrics import label_volumes_mm3, mask_volume_ml
 
     lab, limg = base.load(atlas_file)
     volume = label_volumes_mm3(np.rint(lab), float(np.prod(base.voxel_size(limg))))
@@ -223,9 +223,8 @@ def label_volume_qc(rows, region_set, atlas_file, brain_file, mask, voxel_size,
     ratio = 1.0
     if brain_file:
         brain, bimg = base.load(brain_file)
-        template_ml = float(np.count_nonzero(brain > 0)) * float(np.prod(
-            base.voxel_size(bimg))) / 1000.0
-        ratio = float(mask.sum()) * vox / 1000.0 / template_ml if template_ml else 1.0
+        template_ml = mask_volume_ml(brain, base.voxel_size(bimg))
+        ratio = mask_volume_ml(mask, voxel_size) / template_ml if template_ml else 1.0
     return _logged(region_qc.volume_qc(rows, atlas_mm3, vox, brain_ratio=ratio), atlas,
                    'labels')
 

@@ -172,6 +172,15 @@ def label_volumes_mm3(labels: np.ndarray, voxel_volume_mm3: float) -> dict:
     return {int(i): float(c) * voxel_volume_mm3 for i, c in zip(ids, counts) if i != 0}
 
 
+def mask_volume_ml(mask: np.ndarray, voxel_size) -> float:
+    """Volume (mL) of the voxels > 0 of a mask with voxels of ``voxel_size`` (mm).
+
+    >>> mask_volume_ml(np.ones((10, 10, 5)), (2.0, 2.0, 2.0))
+    4.0
+    """
+    return float(np.count_nonzero(np.asarray(mask) > 0)) * float(np.prod(voxel_size)) / 1000.0
+
+
 def volume_ratios(native: dict, template: dict) -> dict:
     """``{label: native / template volume}`` for the labels of the template (0 when the
     label is missing natively).

@@ -155,9 +155,9 @@ def acquisition_qc(*, magnitude, brain_mask, mask, noise, local_field, chimap,
         scaled = warned = math.nan
         if tbrain:
             tb, tbimg = base.load(tbrain)
-            tml = float(np.count_nonzero(tb > 0)) * float(np.prod(base.voxel_size(tbimg))) / 1e3
+            tml = metrics.mask_volume_ml(tb, base.voxel_size(tbimg))
             if tml > 0:
-                scaled = float(np.median(values)) / (float(final.sum()) * ml / tml)
+                scaled = float(np.median(values)) / (metrics.mask_volume_ml(final, vox) / tml)
                 lo, hi = LABEL_VOLUME_RATIO_RANGE
                 warned = int(not lo <= scaled <= hi)
         row[f'atlas_{key}_volume_ratio_scaled'] = scaled
