@@ -18,7 +18,6 @@ is already out of the metric.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -31,9 +30,9 @@ TEMPLATE_MASK_VERSION = 1
 def mask_cache() -> Path:
     """Folder of the derived template masks: ``$QSMFLOW_CACHE/masks``
     (default ``~/.cache/qsmflow/masks``)."""
-    from qsmflow.atlases.transforms import transform_cache
+    from qsmflow.atlases.cache import cache_root
 
-    return transform_cache().parent / 'masks'
+    return cache_root() / 'masks'
 
 
 def looks_like_head(data, voxel_size) -> bool:
@@ -59,25 +58,28 @@ def derived_brain_mask(image) -> str | None:
 
     Computed once per image contents (:func:`mask_cache`, file lock against concurrent
     runs, written atomically); ``<name>.json`` beside it records the method, the volume
-    and the source image.
+    and the source image (:func:`derived_brain_mask_record`).
     """
-    from qsmflow.atlases.transforms import _locked
+    return derived_brain_mask_record(image)[0]
+
+
+def derived_brain_mask_record(image) -> tuple[str | None, dict]:
+    """:func:`derived_brain_mask` and its JSON record (``Derived``, ``VolumeML``, …)."""
+    from qsmflow.atlases.cache import content_digest, locked
 
     image = Path(image)
-    digest = hashlib.sha256(f'template-mask-{TEMPLATE_MASK_VERSION}'.encode())
-    with open(image, 'rb') as fobj:
-        for block in iter(lambda: fobj.read(1 << 20), b''):
-            digest.update(block)
+    digest = content_digest([image], f'template-mask-{TEMPLATE_MASK_VERSION}'.encode())
     stem = re.sub(r'[^0-9A-Za-z-]', '', re.sub(r'\.nii(\.gz)?$', '', image.name))[:60]
     cache = mask_cache()
-    key = f'{stem}_{digest.hexdigest()[:16]}'
+    key = f'{stem}_{digest[:16]}'
     path, record = cache / f'{key}_desc-brain_mask.nii.gz', cache / f'{key}.json'
     if not _cached(path, record):
         cache.mkdir(parents=True, exist_ok=True)
-        with _locked(cache / f'.{key}.lock'):
+        with locked(cache / f'.{key}.lock'):
             if not _cached(path, record):  # else made by a concurrent run meanwhile
                 _derive(image, path, record)
-    return str(path) if json.loads(record.read_text()).get('Derived') else None
+    meta = json.loads(record.read_text())
+    return (str(path) if meta.get('Derived') else None), meta
 
 
 def _cached(path: Path, record: Path) -> bool:
@@ -138,15 +140,14 @@ def with_brain_mask(image, mask, what: str) -> str | None:
         raise InputError(f'{what} {image}: cannot read it as an image ({exc}); give a NIfTI '
                          'template') from None
     try:
-        derived = derived_brain_mask(image)
+        derived, record = derived_brain_mask_record(image)
     except OSError as exc:
         raise InputError(f'{what} {image} needs a brain mask and qsmflow cannot keep the one '
                          f'it derives in {mask_cache()} ({exc.strerror or exc}): set '
                          'QSMFLOW_CACHE to a writable folder, or give the template\'s brain '
                          'mask') from None
     if derived:
-        volume = json.loads(Path(derived.replace('_desc-brain_mask.nii.gz', '.json'))
-                            .read_text()).get('VolumeML')
+        volume = record.get('VolumeML')
         print(f'qsmflow: {what} {Path(image).name} has skull and scalp and no brain mask: '
               f'registering to the brain mask qsmflow derived from it ({volume:g} mL, '
               f'{derived})', file=sys.stderr)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
+from qsmflow.atlases.cache import cache_root, content_digest, locked
 from qsmflow.atlases.specs import DEFAULT_TEMPLATE, resolve_atlases
 
 
@@ -45,10 +45,7 @@ def transform_cache() -> Path:
 
     ``$QSMFLOW_CACHE/xfm``, by default ``~/.cache/qsmflow/xfm``.
     """
-    import os
-
-    root = os.environ.get('QSMFLOW_CACHE') or '~/.cache/qsmflow'
-    return Path(root).expanduser() / 'xfm'
+    return cache_root() / 'xfm'
 
 
 def template_transform_key(moving, fixed, name: str, to: str | None = None,
@@ -60,19 +57,14 @@ def template_transform_key(moving, fixed, name: str, to: str | None = None,
     template reuses the transform; a changed template or recipe does not), and of
     ``fixed_mask`` when given.
     """
-    import hashlib
     import json
 
-    digest = hashlib.sha256()
-    digest.update(json.dumps({'version': TEMPLATE_XFM_VERSION, **_reproducibility(),
-                              'settings': _registration_settings()},
-                             sort_keys=True, default=str).encode())
-    for path in (moving, fixed) + ((fixed_mask,) if fixed_mask else ()):
-        with open(path, 'rb') as fobj:
-            for block in iter(lambda: fobj.read(1 << 20), b''):
-                digest.update(block)
+    salt = json.dumps({'version': TEMPLATE_XFM_VERSION, **_reproducibility(),
+                       'settings': _registration_settings()}, sort_keys=True,
+                      default=str).encode()
+    digest = content_digest((moving, fixed) + ((fixed_mask,) if fixed_mask else ()), salt)
     label = re.sub(r'[^0-9a-zA-Z]', '', to or template_name(fixed))
-    return f'from-{re.sub(r"[^0-9a-zA-Z]", "", name)}_to-{label}_{digest.hexdigest()[:16]}'
+    return f'from-{re.sub(r"[^0-9a-zA-Z]", "", name)}_to-{label}_{digest[:16]}'
 
 
 def cached_template_transform(moving, fixed, name, nthreads=1, *, to=None):
@@ -130,7 +122,7 @@ def cached_template_transforms(moving, fixed, name, nthreads=1, *, to=None,
     if all(p.exists() for p in paths.values()):
         return {k: str(p) for k, p in paths.items()}
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / f'.{key}.lock'):
+    with locked(cache / f'.{key}.lock'):
         if all(p.exists() for p in paths.values()):  # computed by a concurrent run meanwhile
             return {k: str(p) for k, p in paths.items()}
         with tempfile.TemporaryDirectory(dir=cache, prefix=f'.{key}.') as tmp:
@@ -188,19 +180,3 @@ def template_name(path) -> str:
     name = Path(path).name
     match = re.match(r'tpl-([0-9a-zA-Z]+)', name)
     return match.group(1) if match else re.sub(r'\.nii(\.gz)?$', '', name)
-
-
-@contextmanager
-def _locked(path):
-    """Exclusive advisory lock on ``path`` (POSIX ``flock``; no-op where unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(path, 'a') as fobj:
-        fcntl.flock(fobj, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fobj, fcntl.LOCK_UN)
