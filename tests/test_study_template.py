@@ -100,17 +100,29 @@ def test_missing_study_template_is_one_line(run_cli, tiny_phantom, tmp_path):
     assert '--build-study-template' in res.stderr and 'Traceback' not in res.stderr
 
 
-def test_build_needs_the_template_brain_mask(tmp_path):
+def test_build_needs_the_brain_mask_of_a_template_head(tmp_path):
     """Without the registration template's brain mask the first pass registered heads, not
-    brains: building on it is refused with the fix (the real-anatomy phantom's labels came
-    out at Dice 0.3 through such a template)."""
+    brains: building on a template head is refused with the fix (the real-anatomy
+    phantom's labels came out at Dice 0.3 through such a template). A skull-stripped
+    template needs no mask: the build goes on (here to the missing dataset)."""
     from qsmflow.atlases.study_template import build_study_template
     from qsmflow.errors import InputError
+    from tests.test_template_masks import MNI_T1W
+
+    def build(image):
+        return build_study_template(tmp_path, tmp_path, template='MNI152NLin2009cAsym',
+                                    template_files={'image': str(image), 'mask': None})
 
     with pytest.raises(InputError, match='no brain mask .* rerun the participant level'):
-        build_study_template(tmp_path, tmp_path, template='MNI152NLin2009cAsym',
-                             template_files={'image': str(tmp_path / 'T1w.nii.gz'),
-                                             'mask': None})
+        build(MNI_T1W)
+    img = nb.load(MNI_T1W)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    stripped = np.where(data > np.percentile(data, 80), data, 0)  # brain-sized foreground
+    nb.save(nb.Nifti1Image(stripped, img.affine), tmp_path / 'brain_T1w.nii.gz')
+    with pytest.raises(InputError, match='no sub-<label> folders'):
+        build(tmp_path / 'brain_T1w.nii.gz')
+    with pytest.raises(InputError, match='cannot read it as an image'):
+        build(tmp_path / 'missing_T1w.nii.gz')
 
 
 def test_uncombined_coils_give_their_root_sum_of_squares_magnitude(tmp_path):

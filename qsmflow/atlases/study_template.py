@@ -176,9 +176,10 @@ def build_study_template(out_dir, bids_dir, *, template: str, template_files: di
     out_dir = Path(out_dir)
     if iterations < 1:
         raise InputError('--study-template-iterations must be at least 1')
-    if not template_files.get('mask'):
+    if not template_files.get('mask') and _is_head(template_files['image']):
         # without it the first pass registered heads, not brains, and its transforms are
-        # no start for a brain template (real-anatomy phantom: labels' Dice 0.3, not 0.9)
+        # no start for a brain template (real-anatomy phantom: labels' Dice 0.3, not 0.9);
+        # a skull-stripped template needs none (its background is out of the metric)
         raise InputError(f'{template} has no brain mask (desc-brain_mask) in the templateflow '
                          'folder: the first pass was registered unmasked; add the mask '
                          '(qsmflow fetch-templates), rerun the participant level, then build')
@@ -229,6 +230,22 @@ def build_study_template(out_dir, bids_dir, *, template: str, template_files: di
                                                'participants on its grid', 'Sources':
                     meta['Sources']})
     return {k: str(v) for k, v in dest.items()}
+
+
+def _is_head(image) -> bool:
+    """Whether a template image without a brain mask still has skull and scalp
+    (:func:`qsmflow.atlases.template_masks.looks_like_head`); one line when unreadable."""
+    import nibabel as nb
+
+    from qsmflow.atlases.template_masks import looks_like_head
+
+    try:
+        img = nb.load(image)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except (OSError, ValueError, EOFError, nb.filebasedimages.ImageFileError) as exc:
+        raise InputError(f'template {image}: cannot read it as an image ({exc})') from None
+    return looks_like_head(data.reshape(data.shape[:3]) if data.ndim == 4 else data,
+                           img.header.get_zooms()[:3])
 
 
 def _build(reference, mags, chis, masks, xfms, work, *, iterations, settings, nthreads):
