@@ -225,7 +225,8 @@ def test_segment_nuclei_on_the_refined_labels(run, results):
     0.851 / 0.852 (refined 0.897 / 0.896), least 0.71 / 0.53, table mean |error| 0.0114 /
     0.0070 ppm (refined 0.0098 / 0.0057): no gain after the χ-driven refinement, which is
     why it is off (README). 2026-12-06 (the registration's SyN of session 20): 0.841 /
-    0.853, least 0.65 / 0.51, 0.0117 / 0.0049 ppm (refined 0.889 / 0.889, 0.0085 / 0.0035). Held with a margin, so that a change is measured (0.7 s)."""
+    0.853, least 0.65 / 0.51, 0.0117 / 0.0049 ppm (refined 0.889 / 0.889, 0.0085 /
+    0.0035). Held with a margin, so that a change is measured (0.7 s)."""
     from qsmflow.atlases.chi_prior import prior_values
     from qsmflow.interfaces.regions import read_lut
     from qsmflow.qsm.nuclei_segmentation import segment_nuclei

@@ -234,18 +234,16 @@ def build_study_template(out_dir, bids_dir, *, template: str, template_files: di
 
 def _is_head(image) -> bool:
     """Whether a template image without a brain mask still has skull and scalp
-    (:func:`qsmflow.atlases.template_masks.looks_like_head`); one line when unreadable."""
+    (:func:`qsmflow.atlases.template_masks.image_looks_like_head`); one line when
+    unreadable."""
     import nibabel as nb
 
-    from qsmflow.atlases.template_masks import looks_like_head
+    from qsmflow.atlases.template_masks import image_looks_like_head
 
     try:
-        img = nb.load(image)
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        return image_looks_like_head(image)
     except (OSError, ValueError, EOFError, nb.filebasedimages.ImageFileError) as exc:
         raise InputError(f'template {image}: cannot read it as an image ({exc})') from None
-    return looks_like_head(data.reshape(data.shape[:3]) if data.ndim == 4 else data,
-                           img.header.get_zooms()[:3])
 
 
 def _build(reference, mags, chis, masks, xfms, work, *, iterations, settings, nthreads):

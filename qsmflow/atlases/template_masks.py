@@ -52,6 +52,30 @@ def looks_like_head(data, voxel_size) -> bool:
     return float(head.sum()) * float(np.prod(voxel_size)) / 1000.0 > DEFAULT_QC_MAX_VOLUME_ML
 
 
+def read_template(image) -> tuple:
+    """A template image's data (float32; a 4D image of one volume made 3D), its nibabel
+    image and its voxel size (mm)."""
+    import nibabel as nb
+    import numpy as np
+
+    img = nb.load(image)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data = data.reshape(data.shape[:3]) if data.ndim > 3 and data.size == np.prod(
+        data.shape[:3]) else data
+    return data, img, tuple(float(v) for v in img.header.get_zooms()[:3])
+
+
+def image_looks_like_head(image) -> bool:
+    """:func:`looks_like_head` of a template image file (False for anything but one 3D
+    volume)."""
+    data, _, vox = read_template(image)
+    return _is_head(data, vox)
+
+
+def _is_head(data, vox) -> bool:
+    return data.ndim == 3 and looks_like_head(data, vox)
+
+
 def derived_brain_mask(image) -> str | None:
     """Path of the cached brain mask derived from a template image, or None when the
     image is skull-stripped already (:func:`looks_like_head` is false).
@@ -95,13 +119,9 @@ def _derive(image: Path, path: Path, record: Path) -> None:
     from qsmflow.bids.atomic import replace_into, write_text
     from qsmflow.qsm.brain_extraction import extract_brain
 
-    img = nb.load(image)
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    data = data.reshape(data.shape[:3]) if data.ndim > 3 and data.size == np.prod(
-        data.shape[:3]) else data
-    vox = tuple(float(v) for v in img.header.get_zooms()[:3])
+    data, img, vox = read_template(image)
     meta = {'Source': str(image.absolute()), 'Version': TEMPLATE_MASK_VERSION}
-    if data.ndim != 3 or not looks_like_head(data, vox):
+    if not _is_head(data, vox):
         meta.update(Derived=False, Reason='skull-stripped (or not a 3D head image): no mask '
                                           'needed')
     else:
