@@ -47,9 +47,10 @@ def looks_like_head(data, voxel_size) -> bool:
     import numpy as np
 
     from qsmflow.qsm.brain_extraction import DEFAULT_QC_MAX_VOLUME_ML, head_mask
+    from qsmflow.reports.metrics import mask_volume_ml
 
     head = head_mask(np.asarray(data, dtype=np.float32), voxel_size)
-    return float(head.sum()) * float(np.prod(voxel_size)) / 1000.0 > DEFAULT_QC_MAX_VOLUME_ML
+    return mask_volume_ml(head, voxel_size) > DEFAULT_QC_MAX_VOLUME_ML
 
 
 def read_template(image) -> tuple:
@@ -118,6 +119,7 @@ def _derive(image: Path, path: Path, record: Path) -> None:
 
     from qsmflow.bids.atomic import replace_into, write_text
     from qsmflow.qsm.brain_extraction import extract_brain
+    from qsmflow.reports.metrics import mask_volume_ml
 
     data, img, vox = read_template(image)
     meta = {'Source': str(image.absolute()), 'Version': TEMPLATE_MASK_VERSION}
@@ -132,7 +134,7 @@ def _derive(image: Path, path: Path, record: Path) -> None:
         replace_into(path, lambda tmp: nb.save(out, tmp))
         meta.update(Derived=True, Method='qsmflow.qsm.brain_extraction.extract_brain '
                                          '(default settings) on the template image',
-                    VolumeML=round(float(mask.sum()) * float(np.prod(vox)) / 1000.0, 1))
+                    VolumeML=round(mask_volume_ml(mask, vox), 1))
     write_text(record, json.dumps(meta, indent=2) + '\n')
 
 
