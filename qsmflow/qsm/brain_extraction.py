@@ -416,6 +416,8 @@ def mask_qc(
     False
     >>> mask_qc(r < 76, mag, (3, 3, 3))['LooksLikeHead']
     True
+    >>> mask_qc(r < 60, mag, (3, 3, 3), max_volume_ml=500)['Warning'][:40]
+    'the brain mask is larger than a brain: 9'
     """
     mag = _as_image(magnitude, 'magnitude', 3)
     vox = _as_voxel_size(voxel_size)
@@ -437,11 +439,17 @@ def mask_qc(
     volume = n * voxel_ml
     head_like = bool(share > max_surface_share or volume > max_volume_ml)
     warning = None
-    if head_like:
+    if share > max_surface_share:
         warning = (f'the brain mask looks like a head: {volume:.0f} mL, {100 * share:.1f} % of '
                    f'it within {band_mm:g} mm of the head surface (expected for a brain: ≤ '
                    f'{max_volume_ml:.0f} mL, ≤ {100 * max_surface_share:.0f} %); it probably '
                    'holds scalp, skull, face or neck. Check it, or give --brain-masks.')
+    elif head_like:  # larger than a brain, but not along the scalp: neck, face or skull base
+        warning = (f'the brain mask is larger than a brain: {volume:.0f} mL (expected: ≤ '
+                   f'{max_volume_ml:.0f} mL), though only {100 * share:.1f} % of it lies within '
+                   f'{band_mm:g} mm of the head surface: it may reach into the neck, face or '
+                   'skull base, or the head is unusually large. Check it, or give '
+                   '--brain-masks.')
     head_ml = float(head.sum()) * float(cvox.prod()) / 1000.0
     return {'VolumeML': round(volume, 1), 'HeadVolumeML': round(head_ml, 1),
             'NearSurfaceShare': round(share, 4), 'SurfaceBandMM': float(band_mm),

@@ -24,8 +24,9 @@ COLUMNS = {
                        'mL'),
     'mask_near_surface_share': ('Share of the brain mask within 10 mm of the head surface '
                                 '(scalp left in the mask raises it; > 0.08 is a warning)', '1'),
-    'mask_looks_like_head': ('1 when the brain mask looks like a head (scalp, skull, neck '
-                             'kept: the brain-extraction QC warning), else 0', '1'),
+    'mask_looks_like_head': ('1 when the brain mask looks like a head (> 0.08 of it near the '
+                             'head surface, or larger than 2200 mL: the brain-extraction QC '
+                             'warning), else 0', '1'),
     'chi_mask_volume_ml': ('Volume of the final mask chi is defined on (after phase-quality '
                            'trimming and background-removal erosion)', 'mL'),
     'quality_removed_share': ('Share of the brain mask removed for unreliable phase '
