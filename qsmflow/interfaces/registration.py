@@ -380,24 +380,52 @@ FINE_LEVEL_MAX_VOXEL_MM = 1.2
 #: thick-skull seed 0 sub-02 0.858 / 0.928 → 0.871 / 0.933; the same time. Session 13 found
 #: the same on the one-pass χ (least Dice up on all four participants of seeds 1 and 2, table
 #: errors the same or lower) but a loss on the 2 mm fixture (mean 0.897 → 0.884, least 0.74 →
-#: 0.64), where the refinement has no full-resolution level: 2 mm keeps 0.1.
-FINE_LEVEL_GRAD_STEP = 0.2
+#: 0.64), where the refinement has no full-resolution level: 2 mm keeps 0.1. Raised to 0.3
+#: with :data:`FINE_LEVEL_TOTAL_SIGMA` on 2026-12-07 (measured there).
+FINE_LEVEL_GRAD_STEP = 0.3
+
+#: SyN total-field variance (voxels²) of the refinement when it runs its full-resolution
+#: level (:data:`REFINEMENT`'s 4 elsewhere). The refinement's CC metric converges within
+#: its iterations (80 × 40 × 5, or a fourth level, give the labels of 40 × 20 × 5), so what
+#: limits it is how far the smoothing lets nuclei move apart from each other. Measured on
+#: 2026-12-07 offline (the pipeline's ``RefineNuclei`` and ``ApplyTransforms`` on each run's
+#: own χ, which reproduce the pipeline's labels to the last digit), 1 mm real-anatomy
+#: phantom, mean / least Dice of the 18 nuclei and the table's mean |error| (ppm), σ² 4 and
+#: step 0.2 (before) → σ² 3 and step 0.3 (now):
+#:
+#: - larger deformation (5 mm at 40–100 mm, rotations to 10°, scale ±8 %), template head,
+#:   seed 11: 0.896 / 0.749 / 0.0044 → 0.921 / 0.818 / 0.0040 and 0.923 / 0.816 / 0.0064 →
+#:   0.925 / 0.835 / 0.0065; thick-skull seed 12: 0.909 / 0.803 / 0.0023 → 0.918 / 0.839 /
+#:   0.0021 and 0.927 / 0.824 / 0.0028 → 0.926 / 0.826 / 0.0025;
+#: - the usual deformation, thick-skull seed 1: 0.919 / 0.801 / 0.0027 → 0.923 / 0.789 /
+#:   0.0026 (its left pars compacta, 0.78–0.80 in every variant since session 13) and
+#:   0.925 / 0.824 / 0.0031 → 0.927 / 0.818 / 0.0032; template head seed 0: 0.932 / 0.848 /
+#:   0.0033 → 0.936 / 0.852 / 0.0033 and 0.930 / 0.840 / 0.0040 → 0.929 / 0.833 / 0.0041.
+#:
+#: σ² 2 at step 0.3 did as well (least 0.805 / 0.833 / 0.846 / 0.831 / 0.787 / 0.835) with
+#: table errors 0.0002–0.0003 ppm higher; σ² 2 at step 0.2: least 0.775 / 0.824 / 0.828 /
+#: 0.823; σ² 0 (antspyx's default): least 0.82–0.85 but the largest table error 13–15 %
+#: (against 5–9 %).
+FINE_LEVEL_TOTAL_SIGMA = 3
 
 
 def refinement_settings(voxel_size_mm) -> dict:
     """:data:`REFINEMENT` for a χ map of voxel size ``voxel_size_mm`` (mm): its last level
-    gets :data:`FINE_LEVEL_ITERATIONS` and the gradient step :data:`FINE_LEVEL_GRAD_STEP`
-    when the largest voxel edge is at most :data:`FINE_LEVEL_MAX_VOXEL_MM`.
+    gets :data:`FINE_LEVEL_ITERATIONS`, the gradient step :data:`FINE_LEVEL_GRAD_STEP` and
+    the total-field variance :data:`FINE_LEVEL_TOTAL_SIGMA` when the largest voxel edge is
+    at most :data:`FINE_LEVEL_MAX_VOXEL_MM`.
 
-    >>> [refinement_settings((2, 2, 2))[k] for k in ('reg_iterations', 'grad_step')]
-    [(40, 20, 0), 0.1]
-    >>> [refinement_settings((1, 1, 1.1))[k] for k in ('reg_iterations', 'grad_step')]
-    [(40, 20, 5), 0.2]
+    >>> keys = ('reg_iterations', 'grad_step', 'total_sigma')
+    >>> [refinement_settings((2, 2, 2))[k] for k in keys]
+    [(40, 20, 0), 0.1, 4]
+    >>> [refinement_settings((1, 1, 1.1))[k] for k in keys]
+    [(40, 20, 5), 0.3, 3]
     """
     settings = dict(REFINEMENT)
     if max(float(v) for v in voxel_size_mm) <= FINE_LEVEL_MAX_VOXEL_MM:
         settings['reg_iterations'] = (*REFINEMENT['reg_iterations'][:-1], FINE_LEVEL_ITERATIONS)
         settings['grad_step'] = FINE_LEVEL_GRAD_STEP
+        settings['total_sigma'] = FINE_LEVEL_TOTAL_SIGMA
     return settings
 
 
