@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qsmflow.qsm.brain_extraction import DEFAULT_MAX_SURFACE_SHARE, DEFAULT_QC_MAX_VOLUME_ML
+
 #: Column → (description, units). Atlas columns (``atlas_<name>_…``) are added per atlas.
 COLUMNS = {
     'mask_volume_ml': ('Volume of the brain mask from brain extraction (or the given mask), '
@@ -23,10 +25,12 @@ COLUMNS = {
     'head_volume_ml': ('Volume of the head (magnitude head mask joined with the brain mask)',
                        'mL'),
     'mask_near_surface_share': ('Share of the brain mask within 10 mm of the head surface '
-                                '(scalp left in the mask raises it; > 0.08 is a warning)', '1'),
-    'mask_looks_like_head': ('1 when the brain mask looks like a head (> 0.08 of it near the '
-                             'head surface, or larger than 2200 mL: the brain-extraction QC '
-                             'warning), else 0', '1'),
+                                '(scalp left in the mask raises it; > '
+                                f'{DEFAULT_MAX_SURFACE_SHARE:g} is a warning)', '1'),
+    'mask_looks_like_head': ('1 when the brain mask looks like a head (> '
+                             f'{DEFAULT_MAX_SURFACE_SHARE:g} of it near the head surface, or '
+                             f'larger than {DEFAULT_QC_MAX_VOLUME_ML:.0f} mL: the '
+                             'brain-extraction QC warning), else 0', '1'),
     'chi_mask_volume_ml': ('Volume of the final mask chi is defined on (after phase-quality '
                            'trimming and background-removal erosion)', 'mL'),
     'quality_removed_share': ('Share of the brain mask removed for unreliable phase '
