@@ -104,6 +104,7 @@ def test_a_head_shaped_mask_is_a_warning_in_the_log(realistic_run, capsys):
     err = capsys.readouterr().err
     assert code == 0
     assert 'qsmflow: warning: sub-01: masking: the brain mask looks like a head' in err
+    assert err.count('qsmflow: the QC warnings recorded in the outputs') == 1  # the recap
     log = (root / 'out-threshold' / 'logs' / 'sub-01.log').read_text()
     assert 'WARNING: masking: the brain mask looks like a head' in log
     assert 'looks like a head' not in (root / 'out' / 'logs' / 'sub-01.log').read_text()

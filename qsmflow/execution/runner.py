@@ -98,6 +98,7 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
         wait_for_graph_jobs(work_dir, started)
     new_crashes = sorted(set(log_dir.glob('crash-*')) - crashes_before)
     failures = {}
+    recap = False
     for acq in todo:
         crash = crash_reason(acq, new_crashes)
         staged = staging.staging_root(out_dir)
@@ -108,7 +109,11 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
             complete(acq)  # graph plugins report nothing while running
         if acq.name in published and not crash:
             for line in qc_warnings(acq, out_dir):
-                print(f'qsmflow: warning: sub-{acq.subject}: {line}', file=sys.stderr)
+                if not recap:  # the steps printed them as they ran, far up the console
+                    print('qsmflow: the QC warnings recorded in the outputs (sidecars, QC '
+                          'metrics, reports):', file=sys.stderr)
+                    recap = True
+                print(f'qsmflow: warning: {staging.name_prefix(acq)}: {line}', file=sys.stderr)
                 monitor.log(acq.subject, f'{staging.name_prefix(acq)}: WARNING: {line}')
             continue
         reason = crash or (f'step {monitor.failed[acq.name]} failed'
