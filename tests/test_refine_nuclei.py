@@ -182,7 +182,8 @@ def test_refinement_lets_left_and_right_nuclei_move_apart(tmp_path):
     The refinement's total field must be free enough to move them apart
     (``FINE_LEVEL_TOTAL_SIGMA`` 3, step 0.3): measured 2026-12-07 mean Dice 0.885, red
     nuclei 0.78 / 0.77 (σ² 2: 0.932, 0.85 / 0.85); with the total-field variance 4 of before
-    (step 0.2) 0.771, red nuclei 0.59 / 0.63."""
+    (step 0.2) 0.771, red nuclei 0.59 / 0.63. With the metric radius 1 of session 22
+    (``FINE_LEVEL_CC_RADIUS``): 0.878, red nuclei 0.75 / 0.78."""
     from qsmflow.qsm.regions import dice
 
     out = _refine(tmp_path, OPPOSITE)
