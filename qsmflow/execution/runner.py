@@ -108,13 +108,14 @@ def execute(todo, config, reports=None, config_file=None) -> dict:
                 and acq.name not in monitor.failed:
             complete(acq)  # graph plugins report nothing while running
         if acq.name in published and not crash:
+            name = staging.name_prefix(acq)
             for line in qc_warnings(acq, out_dir):
                 if not recap:  # the steps printed them as they ran, far up the console
                     print('qsmflow: the QC warnings recorded in the outputs (sidecars, QC '
                           'metrics, reports):', file=sys.stderr)
                     recap = True
-                print(f'qsmflow: warning: {staging.name_prefix(acq)}: {line}', file=sys.stderr)
-                monitor.log(acq.subject, f'{staging.name_prefix(acq)}: WARNING: {line}')
+                print(f'qsmflow: warning: {name}: {line}', file=sys.stderr)
+                monitor.log(acq.subject, f'{name}: WARNING: {line}')
             continue
         reason = crash or (f'step {monitor.failed[acq.name]} failed'
                            if acq.name in monitor.failed else None) \

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qsmflow.qsm.brain_extraction import DEFAULT_MAX_SURFACE_SHARE, DEFAULT_QC_MAX_VOLUME_ML
+from qsmflow.qsm.brain_extraction import (DEFAULT_MAX_SURFACE_SHARE, DEFAULT_QC_MAX_VOLUME_ML,
+                                           DEFAULT_SURFACE_BAND_MM)
 
 #: Column → (description, units). Atlas columns (``atlas_<name>_…``) are added per atlas.
 COLUMNS = {
@@ -24,7 +25,8 @@ COLUMNS = {
                        'before phase-quality trimming', 'mL'),
     'head_volume_ml': ('Volume of the head (magnitude head mask joined with the brain mask)',
                        'mL'),
-    'mask_near_surface_share': ('Share of the brain mask within 10 mm of the head surface '
+    'mask_near_surface_share': ('Share of the brain mask within '
+                                f'{DEFAULT_SURFACE_BAND_MM:g} mm of the head surface '
                                 '(scalp left in the mask raises it; > '
                                 f'{DEFAULT_MAX_SURFACE_SHARE:g} is a warning)', '1'),
     'mask_looks_like_head': ('1 when the brain mask looks like a head (> '
