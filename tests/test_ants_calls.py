@@ -113,9 +113,12 @@ def _refine_with_antspyx(prior_path, chi_path, transforms, out_dir, settings):
                                    interpolator='linear')
     reg = ants.registration(fixed, moving, outprefix=f'{out_dir}/refine_', **settings)
     inv = [p for p in reg['invtransforms'] if p.endswith('.nii.gz')]
+    from qsmflow.atlases.chi_prior import near_nuclei
+
+    near = near_nuclei(fixed.numpy(), fixed.spacing)
     return (np.asarray(nb.load(inv[0]).dataobj).tobytes(),
-            _correlation(fixed.numpy(), moving.numpy()),
-            _correlation(fixed.numpy(), reg['warpedmovout'].numpy()))
+            _correlation(fixed.numpy()[near], moving.numpy()[near]),
+            _correlation(fixed.numpy()[near], reg['warpedmovout'].numpy()[near]))
 
 
 def _refine_with_qsmflow(prior_path, chi_path, transforms, out_dir, settings):

@@ -124,9 +124,10 @@ def refined(tmp_path_factory):
     return _refine(tmp_path_factory.mktemp('refine'), SHIFT)
 
 
-def _refine(tmp, shift) -> dict:
+def _refine(tmp, shift, *, atlas_split: int = 1) -> dict:
     """:class:`RefineNuclei` and the labels it gives for a participant whose nuclei lie
-    ``shift`` (:func:`_atlas`) off the identity registration."""
+    ``shift`` (:func:`_atlas`) off the identity registration; the atlas image has each
+    voxel split into ``atlas_split``³ (the same labels on a finer grid)."""
     from nipype.pipeline import engine as pe
 
     from qsmflow.interfaces.base import sidecar_of
@@ -135,7 +136,12 @@ def _refine(tmp, shift) -> dict:
 
     affine = np.diag([VOXEL_MM] * 3 + [1.0])
     atlas = tmp / 'atlas_dseg.nii.gz'
-    nb.Nifti1Image(_atlas(), affine).to_filename(atlas)
+    fine = _atlas()
+    for axis in range(3):
+        fine = np.repeat(fine, atlas_split, axis=axis)
+    fine_affine = np.diag([VOXEL_MM / atlas_split] * 3 + [1.0])
+    fine_affine[:3, 3] = (1 / atlas_split - 1) * VOXEL_MM / 2  # the same voxel corners
+    nb.Nifti1Image(fine, fine_affine).to_filename(atlas)
     lut = write_lut({i: name for i, (name, _, _) in NUCLEI.items()}, tmp / 'atlas_dseg.tsv')
     truth = _atlas(shift=shift)
     chi = np.zeros(SHAPE, np.float32)
@@ -183,7 +189,8 @@ def test_refinement_lets_left_and_right_nuclei_move_apart(tmp_path):
     (``FINE_LEVEL_TOTAL_SIGMA`` 3, step 0.3): measured 2026-12-07 mean Dice 0.885, red
     nuclei 0.78 / 0.77 (σ² 2: 0.932, 0.85 / 0.85); with the total-field variance 4 of before
     (step 0.2) 0.771, red nuclei 0.59 / 0.63. With the metric radius 1 of session 22
-    (``FINE_LEVEL_CC_RADIUS``): 0.878, red nuclei 0.75 / 0.78."""
+    (``FINE_LEVEL_CC_RADIUS``): 0.878, red nuclei 0.75 / 0.78; with the unsmoothed prior of
+    session 23 (``FINE_LEVEL_PRIOR_SMOOTH_MM``): 0.890, red nuclei 0.76 / 0.80."""
     from qsmflow.qsm.regions import dice
 
     out = _refine(tmp_path, OPPOSITE)
@@ -191,10 +198,24 @@ def test_refinement_lets_left_and_right_nuclei_move_apart(tmp_path):
     assert min(after) > 0.70 and np.mean(after) > 0.85, after
 
 
+def test_a_finer_atlas_is_refined_on_a_1mm_grid(tmp_path):
+    """An atlas of 0.5 mm voxels (0.7 mm for CIT168's finer release) gets its prior on a
+    1 mm grid (``PRIOR_MIN_VOXEL_MM``), the grid the refinement's settings were measured on,
+    and its labels move onto χ as the 1 mm atlas's do."""
+    from qsmflow.qsm.regions import dice
+
+    out = _refine(tmp_path, SHIFT, atlas_split=2)
+    assert out['sidecar']['RegistrationRefinement']['PriorVoxelMm'] == [1.0, 1.0, 1.0]
+    before = [dice(out['plain'] == i, out['truth'] == i) for i in range(1, 7)]
+    after = [dice(out['labels'] == i, out['truth'] == i) for i in range(1, 7)]
+    assert min(after) > 0.75 and np.mean(after) > np.mean(before) + 0.2, (before, after)
+
+
 def test_refinement_is_recorded_in_the_labels_sidecar(refined):
     result, record = refined['result'], refined['sidecar']['RegistrationRefinement']
     assert len(result.transforms) == 3 and result.invert == [True, False, False]
     assert record['Applied'] is True and record['Settings']['syn_metric'] == 'CC'
+    assert record['PriorVoxelMm'] == [VOXEL_MM] * 3
     assert record['CorrelationAfter'] > record['CorrelationBefore'] + 0.1
     assert refined['sidecar']['Atlas'] == 'synthetic'
 

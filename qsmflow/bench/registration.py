@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     """Time one registration of the phantom to its template; print the seconds."""
     from qsmflow.interfaces.regions import read_lut
     from qsmflow.interfaces.registration import (
-        PYRAMIDS, RIGID_TO_RUN, refine_to_prior, register, registration_threads,
-        template_voxel_mm, write_moving, write_prior)
+        PYRAMIDS, RIGID_TO_RUN, prior_smoothing_mm, refine_to_prior, register,
+        registration_threads, template_voxel_mm, write_moving, write_prior)
     from qsmflow.phantom.head import make_head
     from qsmflow.phantom.template import pose_affine, write_template
 
@@ -116,7 +116,9 @@ def main(argv=None) -> int:
         rigid_s, rigid_cpu = time.perf_counter() - t0, _children_cpu_s() - c0
         prior = write_prior(folder / f'tpl-QSMPhantom_{res}_atlas-Phantom_dseg.nii.gz',
                             read_lut(folder / 'tpl-QSMPhantom_atlas-Phantom_dseg.tsv'),
-                            tmp / 'prior.nii.gz')
+                            tmp / 'prior.nii.gz',
+                            smooth_mm=prior_smoothing_mm(nb.load(tmp / 'chi.nii.gz')
+                                                         .header.get_zooms()[:3]))
         t0, c0 = time.perf_counter(), _children_cpu_s()
         refine_to_prior(prior, tmp / 'chi.nii.gz', [xfm['warp'], xfm['affine']], tmp,
                         nthreads=opts.fast or 1, fast=bool(opts.fast))

@@ -475,11 +475,15 @@ def refine_chi(prior_path, chi_path, transforms, out_dir, *, settings, nthreads=
     inverse_warp = next(p for p in inv if p.endswith('.nii.gz'))
     dest = out_dir / 'refine_inverse_warp.nii.gz'
     shutil.copyfile(inverse_warp, dest)
+    from qsmflow.atlases.chi_prior import near_nuclei
+
+    prior_img = nb.load(prior_path)
     prior, moving, after = (np.asarray(nb.load(p).dataobj, dtype=np.float32)
                             for p in (prior_path, moved, warped))
+    near = near_nuclei(prior, prior_img.header.get_zooms()[:3])
     return {'inverse_warp': str(dest), 'version': antspyx_version(),
-            'correlation_before': _correlation(prior, moving),
-            'correlation_after': _correlation(prior, after)}
+            'correlation_before': _correlation(prior[near], moving[near]),
+            'correlation_after': _correlation(prior[near], after[near])}
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:

@@ -420,6 +420,40 @@ FINE_LEVEL_TOTAL_SIGMA = 3
 FINE_LEVEL_CC_RADIUS = 1
 
 
+#: Gaussian σ (mm) of the prior's smoothing when the refinement runs its full-resolution
+#: level (:data:`qsmflow.atlases.chi_prior.PRIOR_SMOOTH_MM`, 0.7 mm, elsewhere): none, the
+#: nuclei painted as the atlas draws them, so that the 3-voxel window of
+#: :data:`FINE_LEVEL_CC_RADIUS` sees their edges where they are. Measured on 2026-12-07
+#: (session 23) offline as :data:`FINE_LEVEL_CC_RADIUS`, 1 mm real-anatomy phantom, 20
+#: participants (ten seeds, two head models, SNR 100), σ 0.7 → 0 mm: see the README's
+#: "The prior's edges at 1 mm".
+FINE_LEVEL_PRIOR_SMOOTH_MM = 0.0
+
+
+def runs_fine_level(voxel_size_mm) -> bool:
+    """Whether the refinement of a χ map of voxel size ``voxel_size_mm`` (mm) runs its
+    full-resolution level: its largest voxel edge is at most
+    :data:`FINE_LEVEL_MAX_VOXEL_MM`.
+
+    >>> runs_fine_level((1, 1, 1.1)), runs_fine_level((2, 2, 2))
+    (True, False)
+    """
+    return max(float(v) for v in voxel_size_mm) <= FINE_LEVEL_MAX_VOXEL_MM
+
+
+def prior_smoothing_mm(voxel_size_mm) -> float:
+    """Gaussian σ (mm) of the χ prior for a χ map of voxel size ``voxel_size_mm`` (mm):
+    :data:`FINE_LEVEL_PRIOR_SMOOTH_MM` where the refinement runs its full-resolution level,
+    :data:`qsmflow.atlases.chi_prior.PRIOR_SMOOTH_MM` elsewhere.
+
+    >>> prior_smoothing_mm((1, 1, 1)), prior_smoothing_mm((2, 2, 2))
+    (0.0, 0.7)
+    """
+    from qsmflow.atlases.chi_prior import PRIOR_SMOOTH_MM
+
+    return FINE_LEVEL_PRIOR_SMOOTH_MM if runs_fine_level(voxel_size_mm) else PRIOR_SMOOTH_MM
+
+
 def refinement_settings(voxel_size_mm) -> dict:
     """:data:`REFINEMENT` for a χ map of voxel size ``voxel_size_mm`` (mm): its last level
     gets :data:`FINE_LEVEL_ITERATIONS`, the gradient step :data:`FINE_LEVEL_GRAD_STEP` and
@@ -434,7 +468,7 @@ def refinement_settings(voxel_size_mm) -> dict:
     [(40, 20, 5), 0.3, 3, 1]
     """
     settings = dict(REFINEMENT)
-    if max(float(v) for v in voxel_size_mm) <= FINE_LEVEL_MAX_VOXEL_MM:
+    if runs_fine_level(voxel_size_mm):
         settings['reg_iterations'] = (*REFINEMENT['reg_iterations'][:-1], FINE_LEVEL_ITERATIONS)
         settings['grad_step'] = FINE_LEVEL_GRAD_STEP
         settings['total_sigma'] = FINE_LEVEL_TOTAL_SIGMA
@@ -468,7 +502,8 @@ def refine_to_prior(prior_path, chi_path, transforms, out_dir, *, nthreads: int 
     -------
     dict
         ``inverse_warp`` (atlas grid → refined position), ``correlation_before`` and
-        ``correlation_after`` (Pearson correlation of χ with the prior over the box) and the
+        ``correlation_after`` (Pearson correlation of χ with the prior over the voxels
+        near its nuclei, :func:`qsmflow.atlases.chi_prior.near_nuclei`) and the
         antspyx ``version``.
     """
     return in_fresh_process(refine_chi, str(prior_path), str(chi_path),
@@ -483,17 +518,21 @@ def _voxel_size(path) -> tuple:
     return tuple(float(v) for v in nb.load(path).header.get_zooms()[:3])
 
 
-def write_prior(atlas_path, lut: dict, out_path) -> str:
+def write_prior(atlas_path, lut: dict, out_path, *, smooth_mm: float | None = None) -> str:
     """Write the χ-contrast prior of an atlas (:func:`qsmflow.atlases.chi_prior.chi_prior`)
-    on the box around its nuclei (:func:`~qsmflow.atlases.chi_prior.prior_box`); return the
-    path. Raises ValueError when the atlas has too few iron-rich nuclei."""
+    on the box around its nuclei (:func:`~qsmflow.atlases.chi_prior.prior_box`), on a grid
+    no finer than :data:`~qsmflow.atlases.chi_prior.PRIOR_MIN_VOXEL_MM`; return the path.
+    ``smooth_mm``: the prior's Gaussian σ (mm; default
+    :data:`~qsmflow.atlases.chi_prior.PRIOR_SMOOTH_MM`). Raises ValueError when the atlas has
+    too few iron-rich nuclei."""
     from qsmflow.atlases import chi_prior as cp
 
     img = nb.load(atlas_path)
-    labels = np.rint(np.asarray(img.dataobj)).astype(np.int32)
-    vox = img.header.get_zooms()[:3]
-    prior = cp.chi_prior(labels, lut, vox)
-    box, affine = cp.crop_or_pad(prior, img.affine, *cp.prior_box(prior, vox))
+    labels, affine, vox = cp.coarsen(np.rint(np.asarray(img.dataobj)).astype(np.int32),
+                                     img.affine, img.header.get_zooms()[:3])
+    prior = cp.chi_prior(labels, lut, vox,
+                         smooth_mm=cp.PRIOR_SMOOTH_MM if smooth_mm is None else smooth_mm)
+    box, affine = cp.crop_or_pad(prior, affine, *cp.prior_box(prior, vox))
     nb.Nifti1Image(box, affine).to_filename(out_path)
     return str(out_path)
 
@@ -544,11 +583,13 @@ class RefineNuclei(SimpleInterface):
         from qsmflow.interfaces.regions import read_lut
 
         base_xfms = [self.inputs.affine, self.inputs.inverse_warp]
-        settings = refinement_settings(_voxel_size(self.inputs.in_chimap))
+        chi_voxel = _voxel_size(self.inputs.in_chimap)
+        settings, smooth_mm = refinement_settings(chi_voxel), prior_smoothing_mm(chi_voxel)
         record = {'Method': 'chi-driven SyN refinement of the atlas registration (antspyx) '
                             'to a chi-contrast prior of the atlas nuclei',
                   'PriorChiPpm': dict(cp.TYPICAL_CHI_PPM),
-                  'PriorSmoothingMm': cp.PRIOR_SMOOTH_MM, 'BoxMarginMm': cp.PRIOR_MARGIN_MM,
+                  'PriorSmoothingMm': smooth_mm, 'BoxMarginMm': cp.PRIOR_MARGIN_MM,
+                  'CorrelationWithinMm': cp.CHECK_DISTANCE_MM,
                   'Settings': {k: list(v) if isinstance(v, tuple) else v
                                for k, v in settings.items()},
                   'FineLevelMaxVoxelMm': FINE_LEVEL_MAX_VOXEL_MM}
@@ -557,11 +598,13 @@ class RefineNuclei(SimpleInterface):
                           Threads=registration_threads(self.inputs.nthreads, True))
         prior_path = str(Path(runtime.cwd) / 'chi_prior.nii.gz')
         try:
-            write_prior(self.inputs.atlas, read_lut(self.inputs.lut), prior_path)
+            write_prior(self.inputs.atlas, read_lut(self.inputs.lut), prior_path,
+                        smooth_mm=smooth_mm)
         except ValueError as exc:
             self._finish(base_xfms, {**record, 'Applied': False, 'Reason': str(exc)})
             return runtime
         self._results['prior'] = prior_path
+        record['PriorVoxelMm'] = [round(v, 4) for v in _voxel_size(prior_path)]
         out = refine_to_prior(prior_path, self.inputs.in_chimap,
                               [self.inputs.warp, self.inputs.affine], runtime.cwd,
                               nthreads=self.inputs.nthreads, settings=settings,
