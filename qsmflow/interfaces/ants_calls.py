@@ -460,6 +460,8 @@ def refine_chi(prior_path, chi_path, transforms, out_dir, *, settings, nthreads=
     prepare_ants(nthreads)
     import nibabel as nb
 
+    from qsmflow.atlases.chi_prior import near_nuclei
+
     out_dir = Path(out_dir)
     moved = str(out_dir / 'refine_moving.nii.gz')
     # as antspyx's apply_transforms: double precision, the result read back as float32
@@ -475,8 +477,6 @@ def refine_chi(prior_path, chi_path, transforms, out_dir, *, settings, nthreads=
     inverse_warp = next(p for p in inv if p.endswith('.nii.gz'))
     dest = out_dir / 'refine_inverse_warp.nii.gz'
     shutil.copyfile(inverse_warp, dest)
-    from qsmflow.atlases.chi_prior import near_nuclei
-
     prior_img = nb.load(prior_path)
     prior, moving, after = (np.asarray(nb.load(p).dataobj, dtype=np.float32)
                             for p in (prior_path, moved, warped))
