@@ -132,7 +132,8 @@ def _refine(tmp, shift, *, atlas_split: int = 1) -> dict:
 
     from qsmflow.interfaces.base import sidecar_of
     from qsmflow.interfaces.regions import write_lut
-    from qsmflow.interfaces.registration import ApplyTransforms, RefineNuclei
+    from qsmflow.interfaces.refinement import RefineNuclei
+    from qsmflow.interfaces.registration import ApplyTransforms
 
     affine = np.diag([VOXEL_MM] * 3 + [1.0])
     atlas = tmp / 'atlas_dseg.nii.gz'
@@ -224,7 +225,7 @@ def test_atlas_without_nuclei_keeps_the_magnitude_registration(tmp_path):
     from nipype.pipeline import engine as pe
 
     from qsmflow.interfaces.regions import write_lut
-    from qsmflow.interfaces.registration import RefineNuclei
+    from qsmflow.interfaces.refinement import RefineNuclei
 
     affine = np.diag([VOXEL_MM] * 3 + [1.0])
     labels = np.where(_atlas() == 7, 7, 0).astype(np.int16)

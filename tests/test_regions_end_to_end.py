@@ -278,7 +278,8 @@ def test_partial_volume_statistics_on_the_phantom(atlas_run):
     anat = _anat(atlas_run, '01')
     chi = np.asarray(nb.load(anat / 'sub-01_Chimap.nii.gz').dataobj, dtype=float)
     mask = np.asarray(nb.load(anat / 'sub-01_desc-brain_mask.nii.gz').dataobj) > 0
-    labels = np.asarray(nb.load(anat / 'sub-01_atlas-Phantom_dseg.nii.gz').dataobj)
+    # the labels the table reads: the χ-refined ones (the refinement is on by default)
+    labels = np.asarray(nb.load(anat / 'sub-01_atlas-Phantom_desc-refined_dseg.nii.gz').dataobj)
     lut = pd.read_csv(anat / 'sub-01_atlas-Phantom_dseg.tsv', sep='\t')
     roi = (labels == lut.loc[lut['name'] == 'putamen_left', 'index'].item()) & mask
     row = table[(table['region'] == 'putamen') & (table['hemisphere'] == 'left')]

@@ -352,7 +352,7 @@ def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1, refine: bool = F
     With ``refine`` (and an atlas in the registration template or a custom atlas; an atlas
     reached through another template is not refined), the χ map is registered once more
     to the atlas's χ-contrast prior around the iron-rich nuclei
-    (:class:`qsmflow.interfaces.registration.RefineNuclei`) and the labels come through
+    (:class:`qsmflow.interfaces.refinement.RefineNuclei`) and the labels come through
     both registrations; the labels of the magnitude registration alone are kept as
     ``dseg_atlas``. With ``fast`` (``--fast-registration``) the registrations run on all
     ``omp_nthreads`` threads, not bitwise reproducibly; the labels' sidecar says so.
@@ -389,7 +389,8 @@ def init_atlas_labels_wf(*, atlas: dict, omp_nthreads: int = 1, refine: bool = F
     """
     from qsmflow.interfaces.regions import atlas_metadata
     from qsmflow.atlases.transforms import template_name
-    from qsmflow.interfaces.registration import ApplyTransforms, RefineNuclei
+    from qsmflow.interfaces.refinement import RefineNuclei
+    from qsmflow.interfaces.registration import ApplyTransforms
 
     workflow = pe.Workflow(name=name)
     own_xfms = bool(atlas.get('template_image')) and not study

@@ -4,12 +4,13 @@
 Template images (T1w) show the small iron-rich nuclei (substantia nigra, subthalamic and red
 nucleus, dentate, pallidum) with little contrast, while in χ they are the brightest
 structures of the brain. The χ-driven refinement of the atlas registration
-(:mod:`qsmflow.interfaces.registration`, ``RefineNuclei``) aligns the participant's χ map,
+(:mod:`qsmflow.interfaces.refinement`, ``RefineNuclei``) aligns the participant's χ map,
 already brought to the atlas by the magnitude registration, with this *prior image*: the
 atlas labels of those nuclei set to typical 3 T susceptibilities (:data:`TYPICAL_CHI_PPM`),
 zero elsewhere, lightly smoothed where the χ map is coarser than about 1 mm
-(``qsmflow.interfaces.registration.prior_smoothing_mm``). Its metric (local cross-correlation) ignores scale and
-offset, so only the pattern and the order of the values matter, not the numbers.
+(``qsmflow.interfaces.refinement.prior_smoothing_mm``). Its metric (local
+cross-correlation) ignores scale and offset, so only the pattern and the order of the
+values matter, not the numbers.
 
 Pure numpy/scipy (arrays and lookup tables in, arrays out).
 """
@@ -44,7 +45,7 @@ MIN_PRIOR_LABELS = 4
 #: Smoothing of the painted labels (Gaussian σ, mm), against the staircase of the label
 #: edges, where the refinement stops at the χ map's coarse levels (2 mm and coarser χ); a
 #: χ map of 1 mm gets the labels unsmoothed
-#: (``qsmflow.interfaces.registration.FINE_LEVEL_PRIOR_SMOOTH_MM``).
+#: (``qsmflow.interfaces.refinement.FINE_LEVEL_PRIOR_SMOOTH_MM``).
 PRIOR_SMOOTH_MM = 0.7
 
 #: Margin (mm) around the painted nuclei of the prior's box, the region the refinement

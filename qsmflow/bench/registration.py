@@ -9,7 +9,7 @@ registration is the one the workflow runs (:func:`qsmflow.interfaces.registratio
 seeded and single-threaded, so that it is bitwise reproducible (``--fast N``: as with
 ``--fast-registration``, on N threads; ``--pyramid quick``: the cheaper
 :data:`~qsmflow.interfaces.registration.REGISTRATION_QUICK`). Then the χ-driven
-refinement of the atlas labels (:func:`~qsmflow.interfaces.registration.refine_to_prior`,
+refinement of the atlas labels (:func:`~qsmflow.interfaces.refinement.refine_to_prior`,
 the phantom's true χ map to the prior of the template's atlas) is timed the same way, and
 the rigid registration that brings another run of the session to this one instead of a
 registration of its own (:data:`~qsmflow.interfaces.registration.RIGID_TO_RUN`; the same
@@ -70,9 +70,10 @@ def _children_cpu_s() -> float:
 def main(argv=None) -> int:
     """Time one registration of the phantom to its template; print the seconds."""
     from qsmflow.interfaces.regions import read_lut
+    from qsmflow.interfaces.refinement import prior_smoothing_mm, refine_to_prior, write_prior
     from qsmflow.interfaces.registration import (
-        PYRAMIDS, RIGID_TO_RUN, prior_smoothing_mm, refine_to_prior, register,
-        registration_threads, template_voxel_mm, write_moving, write_prior)
+        PYRAMIDS, RIGID_TO_RUN, register, registration_threads, template_voxel_mm,
+        write_moving)
     from qsmflow.phantom.head import make_head
     from qsmflow.phantom.template import pose_affine, write_template
 

@@ -455,7 +455,7 @@ def _moving_for_ants(path: str, copy: Path) -> str:
 def refine_chi(prior_path, chi_path, transforms, out_dir, *, settings, nthreads=1) -> dict:
     """Registration of the χ map, brought to the prior's grid through ``transforms``
     (linear interpolation), to the prior (``settings``: ``ants.registration`` keyword
-    arguments, see :func:`qsmflow.interfaces.registration.refine_to_prior`); through ANTs'
+    arguments, see :func:`qsmflow.interfaces.refinement.refine_to_prior`); through ANTs'
     library alone, with antspyx's arguments, as :func:`register_images`."""
     prepare_ants(nthreads)
     import nibabel as nb
