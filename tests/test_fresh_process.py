@@ -71,9 +71,10 @@ def test_the_ants_calls_load_without_nipype_in_the_child():
     import pickle
     import subprocess
 
+    from qsmflow.interfaces import refinement
     from qsmflow.interfaces import registration as reg
 
-    calls = [reg.register_images, reg.apply_to_reference, reg.refine_chi]
+    calls = [reg.register_images, reg.apply_to_reference, refinement.refine_chi]
     code = ('import pickle, sys; pickle.loads(sys.stdin.buffer.read()); '
             "print(sorted({m.split('.')[0] for m in sys.modules}"
             " & {'nipype', 'nibabel', 'ants'}))")
